@@ -1,0 +1,274 @@
+r"""The deep latent factor (DLF) model as a Pyro model.
+
+A student network -- a body ``h_θ(x) ∈ R^d`` with a mean head and a loading
+head -- defines a Gaussian process (SPEC §1):
+
+* univariate (``num_outputs=None``, ``q + 1`` head outputs):
+  ``f(x) = μ_θ(x) + Φ_θ(x)^T z``, ``z ~ N(0, I_q)``, so
+  ``Cov(f(x), f(x')) = Φ_θ(x)^T Φ_θ(x')``;
+* multivariate separable (``num_outputs=c``, ``c + q`` head outputs):
+  ``f(x) = μ_θ(x) + L Z Φ_θ(x)``, ``Z ~ MN_{c,q}(0, I_c, I_q)``, ``L``
+  lower-triangular, so ``Cov(f_j(x), f_k(x')) = Φ_θ(x)^T Φ_θ(x') (L L^T)_{jk}``.
+
+Each teacher is one draw observed at the design points with a small isotropic
+nugget ``σ_f^2`` (the noisy DLF), which keeps the likelihood well conditioned.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor, nn
+
+from pyro_dlf._validation import check_design_points, check_teacher_values
+from pyro_dlf.nn import MLP
+from pyro_dlf.sufficient_statistics import (
+    FactorStatistics,
+    batch_statistics,
+    combine,
+    factor_posterior,
+    log_marginal_likelihood,
+)
+
+__all__ = ["DeepLatentFactor", "ACTIVATIONS"]
+
+#: Activations a default body may use; a saved student records the name.
+ACTIVATIONS = {name: getattr(nn, name) for name in ("ReLU", "Tanh", "GELU", "SiLU", "ELU", "Softplus", "LeakyReLU")}
+
+
+class DeepLatentFactor(PyroModule):
+    r"""Deep latent factor model: a Gaussian process whose mean and factor
+    loadings come from one small network.
+
+    :param in_features: input dimension for the default MLP body.
+    :param num_factors: ``q``, the number of latent factors.
+    :param hidden: hidden widths of the default body (``()`` gives linear heads
+        on the standardized inputs).
+    :param num_outputs: ``None`` for the univariate model, ``c`` for the
+        multivariate separable model (e.g. ``c`` logits).
+    :param body: a user-supplied ``nn.Module`` mapping ``(m, *input)`` to
+        ``(m, body_features)``; replaces the default MLP.
+    :param body_features: output width of ``body`` (required with ``body``).
+    :param activation: activation class of the default body (a name in
+        :data:`ACTIVATIONS`).
+    :param noise_variance: initial nugget ``σ_f^2`` (a ``PyroParam`` with a
+        positive constraint).
+
+    Inputs are standardized by the buffers ``input_loc``/``input_scale`` and
+    head outputs rescaled by ``output_loc``/``output_scale`` (identity by
+    default; :func:`pyro_dlf.distill` sets them from the design data), so
+    ``μ(x) = output_loc + output_scale · head_μ(h)`` and
+    ``Φ(x) = output_scale · head_Φ(h)`` are in the teachers' units.
+    """
+
+    def __init__(
+        self,
+        in_features: Optional[int] = None,
+        num_factors: int = 10,
+        hidden: Sequence[int] = (50,),
+        num_outputs: Optional[int] = None,
+        *,
+        body: Optional[nn.Module] = None,
+        body_features: Optional[int] = None,
+        activation: str = "ReLU",
+        noise_variance: float = 1.0,
+        name: str = "",
+    ) -> None:
+        super().__init__(name)
+        if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors < 1:
+            raise ValueError(f"num_factors must be a positive int, got {num_factors!r}")
+        if num_outputs is not None and (not isinstance(num_outputs, int) or num_outputs < 1):
+            raise ValueError(f"num_outputs must be None (univariate) or a positive int, got {num_outputs!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if not noise_variance > 0:
+            raise ValueError(f"noise_variance must be positive, got {noise_variance!r}")
+        if body is None:
+            if in_features is None:
+                raise ValueError("in_features is required when no body is given (or pass body= and body_features=)")
+            hidden = tuple(int(h) for h in hidden)
+            body = MLP(in_features, hidden[:-1], hidden[-1], ACTIVATIONS[activation]) if hidden else nn.Identity()
+            if hidden:
+                body.append(ACTIVATIONS[activation]())
+            body_features = hidden[-1] if hidden else in_features
+            self.custom_body = False
+        else:
+            if not isinstance(body, nn.Module):
+                raise TypeError(f"body must be a torch.nn.Module, got {type(body).__name__}")
+            if body_features is None:
+                raise ValueError("body_features: give the output width of the custom body")
+            hidden = ()
+            self.custom_body = True
+        self.in_features = in_features
+        self.num_factors = num_factors
+        self.hidden = tuple(hidden)
+        self.num_outputs = num_outputs
+        self.body_features = int(body_features)
+        self.activation = activation
+
+        self.body = body
+        self.mean_head = nn.Linear(self.body_features, num_outputs or 1)
+        self.loading_head = nn.Linear(self.body_features, num_factors)
+        self.noise_variance = PyroParam(torch.tensor(float(noise_variance)), constraints.positive)
+        if num_outputs is not None:
+            # L: class-to-class factor of the separable covariance (Cholesky-type,
+            # positive diagonal); only L L^T is identified.
+            self.class_factor = PyroParam(torch.eye(num_outputs), constraints.lower_cholesky)
+        shape_in = (in_features,) if in_features is not None else ()
+        self.register_buffer("input_loc", torch.zeros(shape_in))
+        self.register_buffer("input_scale", torch.ones(shape_in))
+        self.register_buffer("output_loc", torch.zeros(num_outputs or ()))
+        self.register_buffer("output_scale", torch.ones(()))
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def multivariate(self) -> bool:
+        return self.num_outputs is not None
+
+    @property
+    def factor_shape(self) -> torch.Size:
+        """Shape of one teacher's latent factors: ``(q,)`` or ``(c, q)``."""
+        q = self.num_factors
+        return torch.Size((self.num_outputs, q) if self.multivariate else (q,))
+
+    def config(self) -> dict:
+        """Constructor arguments as plain types (for saving)."""
+        return {
+            "in_features": self.in_features,
+            "num_factors": self.num_factors,
+            "hidden": list(self.hidden),
+            "num_outputs": self.num_outputs,
+            "body_features": self.body_features,
+            "activation": self.activation,
+            "custom_body": self.custom_body,
+        }
+
+    # ------------------------------------------------------- the network parts
+    def features(self, x: Tensor) -> Tensor:
+        """Body features ``h_θ(x)`` of standardized inputs, ``(m, d)``."""
+        return self.body((x - self.input_loc) / self.input_scale)
+
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and loadings from body features (in the teachers' units)."""
+        mean = self.output_loc + self.output_scale * self.mean_head(h)
+        if not self.multivariate:
+            mean = mean.squeeze(-1)
+        return mean, self.output_scale * self.loading_head(h)
+
+    def mean_and_loading(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``μ_θ(x)`` (``(m,)`` or ``(m, c)``) and ``Φ_θ(x)`` (``(m, q)``) in one body pass."""
+        return self.heads(self.features(x))
+
+    def mean(self, x: Tensor) -> Tensor:
+        """The mean function ``μ_θ(x)``."""
+        return self.mean_and_loading(x)[0]
+
+    def loading(self, x: Tensor) -> Tensor:
+        """The factor loadings ``Φ_θ(x)``, ``(m, q)``."""
+        return self.mean_and_loading(x)[1]
+
+    def class_covariance(self) -> Optional[Tensor]:
+        """``L L^T`` (multivariate) or ``None``."""
+        if not self.multivariate:
+            return None
+        L = self.class_factor
+        return L @ L.T
+
+    def covariance(self, x1: Tensor, x2: Optional[Tensor] = None):
+        r"""Function-space covariance of the noise-free process.
+
+        Univariate: the ``(m1, m2)`` matrix ``Φ(x1) Φ(x2)^T``.
+        Multivariate: the pair ``(Φ(x1) Φ(x2)^T, L L^T)`` of Kronecker factors;
+        ``Cov(f_j(x), f_k(x')) = K_x[x, x'] · K_c[j, k]``, i.e. the covariance
+        of the column-stacked ``vec(F)`` is ``K_c ⊗ K_x``.
+        """
+        phi1 = self.loading(x1)
+        phi2 = phi1 if x2 is None else self.loading(x2)
+        k_x = phi1 @ phi2.T
+        return (k_x, self.class_covariance()) if self.multivariate else k_x
+
+    # ------------------------------------------------------------ the algebra
+    def statistics(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None) -> FactorStatistics:
+        """Sufficient statistics over all design points, streamed in batches (no gradient)."""
+        m = x.shape[0]
+        step = m if batch_size is None else batch_size
+        total = None
+        with torch.no_grad():
+            for start in range(0, m, step):
+                mean, loading = self.mean_and_loading(x[start:start + step])
+                part = batch_statistics(mean, loading, f[:, start:start + step])
+                total = part if total is None else total + part
+        return total
+
+    def log_marginal_likelihood(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None) -> Tensor:
+        r"""Exact ``log p(f_i)`` for each teacher, shape ``(n,)`` (float64).
+
+        Uses the determinant lemma and Woodbury identity (SPEC §3): cost
+        ``O(m q^2 + q^3 + m q n)``, memory independent of ``m`` when
+        ``batch_size`` is given; no ``m×m`` matrix is ever formed.
+        """
+        x = check_design_points(x, "x")
+        f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1)
+        stats = self.statistics(x, f, batch_size)
+        L = self.class_factor.detach() if self.multivariate else None
+        noise = self.noise_variance.detach()
+        posterior = factor_posterior(stats, noise, L)
+        return log_marginal_likelihood(stats, posterior, noise, L)
+
+    # -------------------------------------------------------------- sampling
+    def sample(self, x: Tensor, num_samples: int = 1, include_noise: bool = False) -> Tensor:
+        """Draws of the process at ``x``: ``(S, m)`` or ``(S, m, c)``.
+
+        The body runs once; each draw costs one ``q``-vector product per input.
+        ``include_noise`` adds the nugget (a draw of a teacher, not of the
+        smooth process).
+        """
+        x = check_design_points(x, "x")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        with torch.no_grad():
+            mean, loading = self.mean_and_loading(x)
+            z = torch.randn((num_samples, 1) + tuple(self.factor_shape), dtype=loading.dtype, device=loading.device)
+            L = self.class_factor if self.multivariate else None
+            values = combine(mean, loading, z, L)  # z (S, 1, ...) broadcasts over inputs
+            if include_noise:
+                values = values + self.noise_variance.sqrt() * torch.randn_like(values)
+        return values
+
+    # ------------------------------------------------------------ Pyro model
+    def forward(self, x: Tensor, f: Optional[Tensor] = None, num_members: Optional[int] = None) -> Tensor:
+        """The generative model of the teachers (a Pyro model).
+
+        Sites: ``z`` -- latent factors, one per teacher, in the plate
+        ``members`` (dim -2); ``function`` -- the noise-free draw at ``x``
+        (deterministic); ``f`` -- the teacher values at the design points,
+        plate ``design_points`` (dim -1), observed when ``f`` is given.
+
+        :param x: design points ``(m, ...)``.
+        :param f: teacher values ``(n, m)`` or ``(n, m, c)``, or ``None`` to sample.
+        :param num_members: number of teachers to draw when ``f`` is ``None`` (default 1).
+        :returns: the teacher values (observed or sampled).
+        """
+        m = x.shape[0]
+        if f is not None:
+            n = f.shape[0]
+        else:
+            n = 1 if num_members is None else int(num_members)
+        mean, loading = self.mean_and_loading(x)
+        L = self.class_factor if self.multivariate else None
+        noise_scale = self.noise_variance.sqrt()
+        event = len(self.factor_shape)
+        with pyro.plate("members", n, dim=-2):
+            z = pyro.sample("z", dist.Normal(loading.new_zeros(()), 1.0).expand(self.factor_shape).to_event(event))
+            with pyro.plate("design_points", m, dim=-1):
+                function = combine(mean, loading, z, L)
+                function = pyro.deterministic("function", function, event_dim=1 if self.multivariate else 0)
+                likelihood = dist.Normal(function, noise_scale)
+                if self.multivariate:
+                    likelihood = likelihood.to_event(1)
+                return pyro.sample("f", likelihood, obs=f)

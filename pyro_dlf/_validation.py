@@ -1,0 +1,71 @@
+"""Input checks shared by the model, the inference classes and :func:`pyro_dlf.distill`.
+
+Every check names the offending argument and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_design_points", "check_teacher_values", "check_num_factors"]
+
+
+def _as_float_tensor(value, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; convert with torch.as_tensor(..., dtype=torch.float32)")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}; convert with {name}.float()")
+    return value
+
+
+def _check_finite(value: Tensor, name: str) -> None:
+    bad = ~torch.isfinite(value)
+    if bad.any():
+        count = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} contains {count} non-finite value(s) (NaN or Inf), the first at index {first}; remove or impute them before distilling")
+
+
+def check_design_points(x: Tensor, name: str = "x") -> Tensor:
+    """A non-empty, finite, floating-point tensor of inputs ``(m, ...)``."""
+    x = _as_float_tensor(x, name)
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a leading dimension of design points, got a scalar")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: give at least one design point")
+    _check_finite(x, name)
+    return x
+
+
+def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name: str = "f", min_members: int = 2) -> Tensor:
+    """Teacher values ``(n, m)`` (univariate) or ``(n, m, c)`` (multivariate), matching ``x``."""
+    f = _as_float_tensor(f, name)
+    expected = 2 if num_outputs is None else 3
+    layout = "(num_teachers, num_points)" if num_outputs is None else f"(num_teachers, num_points, {num_outputs})"
+    if f.dim() != expected:
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(f.shape)}")
+    if f.shape[1] != x.shape[0]:
+        raise ValueError(f"{name} has values at {f.shape[1]} design points but x has {x.shape[0]}: the second dimension of {name} must match the first of x")
+    if num_outputs is not None and f.shape[2] != num_outputs:
+        raise ValueError(f"{name} has {f.shape[2]} outputs per point but the model has num_outputs={num_outputs}")
+    if f.shape[0] < min_members:
+        raise ValueError(f"{name} holds {f.shape[0]} teacher(s); at least {min_members} are needed to estimate a covariance")
+    _check_finite(f, name)
+    return f
+
+
+def check_num_factors(num_factors: int, num_teachers: int) -> None:
+    """``n`` teachers span at most ``n - 1`` directions around their mean (SPEC §2)."""
+    if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors < 1:
+        raise ValueError(f"num_factors must be a positive int, got {num_factors!r}")
+    if num_factors >= num_teachers:
+        warnings.warn(
+            f"num_factors={num_factors} >= number of teachers={num_teachers}: {num_teachers} teachers span at most "
+            f"{num_teachers - 1} directions, so the extra factors are not identified; use num_factors <= {num_teachers - 1}",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,211 @@
+r"""One call from a teacher ensemble to a distilled student."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Union
+
+import pyro.optim
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pyro_dlf._validation import check_design_points, check_num_factors, check_teacher_values
+from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
+from pyro_dlf.infer.em import EM
+from pyro_dlf.infer.mmd import mmd_initialize
+from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
+from pyro_dlf.noise import fit_inverse_gamma
+from pyro_dlf.student import Student
+
+__all__ = ["distill", "evaluate_teachers"]
+
+TeacherOutputs = Union[Tensor, Sequence[Callable[[Tensor], Tensor]]]
+
+
+def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Evaluate callables on the design points in batches: ``(n, m)`` or ``(n, m, c)``.
+
+    Each callable maps ``(b, ...)`` inputs to ``(b,)``, ``(b, 1)`` or ``(b, c)``
+    outputs; it runs under :func:`torch.no_grad`.
+    """
+    if len(teachers) == 0:
+        raise ValueError("teacher_outputs is an empty list: give at least 2 teachers")
+    outputs = []
+    with torch.no_grad():
+        for i, teacher in enumerate(teachers):
+            if not callable(teacher):
+                raise TypeError(f"teacher_outputs[{i}] is a {type(teacher).__name__}, not a callable; pass a tensor or a list of callables")
+            parts = [torch.as_tensor(teacher(x[s:s + batch_size])) for s in range(0, x.shape[0], batch_size)]
+            out = torch.cat(parts)
+            if out.shape[0] != x.shape[0]:
+                raise ValueError(f"teacher_outputs[{i}] returned {out.shape[0]} rows for {x.shape[0]} design points")
+            if out.dim() == 2 and out.shape[1] == 1:
+                out = out.squeeze(1)
+            outputs.append(out)
+    shapes = {tuple(o.shape) for o in outputs}
+    if len(shapes) != 1:
+        raise ValueError(f"teacher_outputs: the teachers returned different shapes {sorted(shapes)}")
+    return torch.stack(outputs)
+
+
+def _standardize_stats(t: Tensor, dim) -> tuple[Tensor, Tensor]:
+    loc = t.mean(dim)
+    scale = t.std(dim)
+    # A constant column has no spread to standardize; leave it unscaled.
+    return loc, torch.where(scale > 1e-8, scale, torch.ones_like(scale))
+
+
+def distill(
+    x_design: Tensor,
+    teacher_outputs: TeacherOutputs,
+    *,
+    num_factors: int,
+    teacher_noise_variances: Optional[Tensor] = None,
+    task: Optional[str] = None,
+    hidden: Sequence[int] = (50,),
+    body: Optional[nn.Module] = None,
+    body_features: Optional[int] = None,
+    activation: str = "ReLU",
+    num_iterations: int = 100,
+    num_m_steps: Optional[int] = None,
+    batch_size: int = 256,
+    lr: float = 1e-2,
+    lr_decay: float = 0.1,
+    warmup: float = 0.1,
+    estep: str = "exact",
+    init: str = "mmd",
+    mmd_steps: int = 500,
+    mmd_penalty: float = 1.0,
+    center_logits: bool = True,
+    teacher_batch_size: int = 1024,
+    seed: int = 0,
+    progress: bool = True,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Student:
+    r"""Distill a teacher ensemble into a deep latent factor student (Gaussian distillation).
+
+    Fits a :class:`~pyro_dlf.models.DeepLatentFactor` by maximum likelihood:
+    MMD-penalized initialization (SPEC §5), then ``num_iterations`` exact EM
+    iterations (SPEC §4), and wraps it as a :class:`~pyro_dlf.student.Student`.
+
+    :param x_design: design points (the transfer set), ``(m, ...)``. Held-out
+        data from the training distribution works best; more points help.
+    :param teacher_outputs: ``(n, m)`` values (regression), ``(n, m, c)`` logits
+        (classification), or a list of ``n`` callables evaluated on
+        ``x_design`` in batches of ``teacher_batch_size``.
+    :param num_factors: ``q``; at most ``n − 1`` is identified (warns otherwise).
+    :param teacher_noise_variances: regression only: each teacher's noise
+        variance ``σ²_{ε,i}`` (``n`` positive values); an inverse gamma is fitted
+        to them by maximum likelihood and drives the aleatoric part of the
+        predictive (SPEC §2). Teachers are taken as homoscedastic.
+    :param task: ``"regression"`` or ``"classification"``; inferred from the shape.
+    :param hidden: hidden widths of the default MLP body (inputs must be 2-D).
+    :param body: a custom body module ``(m, ...) → (m, body_features)``.
+    :param num_iterations: EM iterations.
+    :param num_m_steps: gradient steps per iteration (default: one pass over the design points).
+    :param batch_size: design points per minibatch.
+    :param lr: Adam step size, decayed geometrically to ``lr · lr_decay`` over the EM run.
+    :param warmup: fraction of the EM iterations over which the step size ramps
+        up linearly. A freshly started Adam moves every weight by about ``lr``
+        in its first steps whatever the gradient's size, which throws the
+        network off the near-optimum the MMD initialization found; the ramp
+        avoids that loss of likelihood.
+    :param estep: ``"exact"`` (default) or ``"minibatch"`` (the paper's Algorithm 1).
+    :param init: ``"mmd"`` (default) or ``"random"``.
+    :param center_logits: classification: subtract each teacher's mean logit
+        per input. Softmax ignores a shift common to all classes, so the
+        teachers' per-input offsets are nuisance variation that would otherwise
+        be spent on factors and inflate the class covariance without changing
+        any prediction; centring removes them at the cost of one degenerate
+        direction of ``L L^T`` (absorbed by the nugget ``σ_f^2``).
+    :param seed: seeds the network initialization, the minibatch order and the codes.
+    :returns: the fitted student; ``student.history`` holds the negative log
+        marginal likelihood per observed scalar at each EM iteration.
+    """
+    x = check_design_points(x_design, "x_design")
+    if device is not None:
+        x = x.to(device)
+    if isinstance(teacher_outputs, Tensor):
+        f = teacher_outputs
+    elif isinstance(teacher_outputs, (list, tuple)):
+        f = evaluate_teachers(teacher_outputs, x, teacher_batch_size)
+    else:
+        raise TypeError(f"teacher_outputs must be a tensor (n, m[, c]) or a list of callables, got {type(teacher_outputs).__name__}")
+    if task is None:
+        task = "classification" if f.dim() == 3 else "regression"
+    if task not in ("regression", "classification"):
+        raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+    if task == "regression" and f.dim() == 3 and f.shape[-1] == 1:
+        f = f.squeeze(-1)
+    if f.dim() not in (2, 3):
+        raise ValueError(f"teacher_outputs must have shape (n, m) or (n, m, c), got {tuple(f.shape)}")
+    num_outputs = f.shape[-1] if task == "classification" else None
+    if task == "classification" and f.dim() != 3:
+        raise ValueError(f"teacher_outputs for classification must be logits of shape (n, m, c), got {tuple(f.shape)}")
+    f = check_teacher_values(f, x, num_outputs, "teacher_outputs")
+    n = f.shape[0]
+    check_num_factors(num_factors, n)
+    for name, value in [("num_iterations", num_iterations), ("batch_size", batch_size), ("mmd_steps", mmd_steps)]:
+        if not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
+            raise ValueError(f"{name} must be a {'positive' if name == 'batch_size' else 'non-negative'} int, got {value!r}")
+    if init not in ("mmd", "random"):
+        raise ValueError(f"init must be 'mmd' or 'random', got {init!r}")
+    if not (0 <= warmup <= 1):
+        raise ValueError(f"warmup must be a fraction in [0, 1], got {warmup!r}")
+    if not (0 < lr_decay <= 1):
+        raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+
+    noise_prior = (None, None)
+    if task == "regression":
+        if teacher_noise_variances is None:
+            raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n positive values), e.g. its held-out mean squared error")
+        v = torch.as_tensor(teacher_noise_variances, dtype=torch.float64).reshape(-1)
+        if v.numel() != n:
+            raise ValueError(f"teacher_noise_variances has {v.numel()} values for {n} teachers")
+        noise_prior = fit_inverse_gamma(v)
+    elif center_logits:
+        f = f - f.mean(-1, keepdim=True)
+
+    f = f.to(dtype=dtype, device=x.device)
+    x = x.to(dtype=dtype)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if body is None and x.dim() != 2:
+        raise ValueError(f"x_design has shape {tuple(x.shape)}: the default MLP body needs (m, d) inputs; pass body= and body_features= for other inputs")
+    model = DeepLatentFactor(
+        x.shape[1] if body is None else None, num_factors, hidden, num_outputs,
+        body=body, body_features=body_features, activation=activation,
+    ).to(dtype=dtype, device=x.device)
+    with torch.no_grad():
+        if body is None:
+            model.input_loc, model.input_scale = _standardize_stats(x, 0)
+        loc, _ = _standardize_stats(f, (0, 1))
+        model.output_loc.copy_(loc)
+        model.output_scale.copy_(f.std().clamp_min(1e-8))
+        model.noise_variance_unconstrained.copy_((0.1 * f.var()).clamp_min(1e-6).log())
+
+    m = x.shape[0]
+    steps = num_m_steps if num_m_steps is not None else math.ceil(m / min(batch_size, m))
+    if init == "mmd" and mmd_steps > 0:
+        mmd_initialize(model, x, f, num_steps=mmd_steps, penalty=mmd_penalty, lr=lr, batch_size=batch_size, generator=generator, progress=progress)
+    guide = ExactFactorPosterior(model)
+    ramp = max(warmup * num_iterations, 1.0)
+    iterations = max(num_iterations, 1)
+
+    def schedule(iteration: int) -> float:
+        return min(1.0, (iteration + 1) / ramp) * lr_decay ** (iteration / iterations)
+
+    optim = pyro.optim.LambdaLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": lr}, "lr_lambda": schedule}, {"clip_norm": 10.0})
+    em = EM(model, guide, optim, num_m_steps=steps, batch_size=batch_size, estep=estep, generator=generator)
+    history = []
+    bar = tqdm(range(num_iterations), desc="EM", disable=not progress, leave=False)
+    for _ in bar:
+        history.append(em.step(x, f) / f.numel())
+        optim.step()  # advance the learning-rate schedule by one EM iteration
+        bar.set_postfix(nll=f"{history[-1]:.4f}")
+    history.append(em.evaluate_loss(x, f) / f.numel())
+    student = Student(model, task, *noise_prior)
+    student.history = history
+    return student

@@ -1,0 +1,248 @@
+r"""The distilled student: a deep latent factor process as a Pyro posterior predictive (SPEC §6)."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from pyro_dlf import __version__
+from pyro_dlf._validation import check_design_points
+from pyro_dlf.metrics import entropy_decomposition
+from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
+from pyro_dlf.noise import inverse_gamma_quantiles
+from pyro_dlf.sufficient_statistics import combine
+
+__all__ = ["Student", "RegressionPrediction", "ClassificationPrediction", "FORMAT_VERSION"]
+
+#: Version of the file layout written by :meth:`Student.save`.
+FORMAT_VERSION = 1
+_FORMAT_NAME = "pyro_dlf.Student"
+
+
+@dataclass
+class RegressionPrediction:
+    """Predictive summary at ``m`` inputs (original units).
+
+    :ivar mean: ``μ(x)``, ``(m,)``.
+    :ivar epistemic_variance: ``‖Φ(x)‖²``, the distilled ensemble spread, ``(m,)``.
+    :ivar aleatoric_variance: ``E[σ²] = b/(a − 1)`` of the noise prior, ``(m,)``.
+    :ivar function_samples: draws ``f^{(s)}(x)`` of the distilled process, ``(S, m)``.
+    :ivar noise_variance_samples: the paired draws ``σ²_{(s)}``, ``(S,)``.
+    """
+
+    mean: Tensor
+    epistemic_variance: Tensor
+    aleatoric_variance: Tensor
+    function_samples: Optional[Tensor]
+    noise_variance_samples: Optional[Tensor]
+
+    @property
+    def total_variance(self) -> Tensor:
+        return self.epistemic_variance + self.aleatoric_variance
+
+    def sample_observations(self) -> Tensor:
+        """Draws ``y^{(s)} ~ N(f^{(s)}(x), σ²_{(s)})``, ``(S, m)``."""
+        if self.function_samples is None:
+            raise ValueError("predict(..., return_samples=True) is needed to draw observations")
+        scale = self.noise_variance_samples.sqrt().unsqueeze(-1)
+        return self.function_samples + scale * torch.randn_like(self.function_samples)
+
+
+@dataclass
+class ClassificationPrediction:
+    """Predictive summary at ``m`` inputs for ``c`` classes.
+
+    :ivar probs: ``(1/S) Σ_s softmax(f^{(s)}(x))``, ``(m, c)``.
+    :ivar total_entropy: entropy of ``probs``, ``(m,)``.
+    :ivar expected_entropy: mean entropy of the per-sample softmax (aleatoric), ``(m,)``.
+    :ivar mutual_information: total − expected (epistemic), ``(m,)``.
+    :ivar logit_samples: draws ``f^{(s)}(x)``, ``(S, m, c)`` (only if requested).
+    """
+
+    probs: Tensor
+    total_entropy: Tensor
+    expected_entropy: Tensor
+    mutual_information: Tensor
+    logit_samples: Optional[Tensor]
+
+
+class Student(PyroModule):
+    r"""A distilled student: the posterior predictive of a fitted DLF.
+
+    ``forward(x, y=None)`` is a Pyro model, so
+    ``pyro.infer.Predictive(student, num_samples=S)(x)`` draws from the
+    distilled process:
+
+    * ``z ~ N(0, I)`` (one per predictive draw; site ``z``),
+    * ``function = μ(x) + Φ(x)^T z`` (multivariate ``μ(x) + L Z Φ(x)``; site ``function``),
+    * regression: ``noise_variance ~ IG(a, b)`` (the fitted law of the teachers'
+      noise variances) and ``y ~ N(function, noise_variance)``;
+      classification: ``y ~ Categorical(logits=function)``; both in the plate
+      ``data`` (dim -1).
+
+    The predictive draws follow SPEC §6 and leave out the nugget ``σ_f²``: it is
+    the model's allowance for teacher variation outside the ``q`` factors, not
+    part of the smooth process.
+
+    Like every :class:`~pyro.nn.PyroModule`, a student run under a Pyro handler
+    registers its parameters in Pyro's global param store by name: call
+    :func:`pyro.clear_param_store` before running a second student under
+    ``Predictive`` in the same process.
+
+    :param dlf: the fitted model.
+    :param task: ``"regression"`` (univariate DLF) or ``"classification"`` (multivariate).
+    :param noise_concentration: ``a`` of the regression noise prior.
+    :param noise_rate: ``b`` of the regression noise prior.
+    """
+
+    def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None) -> None:
+        super().__init__()
+        if task not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+        if task == "regression":
+            if dlf.multivariate:
+                raise ValueError("task='regression' needs a univariate DeepLatentFactor (num_outputs=None)")
+            if noise_concentration is None or noise_rate is None or not (noise_concentration > 0 and noise_rate > 0):
+                raise ValueError("noise_concentration and noise_rate must be positive for regression (fit them with pyro_dlf.noise.fit_inverse_gamma)")
+        elif not dlf.multivariate:
+            raise ValueError("task='classification' needs a multivariate DeepLatentFactor (num_outputs=c)")
+        self.dlf = dlf
+        self.task = task
+        self.noise_concentration = None if noise_concentration is None else float(noise_concentration)
+        self.noise_rate = None if noise_rate is None else float(noise_rate)
+
+    # ---------------------------------------------------------------- Pyro
+    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """The posterior predictive as a Pyro model (see the class docstring)."""
+        dlf = self.dlf
+        mean, loading = dlf.mean_and_loading(x)
+        L = dlf.class_factor if dlf.multivariate else None
+        z = pyro.sample("z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
+        if self.task == "regression":
+            a = loading.new_tensor(self.noise_concentration)
+            noise_variance = pyro.sample("noise_variance", dist.InverseGamma(a, loading.new_tensor(self.noise_rate)))
+        with pyro.plate("data", x.shape[0], dim=-1):
+            function = pyro.deterministic("function", combine(mean, loading, z, L), event_dim=1 if dlf.multivariate else 0)
+            if self.task == "regression":
+                return pyro.sample("y", dist.Normal(function, noise_variance.sqrt()), obs=y)
+            return pyro.sample("y", dist.Categorical(logits=function), obs=y)
+
+    # ------------------------------------------------------------ summaries
+    @property
+    def aleatoric_variance(self) -> float:
+        """``E[σ²] = b/(a − 1)`` (infinite when ``a ≤ 1``)."""
+        a, b = self.noise_concentration, self.noise_rate
+        return b / (a - 1) if a > 1 else float("inf")
+
+    def predict(self, x: Tensor, num_samples: int = 1000, *, batch_size: int = 4096, return_samples: bool = True) -> Union[RegressionPrediction, ClassificationPrediction]:
+        """Predictive summaries at ``x``; the body runs once per input.
+
+        :param num_samples: ``S`` draws of ``z`` (shared across inputs, so the
+            function draws are coherent over ``x``).
+        :param batch_size: inputs per body pass (bounds memory for classification).
+        :param return_samples: also return the ``S`` function draws.
+        """
+        x = check_design_points(x, "x")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        dlf = self.dlf
+        dtype, device = dlf.loading_head.weight.dtype, dlf.loading_head.weight.device
+        x = x.to(dtype=dtype, device=device)
+        z = torch.randn((num_samples, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
+        with torch.no_grad():
+            if self.task == "regression":
+                mean, loading = dlf.mean_and_loading(x)
+                samples = combine(mean, loading, z) if return_samples else None
+                noise = dist.InverseGamma(torch.tensor(self.noise_concentration, dtype=dtype, device=device), torch.tensor(self.noise_rate, dtype=dtype, device=device))
+                return RegressionPrediction(
+                    mean=mean,
+                    epistemic_variance=loading.pow(2).sum(-1),
+                    aleatoric_variance=torch.full_like(mean, self.aleatoric_variance),
+                    function_samples=samples,
+                    noise_variance_samples=noise.sample((num_samples,)) if return_samples else None,
+                )
+            parts = []
+            for start in range(0, x.shape[0], batch_size):
+                mean, loading = dlf.mean_and_loading(x[start:start + batch_size])
+                logits = combine(mean, loading, z, dlf.class_factor)  # (S, b, c)
+                probs = logits.softmax(-1)
+                parts.append((probs.mean(0), *entropy_decomposition(probs), logits if return_samples else None))
+            cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
+            return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), torch.cat([p[4] for p in parts], 1) if return_samples else None)
+
+    def predictive_mixture(self, x: Tensor, num_components: int = 64) -> tuple[Tensor, Tensor]:
+        r"""The regression predictive density as an equal-weight Gaussian mixture.
+
+        Given ``σ²`` the predictive is exactly ``N(μ(x), ‖Φ(x)‖² + σ²)``; ``σ²`` is
+        integrated over ``IG(a, b)`` with ``num_components`` equal-probability
+        quantile nodes (deterministic quadrature).
+
+        :returns: ``(means, variances)`` of shape ``(K, m)``, for :mod:`pyro_dlf.metrics`.
+        """
+        if self.task != "regression":
+            raise ValueError("predictive_mixture is for regression students; use predict(x).probs for classification")
+        x = check_design_points(x, "x")
+        with torch.no_grad():
+            mean, loading = self.dlf.mean_and_loading(x.to(self.dlf.loading_head.weight.dtype))
+            nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean)
+            variances = loading.pow(2).sum(-1) + nodes.unsqueeze(-1)
+        return mean.expand_as(variances), variances
+
+    # -------------------------------------------------------------- saving
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write a versioned config and the state dict (loadable with ``weights_only=True``)."""
+        payload = {
+            "format": _FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "pyro_dlf_version": __version__,
+            "task": self.task,
+            "noise": None if self.noise_concentration is None else [self.noise_concentration, self.noise_rate],
+            "model": self.dlf.config(),
+            "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
+            "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()},
+        }
+        torch.save(payload, os.fspath(path))
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], body: Optional[nn.Module] = None, map_location: Union[str, torch.device] = "cpu") -> "Student":
+        """Read a student written by :meth:`save`.
+
+        :param body: required when the student was built with a custom body:
+            a module of the same architecture (its weights are overwritten).
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"path: no file at {path!r}")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"{path!r} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
+        except Exception as err:  # the unpickler raises assorted errors on garbage
+            raise ValueError(f"{path!r} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT_NAME:
+            raise ValueError(f"{path!r} is not a pyro_dlf student file (missing format header)")
+        version = payload.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path!r} has student format version {version}; this pyro_dlf reads version {FORMAT_VERSION}")
+        cfg = dict(payload["model"])
+        custom = cfg.pop("custom_body")
+        if custom and body is None:
+            raise ValueError("body: this student was saved with a custom body; pass a module of the same architecture as body=")
+        dlf = DeepLatentFactor(
+            cfg["in_features"], cfg["num_factors"], tuple(cfg["hidden"]) if not custom else (), cfg["num_outputs"],
+            body=body if custom else None, body_features=cfg["body_features"] if custom else None, activation=cfg["activation"],
+        ).to(getattr(torch, payload["dtype"]))
+        try:
+            dlf.load_state_dict(payload["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"{path!r}: the saved weights do not fit the saved architecture{' (is body the right architecture?)' if custom else ''}: {err}") from err
+        noise = payload["noise"] or [None, None]
+        return cls(dlf, payload["task"], noise[0], noise[1])

@@ -1,0 +1,245 @@
+r"""Closed-form algebra of the (noisy) deep latent factor model.
+
+Everything exact in the DLF model -- the E-step, the marginal likelihood and the
+closed-form noise update -- depends on the design points only through a few
+small sums, so it can be computed by streaming over minibatches of design
+points with memory independent of their number ``m``.
+
+Notation (SPEC §3–4). ``n`` teachers, ``m`` design points, ``q`` factors,
+``c`` classes (multivariate model only). For teacher ``i`` the residual is
+``r_i = f_i - μ`` (univariate, ``R^m``) or ``R_i = F_i - M`` (multivariate,
+``R^{m×c}``), and ``Φ ∈ R^{m×q}`` stacks the loadings. The sufficient
+statistics are
+
+.. math::
+
+    G = Φ^T Φ \in R^{q×q},\qquad
+    A_i = Φ^T r_i \in R^q \ \ (\text{multivariate: } A_i = R_i^T Φ \in R^{c×q}),
+    \qquad s_i = \|r_i\|^2 .
+
+Univariate posterior (``C = I_q + G/σ^2``):
+``S = C^{-1}``, ``E[z_i] = S A_i / σ^2``.
+
+Multivariate posterior: with ``G = U D U^T`` and ``L^T L = V E V^T`` the
+posterior precision ``Z ↦ Z + L^T L Z G / σ^2`` is diagonal in the basis
+``\tilde Z = V^T Z U`` with entries ``1 + e_a d_b / σ^2``; the right-hand side
+is ``L^T A_i / σ^2``.
+
+Marginal likelihood (determinant lemma and Woodbury, never an ``m×m`` matrix):
+
+.. math::
+
+    \log p(f_i) = -\tfrac12\Big[N \log 2π + N \log σ^2 + \log|C|
+        + \big(s_i - \langle W^T r_i, E[z_i]\rangle\big)/σ^2\Big],
+
+with ``N = m`` (``mc``), ``W^T r_i = A_i`` (``L^T A_i``) and
+``\log|C| = -\sum \log(\text{posterior variances in the eigenbasis})``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FactorStatistics",
+    "FactorPosterior",
+    "batch_statistics",
+    "factor_posterior",
+    "log_marginal_likelihood",
+    "combine",
+    "expected_squared_error",
+]
+
+
+@dataclass
+class FactorStatistics:
+    """Sufficient statistics of teacher residuals at fixed network parameters.
+
+    :ivar gram: ``Φ^T Φ``, shape ``(q, q)``.
+    :ivar cross: ``Φ^T r_i`` stacked, ``(n, q)``; multivariate ``R_i^T Φ``, ``(n, c, q)``.
+    :ivar residual_sq: ``\\|r_i\\|^2``, shape ``(n,)``.
+    :ivar num_points: the number of design points ``m`` summed over.
+    """
+
+    gram: Tensor
+    cross: Tensor
+    residual_sq: Tensor
+    num_points: int
+
+    @property
+    def multivariate(self) -> bool:
+        return self.cross.dim() == 3
+
+    @property
+    def num_members(self) -> int:
+        return self.cross.shape[0]
+
+    @property
+    def num_entries(self) -> int:
+        """Observed scalars per teacher, ``m`` or ``m·c``."""
+        return self.num_points * (self.cross.shape[1] if self.multivariate else 1)
+
+    def __add__(self, other: "FactorStatistics") -> "FactorStatistics":
+        # Sums over disjoint sets of design points add: this is what lets the
+        # E-step stream over minibatches (and all-reduce across workers).
+        return FactorStatistics(
+            self.gram + other.gram,
+            self.cross + other.cross,
+            self.residual_sq + other.residual_sq,
+            self.num_points + other.num_points,
+        )
+
+
+@dataclass
+class FactorPosterior:
+    r"""Gaussian posterior of the latent factors given the teachers.
+
+    Univariate: ``z_i ~ N(mean[i], covariance)``, ``covariance = (I + G/σ^2)^{-1}``
+    shared by all teachers.
+
+    Multivariate: ``Z_i = V \tilde Z_i U^T`` with independent
+    ``\tilde Z_{i,ab} ~ N(\tilde m_{i,ab}, variances[a, b])``.
+    ``covariance`` is then ``None`` and ``class_basis = V`` (``c×c``),
+    ``factor_basis = U`` (``q×q``) carry the eigenbases.
+    """
+
+    mean: Tensor
+    variances: Tensor
+    covariance: Optional[Tensor] = None
+    class_basis: Optional[Tensor] = None
+    factor_basis: Optional[Tensor] = None
+
+    @property
+    def multivariate(self) -> bool:
+        return self.mean.dim() == 3
+
+    def dense_covariance(self) -> Tensor:
+        """The posterior covariance of ``vec(z_i)`` (row-major for ``Z_i``), shared by all i."""
+        if not self.multivariate:
+            return self.covariance
+        basis = torch.kron(self.class_basis, self.factor_basis)
+        return (basis * self.variances.reshape(-1)) @ basis.T
+
+    def to(self, dtype: torch.dtype) -> "FactorPosterior":
+        conv = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+        return FactorPosterior(
+            conv(self.mean), conv(self.variances), conv(self.covariance),
+            conv(self.class_basis), conv(self.factor_basis),
+        )
+
+
+def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[torch.dtype] = torch.float64) -> FactorStatistics:
+    """Sufficient statistics of one minibatch of ``b`` design points.
+
+    :param mean: ``μ`` at the batch, ``(b,)`` or ``(b, c)``.
+    :param loading: ``Φ`` at the batch, ``(b, q)``.
+    :param f: teacher values at the batch, ``(n, b)`` or ``(n, b, c)``.
+    :param dtype: accumulation dtype; float64 by default because the marginal
+        likelihood subtracts two nearly equal sums when ``σ_f^2`` is small.
+    """
+    if dtype is not None:
+        mean, loading, f = mean.to(dtype), loading.to(dtype), f.to(dtype)
+    residual = f - mean
+    gram = loading.T @ loading
+    if residual.dim() == 3:
+        cross = torch.einsum("nbc,bq->ncq", residual, loading)
+        residual_sq = residual.pow(2).sum((1, 2))
+    else:
+        cross = residual @ loading
+        residual_sq = residual.pow(2).sum(1)
+    return FactorStatistics(gram, cross, residual_sq, loading.shape[0])
+
+
+def factor_posterior(stats: FactorStatistics, noise_variance: Tensor, class_factor: Optional[Tensor] = None) -> FactorPosterior:
+    """Closed-form E-step (SPEC §4) from sufficient statistics.
+
+    :param noise_variance: ``σ_f^2`` (scalar tensor).
+    :param class_factor: ``L`` (``c×c`` lower-triangular), multivariate only.
+    """
+    dtype = stats.cross.dtype
+    noise = torch.as_tensor(noise_variance, dtype=dtype)
+    q = stats.gram.shape[0]
+    eye = torch.eye(q, dtype=dtype, device=stats.gram.device)
+    if not stats.multivariate:
+        precision = eye + stats.gram / noise
+        chol = torch.linalg.cholesky(precision)
+        covariance = torch.cholesky_inverse(chol)
+        mean = stats.cross @ covariance / noise  # S symmetric: (S A_i)^T = A_i^T S
+        # Posterior variances in the eigenbasis of G carry log|C| for the likelihood.
+        variances = 1.0 / (1.0 + torch.linalg.eigvalsh(stats.gram).clamp_min(0) / noise)
+        return FactorPosterior(mean, variances, covariance=covariance)
+    if class_factor is None:
+        raise ValueError("class_factor: the multivariate posterior needs the class factor L")
+    L = class_factor.to(dtype)
+    d, U = torch.linalg.eigh(stats.gram)
+    e, V = torch.linalg.eigh(L.T @ L)
+    d, e = d.clamp_min(0), e.clamp_min(0)
+    variances = 1.0 / (1.0 + e[:, None] * d[None, :] / noise)  # (c, q)
+    rhs = torch.einsum("ka,nkq->naq", L, stats.cross) / noise  # L^T A_i / σ^2
+    rotated = torch.einsum("ka,nkq,qb->nab", V, rhs, U) * variances
+    mean = torch.einsum("ak,nkl,bl->nab", V, rotated, U)  # V Z~ U^T
+    return FactorPosterior(mean, variances, class_basis=V, factor_basis=U)
+
+
+def log_marginal_likelihood(stats: FactorStatistics, posterior: FactorPosterior, noise_variance: Tensor, class_factor: Optional[Tensor] = None) -> Tensor:
+    """Exact per-teacher log marginal likelihood (SPEC §3), shape ``(n,)``.
+
+    ``posterior`` must be the one computed from the same ``stats``.
+    """
+    dtype = stats.cross.dtype
+    noise = torch.as_tensor(noise_variance, dtype=dtype)
+    N = stats.num_entries
+    post = posterior.to(dtype)
+    if stats.multivariate:
+        projected = torch.einsum("ka,nkq->naq", class_factor.to(dtype), stats.cross)  # L^T A_i
+        explained = (projected * post.mean).sum((1, 2))
+    else:
+        explained = (stats.cross * post.mean).sum(1)
+    quad = (stats.residual_sq - explained) / noise
+    logdet = -post.variances.log().sum() + N * noise.log()
+    return -0.5 * (N * math.log(2 * math.pi) + logdet + quad)
+
+
+def combine(mean: Tensor, loading: Tensor, z: Tensor, class_factor: Optional[Tensor] = None) -> Tensor:
+    r"""Function values ``μ(x) + Φ(x)^T z`` (multivariate ``μ(x) + L Z Φ(x)``).
+
+    ``z`` is either unbatched (``(q,)`` / ``(c, q)``) or has batch dimensions
+    whose last one is a singleton aligned with the design-point dimension, as
+    Pyro plates produce (``(..., 1, q)`` / ``(..., 1, c, q)``). The result is
+    ``(..., m)`` or ``(..., m, c)``.
+    """
+    if class_factor is None:
+        return mean + (z * loading).sum(-1)
+    if z.dim() == 2:
+        z = z.unsqueeze(-3)
+    values = (z @ loading.unsqueeze(-1)).squeeze(-1)  # (..., m, c): Z Φ_j
+    return mean + values @ class_factor.T
+
+
+def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: FactorPosterior, class_factor: Optional[Tensor] = None) -> Tensor:
+    r"""``Σ_i E‖f_i − μ − Φ z_i‖²`` over one batch, under a fixed posterior.
+
+    This is the data term of the expected complete-data log-likelihood ``Q``
+    (SPEC §4), differentiable in ``μ``, ``Φ`` and ``L`` with the posterior held
+    fixed. It is computed from residuals directly (no cancellation):
+
+    * univariate: ``Σ_i ‖r_i − Φ E z_i‖² + n · tr(S Φ^T Φ)``;
+    * multivariate: ``Σ_i ‖R_i − Φ E Z_i^T L^T‖² +
+      n Σ_a (V^T L^T L V)_{aa} Σ_b s_{ab} (U^T Φ^T Φ U)_{bb}``.
+    """
+    post = posterior.to(loading.dtype)
+    n = f.shape[0]
+    if class_factor is None:
+        fitted = combine(mean, loading, post.mean.unsqueeze(-2))
+        trace = (loading @ post.covariance * loading).sum()
+    else:
+        fitted = combine(mean, loading, post.mean.unsqueeze(-3), class_factor)
+        lv = class_factor @ post.class_basis
+        rotated = loading @ post.factor_basis  # (b, q): U^T Φ_j
+        trace = (lv.pow(2).sum(0) @ post.variances @ rotated.pow(2).sum(0))
+    return (f - fitted).pow(2).sum() + n * trace

@@ -1,0 +1,96 @@
+"""DeepLatentFactor: shapes, covariance, the Pyro model's sites and its input checks."""
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import Predictive
+from torch import nn
+
+from pyro_dlf.models import DeepLatentFactor
+
+from synthetic import random_dlf
+
+
+@pytest.mark.parametrize("num_outputs", [None, 3])
+def test_shapes(num_outputs):
+    model = random_dlf(num_outputs=num_outputs)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    mean, loading = model.mean_and_loading(x)
+    assert mean.shape == ((5,) if num_outputs is None else (5, 3))
+    assert loading.shape == (5, 3)
+    assert model.sample(x, 7).shape == ((7, 5) if num_outputs is None else (7, 5, 3))
+    if num_outputs is None:
+        torch.testing.assert_close(model.covariance(x), loading @ loading.T)
+    else:
+        k_x, k_c = model.covariance(x)
+        L = model.class_factor
+        torch.testing.assert_close(k_x, loading @ loading.T)
+        torch.testing.assert_close(k_c, L @ L.T)
+
+
+@pytest.mark.parametrize("num_outputs", [None, 3])
+def test_observed_site_log_prob(num_outputs):
+    """Conditioned on z, the site f is N(μ + Φᵀz, σ_f²) entrywise."""
+    model = random_dlf(num_outputs=num_outputs)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    n = 4
+    f = torch.randn((n, 6) if num_outputs is None else (n, 6, 3), dtype=torch.float64)
+    z = torch.randn((n, 1) + tuple(model.factor_shape), dtype=torch.float64)
+    trace = poutine.trace(poutine.condition(model, {"z": z})).get_trace(x, f)
+    trace.compute_log_prob()
+    mean, loading = model.mean_and_loading(x)
+    if num_outputs is None:
+        fitted = mean + z.squeeze(1) @ loading.T
+    else:
+        fitted = mean + torch.einsum("ncq,mq,kc->nmk", z.squeeze(1), loading, model.class_factor)
+    expected = torch.distributions.Normal(fitted, model.noise_variance.sqrt()).log_prob(f).sum()
+    torch.testing.assert_close(trace.nodes["f"]["log_prob_sum"], expected)
+    torch.testing.assert_close(trace.nodes["function"]["value"], fitted)
+    assert trace.nodes["z"]["value"].shape == z.shape
+
+
+def test_predictive_over_model_draws_teachers():
+    model = random_dlf(num_outputs=3)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    out = Predictive(model, num_samples=5, parallel=True)(x, num_members=2)
+    assert out["f"].shape == (5, 2, 4, 3)
+    assert out["z"].shape == (5, 2, 1, 3, 3)
+
+
+def test_custom_body():
+    body = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh())
+    model = DeepLatentFactor(num_factors=2, body=body, body_features=8)
+    x = torch.randn(5, 2, 3)
+    assert model.loading(x).shape == (5, 2)
+    assert model.config()["custom_body"] is True
+
+
+def test_log_marginal_likelihood_checks_inputs():
+    model = random_dlf()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="f has values at 4 design points"):
+        model.log_marginal_likelihood(x, torch.randn(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="non-finite"):
+        model.log_marginal_likelihood(x, torch.full((3, 5), float("nan"), dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(in_features=2, num_factors=0), "num_factors"),
+        (dict(in_features=2, num_factors=2, num_outputs=0), "num_outputs"),
+        (dict(num_factors=2), "in_features"),
+        (dict(in_features=2, num_factors=2, activation="Sigmoidish"), "activation"),
+        (dict(in_features=2, num_factors=2, noise_variance=0.0), "noise_variance"),
+        (dict(num_factors=2, body=nn.Linear(2, 3)), "body_features"),
+    ],
+)
+def test_bad_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DeepLatentFactor(**kwargs)
+
+
+def test_body_must_be_a_module():
+    with pytest.raises(TypeError, match="body"):
+        DeepLatentFactor(num_factors=2, body=lambda x: x, body_features=2)

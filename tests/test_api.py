@@ -1,0 +1,92 @@
+"""pyro_dlf.distill: the one-call API and its input checks."""
+
+import pytest
+import torch
+
+import pyro_dlf
+from pyro_dlf import Student
+
+from synthetic import synthetic_teachers
+
+FAST = dict(num_iterations=3, mmd_steps=5, progress=False)
+
+
+def _regression_data(n=6):
+    truth, x, f = synthetic_teachers(n, num_points=20)
+    return x, f, torch.linspace(0.01, 0.02, n)
+
+
+def test_regression_from_tensor_and_from_callables_agree():
+    x, f, v = _regression_data()
+    from_tensor = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, **FAST)
+    teachers = [lambda xb, i=i: f[i][: len(xb)] if len(xb) == len(x) else None for i in range(f.shape[0])]
+    from_callables = pyro_dlf.distill(x, teachers, num_factors=2, teacher_noise_variances=v, **FAST)
+    assert isinstance(from_tensor, Student) and from_tensor.task == "regression"
+    assert torch.equal(from_tensor.dlf.loading(x), from_callables.dlf.loading(x))  # same seed, same data
+    assert len(from_tensor.history) == FAST["num_iterations"] + 1
+
+
+def test_callables_are_evaluated_in_batches():
+    x, f, v = _regression_data()
+    calls = []
+
+    def teacher(i):
+        def fn(xb):
+            calls.append(len(xb))
+            return torch.sin(3 * xb).squeeze(-1) * (1 + 0.1 * i)
+        return fn
+
+    values = pyro_dlf.evaluate_teachers([teacher(i) for i in range(3)], x, batch_size=8)
+    assert values.shape == (3, 20) and max(calls) == 8
+
+
+def test_classification_centres_logits():
+    truth, x, f = synthetic_teachers(5, num_points=20, num_outputs=3, num_factors=2)
+    student = pyro_dlf.distill(x, f + 7.0, num_factors=2, **FAST)
+    assert student.task == "classification"
+    # Centred teachers: the fitted mean logit sums to ~0 over classes.
+    assert student.dlf.output_loc.sum().abs() < 1e-5
+    pred = student.predict(x, 20)
+    assert pred.probs.shape == (20, 3)
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda x, f, v: (x, f.clone().index_put_((torch.tensor(0), torch.tensor(3)), torch.tensor(float("nan"))), v), ValueError, "teacher_outputs contains 1 non-finite"),
+        (lambda x, f, v: (x, f.clone().fill_(float("inf")), v), ValueError, "non-finite"),
+        (lambda x, f, v: (x[:-1], f, v), ValueError, "must match the first of x"),
+        (lambda x, f, v: (x, f[:1], v[:1]), ValueError, "at least 2"),
+        (lambda x, f, v: (x[:0], f[:, :0], v), ValueError, "x_design is empty"),
+        (lambda x, f, v: (x, f.long(), v), TypeError, "teacher_outputs must have a floating-point dtype"),
+        (lambda x, f, v: (x.int(), f, v), TypeError, "x_design must have a floating-point dtype"),
+        (lambda x, f, v: (x, f.numpy(), v), TypeError, "teacher_outputs must be a tensor"),
+        (lambda x, f, v: (x, f, None), ValueError, "teacher_noise_variances"),
+        (lambda x, f, v: (x, f, v[:2]), ValueError, "teacher_noise_variances has 2 values"),
+        (lambda x, f, v: (x, f[..., None, None], v), ValueError, "shape"),
+    ],
+)
+def test_bad_inputs_name_the_argument(mutate, error, match):
+    x, f, v = _regression_data()
+    x, f, v = mutate(x, f, v)
+    with pytest.raises(error, match=match):
+        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, **FAST)
+
+
+def test_too_many_factors_warns():
+    x, f, v = _regression_data(n=3)
+    with pytest.warns(UserWarning, match="num_factors=3 >= number of teachers=3"):
+        pyro_dlf.distill(x, f, num_factors=3, teacher_noise_variances=v, **FAST)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(init="zeros"), "init"), (dict(num_iterations=-1), "num_iterations"), (dict(lr_decay=0.0), "lr_decay"), (dict(warmup=2.0), "warmup"), (dict(task="survival"), "task")])
+def test_bad_options(kwargs, match):
+    x, f, v = _regression_data()
+    with pytest.raises(ValueError, match=match):
+        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, **{**FAST, **kwargs})
+
+
+def test_empty_teacher_list():
+    x, f, v = _regression_data()
+    with pytest.raises(ValueError, match="empty list"):
+        pyro_dlf.distill(x, [], num_factors=2, teacher_noise_variances=v, **FAST)

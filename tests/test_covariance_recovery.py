@@ -1,0 +1,97 @@
+r"""Statistical checks on a recovered covariance (SPEC §9).
+
+Teachers are simulated from a known DLF (μ*, Φ*, σ*²) on 60 points; the fitted
+student must recover ``K* = Φ*Φ*^T``.
+
+Tolerances come from the sampling error of the oracle estimator, the sample
+covariance of ``n`` exact draws: for Gaussian draws
+``E‖Σ̂ − Σ‖_F² = (‖Σ‖_F² + tr(Σ)²)/n`` (Wishart variances), so the relative
+error has root-mean-square ``ρ(n) = √((1 + tr(K)²/‖K‖_F²)/n)``. The maximum
+likelihood fit uses more structure than the sample covariance, so it should
+not do worse than a small multiple of ``ρ(n)``; we allow 2×.
+"""
+
+import math
+
+import pytest
+import torch
+from scipy.stats import chi2, kstest
+
+import pyro_dlf
+
+from synthetic import synthetic_teachers
+
+SIZES = (25, 400)
+
+
+def _fit(n, num_factors=3, seed=0):
+    truth, x, f = synthetic_teachers(n, num_points=60, seed=seed)
+    student = pyro_dlf.distill(
+        x, f, num_factors=num_factors, teacher_noise_variances=torch.linspace(0.05, 0.1, n),
+        hidden=(32,), activation="Tanh", num_iterations=200, mmd_steps=300, progress=False, seed=seed,
+    )
+    return truth, x, student.dlf
+
+
+@pytest.fixture(scope="module")
+def fits():
+    return {n: _fit(n) for n in SIZES}
+
+
+def _rate(K, n):
+    return math.sqrt((1 + float(K.trace()) ** 2 / float(K.norm()) ** 2) / n)
+
+
+def test_relative_frobenius_error_shrinks_with_teachers(fits, record_property):
+    errors = {}
+    for n, (truth, x, model) in fits.items():
+        K = truth.covariance(x).detach()
+        K_hat = model.covariance(x).detach()
+        errors[n] = float((K_hat - K).norm() / K.norm())
+        record_property(f"relative_frobenius_error_n{n}", errors[n])
+        assert errors[n] < 2 * _rate(K, n), (n, errors[n], _rate(K, n))
+    print(f"\nrelative Frobenius error of ΦΦᵀ: " + ", ".join(f"n={n}: {e:.3f}" for n, e in errors.items()))
+    # 16× the teachers: the error rate falls by 4; demand at least a factor 2.
+    assert errors[400] < errors[25] / 2
+
+
+def test_principal_angles_are_small(fits):
+    """Davis–Kahan: sin θ_max ≤ 2‖K̂ − K‖_op / λ_q(K), with ‖·‖_op ≤ ‖·‖_F ≤ 2ρ(n)‖K‖_F allowed above."""
+    truth, x, model = fits[400]
+    K = truth.covariance(x).detach()
+    q = model.num_factors
+    true_basis = torch.linalg.eigh(K).eigenvectors[:, -q:]
+    fitted_basis = torch.linalg.qr(model.loading(x).detach()).Q
+    cosines = torch.linalg.svdvals(true_basis.T @ fitted_basis).clamp(max=1)
+    sin_max = float((1 - cosines.min() ** 2).sqrt())
+    lam_q = float(torch.linalg.eigvalsh(K)[-q])
+    bound = 2 * (2 * _rate(K, 400) * float(K.norm())) / lam_q
+    assert sin_max < min(bound, 1.0), (sin_max, bound)
+
+
+def _mahalanobis(model, x, draws):
+    """(y − μ̂)ᵀ(Φ̂Φ̂ᵀ + σ̂²I)⁻¹(y − μ̂) for each fresh draw y."""
+    with torch.no_grad():
+        mean, loading = model.mean_and_loading(x)
+        cov = loading @ loading.T + model.noise_variance * torch.eye(len(x))
+        r = (draws - mean).double()
+        return (r * torch.linalg.solve(cov.double(), r.T).T).sum(-1)
+
+
+def test_mahalanobis_distances_are_chi_squared_and_a_wrong_rank_is_rejected(fits, record_property):
+    truth, x, model = fits[400]
+    torch.manual_seed(123)
+    fresh = truth.sample(x, 300, include_noise=True)
+    m = x.shape[0]
+    p_truth = kstest(_mahalanobis(truth, x, fresh).numpy(), chi2(m).cdf).pvalue
+    p_fitted = kstest(_mahalanobis(model, x, fresh).numpy(), chi2(m).cdf).pvalue
+    # A model with one factor for a rank-3 covariance must fail the same test.
+    _, _, wrong = _fit(400, num_factors=1)
+    p_wrong = kstest(_mahalanobis(wrong, x, fresh).numpy(), chi2(m).cdf).pvalue
+    record_property("ks_p_truth", p_truth)
+    record_property("ks_p_fitted", p_fitted)
+    record_property("ks_p_wrong_rank", p_wrong)
+    print(f"\nKS p-values vs χ²_{m}: truth {p_truth:.3f}, fitted q=3 {p_fitted:.3f}, wrong rank q=1 {p_wrong:.2e}")
+    assert p_truth > 0.01  # the test itself is calibrated
+    assert p_fitted > 0.01
+    assert p_wrong < 1e-6

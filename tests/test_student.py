@@ -1,0 +1,133 @@
+"""The distilled student: Predictive compatibility, predictions, save/load."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Predictive
+
+from pyro_dlf import Student
+from pyro_dlf.models import DeepLatentFactor
+
+from synthetic import random_dlf
+
+
+def _regression_student():
+    return Student(random_dlf(dtype=torch.float32), "regression", 5.0, 4.0)
+
+
+def _classification_student():
+    return Student(random_dlf(num_outputs=3, dtype=torch.float32), "classification")
+
+
+def test_predictive_and_sample_agree_with_the_process():
+    """Predictive draws and dlf.sample both have mean μ(x) and covariance Φ(x)Φ(x)ᵀ.
+
+    Tolerances: S draws give a mean with standard error √(K_jj/S) and a sample
+    covariance entry with standard error √((K_jk² + K_jj K_kk)/S); we allow
+    5 standard errors for every entry (Bonferroni over ≤ 50 entries at ~1e-5 each).
+    """
+    student = _regression_student()
+    x = torch.randn(5, 2)
+    S = 4000
+    with torch.no_grad():
+        mean, loading = student.dlf.mean_and_loading(x)
+    K = loading @ loading.T
+    se_mean = (K.diagonal() / S).sqrt()
+    se_cov = ((K.pow(2) + K.diagonal()[:, None] * K.diagonal()[None, :]) / S).sqrt()
+    draws = {
+        "Predictive": Predictive(student, num_samples=S, parallel=True)(x)["function"].detach(),
+        "sample": student.dlf.sample(x, S),
+        "predict": student.predict(x, S).function_samples,
+    }
+    for name, d in draws.items():
+        assert d.shape == (S, 5), name
+        assert ((d.mean(0) - mean).abs() <= 5 * se_mean).all(), name
+        assert ((torch.cov(d.T) - K).abs() <= 5 * se_cov).all(), name
+
+
+def test_predictive_y_has_the_noise_prior():
+    student = _regression_student()
+    out = Predictive(student, num_samples=3000, parallel=True)(torch.randn(2, 2))
+    # IG(5, 4) has mean 1 and variance 1/3: check the mean within 5 standard errors.
+    assert abs(float(out["noise_variance"].mean()) - 1.0) < 5 * math.sqrt((1 / 3) / 3000)
+    assert out["y"].shape == (3000, 2)
+
+
+def test_regression_prediction_and_mixture():
+    student = _regression_student()
+    x = torch.randn(7, 2)
+    pred = student.predict(x, 50)
+    assert pred.mean.shape == pred.epistemic_variance.shape == (7,)
+    torch.testing.assert_close(pred.aleatoric_variance, torch.full((7,), 1.0))  # b/(a−1)
+    assert pred.sample_observations().shape == (50, 7)
+    means, variances = student.predictive_mixture(x, 16)
+    assert means.shape == variances.shape == (16, 7)
+    torch.testing.assert_close((variances - pred.epistemic_variance).mean(0), torch.full((7,), 1.0), rtol=0.15, atol=0)
+
+
+def test_classification_prediction():
+    student = _classification_student()
+    pred = student.predict(torch.randn(6, 2), 200, batch_size=4)
+    assert pred.probs.shape == (6, 3)
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(6))
+    torch.testing.assert_close(pred.total_entropy - pred.expected_entropy, pred.mutual_information)
+    assert (pred.mutual_information >= 0).all()
+    out = Predictive(student, num_samples=10)(torch.randn(6, 2))
+    assert out["y"].shape == (10, 6)
+
+
+@pytest.mark.parametrize("make", [_regression_student, _classification_student])
+def test_save_load_round_trip_is_exact(tmp_path, make):
+    student = make()
+    path = tmp_path / "student.pt"
+    student.save(path)
+    loaded = Student.load(path)
+    x = torch.randn(4, 2)
+    for a, b in zip(student.dlf.mean_and_loading(x), loaded.dlf.mean_and_loading(x)):
+        assert torch.equal(a, b)
+    assert loaded.task == student.task
+    assert loaded.noise_concentration == student.noise_concentration and loaded.noise_rate == student.noise_rate
+    for key, value in student.dlf.state_dict().items():
+        assert torch.equal(value, loaded.dlf.state_dict()[key]), key
+
+
+def test_custom_body_round_trip_needs_the_body(tmp_path):
+    body = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh())
+    student = Student(DeepLatentFactor(num_factors=2, body=body, body_features=4), "regression", 3.0, 1.0)
+    student.save(tmp_path / "s.pt")
+    with pytest.raises(ValueError, match="body"):
+        Student.load(tmp_path / "s.pt")
+    loaded = Student.load(tmp_path / "s.pt", body=torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh()))
+    x = torch.randn(3, 2)
+    assert torch.equal(loaded.dlf.loading(x), student.dlf.loading(x))
+
+
+def test_corrupted_and_foreign_files_fail_clearly(tmp_path):
+    student = _regression_student()
+    path = tmp_path / "student.pt"
+    student.save(path)
+    data = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable pyro_dlf student file"):
+        Student.load(tmp_path / "truncated.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable pyro_dlf student file"):
+        Student.load(tmp_path / "garbage.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="missing format header"):
+        Student.load(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="path"):
+        Student.load(tmp_path / "missing.pt")
+
+
+def test_student_arguments():
+    with pytest.raises(ValueError, match="task"):
+        Student(random_dlf(), "ranking")
+    with pytest.raises(ValueError, match="noise_concentration"):
+        Student(random_dlf(), "regression")
+    with pytest.raises(ValueError, match="multivariate"):
+        Student(random_dlf(), "classification")
+    with pytest.raises(ValueError, match="num_samples"):
+        _regression_student().predict(torch.randn(2, 2), 0)
