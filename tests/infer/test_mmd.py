@@ -38,7 +38,7 @@ def test_fitted_codes_look_like_prior_draws():
     err = (torch.cov(codes.T) - torch.eye(q)).norm()
     assert err < 3 * math.sqrt((q * q + q) / n), err
     # σ_f² was set to the profiled maximizer, close to the true nugget (0.01) here.
-    assert 0.5 * 0.01 < float(model.noise_variance) < 2.0 * 0.01
+    assert 0.5 * 0.01 < float(model.noise_variance.detach()) < 2.0 * 0.01
 
 
 @pytest.fixture(scope="module")
