@@ -1,5 +1,20 @@
 """Baselines, including the teacher deep ensemble that is distilled."""
 
 from pyro_dlf.baselines.ensemble import DeepEnsembleRegressor, fit_regressor
+from pyro_dlf.baselines.students import (
+    BatchEnsembleLinear,
+    BatchEnsembleStudent,
+    DistilledEnsemble,
+    HydraStudent,
+    SmallEnsembleStudent,
+)
 
-__all__ = ["DeepEnsembleRegressor", "fit_regressor"]
+__all__ = [
+    "DeepEnsembleRegressor",
+    "fit_regressor",
+    "DistilledEnsemble",
+    "SmallEnsembleStudent",
+    "HydraStudent",
+    "BatchEnsembleLinear",
+    "BatchEnsembleStudent",
+]

@@ -1,5 +1,14 @@
-"""Data utilities: standardisation and the random split protocols."""
+"""Data utilities: standardisation, the random split protocols and the UCI loader."""
 
 from pyro_dlf.data.splits import Standardizer, train_design_test_split, train_test_split
+from pyro_dlf.data.uci import UCI_DATASETS, UCIData, UCISplit, load_uci
 
-__all__ = ["Standardizer", "train_design_test_split", "train_test_split"]
+__all__ = [
+    "Standardizer",
+    "train_design_test_split",
+    "train_test_split",
+    "UCI_DATASETS",
+    "UCIData",
+    "UCISplit",
+    "load_uci",
+]
