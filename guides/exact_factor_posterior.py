@@ -11,7 +11,7 @@ from pyro.nn import PyroModule
 from torch import Tensor
 from torch.distributions.transforms import ReshapeTransform
 
-from pyro_dlf._validation import check_design_points, check_teacher_values
+from pyro_dlf._validation import check_design_points, check_dtype, check_teacher_values
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.sufficient_statistics import FactorPosterior, FactorStatistics, factor_posterior
 
@@ -39,9 +39,9 @@ class ExactFactorPosterior(PyroModule):
     """
 
     def __init__(self, model: DeepLatentFactor) -> None:
-        super().__init__()
         if not isinstance(model, DeepLatentFactor):
             raise TypeError(f"model must be a pyro_dlf.models.DeepLatentFactor, got {type(model).__name__}")
+        super().__init__(f"{model._pyro_name}_posterior")
         self._model = (model,)  # a tuple keeps nn.Module from registering it
         self.posterior: Optional[FactorPosterior] = None
 
@@ -68,7 +68,9 @@ class ExactFactorPosterior(PyroModule):
     def update(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None) -> FactorPosterior:
         """Exact E-step from all design points (streamed in batches of ``batch_size``)."""
         x = check_design_points(x, "x")
+        self.model.check_inputs(x, "x")
         f = check_teacher_values(f, x, self.model.num_outputs, "f", min_members=1)
+        check_dtype(f, self.model, "f")
         return self.set_statistics(self.model.statistics(x, f, batch_size))
 
     @property

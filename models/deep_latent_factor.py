@@ -16,6 +16,7 @@ nugget ``σ_f^2`` (the noisy DLF), which keeps the likelihood well conditioned.
 
 from __future__ import annotations
 
+import uuid
 from typing import Optional, Sequence
 
 import pyro
@@ -25,7 +26,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from pyro_dlf._validation import check_design_points, check_teacher_values
+from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_teacher_values
 from pyro_dlf.nn import MLP
 from pyro_dlf.sufficient_statistics import (
     FactorStatistics,
@@ -58,6 +59,9 @@ class DeepLatentFactor(PyroModule):
         :data:`ACTIVATIONS`).
     :param noise_variance: initial nugget ``σ_f^2`` (a ``PyroParam`` with a
         positive constraint).
+    :param name: the Pyro name (prefix of the param-store names); unique per
+        instance by default so that several models can run under Pyro handlers
+        in one process without sharing parameters.
 
     Inputs are standardized by the buffers ``input_loc``/``input_scale`` and
     head outputs rescaled by ``output_loc``/``output_scale`` (identity by
@@ -77,9 +81,12 @@ class DeepLatentFactor(PyroModule):
         body_features: Optional[int] = None,
         activation: str = "ReLU",
         noise_variance: float = 1.0,
-        name: str = "",
+        name: Optional[str] = None,
     ) -> None:
-        super().__init__(name)
+        # A unique Pyro name per instance: under a Pyro handler PyroModule
+        # parameters live in the global param store by name, and two models
+        # sharing names would silently overwrite each other's L and σ_f².
+        super().__init__(name if name is not None else f"dlf_{uuid.uuid4().hex[:8]}")
         if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors < 1:
             raise ValueError(f"num_factors must be a positive int, got {num_factors!r}")
         if num_outputs is not None and (not isinstance(num_outputs, int) or num_outputs < 1):
@@ -148,6 +155,19 @@ class DeepLatentFactor(PyroModule):
             "custom_body": self.custom_body,
         }
 
+    def check_inputs(self, x: Tensor, name: str = "x") -> None:
+        """Raise a clear error when ``x`` does not fit the default body or the model's dtype."""
+        if not self.custom_body and (x.dim() != 2 or x.shape[1] != self.in_features):
+            raise ValueError(f"{name} must have shape (num_points, {self.in_features}) for this model, got {tuple(x.shape)}")
+        check_dtype(x, self, name)
+
+    def set_noise_variance(self, value: float, floor: float = 1e-6) -> None:
+        """Set ``σ_f^2``, floored at ``floor · output_scale²`` (a floor in the teachers' units)."""
+        param = self.noise_variance_unconstrained
+        lower = floor * float(self.output_scale) ** 2
+        with torch.no_grad():
+            param.copy_(torch.tensor(max(float(value), lower), dtype=param.dtype, device=param.device).log())
+
     # ------------------------------------------------------- the network parts
     def features(self, x: Tensor) -> Tensor:
         """Body features ``h_θ(x)`` of standardized inputs, ``(m, d)``."""
@@ -195,6 +215,7 @@ class DeepLatentFactor(PyroModule):
     # ------------------------------------------------------------ the algebra
     def statistics(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None) -> FactorStatistics:
         """Sufficient statistics over all design points, streamed in batches (no gradient)."""
+        check_batch_size(batch_size)
         m = x.shape[0]
         step = m if batch_size is None else batch_size
         total = None
@@ -213,7 +234,9 @@ class DeepLatentFactor(PyroModule):
         ``batch_size`` is given; no ``m×m`` matrix is ever formed.
         """
         x = check_design_points(x, "x")
+        self.check_inputs(x, "x")
         f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1)
+        check_dtype(f, self, "f")
         stats = self.statistics(x, f, batch_size)
         L = self.class_factor.detach() if self.multivariate else None
         noise = self.noise_variance.detach()
@@ -229,6 +252,7 @@ class DeepLatentFactor(PyroModule):
         smooth process).
         """
         x = check_design_points(x, "x")
+        self.check_inputs(x, "x")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         with torch.no_grad():
@@ -254,8 +278,10 @@ class DeepLatentFactor(PyroModule):
         :param num_members: number of teachers to draw when ``f`` is ``None`` (default 1).
         :returns: the teacher values (observed or sampled).
         """
+        self.check_inputs(x, "x")
         m = x.shape[0]
         if f is not None:
+            f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1)
             n = f.shape[0]
         else:
             n = 1 if num_members is None else int(num_members)

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["check_design_points", "check_teacher_values", "check_num_factors"]
+__all__ = ["check_design_points", "check_teacher_values", "check_num_factors", "check_dtype", "check_batch_size"]
 
 
 def _as_float_tensor(value, name: str) -> Tensor:
@@ -69,3 +69,17 @@ def check_num_factors(num_factors: int, num_teachers: int) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def check_dtype(t: Tensor, module, name: str) -> None:
+    """``t`` must have the floating dtype of ``module``'s parameters."""
+    dtype = next(module.parameters()).dtype
+    if t.dtype != dtype:
+        cast = "double()" if dtype == torch.float64 else "float()"
+        raise TypeError(f"{name} has dtype {t.dtype} but the model is {dtype}; convert with {name}.{cast} (or move the model with .to({t.dtype}))")
+
+
+def check_batch_size(batch_size, name: str = "batch_size") -> None:
+    """``None`` (everything at once) or a positive int."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"{name} must be None or a positive int, got {batch_size!r}")

@@ -3,6 +3,7 @@ r"""One call from a teacher ensemble to a distilled student."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import pyro.optim
@@ -145,8 +146,16 @@ def distill(
     if task == "classification" and f.dim() != 3:
         raise ValueError(f"teacher_outputs for classification must be logits of shape (n, m, c), got {tuple(f.shape)}")
     f = check_teacher_values(f, x, num_outputs, "teacher_outputs")
+    if num_outputs is not None and num_outputs < 2:
+        raise ValueError(f"teacher_outputs: classification needs at least 2 classes, got {num_outputs}")
     n = f.shape[0]
     check_num_factors(num_factors, n)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if isinstance(hidden, int) or isinstance(hidden, str):
+        raise TypeError(f"hidden must be a sequence of widths such as (50,), got {hidden!r}")
     for name, value in [("num_iterations", num_iterations), ("batch_size", batch_size), ("mmd_steps", mmd_steps)]:
         if not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
             raise ValueError(f"{name} must be a {'positive' if name == 'batch_size' else 'non-negative'} int, got {value!r}")
@@ -165,8 +174,11 @@ def distill(
         if v.numel() != n:
             raise ValueError(f"teacher_noise_variances has {v.numel()} values for {n} teachers")
         noise_prior = fit_inverse_gamma(v)
-    elif center_logits:
-        f = f - f.mean(-1, keepdim=True)
+    else:
+        if teacher_noise_variances is not None:
+            raise ValueError("teacher_noise_variances is for regression teachers; classification teachers give logits only (drop the argument)")
+        if center_logits:
+            f = f - f.mean(-1, keepdim=True)
 
     f = f.to(dtype=dtype, device=x.device)
     x = x.to(dtype=dtype)
@@ -184,13 +196,32 @@ def distill(
         loc, _ = _standardize_stats(f, (0, 1))
         model.output_loc.copy_(loc)
         model.output_scale.copy_(f.std().clamp_min(1e-8))
-        model.noise_variance_unconstrained.copy_((0.1 * f.var()).clamp_min(1e-6).log())
+    model.set_noise_variance(0.1 * float(f.var()))
+    if body is not None:
+        # A wrong body_features would otherwise surface as a matmul shape error.
+        with torch.no_grad():
+            probe = model.body(x[:1])
+        if probe.dim() != 2 or probe.shape[1] != model.body_features:
+            raise ValueError(f"body_features={body_features} but body maps x_design[:1] to shape {tuple(probe.shape)}; pass body_features={probe.shape[-1]}")
 
     m = x.shape[0]
     steps = num_m_steps if num_m_steps is not None else math.ceil(m / min(batch_size, m))
+    with warnings.catch_warnings():
+        # check_num_factors warned above; the inner calls would repeat it.
+        warnings.filterwarnings("ignore", message=r"num_factors=\d+ >= number of teachers")
+        history = _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
+                       num_iterations, estep, generator, progress)
+    student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits)
+    student.history = history
+    return student
+
+
+def _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps, num_iterations,
+         estep, generator, progress) -> list[float]:
+    """MMD initialization, then EM with a warm-up and geometric decay of Adam's step size."""
     if init == "mmd" and mmd_steps > 0:
-        mmd_initialize(model, x, f, num_steps=mmd_steps, penalty=mmd_penalty, lr=lr, batch_size=batch_size, generator=generator, progress=progress)
-    guide = ExactFactorPosterior(model)
+        mmd_initialize(model, x, f, num_steps=mmd_steps, penalty=mmd_penalty, lr=lr, batch_size=batch_size,
+                       generator=generator, progress=progress)
     ramp = max(warmup * num_iterations, 1.0)
     iterations = max(num_iterations, 1)
 
@@ -198,7 +229,7 @@ def distill(
         return min(1.0, (iteration + 1) / ramp) * lr_decay ** (iteration / iterations)
 
     optim = pyro.optim.LambdaLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": lr}, "lr_lambda": schedule}, {"clip_norm": 10.0})
-    em = EM(model, guide, optim, num_m_steps=steps, batch_size=batch_size, estep=estep, generator=generator)
+    em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=steps, batch_size=batch_size, estep=estep, generator=generator)
     history = []
     bar = tqdm(range(num_iterations), desc="EM", disable=not progress, leave=False)
     for _ in bar:
@@ -206,6 +237,4 @@ def distill(
         optim.step()  # advance the learning-rate schedule by one EM iteration
         bar.set_postfix(nll=f"{history[-1]:.4f}")
     history.append(em.evaluate_loss(x, f) / f.numel())
-    student = Student(model, task, *noise_prior)
-    student.history = history
-    return student
+    return history

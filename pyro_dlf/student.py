@@ -3,6 +3,7 @@ r"""The distilled student: a deep latent factor process as a Pyro posterior pred
 from __future__ import annotations
 
 import os
+import uuid
 import zipfile
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -14,7 +15,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_dlf import __version__
-from pyro_dlf._validation import check_design_points
+from pyro_dlf._validation import check_batch_size, check_design_points
 from pyro_dlf.metrics import entropy_decomposition
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import inverse_gamma_quantiles
@@ -92,19 +93,22 @@ class Student(PyroModule):
     the model's allowance for teacher variation outside the ``q`` factors, not
     part of the smooth process.
 
-    Like every :class:`~pyro.nn.PyroModule`, a student run under a Pyro handler
-    registers its parameters in Pyro's global param store by name: call
-    :func:`pyro.clear_param_store` before running a second student under
-    ``Predictive`` in the same process.
+    Under a Pyro handler a student registers its parameters in Pyro's global
+    param store under a name unique to the instance, so several students can
+    be used side by side in one process.
 
     :param dlf: the fitted model.
     :param task: ``"regression"`` (univariate DLF) or ``"classification"`` (multivariate).
     :param noise_concentration: ``a`` of the regression noise prior.
     :param noise_rate: ``b`` of the regression noise prior.
+    :param centered_logits: classification: the teachers' logits were centred
+        per input before fitting, so the student's logits are centred too
+        (compare them with centred teacher logits; probabilities are unaffected).
     """
 
-    def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None) -> None:
-        super().__init__()
+    def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None, centered_logits: bool = False) -> None:
+        # Unique Pyro name: see DeepLatentFactor (param-store names never collide).
+        super().__init__(f"student_{uuid.uuid4().hex[:8]}")
         if task not in ("regression", "classification"):
             raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
         if task == "regression":
@@ -118,6 +122,7 @@ class Student(PyroModule):
         self.task = task
         self.noise_concentration = None if noise_concentration is None else float(noise_concentration)
         self.noise_rate = None if noise_rate is None else float(noise_rate)
+        self.centered_logits = bool(centered_logits)
 
     # ---------------------------------------------------------------- Pyro
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
@@ -153,9 +158,11 @@ class Student(PyroModule):
         x = check_design_points(x, "x")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        check_batch_size(batch_size)
         dlf = self.dlf
         dtype, device = dlf.loading_head.weight.dtype, dlf.loading_head.weight.device
         x = x.to(dtype=dtype, device=device)
+        dlf.check_inputs(x, "x")
         z = torch.randn((num_samples, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
         with torch.no_grad():
             if self.task == "regression":
@@ -190,8 +197,11 @@ class Student(PyroModule):
         if self.task != "regression":
             raise ValueError("predictive_mixture is for regression students; use predict(x).probs for classification")
         x = check_design_points(x, "x")
+        weight = self.dlf.loading_head.weight
+        x = x.to(dtype=weight.dtype, device=weight.device)
+        self.dlf.check_inputs(x, "x")
         with torch.no_grad():
-            mean, loading = self.dlf.mean_and_loading(x.to(self.dlf.loading_head.weight.dtype))
+            mean, loading = self.dlf.mean_and_loading(x)
             nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean)
             variances = loading.pow(2).sum(-1) + nodes.unsqueeze(-1)
         return mean.expand_as(variances), variances
@@ -204,6 +214,7 @@ class Student(PyroModule):
             "format_version": FORMAT_VERSION,
             "pyro_dlf_version": __version__,
             "task": self.task,
+            "centered_logits": self.centered_logits,
             "noise": None if self.noise_concentration is None else [self.noise_concentration, self.noise_rate],
             "model": self.dlf.config(),
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
@@ -242,7 +253,8 @@ class Student(PyroModule):
         ).to(getattr(torch, payload["dtype"]))
         try:
             dlf.load_state_dict(payload["state_dict"])
+            dlf.to(map_location)
         except RuntimeError as err:
             raise ValueError(f"{path!r}: the saved weights do not fit the saved architecture{' (is body the right architecture?)' if custom else ''}: {err}") from err
         noise = payload["noise"] or [None, None]
-        return cls(dlf, payload["task"], noise[0], noise[1])
+        return cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False))

@@ -213,12 +213,15 @@ def combine(mean: Tensor, loading: Tensor, z: Tensor, class_factor: Optional[Ten
     Pyro plates produce (``(..., 1, q)`` / ``(..., 1, c, q)``). The result is
     ``(..., m)`` or ``(..., m, c)``.
     """
+    # Contract over q without materializing a (..., m, q) product: drawing
+    # S functions then costs one (S×q)·(q×m) matrix product.
     if class_factor is None:
-        return mean + (z * loading).sum(-1)
-    if z.dim() == 2:
-        z = z.unsqueeze(-3)
-    values = (z @ loading.unsqueeze(-1)).squeeze(-1)  # (..., m, c): Z Φ_j
-    return mean + values @ class_factor.T
+        if z.dim() == 1:
+            return mean + loading @ z
+        return mean + (z @ loading.mT).squeeze(-2)
+    if z.dim() > 2:
+        z = z.squeeze(-3)
+    return mean + torch.einsum("...cq,mq->...mc", z, loading) @ class_factor.mT
 
 
 def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: FactorPosterior, class_factor: Optional[Tensor] = None) -> Tensor:

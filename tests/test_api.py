@@ -44,8 +44,9 @@ def test_classification_centres_logits():
     truth, x, f = synthetic_teachers(5, num_points=20, num_outputs=3, num_factors=2)
     student = pyro_dlf.distill(x, f + 7.0, num_factors=2, **FAST)
     assert student.task == "classification"
-    # Centred teachers: the fitted mean logit sums to ~0 over classes.
+    # The teachers are centred per input before fitting (a +7 shift is removed), and the student says so.
     assert student.dlf.output_loc.sum().abs() < 1e-5
+    assert student.centered_logits
     pred = student.predict(x, 20)
     assert pred.probs.shape == (20, 3)
 
@@ -79,7 +80,21 @@ def test_too_many_factors_warns():
         pyro_dlf.distill(x, f, num_factors=3, teacher_noise_variances=v, **FAST)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(init="zeros"), "init"), (dict(num_iterations=-1), "num_iterations"), (dict(lr_decay=0.0), "lr_decay"), (dict(warmup=2.0), "warmup"), (dict(task="survival"), "task")])
+def test_classification_rejects_noise_variances_and_one_class():
+    truth, x, f = synthetic_teachers(5, num_points=20, num_outputs=3, num_factors=2)
+    with pytest.raises(ValueError, match="teacher_noise_variances is for regression"):
+        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=torch.ones(5), **FAST)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        pyro_dlf.distill(x, f[..., :1], num_factors=2, task="classification", **FAST)
+
+
+def test_custom_body_with_wrong_width_is_reported():
+    x, f, v = _regression_data()
+    with pytest.raises(ValueError, match="pass body_features=4"):
+        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, body=torch.nn.Linear(1, 4), body_features=3, **FAST)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(init="zeros"), "init"), (dict(dtype=torch.float16), "dtype"), (dict(num_iterations=-1), "num_iterations"), (dict(lr_decay=0.0), "lr_decay"), (dict(warmup=2.0), "warmup"), (dict(task="survival"), "task")])
 def test_bad_options(kwargs, match):
     x, f, v = _regression_data()
     with pytest.raises(ValueError, match=match):

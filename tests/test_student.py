@@ -64,7 +64,11 @@ def test_regression_prediction_and_mixture():
     assert pred.sample_observations().shape == (50, 7)
     means, variances = student.predictive_mixture(x, 16)
     assert means.shape == variances.shape == (16, 7)
-    torch.testing.assert_close((variances - pred.epistemic_variance).mean(0), torch.full((7,), 1.0), rtol=0.15, atol=0)
+    # The K quantile nodes of IG(5, 4), the same at every input.
+    from pyro_dlf.noise import inverse_gamma_quantiles
+
+    nodes = inverse_gamma_quantiles(5.0, 4.0, 16).float()
+    torch.testing.assert_close(variances - pred.epistemic_variance, nodes[:, None].expand(16, 7))
 
 
 def test_classification_prediction():
@@ -131,3 +135,23 @@ def test_student_arguments():
         Student(random_dlf(), "classification")
     with pytest.raises(ValueError, match="num_samples"):
         _regression_student().predict(torch.randn(2, 2), 0)
+
+
+def test_two_students_under_predictive_keep_their_own_parameters():
+    a, b = _classification_student(), Student(random_dlf(num_outputs=3, seed=1, dtype=torch.float32), "classification")
+    L_b = b.dlf.class_factor.detach().clone()
+    x = torch.randn(4, 2)
+    Predictive(a, num_samples=2)(x)
+    Predictive(b, num_samples=2)(x)
+    assert torch.equal(b.dlf.class_factor.detach(), L_b)
+    assert not torch.equal(a.dlf.class_factor.detach(), L_b)
+
+
+def test_inputs_are_checked():
+    student = _regression_student()
+    with pytest.raises(ValueError, match=r"x must have shape \(num_points, 2\)"):
+        student.predict(torch.randn(3))
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        student.predictive_mixture(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="batch_size"):
+        student.predict(torch.randn(3, 2), 10, batch_size=0)

@@ -89,3 +89,16 @@ def test_expected_squared_error_matches_monte_carlo_free_formula(num_outputs):
     S = post.dense_covariance()
     dense = (r - post.mean.reshape(f.shape[0], -1) @ W.T).pow(2).sum() + f.shape[0] * torch.trace(W @ S @ W.T)
     torch.testing.assert_close(expected_squared_error(mean, loading, f, post, L), dense, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_outputs", [None, 3])
+def test_expected_squared_error_at_other_parameters(num_outputs):
+    """The M-step evaluates the posterior of θ_old at θ_new: check the trace terms there too."""
+    model, x, f, mean, loading, L = _problem(num_outputs)
+    noise = model.noise_variance.detach()
+    post = factor_posterior(batch_statistics(mean, loading, f), noise, L)
+    other, _, _, mean2, loading2, L2 = _problem(num_outputs, seed=7)
+    W2, r2, _ = _dense(mean2, loading2, L2, noise, f)
+    S = post.dense_covariance()
+    dense = (r2 - post.mean.reshape(f.shape[0], -1) @ W2.T).pow(2).sum() + f.shape[0] * torch.trace(W2 @ S @ W2.T)
+    torch.testing.assert_close(expected_squared_error(mean2, loading2, f, post, L2), dense, rtol=1e-10, atol=1e-9)

@@ -9,7 +9,7 @@ import pyro.optim
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_design_points, check_num_factors, check_teacher_values
+from pyro_dlf._validation import check_design_points, check_dtype, check_num_factors, check_teacher_values
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.sufficient_statistics import (
@@ -74,7 +74,8 @@ class EM:
     :param batch_size: design points per minibatch (default: all of them).
     :param estep: ``"exact"`` (default) or ``"minibatch"``.
     :param mstep: ``"gradient"`` (default) or ``"linear_heads"``.
-    :param noise_floor: lower bound of ``σ_f^2``.
+    :param noise_floor: lower bound of ``σ_f^2`` relative to ``model.output_scale ** 2``
+        (so fits are equivariant to the teachers' units).
     :param generator: a :class:`torch.Generator` for the minibatch order.
     """
 
@@ -113,6 +114,8 @@ class EM:
             raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
         if not noise_floor > 0:
             raise ValueError(f"noise_floor must be positive, got {noise_floor!r}")
+        if estep == "minibatch" and num_m_steps < 1:
+            raise ValueError("num_m_steps must be at least 1 with estep='minibatch': its E-steps happen per minibatch")
         self.model = model
         self.guide = guide
         self.optim = optim
@@ -133,18 +136,27 @@ class EM:
         noise = self.model.noise_variance_unconstrained
         return [p for p in self.model.parameters() if p.requires_grad and p is not noise]
 
-    def _version(self) -> int:
-        # In-place updates bump a tensor's version counter: a cheap fingerprint of θ.
-        return sum(p._version for p in self.model.parameters()) + sum(b._version for b in self.model.buffers())
+    def _fingerprint(self, x: Tensor, f: Tensor) -> tuple:
+        """Identity of the data and of θ: storage, address and version of every tensor.
+
+        In-place updates bump a tensor's version counter and replacing a tensor
+        (``p.data = ...``, a new buffer) changes its address, so cached
+        statistics are reused only when neither the data nor θ changed.
+        """
+        tensors = [x, f, *self.model.parameters(), *self.model.buffers()]
+        return tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
 
     def _check(self, x: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-        key = (id(x), id(f), x._version, f._version)
+        key = (id(x), id(f), x.data_ptr(), f.data_ptr(), x._version, f._version, tuple(x.shape), tuple(f.shape))
         if self._checked != key:
             x = check_design_points(x, "x")
+            self.model.check_inputs(x, "x")
             f = check_teacher_values(f, x, self.model.num_outputs, "f")
+            check_dtype(f, self.model, "f")
             check_num_factors(self.model.num_factors, f.shape[0])
             self._checked = key
             self._order = None
+            self._cache = None
         return x, f
 
     def _batches(self, m: int, count: int):
@@ -152,17 +164,18 @@ class EM:
         size = m if self.batch_size is None else min(self.batch_size, m)
         for _ in range(count):
             if self._order is None or self._cursor + size > m:
-                self._order = torch.randperm(m, generator=self.generator)
+                device = None if self.generator is None else self.generator.device
+                self._order = torch.randperm(m, generator=self.generator, device=device)
                 self._cursor = 0
             yield self._order[self._cursor:self._cursor + size]
             self._cursor += size
 
     def _statistics(self, x: Tensor, f: Tensor) -> FactorStatistics:
-        version = self._version()
-        if self._cache is not None and self._cache[0] == version:
+        key = self._fingerprint(x, f)
+        if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         stats = self.model.statistics(x, f, self.batch_size)
-        self._cache = (version, stats)
+        self._cache = (key, stats)
         return stats
 
     def _log_likelihood(self, stats: FactorStatistics) -> Tensor:
@@ -170,9 +183,7 @@ class EM:
         return log_marginal_likelihood(stats, self.guide.posterior, self.model.noise_variance.detach(), L)
 
     def _set_noise(self, value: float) -> None:
-        value = max(value, self.noise_floor)
-        with torch.no_grad():
-            self.model.noise_variance_unconstrained.copy_(torch.as_tensor(value).log())
+        self.model.set_noise_variance(value, self.noise_floor)
 
     def _noise_update(self, x: Tensor, f: Tensor) -> None:
         """Closed-form ``σ_f^2``: mean expected squared residual at the new θ."""
@@ -190,7 +201,7 @@ class EM:
                     part = batch_statistics(mean, loading, fb)
                     stats = part if stats is None else stats + part
                 self._set_noise(total / f.numel())
-                self._cache = (self._version(), stats)
+                self._cache = (self._fingerprint(x, f), stats)
             else:
                 for start in range(0, x.shape[0], size):
                     xb, fb = x[start:start + size], f[:, start:start + size]
@@ -257,6 +268,8 @@ class EM:
             ``estep="minibatch"``, the sum over this iteration's minibatches of
             their own negative log marginal likelihoods (each minibatch treated
             as a separate data set), an estimate that needs no extra pass.
+            After a minibatch step the guide holds the last minibatch's
+            posterior; call ``guide.update(x, f)`` for the exact one.
         """
         x, f = self._check(x, f)
         if self.estep == "exact":

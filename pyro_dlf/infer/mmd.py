@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_dlf._validation import check_design_points, check_num_factors, check_teacher_values
+from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_num_factors, check_teacher_values
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.sufficient_statistics import combine
 
@@ -37,7 +37,8 @@ def mmd(samples: Tensor, reference: Tensor, bandwidth_multipliers: Sequence[floa
     if samples.shape[0] < 2 or reference.shape[0] < 2:
         raise ValueError("samples and reference need at least 2 rows each for the unbiased estimate")
     pooled = torch.cat([samples, reference])
-    sq = torch.cdist(pooled, pooled).pow(2)
+    norms = pooled.pow(2).sum(-1)
+    sq = (norms[:, None] + norms[None, :] - 2 * pooled @ pooled.T).clamp_min(0)
     n = samples.shape[0]
     with torch.no_grad():
         off = sq[~torch.eye(len(pooled), dtype=torch.bool, device=sq.device)]
@@ -86,37 +87,40 @@ def mmd_initialize(
 
     :param penalty: λ > 0.
     :param num_reference: prior draws per step in the MMD.
+    :param noise_floor: lower bound of ``σ_f^2`` relative to ``model.output_scale ** 2``.
     :returns: the fitted codes, ``(n, q)`` or ``(n, c, q)``.
     """
     x = check_design_points(x, "x")
+    model.check_inputs(x, "x")
     f = check_teacher_values(f, x, model.num_outputs, "f")
+    check_dtype(f, model, "f")
     check_num_factors(model.num_factors, f.shape[0])
     if not penalty > 0:
         raise ValueError(f"penalty must be positive, got {penalty!r}")
     if not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+    check_batch_size(batch_size)
     n, m = f.shape[0], x.shape[0]
     dtype, device = model.loading_head.weight.dtype, model.loading_head.weight.device
     shape = (n,) + tuple(model.factor_shape)
-    codes = torch.randn(shape, generator=generator, dtype=torch.get_default_dtype()).to(dtype=dtype, device=device).requires_grad_()
+    gen_device = None if generator is None else generator.device  # draws follow the generator's device
+    codes = torch.randn(shape, generator=generator, device=gen_device).to(dtype=dtype, device=device).requires_grad_()
     noise_param = model.noise_variance_unconstrained
     params = [p for p in model.parameters() if p.requires_grad and p is not noise_param]
     optimizer = torch.optim.Adam(params + [codes], lr=lr)
     size = m if batch_size is None else min(batch_size, m)
     align = -2 if not model.multivariate else -3  # codes' singleton aligned with the points dimension
-    order, cursor = torch.randperm(m, generator=generator), 0
+    order, cursor = torch.randperm(m, generator=generator, device=gen_device), 0
     for _ in tqdm(range(num_steps), desc="MMD initialization", disable=not progress, leave=False):
         if cursor + size > m:
-            order, cursor = torch.randperm(m, generator=generator), 0
+            order, cursor = torch.randperm(m, generator=generator, device=gen_device), 0
         idx = order[cursor:cursor + size]
         cursor += size
         mean, loading = model.mean_and_loading(x[idx])
         L = model.class_factor if model.multivariate else None
         fitted = combine(mean, loading, codes.unsqueeze(align), L)
         mse = (f[:, idx] - fitted).pow(2).mean()
-        reference = torch.randn((num_reference, codes[0].numel()), generator=generator, dtype=torch.get_default_dtype()).to(dtype=dtype, device=device)
+        reference = torch.randn((num_reference, codes[0].numel()), generator=generator, device=gen_device).to(dtype=dtype, device=device)
         loss = 0.5 * torch.log(mse) + penalty * mmd(codes.reshape(n, -1), reference)
         optimizer.zero_grad()
         loss.backward()
@@ -127,5 +131,5 @@ def mmd_initialize(
         for start in range(0, m, size):
             mean, loading = model.mean_and_loading(x[start:start + size])
             total += float((f[:, start:start + size] - combine(mean, loading, codes.unsqueeze(align), L)).pow(2).sum())
-        noise_param.copy_(torch.as_tensor(max(total / f.numel(), noise_floor)).log())
+        model.set_noise_variance(total / f.numel(), noise_floor)
     return codes.detach()

@@ -46,9 +46,17 @@ def test_guide_in_predictive_reconstructs_teachers():
     model, x, f = _data(None, n=4)
     guide = ExactFactorPosterior(model)
     guide.update(x, f)
-    out = Predictive(model, guide=guide, num_samples=6, return_sites=["z", "function"])(x, num_members=guide.num_members)
-    assert out["z"].shape == (6, 4, 1, 3)
-    assert out["function"].shape == (6, 4, 9)
+    S = 4000
+    out = Predictive(model, guide=guide, num_samples=S, parallel=True, return_sites=["z", "function"])(x, num_members=guide.num_members)
+    assert out["z"].shape == (S, 4, 1, 3)
+    assert out["function"].shape == (S, 4, 9)
+    # Each teacher's reconstruction has mean μ + Φ E[z_i] and covariance Φ S Φᵀ:
+    # 5 standard errors (√(diag/S)) for every entry.
+    with torch.no_grad():
+        mean, loading = model.mean_and_loading(x)
+        expected = mean + guide.mean @ loading.T
+        var = (loading @ guide.covariance * loading).sum(-1)
+    assert ((out["function"].mean(0) - expected).abs() <= 5 * (var / S).sqrt()).all()
 
 
 def test_guide_errors():

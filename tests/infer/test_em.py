@@ -10,6 +10,7 @@ import torch
 from pyro_dlf.guides import ExactFactorPosterior
 from pyro_dlf.infer import EM
 from pyro_dlf.models import DeepLatentFactor
+from pyro_dlf.sufficient_statistics import expected_squared_error
 
 from synthetic import synthetic_teachers
 
@@ -44,21 +45,60 @@ def test_step_returns_the_loss_before_the_update_and_evaluate_loss_matches():
     assert em.evaluate_loss(x, f) == pytest.approx(-float(model.log_marginal_likelihood(x, f).sum()), rel=1e-9)
 
 
-def test_noise_update_is_the_closed_form_maximizer():
-    """After a step with no θ change, σ_f² is the argmax of Q over σ_f² (dQ/dσ² = 0)."""
-    truth, x, f = synthetic_teachers(20, num_points=30)
+@pytest.mark.parametrize("num_outputs", [None, 3])
+def test_noise_update_is_the_closed_form_maximizer(num_outputs):
+    """After the σ_f² update, dQ/dσ_f² = 0 at the new value (autograd, float64)."""
+    truth, x, f = synthetic_teachers(20, num_points=30, num_outputs=num_outputs, num_factors=2)
     x, f = x.double(), f.double()
-    model = _student(dtype=torch.float64)
+    torch.manual_seed(0)
+    model = DeepLatentFactor(1, 2, (8,), num_outputs, activation="Tanh").double()
     em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=0)
     em.step(x, f)
-    from pyro_dlf.infer import expected_complete_nll
+    # −Q/(nmc) as a function of σ_f² alone, the posterior and θ held fixed.
+    noise = model.noise_variance.detach().clone().requires_grad_()
+    with torch.no_grad():
+        mean, loading = model.mean_and_loading(x)
+        L = model.class_factor if num_outputs else None
+        sq = expected_squared_error(mean, loading, f, em.guide.posterior, L)
+    neg_q = 0.5 * torch.log(noise) + sq / (2 * noise * f.numel())
+    (grad,) = torch.autograd.grad(neg_q, noise)
+    # Each term of the derivative is of size 1/σ_f²; round-off leaves ~1e-12 of that.
+    assert abs(grad.item()) < 1e-9 / noise.item(), grad.item()
 
-    noise = model.noise_variance.detach().clone()
-    values = []
-    for factor in (0.9, 1.0, 1.1):
-        model.noise_variance_unconstrained.data.copy_((noise * factor).log())
-        values.append(float(expected_complete_nll(model, em.guide, x, f).detach()))
-    assert values[1] < values[0] and values[1] < values[2]
+
+def test_step_recomputes_when_the_data_or_parameters_are_replaced():
+    truth, x, f = synthetic_teachers(20, num_points=30)
+    truth2, x2, f2 = synthetic_teachers(10, num_points=25, seed=5)
+    model = _student()
+    em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=2)
+    em.step(x, f)
+    # New data (even a different number of teachers): the loss is that of the new data.
+    expected = -float(model.log_marginal_likelihood(x2, f2).sum())
+    assert em.step(x2, f2) == pytest.approx(expected, rel=1e-6)
+    # Parameters replaced without an in-place update (p.data = ...): no stale statistics.
+    with torch.no_grad():
+        model.loading_head.weight.data = 3 * model.loading_head.weight.data.clone()
+    expected = -float(model.log_marginal_likelihood(x2, f2).sum())
+    assert em.step(x2, f2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fit_is_equivariant_to_the_teachers_units():
+    """Teachers in other units (×1e-3): the same fit, rescaled (the σ_f² floor is relative)."""
+    truth, x, f = synthetic_teachers(20, num_points=30)
+    x, f = x.double(), f.double()
+    fits = {}
+    for scale in (1.0, 1e-3):
+        torch.manual_seed(0)
+        model = DeepLatentFactor(1, 2, (8,), activation="Tanh").double()
+        with torch.no_grad():
+            model.output_scale.fill_(scale)
+        model.set_noise_variance(scale ** 2)
+        em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=2, generator=torch.Generator().manual_seed(0))
+        for _ in range(20):
+            em.step(x, scale * f)
+        fits[scale] = (model.covariance(x).detach() / scale ** 2, float(model.noise_variance.detach()) / scale ** 2)
+    torch.testing.assert_close(fits[1e-3][0], fits[1.0][0], rtol=1e-6, atol=1e-9)
+    assert fits[1e-3][1] == pytest.approx(fits[1.0][1], rel=1e-6)
 
 
 def test_exact_and_minibatch_e_steps_both_converge(record_property):
@@ -88,10 +128,12 @@ def test_multivariate_em_improves_likelihood():
     torch.manual_seed(0)
     model = DeepLatentFactor(1, 2, (16,), 3, activation="Tanh", noise_variance=float(f.var()))
     em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=5)
+    true_nll = -float(truth.log_marginal_likelihood(x, f).sum())
     start = em.evaluate_loss(x, f)
     for _ in range(30):
         em.step(x, f)
-    assert em.evaluate_loss(x, f) < start - 0.5 * abs(start)
+    # Most of the way from the start to the true parameters' likelihood.
+    assert em.evaluate_loss(x, f) - true_nll < 0.2 * (start - true_nll)
 
 
 def test_bad_arguments():
@@ -115,5 +157,11 @@ def test_bad_arguments():
         em.step(x, torch.randn(1, 10))
     with pytest.raises(TypeError, match="floating-point"):
         em.step(x, torch.ones(3, 10, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"x must have shape \(num_points, 1\)"):
+        em.step(torch.randn(10, 2), torch.randn(3, 10))
+    with pytest.raises(TypeError, match="f has dtype torch.float64"):
+        em.step(x, torch.randn(3, 10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_m_steps"):
+        EM(model, guide, adam, estep="minibatch", num_m_steps=0)
     with pytest.warns(UserWarning, match="num_factors=3 >= number of teachers=3"):
         em.step(x, torch.randn(3, 10))
