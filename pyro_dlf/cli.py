@@ -19,6 +19,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--iterations", type=int, default=None, help="EM iterations (default 150)")
     demo.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny settings (checks the pipeline, not the method)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    bench = sub.add_parser("bench", help="benchmarks (results under benchmarks/results/)")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    uci = bench_sub.add_parser("uci", help="the UCI regression benchmark (the paper's Table 1 protocol)")
+    source = uci.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="a folder of UCI sets in the standard layout (e.g. ../shared/data/uci)")
+    source.add_argument("--data-path", help="one set's folder in the same layout")
+    uci.add_argument("--datasets", nargs="+", default=(), help="set names under --data-dir (default: all)")
+    uci.add_argument("--splits", type=int, default=10)
+    uci.add_argument("--teachers", type=int, default=50)
+    uci.add_argument("--teacher-epochs", type=int, default=None, help="override the teachers' epoch schedule")
+    uci.add_argument("--student-epochs", type=int, default=1000, help="epochs of the one-to-one baselines")
+    uci.add_argument("--dlf-iterations", type=int, default=150)
+    uci.add_argument("--mmd-steps", type=int, default=500)
+    uci.add_argument("--num-factors", type=int, default=10)
+    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design"),
+                     help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out design points")
+    uci.add_argument("--output-dir", default="benchmarks/results")
+    uci.add_argument("--name", default="uci", help="file stem of the JSON/Markdown results")
+    uci.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
+    uci.add_argument("--seed", type=int, default=0)
+    uci.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -42,6 +64,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"(the teachers' own spread: sd {fid['teacher_spread_sd']:.1f}).")
         print(f"Predict times: {config.num_samples} student draws vs {config.num_teachers} teacher forwards, on the test set.")
         print(f"Wrote {result['png']} and {config.output_dir}/results.json")
+    elif args.command == "bench" and args.benchmark == "uci":
+        from pyro_dlf.bench import UCIBenchConfig, run_uci_benchmark, write_report
+
+        config = UCIBenchConfig(
+            data_dir=args.data_dir, data_path=args.data_path, datasets=tuple(args.datasets), splits=args.splits,
+            teachers=args.teachers, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+            dlf_iterations=args.dlf_iterations, mmd_steps=args.mmd_steps, num_factors=args.num_factors,
+            ablations=tuple(args.ablations), output_dir=args.output_dir, name=args.name,
+            cache_dir=args.cache_dir or None, seed=args.seed, progress=not args.no_progress,
+        )
+        json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
+        print(f"Wrote {json_path} and {md_path}")
     return 0
 
 

@@ -1,0 +1,50 @@
+"""Smoke test of the UCI benchmark pipeline (yacht, 2 splits, 5 teachers): runs end to end, sane metrics."""
+
+import json
+import math
+import pathlib
+
+import torch
+
+from pyro_dlf.cli import main
+from pyro_dlf.data import load_uci
+from pyro_dlf.metrics import gaussian_crps, gaussian_nll, rmse
+
+UCI = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
+
+
+def test_uci_bench_smoke(tmp_path, capsys):
+    assert UCI.is_dir(), f"the shared UCI data must be at {UCI}"
+    out = tmp_path / "results"
+    argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "2", "--teachers", "5",
+            "--teacher-epochs", "150", "--student-epochs", "150", "--dlf-iterations", "20", "--mmd-steps", "50",
+            "--num-factors", "3", "--ablations", "estep", "design", "--output-dir", str(out), "--name", "smoke",
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads((out / "smoke.json").read_text())
+    methods = {r["method"] for r in result["rows"]}
+    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF minibatch E-step", "DLF held-out design"}
+    assert len(result["rows"]) == 2 * len(methods)
+    for row in result["rows"]:
+        for key in ("rmse", "nll", "crps", "coverage95", "variance_ratio", "predict_1000_seconds"):
+            assert math.isfinite(row[key]), (row["method"], key)
+        assert 0 <= row["coverage95"] <= 1
+        assert row["variance_ratio"] >= 0
+    # Ordered sensibly: every method beats climatology -- the predictive N(training mean,
+    # training variance) -- on both proper scores, and in RMSE.
+    data = load_uci(UCI / "yacht")
+    for seed in range(2):
+        split = data.split(seed)
+        y_train = split.y_standardizer.inverse(split.y_train)
+        y = split.y_test_original
+        mean, var = torch.full_like(y, float(y_train.mean())), torch.full_like(y, float(y_train.var()))
+        climate = {"crps": float(gaussian_crps(mean, var, y)), "nll": float(gaussian_nll(mean, var, y)),
+                   "rmse": float(rmse(mean, y))}
+        for row in (r for r in result["rows"] if r["split"] == seed):
+            for key, value in climate.items():
+                assert row[key] < value, (row["method"], key, row[key], value)
+    md = (out / "smoke.md").read_text()
+    assert "teacher ensemble" in md and "± " in md and "not quoted" in md
+    assert (out / "smoke_yacht.png").stat().st_size > 5_000
+    # Teachers were cached and a rerun reuses them.
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
