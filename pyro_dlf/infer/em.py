@@ -49,7 +49,9 @@ class EM:
     1. **E-step** (closed form): the guide's posterior ``q(z_i) = p(z_i | f_i)``
        from all design points (``estep="exact"``, streamed in batches), or from
        each minibatch's teacher values alone (``estep="minibatch"``: the paper's
-       Algorithm 1, a cheaper stochastic approximation);
+       Algorithm 1, a cheaper stochastic approximation); then, with
+       ``expand=True``, the parameter-expansion step that moves the teachers'
+       shared posterior offset into ``μ``;
     2. **M-step for θ**: ``num_m_steps`` minibatch gradient steps of ``optim``
        on the expected complete-data negative log-likelihood ``loss`` (default
        :func:`expected_complete_nll`), or, with ``mstep="linear_heads"``, the
@@ -76,6 +78,8 @@ class EM:
     :param mstep: ``"gradient"`` (default) or ``"linear_heads"``.
     :param noise_floor: lower bound of ``σ_f^2`` relative to ``model.output_scale ** 2``
         (so fits are equivariant to the teachers' units).
+    :param expand: after each E-step, move the teachers' shared posterior
+        offset into the mean function (parameter-expanded EM, see :meth:`_expand`).
     :param generator: a :class:`torch.Generator` for the minibatch order.
     """
 
@@ -91,6 +95,7 @@ class EM:
         estep: str = "exact",
         mstep: str = "gradient",
         noise_floor: float = 1e-6,
+        expand: bool = True,
         generator: Optional[torch.Generator] = None,
     ) -> None:
         if not isinstance(model, DeepLatentFactor):
@@ -125,6 +130,7 @@ class EM:
         self.estep = estep
         self.mstep = mstep
         self.noise_floor = noise_floor
+        self.expand = expand
         self.generator = generator
         self._order: Optional[Tensor] = None
         self._cursor = 0
@@ -210,6 +216,30 @@ class EM:
                     total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L))
                 self._set_noise(total / f.numel())
 
+    def _expand(self) -> None:
+        r"""Parameter-expanded EM, mean part (Liu, Rubin & Wu, 1998).
+
+        Expand the prior to ``z ~ N(η, I)``; its M-step gives
+        ``η̂ = (1/n) Σ_i E[z_i]``, and reducing back to ``N(0, I)`` moves it into
+        the mean: ``μ ← μ + Φ η̂`` (multivariate ``μ + L η̂ Φ``; exact, since both
+        heads are linear in the body features) and ``E[z_i] ← E[z_i] − η̂``.
+        Every teacher's complete-data fit ``μ + Φ E[z_i]`` is unchanged, so the
+        iteration stays monotone, but a misfit of the mean shared by all
+        teachers can no longer hide in the factors: plain EM only removes such
+        an offset through the prior's slow shrinkage, and meanwhile the
+        loadings absorb it as spurious variance.
+        """
+        model, post = self.model, self.guide.posterior
+        eta = post.mean.mean(0)
+        with torch.no_grad():
+            W, b = model.loading_head.weight, model.loading_head.bias
+            shift = eta.to(W.dtype) if not model.multivariate else model.class_factor @ eta.to(W.dtype)
+            if not model.multivariate:
+                shift = shift.unsqueeze(0)
+            model.mean_head.weight.add_(shift @ W)
+            model.mean_head.bias.add_(shift @ b)
+        post.mean = post.mean - eta
+
     def _gradient_step(self, xb: Tensor, fb: Tensor) -> None:
         params = self._params()
         loss = self.loss(self.model, self.guide, xb, fb)
@@ -276,6 +306,8 @@ class EM:
             stats = self._statistics(x, f)
             self.guide.set_statistics(stats)
             loss = -float(self._log_likelihood(stats).sum())
+            if self.expand:
+                self._expand()
             if self.mstep == "linear_heads":
                 self._linear_heads(x, f)
             else:
@@ -288,6 +320,8 @@ class EM:
                 stats = self.model.statistics(xb, fb)
                 self.guide.set_statistics(stats)
                 loss -= float(self._log_likelihood(stats).sum())
+                if self.expand:
+                    self._expand()
                 self._gradient_step(xb, fb)
         self._noise_update(x, f)
         return loss

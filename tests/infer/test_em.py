@@ -165,3 +165,53 @@ def test_bad_arguments():
         EM(model, guide, adam, estep="minibatch", num_m_steps=0)
     with pytest.warns(UserWarning, match="num_factors=3 >= number of teachers=3"):
         em.step(x, torch.randn(3, 10))
+
+
+@pytest.mark.parametrize("num_outputs", [None, 3])
+def test_parameter_expansion_keeps_each_teachers_fit_and_centres_the_codes(num_outputs):
+    """After the expansion step: mean_i E[z_i] = 0 and μ + Φ E[z_i] is unchanged for every teacher (exact)."""
+    truth, x, f = synthetic_teachers(12, num_points=25, num_outputs=num_outputs, num_factors=2)
+    x, f = x.double(), f.double() + 0.7  # a shared offset the initial mean does not have
+    torch.manual_seed(0)
+    model = DeepLatentFactor(1, 2, (8,), num_outputs, activation="Tanh").double()
+    guide = ExactFactorPosterior(model)
+    em = EM(model, guide, pyro.optim.Adam({"lr": 1e-2}))
+    guide.update(x, f)
+    from pyro_dlf.sufficient_statistics import combine
+
+    def fits():
+        with torch.no_grad():
+            mean, loading = model.mean_and_loading(x)
+            z = guide.mean.unsqueeze(-2 if num_outputs is None else -3)
+            return combine(mean, loading, z, model.class_factor if num_outputs else None)
+
+    before = fits()
+    assert guide.mean.mean(0).abs().max() > 1e-3  # there was an offset to move
+    em._expand()
+    torch.testing.assert_close(fits(), before, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(guide.mean.mean(0), torch.zeros_like(guide.mean[0]), atol=1e-12, rtol=0)
+
+
+def test_parameter_expansion_lets_the_mean_fit_the_teachers():
+    """A mean misfit shared by all teachers: with expansion μ takes it; without, the loadings absorb it."""
+    truth, x, f = synthetic_teachers(40, num_points=60, seed=4)
+    f = f + 1.0  # shift every teacher: only the mean function should change
+    results = {}
+    for expand in (False, True):
+        torch.manual_seed(0)
+        model = DeepLatentFactor(1, 3, (32,), activation="Tanh", noise_variance=float(f.var()))
+        em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 3e-3}), num_m_steps=5, expand=expand,
+                generator=torch.Generator().manual_seed(0))
+        for _ in range(60):
+            em.step(x, f)
+        with torch.no_grad():
+            misfit = (model.mean(x) - f.mean(0)).pow(2).mean()
+        results[expand] = (float(misfit), em.evaluate_loss(x, f))
+    # The sample mean of 40 teachers has variance ≈ tr(K)/(40 m) per point; the expanded fit
+    # must be within a few times that, and better than plain EM in misfit and likelihood.
+    K = truth.covariance(x).detach()
+    sampling = float(K.diagonal().mean()) / 40
+    print(f"\nmean misfit² with expansion {results[True][0]:.2e}, without {results[False][0]:.2e}, sampling {sampling:.2e}")
+    assert results[True][0] < 5 * sampling, (results, sampling)
+    assert results[True][0] < results[False][0]
+    assert results[True][1] < results[False][1]
