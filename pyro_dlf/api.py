@@ -79,6 +79,7 @@ def distill(
     mmd_steps: int = 500,
     mmd_penalty: float = 1.0,
     center_logits: bool = True,
+    include_nugget: bool = False,
     teacher_batch_size: int = 1024,
     seed: int = 0,
     progress: bool = True,
@@ -121,6 +122,7 @@ def distill(
         be spent on factors and inflate the class covariance without changing
         any prediction; centring removes them at the cost of one degenerate
         direction of ``L L^T`` (absorbed by the nugget ``σ_f^2``).
+    :param include_nugget: predict new teachers, nugget included (see :class:`~pyro_dlf.student.Student`).
     :param seed: seeds the network initialization, the minibatch order and the codes.
     :returns: the fitted student; ``student.history`` holds the negative log
         marginal likelihood per observed scalar at each EM iteration.
@@ -211,7 +213,8 @@ def distill(
         warnings.filterwarnings("ignore", message=r"num_factors=\d+ >= number of teachers")
         history = _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
                        num_iterations, estep, generator, progress)
-    student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits)
+    student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits,
+                      include_nugget=include_nugget)
     student.history = history
     return student
 

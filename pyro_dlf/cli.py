@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--dlf-iterations", type=int, default=150)
     uci.add_argument("--mmd-steps", type=int, default=500)
     uci.add_argument("--num-factors", type=int, default=10)
-    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design"),
-                     help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out design points")
+    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget"),
+                     help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out design points, nugget in the predictive")
     uci.add_argument("--output-dir", default="benchmarks/results")
     uci.add_argument("--name", default="uci", help="file stem of the JSON/Markdown results")
     uci.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")

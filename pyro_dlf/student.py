@@ -101,12 +101,18 @@ class Student(PyroModule):
     :param task: ``"regression"`` (univariate DLF) or ``"classification"`` (multivariate).
     :param noise_concentration: ``a`` of the regression noise prior.
     :param noise_rate: ``b`` of the regression noise prior.
+    :param include_nugget: add the nugget ``σ_f²`` to the predictive draws
+        (``function = μ + Φ^T z + v``, ``v ~ N(0, σ_f² I)``), i.e. predict a new
+        *teacher* rather than the smooth process. The default follows SPEC §6
+        (the smooth process); the nugget holds teacher variation outside the
+        ``q`` factors, which can be a large share of the ensemble's spread on
+        points the teachers were trained on.
     :param centered_logits: classification: the teachers' logits were centred
         per input before fitting, so the student's logits are centred too
         (compare them with centred teacher logits; probabilities are unaffected).
     """
 
-    def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None, centered_logits: bool = False) -> None:
+    def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None, centered_logits: bool = False, include_nugget: bool = False) -> None:
         # Unique Pyro name: see DeepLatentFactor (param-store names never collide).
         super().__init__(f"student_{uuid.uuid4().hex[:8]}")
         if task not in ("regression", "classification"):
@@ -123,6 +129,7 @@ class Student(PyroModule):
         self.noise_concentration = None if noise_concentration is None else float(noise_concentration)
         self.noise_rate = None if noise_rate is None else float(noise_rate)
         self.centered_logits = bool(centered_logits)
+        self.include_nugget = bool(include_nugget)
 
     # ---------------------------------------------------------------- Pyro
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
@@ -135,10 +142,24 @@ class Student(PyroModule):
             a = loading.new_tensor(self.noise_concentration)
             noise_variance = pyro.sample("noise_variance", dist.InverseGamma(a, loading.new_tensor(self.noise_rate)))
         with pyro.plate("data", x.shape[0], dim=-1):
-            function = pyro.deterministic("function", combine(mean, loading, z, L), event_dim=1 if dlf.multivariate else 0)
+            function = combine(mean, loading, z, L)
+            if self.include_nugget:
+                nugget = dist.Normal(torch.zeros_like(function), dlf.noise_variance.sqrt())
+                function = function + pyro.sample("nugget", nugget.to_event(1) if dlf.multivariate else nugget)
+            function = pyro.deterministic("function", function, event_dim=1 if dlf.multivariate else 0)
             if self.task == "regression":
                 return pyro.sample("y", dist.Normal(function, noise_variance.sqrt()), obs=y)
             return pyro.sample("y", dist.Categorical(logits=function), obs=y)
+
+    def _nugget(self) -> Tensor:
+        """``σ_f²`` when the predictive includes the nugget, else 0."""
+        noise = self.dlf.noise_variance.detach()
+        return noise if self.include_nugget else torch.zeros_like(noise)
+
+    def _add_nugget(self, values: Tensor) -> Tensor:
+        if not self.include_nugget:
+            return values
+        return values + self.dlf.noise_variance.detach().sqrt() * torch.randn_like(values)
 
     # ------------------------------------------------------------ summaries
     @property
@@ -167,11 +188,11 @@ class Student(PyroModule):
         with torch.no_grad():
             if self.task == "regression":
                 mean, loading = dlf.mean_and_loading(x)
-                samples = combine(mean, loading, z) if return_samples else None
+                samples = self._add_nugget(combine(mean, loading, z)) if return_samples else None
                 noise = dist.InverseGamma(torch.tensor(self.noise_concentration, dtype=dtype, device=device), torch.tensor(self.noise_rate, dtype=dtype, device=device))
                 return RegressionPrediction(
                     mean=mean,
-                    epistemic_variance=loading.pow(2).sum(-1),
+                    epistemic_variance=loading.pow(2).sum(-1) + self._nugget(),
                     aleatoric_variance=torch.full_like(mean, self.aleatoric_variance),
                     function_samples=samples,
                     noise_variance_samples=noise.sample((num_samples,)) if return_samples else None,
@@ -179,7 +200,7 @@ class Student(PyroModule):
             parts = []
             for start in range(0, x.shape[0], batch_size):
                 mean, loading = dlf.mean_and_loading(x[start:start + batch_size])
-                logits = combine(mean, loading, z, dlf.class_factor)  # (S, b, c)
+                logits = self._add_nugget(combine(mean, loading, z, dlf.class_factor))  # (S, b, c)
                 probs = logits.softmax(-1)
                 parts.append((probs.mean(0), *entropy_decomposition(probs), logits if return_samples else None))
             cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
@@ -203,7 +224,7 @@ class Student(PyroModule):
         with torch.no_grad():
             mean, loading = self.dlf.mean_and_loading(x)
             nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean)
-            variances = loading.pow(2).sum(-1) + nodes.unsqueeze(-1)
+            variances = loading.pow(2).sum(-1) + self._nugget() + nodes.unsqueeze(-1)
         return mean.expand_as(variances), variances
 
     # -------------------------------------------------------------- saving
@@ -215,6 +236,7 @@ class Student(PyroModule):
             "pyro_dlf_version": __version__,
             "task": self.task,
             "centered_logits": self.centered_logits,
+            "include_nugget": self.include_nugget,
             "noise": None if self.noise_concentration is None else [self.noise_concentration, self.noise_rate],
             "model": self.dlf.config(),
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
@@ -257,4 +279,5 @@ class Student(PyroModule):
         except RuntimeError as err:
             raise ValueError(f"{path!r}: the saved weights do not fit the saved architecture{' (is body the right architecture?)' if custom else ''}: {err}") from err
         noise = payload["noise"] or [None, None]
-        return cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False))
+        return cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
+                   include_nugget=payload.get("include_nugget", False))

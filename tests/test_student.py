@@ -91,7 +91,7 @@ def test_save_load_round_trip_is_exact(tmp_path, make):
     x = torch.randn(4, 2)
     for a, b in zip(student.dlf.mean_and_loading(x), loaded.dlf.mean_and_loading(x)):
         assert torch.equal(a, b)
-    assert loaded.task == student.task
+    assert loaded.task == student.task and loaded.include_nugget == student.include_nugget
     assert loaded.noise_concentration == student.noise_concentration and loaded.noise_rate == student.noise_rate
     for key, value in student.dlf.state_dict().items():
         assert torch.equal(value, loaded.dlf.state_dict()[key]), key
@@ -155,3 +155,23 @@ def test_inputs_are_checked():
         student.predictive_mixture(torch.randn(3, 5))
     with pytest.raises(ValueError, match="batch_size"):
         student.predict(torch.randn(3, 2), 10, batch_size=0)
+
+
+def test_nugget_in_the_predictive():
+    """include_nugget: draws of new teachers, covariance ΦΦᵀ + σ_f² I (5 standard errors per entry)."""
+    student = _regression_student()
+    student.include_nugget = True
+    x = torch.randn(4, 2)
+    S = 4000
+    with torch.no_grad():
+        mean, loading = student.dlf.mean_and_loading(x)
+        K = loading @ loading.T + student.dlf.noise_variance * torch.eye(4)
+    se = ((K.pow(2) + K.diagonal()[:, None] * K.diagonal()[None, :]) / S).sqrt()
+    for draws in (student.predict(x, S).function_samples, Predictive(student, num_samples=S, parallel=True)(x)["function"].detach()):
+        assert ((torch.cov(draws.T) - K).abs() <= 5 * se).all()
+    pred = student.predict(x, 10)
+    torch.testing.assert_close(pred.epistemic_variance, K.diagonal())
+    means, variances = student.predictive_mixture(x, 8)
+    student.include_nugget = False
+    _, plain = student.predictive_mixture(x, 8)
+    torch.testing.assert_close(variances - plain, student.dlf.noise_variance.detach().expand(8, 4))

@@ -18,12 +18,12 @@ def test_uci_bench_smoke(tmp_path, capsys):
     out = tmp_path / "results"
     argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "2", "--teachers", "5",
             "--teacher-epochs", "150", "--student-epochs", "150", "--dlf-iterations", "20", "--mmd-steps", "50",
-            "--num-factors", "3", "--ablations", "estep", "design", "--output-dir", str(out), "--name", "smoke",
+            "--num-factors", "3", "--ablations", "estep", "design", "nugget", "--output-dir", str(out), "--name", "smoke",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0
     result = json.loads((out / "smoke.json").read_text())
     methods = {r["method"] for r in result["rows"]}
-    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF minibatch E-step", "DLF held-out design"}
+    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF + nugget", "DLF minibatch E-step", "DLF held-out design"}
     assert len(result["rows"]) == 2 * len(methods)
     for row in result["rows"]:
         for key in ("rmse", "nll", "crps", "coverage95", "variance_ratio", "predict_1000_seconds"):
