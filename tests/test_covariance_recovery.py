@@ -50,7 +50,7 @@ def test_relative_frobenius_error_shrinks_with_teachers(fits, record_property):
         errors[n] = float((K_hat - K).norm() / K.norm())
         record_property(f"relative_frobenius_error_n{n}", errors[n])
         assert errors[n] < 2 * _rate(K, n), (n, errors[n], _rate(K, n))
-    print(f"\nrelative Frobenius error of ΦΦᵀ: " + ", ".join(f"n={n}: {e:.3f}" for n, e in errors.items()))
+    print("\nrelative Frobenius error of ΦΦᵀ: " + ", ".join(f"n={n}: {e:.3f}" for n, e in errors.items()))
     # 16× the teachers: the error rate falls by 4; demand at least a factor 2.
     assert errors[400] < errors[25] / 2
 

@@ -9,7 +9,7 @@ import pyro.optim
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_design_points, check_dtype, check_num_factors, check_teacher_values
+from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_num_factors, check_teacher_values
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.sufficient_statistics import (
@@ -115,8 +115,7 @@ class EM:
                 raise ValueError("mstep='linear_heads' needs estep='exact'")
         if not isinstance(num_m_steps, int) or num_m_steps < 0:
             raise ValueError(f"num_m_steps must be a non-negative int, got {num_m_steps!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         if not noise_floor > 0:
             raise ValueError(f"noise_floor must be positive, got {noise_floor!r}")
         if estep == "minibatch" and num_m_steps < 1:
@@ -134,7 +133,7 @@ class EM:
         self.generator = generator
         self._order: Optional[Tensor] = None
         self._cursor = 0
-        self._cache: Optional[tuple[int, FactorStatistics]] = None
+        self._cache: Optional[tuple[tuple, FactorStatistics]] = None
         self._checked: Optional[tuple[int, ...]] = None
 
     # --------------------------------------------------------------- helpers

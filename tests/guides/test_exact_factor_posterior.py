@@ -1,12 +1,10 @@
 """ExactFactorPosterior: the exact posterior as a Pyro guide."""
 
-import pyro
 import pytest
 import torch
 from pyro.infer import Predictive, Trace_ELBO
 
 from pyro_dlf.guides import ExactFactorPosterior
-from pyro_dlf.models import DeepLatentFactor
 
 from synthetic import random_dlf
 

@@ -1,6 +1,5 @@
 """EM: the SVI-like contract, monotone likelihood under an exact M-step, exact vs minibatch E-step."""
 
-import warnings
 
 import pyro
 import pyro.optim

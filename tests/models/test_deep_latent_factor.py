@@ -1,6 +1,5 @@
 """DeepLatentFactor: shapes, covariance, the Pyro model's sites and its input checks."""
 
-import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
