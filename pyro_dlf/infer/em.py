@@ -216,17 +216,26 @@ class EM:
                 self._set_noise(total / f.numel())
 
     def _expand(self) -> None:
-        r"""Parameter-expanded EM, mean part (Liu, Rubin & Wu, 1998).
+        r"""Parameter-expanded EM (Liu, Rubin & Wu, 1998).
 
-        Expand the prior to ``z ~ N(η, I)``; its M-step gives
-        ``η̂ = (1/n) Σ_i E[z_i]``, and reducing back to ``N(0, I)`` moves it into
-        the mean: ``μ ← μ + Φ η̂`` (multivariate ``μ + L η̂ Φ``; exact, since both
-        heads are linear in the body features) and ``E[z_i] ← E[z_i] − η̂``.
-        Every teacher's complete-data fit ``μ + Φ E[z_i]`` is unchanged, so the
-        iteration stays monotone, but a misfit of the mean shared by all
-        teachers can no longer hide in the factors: plain EM only removes such
-        an offset through the prior's slow shrinkage, and meanwhile the
-        loadings absorb it as spurious variance.
+        Expand the prior to ``z ~ N(η, Σ)``. Its M-step gives
+        ``η̂ = (1/n) Σ_i E[z_i]`` and ``Σ̂ = (1/n) Σ_i E[(z_i − η̂)(z_i − η̂)^T]``;
+        reducing back to ``N(0, I)`` with ``z = η̂ + C z'``, ``C = chol(Σ̂)``, gives
+
+        * ``μ ← μ + Φ η̂`` (multivariate ``μ + L η̂ Φ``): a mean misfit shared by
+          all teachers moves into the mean instead of hiding in the loadings;
+        * ``Φ ← C^T Φ`` (univariate model): each factor is rescaled to the
+          spread the teachers actually show along it. Plain EM shrinks an
+          over-stated factor only very slowly -- its posterior variance falls
+          as its loading grows, so ``Q`` is nearly flat in the factor's scale --
+          and the predictive then over-states the epistemic variance;
+        * the posterior moments are mapped to ``z'`` (``E z' = C^{-1}(E z − η̂)``,
+          ``Cov z' = C^{-1} S C^{-T}``).
+
+        Both maps are exact because the heads are linear in the body features,
+        every teacher's complete-data fit ``μ + Φ^T E[z_i]`` is unchanged, and
+        the iteration stays monotone. The multivariate model takes the mean
+        step only.
         """
         model, post = self.model, self.guide.posterior
         eta = post.mean.mean(0)
@@ -237,7 +246,20 @@ class EM:
                 shift = shift.unsqueeze(0)
             model.mean_head.weight.add_(shift @ W)
             model.mean_head.bias.add_(shift @ b)
-        post.mean = post.mean - eta
+        centred = post.mean - eta
+        if model.multivariate:
+            post.mean = centred
+            return
+        n = centred.shape[0]
+        spread = centred.T @ centred / n + post.covariance
+        chol = torch.linalg.cholesky(spread)
+        with torch.no_grad():
+            factor = chol.T.to(W.dtype)
+            model.loading_head.weight.copy_(factor @ W)
+            model.loading_head.bias.copy_(factor @ b)
+        post.mean = torch.linalg.solve_triangular(chol, centred.T, upper=False).T
+        inv = torch.linalg.solve_triangular(chol, torch.eye(len(chol), dtype=chol.dtype, device=chol.device), upper=False)
+        post.covariance = inv @ post.covariance @ inv.T
 
     def _gradient_step(self, xb: Tensor, fb: Tensor) -> None:
         params = self._params()

@@ -189,6 +189,33 @@ def test_parameter_expansion_keeps_each_teachers_fit_and_centres_the_codes(num_o
     em._expand()
     torch.testing.assert_close(fits(), before, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(guide.mean.mean(0), torch.zeros_like(guide.mean[0]), atol=1e-12, rtol=0)
+    if num_outputs is None:
+        # The folded covariance: the codes' average second moment is now the prior's, I.
+        second = guide.mean.T @ guide.mean / guide.mean.shape[0] + guide.covariance
+        torch.testing.assert_close(second, torch.eye(2, dtype=second.dtype), atol=1e-10, rtol=0)
+
+
+def test_parameter_expansion_shrinks_an_overstated_factor():
+    """Teachers that barely vary, loadings that start far too large: the variance must come down to the teachers' spread."""
+    truth, x, f = synthetic_teachers(50, num_points=60, seed=6)
+    f = f.mean(0) + 0.02 * (f - f.mean(0))  # teachers that agree closely
+    spread = float(f.var(0).mean())
+    results = {}
+    for expand in (False, True):
+        torch.manual_seed(0)
+        model = DeepLatentFactor(1, 3, (32,), activation="Tanh", noise_variance=1e-4)
+        with torch.no_grad():
+            model.loading_head.weight.mul_(5.0)
+        em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 3e-3}), num_m_steps=5, expand=expand,
+                generator=torch.Generator().manual_seed(0))
+        for _ in range(40):
+            em.step(x, f)
+        with torch.no_grad():
+            results[expand] = float(model.loading(x).pow(2).sum(-1).mean()) / spread
+    print(f"\nepistemic variance / teacher spread: with expansion {results[True]:.2f}, without {results[False]:.2f}")
+    # ‖Φ‖² cannot exceed the total spread by more than sampling error (50 teachers: a few ×1/√50).
+    assert results[True] < 1.5, results
+    assert results[False] > 10 * results[True], results
 
 
 def test_parameter_expansion_lets_the_mean_fit_the_teachers():
