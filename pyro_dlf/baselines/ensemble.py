@@ -29,20 +29,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_dlf.data.splits import Standardizer
-from pyro_dlf.nn import MLP
+from pyro_dlf.nn import MLP, _positive_int
 
 __all__ = ["DeepEnsembleRegressor", "fit_regressor"]
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}; pass a value >= 1")
-    return int(value)
 
 
 def _positive_float(value: object, name: str) -> float:
