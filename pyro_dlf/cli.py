@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--num-factors", type=int, default=10)
     uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget"),
                      help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out design points, nugget in the predictive")
+    uci.add_argument("--max-design", type=int, default=2000,
+                     help="at most this many training inputs as design points (default 2000; 0 for all)")
+    uci.add_argument("--no-baselines", action="store_true",
+                     help="skip small-Ens, Hydra and BE (for ablation-only runs; the teacher ensemble is always scored)")
     uci.add_argument("--output-dir", default="benchmarks/results")
     uci.add_argument("--name", default="uci", help="file stem of the JSON/Markdown results")
     uci.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
@@ -73,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dlf_iterations=args.dlf_iterations, mmd_steps=args.mmd_steps, num_factors=args.num_factors,
             ablations=tuple(args.ablations), output_dir=args.output_dir, name=args.name,
             cache_dir=args.cache_dir or None, seed=args.seed, progress=not args.no_progress,
+            max_design=args.max_design or None, baselines=not args.no_baselines,
         )
         json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
         print(f"Wrote {json_path} and {md_path}")

@@ -1,6 +1,6 @@
 """Baselines, including the teacher deep ensemble that is distilled."""
 
-from pyro_dlf.baselines.ensemble import DeepEnsembleRegressor, fit_regressor
+from pyro_dlf.baselines.ensemble import DeepEnsembleRegressor, fit_regressor, fit_regressors
 from pyro_dlf.baselines.students import (
     BatchEnsembleLinear,
     BatchEnsembleStudent,
@@ -12,6 +12,7 @@ from pyro_dlf.baselines.students import (
 __all__ = [
     "DeepEnsembleRegressor",
     "fit_regressor",
+    "fit_regressors",
     "DistilledEnsemble",
     "SmallEnsembleStudent",
     "HydraStudent",

@@ -19,6 +19,7 @@ with mean :math:`\\bar f(x) = \\frac1M \\sum_i f_i(x)` and variance
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from pyro_dlf.data.splits import Standardizer
 from pyro_dlf.nn import MLP, _positive_int
 
-__all__ = ["DeepEnsembleRegressor", "fit_regressor"]
+__all__ = ["DeepEnsembleRegressor", "fit_regressor", "fit_regressors"]
 
 
 # --------------------------------------------------------------------------- validation
@@ -100,18 +101,19 @@ def fit_regressor(
 ) -> float:
     """Train ``net`` in place by minimising the mean squared error with Adam.
 
-    This is the single squared-error regression loop of the library (teachers,
-    student body pre-training, baselines). Each epoch visits the ``n`` rows once,
-    in minibatches of ``batch_size`` taken from a fresh random permutation drawn
-    from ``generator``, and takes one Adam step per minibatch on
+    The one-network case of :func:`fit_regressors`, the library's single
+    squared-error regression loop (teachers, baselines). Each epoch visits the
+    ``n`` rows once, in minibatches of ``batch_size`` taken from a fresh random
+    permutation drawn from ``generator``, and takes one Adam step per minibatch on
 
     .. math::
 
         L(\\theta) = \\frac{1}{|B|} \\sum_{j \\in B} \\lVert f_\\theta(x_j) - y_j \\rVert^2
         \\;(+\\ \\text{Adam's L2 term } \\tfrac{\\lambda}{2}\\lVert\\theta\\rVert^2
-        \\text{ via ``weight_decay``}).
+        \\text{ via ``weight_decay``}),
 
-    With ``batch_size=None`` (or ``>= n``) every step is a full-batch step and no
+    the squared norm averaged over the entries of ``y_j``. With
+    ``batch_size=None`` (or ``>= n``) every step is a full-batch step and no
     permutation is drawn, so the result does not depend on ``generator`` at all.
     Inputs are assumed to be standardised already (see
     :class:`~pyro_dlf.data.Standardizer`); the default ``lr`` is tuned for that.
@@ -136,15 +138,88 @@ def fit_regressor(
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not params:
+    x = _check_data_tensor(x, "x")
+    y = _check_data_tensor(y, "y")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return fit_regressors(
+        [net], x, y.unsqueeze(0), epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, generators=[generator], progress=progress,
+    )[0]
+
+
+def fit_regressors(
+    nets: Sequence[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    *,
+    rows: Tensor | None = None,
+    epochs: int = 200,
+    batch_size: int | None = None,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    generators: Sequence[torch.Generator | None] | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Train :math:`K` networks of one architecture at once, each on its own targets and rows.
+
+    Network :math:`k` minimises its own mean squared error, exactly as
+    :func:`fit_regressor` would train it alone: it visits its rows
+    ``rows[k]`` once per epoch in minibatches from a fresh permutation drawn from
+    ``generators[k]`` and takes one Adam step per minibatch on
+    :math:`\\frac{1}{|B_k|}\\sum_{j \\in B_k} \\lVert f_{\\theta_k}(x_j) - y_{kj}\\rVert^2`.
+
+    The networks are evaluated together: their parameters are stacked
+    (:func:`torch.func.stack_module_state`) and the shared architecture is
+    vectorized over them with :func:`torch.func.vmap`, so one batched matrix
+    product replaces :math:`K` small ones. The summed loss
+    :math:`\\sum_k L_k(\\theta_k)` has gradient :math:`\\nabla_{\\theta_k} L_k` in
+    block :math:`k`, and Adam acts elementwise, so each network follows the same
+    trajectory as when trained alone (up to floating-point summation order).
+
+    :param nets: :math:`K \\ge 1` modules with identical parameter names and
+        shapes (e.g. :math:`K` fresh ``MLP`` of one architecture), on one device
+        and dtype. They are updated in place.
+    :param x: shared inputs, shape ``(n, ...)``.
+    :param y: targets, shape ``(K, n, ...)``: ``y[k]`` for network ``k`` (use
+        ``y.expand(K, *y.shape)`` for common targets; it is a view).
+    :param rows: optional row indices of shape ``(K, r)``: network ``k`` trains on
+        ``x[rows[k]]``, ``y[k, rows[k]]`` (e.g. each member without its own
+        held-out rows). ``None`` trains every network on all ``n`` rows.
+    :param epochs: passes over each network's rows.
+    :param batch_size: minibatch size, ``None`` (or ``>= r``) for full batch.
+    :param lr: Adam learning rate.
+    :param weight_decay: Adam's coupled L2 coefficient.
+    :param generators: ``K`` sources of the minibatch permutations (entries may
+        be ``None`` for the global RNG); ``None`` uses the global RNG for all.
+    :param progress: show a tqdm bar over epochs.
+    :returns: each network's final mean squared error on its own rows (no gradients).
+    :raises TypeError: on arguments of the wrong type or dtype.
+    :raises ValueError: on invalid values, mismatched shapes or architectures.
+    :raises RuntimeError: if the loss diverges to NaN/inf.
+    """
+    if isinstance(nets, nn.Module) or not isinstance(nets, Sequence) or not nets:
+        raise TypeError("nets must be a non-empty sequence of torch.nn.Module (e.g. a list or nn.ModuleList)")
+    for k, net in enumerate(nets):
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"nets[{k}] must be a torch.nn.Module, got {type(net).__name__}")
+    shapes = [(name, p.shape) for name, p in nets[0].named_parameters()]
+    if not any(p.requires_grad for p in nets[0].parameters()):
         raise ValueError("net has no trainable parameters (requires_grad=True); nothing to fit")
+    for k, net in enumerate(nets[1:], start=1):
+        if [(name, p.shape) for name, p in net.named_parameters()] != shapes:
+            raise ValueError(f"nets[{k}] has different parameters from nets[0]; all nets must share one architecture")
+    num = len(nets)
     x = _check_data_tensor(x, "x")
     y = _check_data_tensor(y, "y")
     n = x.shape[0]
-    if y.shape[0] != n:
-        raise ValueError(f"x and y must have the same number of rows, got {n} and {y.shape[0]}")
-    ref = params[0]
+    if y.dim() < 2 or y.shape[0] != num or y.shape[1] != n:
+        raise ValueError(
+            f"y must have shape (len(nets), n, ...) = ({num}, {n}, ...), one row block per net, got {tuple(y.shape)}"
+        )
+    ref = next(nets[0].parameters())
     for name, t in (("x", x), ("y", y)):
         if t.dtype != ref.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but net has {ref.dtype}; convert with {name}.to({ref.dtype})")
@@ -152,46 +227,82 @@ def fit_regressor(
             raise ValueError(
                 f"{name} is on {t.device} but net is on {ref.device}; move it with {name}.to('{ref.device}')"
             )
+    if rows is not None:
+        if not isinstance(rows, Tensor) or rows.dtype != torch.long or rows.dim() != 2 or rows.shape[0] != num:
+            raise ValueError(f"rows must be a LongTensor of shape (len(nets), r) = ({num}, r) or None")
+        if rows.shape[1] == 0 or bool((rows < 0).any()) or bool((rows >= n).any()):
+            raise ValueError(f"rows must hold at least one index per net, each in [0, {n})")
+        rows = rows.to(x.device)
+    r = n if rows is None else rows.shape[1]
     epochs = _positive_int(epochs, "epochs")
-    bs = n if batch_size is None else min(_positive_int(batch_size, "batch_size"), n)
+    bs = r if batch_size is None else min(_positive_int(batch_size, "batch_size"), r)
     lr = _positive_float(lr, "lr")
     weight_decay = _nonnegative_float(weight_decay, "weight_decay")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generators is None:
+        generators = [None] * num
+    if len(generators) != num or any(g is not None and not isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(f"generators must be None or a sequence of {num} torch.Generator (or None entries)")
     progress = _check_bool(progress, "progress")
 
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    was_training = net.training
-    net.train()
-    perm_device = generator.device if generator is not None else torch.device("cpu")
-    bar = tqdm(range(epochs), desc="fit_regressor", disable=not progress, leave=False)
-    for _ in bar:
-        if bs == n:
-            # Full batch: the mean gradient does not depend on row order, so skip
-            # the permutation (and keep the generator's state untouched).
-            batches: Sequence[Tensor | None] = [None]
+    was_training = [net.training for net in nets]
+    params, buffers = torch.func.stack_module_state(list(nets))
+    trainable = {name for name, p in nets[0].named_parameters() if p.requires_grad}
+    for name in params:
+        params[name].requires_grad_(name in trainable)
+    # A parameter-free copy of the architecture to call functionally (the stacked
+    # tensors are supplied per call).
+    skeleton = copy.deepcopy(nets[0]).to("meta")
+    skeleton.train()
+
+    def forward_one(p: dict, b: dict, xb: Tensor) -> Tensor:
+        return torch.func.functional_call(skeleton, (p, b), (xb,))
+
+    batched = torch.func.vmap(forward_one, in_dims=(0, 0, 0))
+    shared = torch.func.vmap(forward_one, in_dims=(0, 0, None))
+    index = torch.arange(num, device=x.device).unsqueeze(-1)
+
+    def loss_on(idx: Tensor | None) -> Tensor:
+        """Per-net MSE on row indices ``idx (K, b)``; ``None`` means all rows."""
+        if idx is None:
+            pred, target = shared(params, buffers, x), y
         else:
-            perm = torch.randperm(n, generator=generator, device=perm_device).to(x.device)
-            batches = perm.split(bs)
+            pred, target = batched(params, buffers, x[idx]), y[index, idx]
+        return (_match_prediction(pred, target) - target).square().flatten(1).mean(1)
+
+    optimizer = torch.optim.Adam([params[name] for name in params if name in trainable], lr=lr, weight_decay=weight_decay)
+    bar = tqdm(range(epochs), desc="fit_regressors", disable=not progress, leave=False)
+    for _ in bar:
+        if bs == r:
+            # Full batch: the mean gradient does not depend on row order, so skip
+            # the permutations (and keep the generators' states untouched).
+            batches: list[Tensor | None] = [rows]
+        else:
+            perms = torch.stack([
+                torch.randperm(r, generator=g, device=g.device if g is not None else "cpu") for g in generators
+            ]).to(x.device)
+            order = perms if rows is None else rows.gather(1, perms)
+            batches = list(order.split(bs, dim=1))
         for idx in batches:
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss = (_match_prediction(net(xb), yb) - yb).square().mean()
-            loss.backward()
+            loss = loss_on(idx)
+            loss.sum().backward()
             optimizer.step()
-        loss_value = loss.item()
+        loss_value = loss.mean().item()
         if not math.isfinite(loss_value):
-            raise RuntimeError(
-                f"training loss became {loss_value}; lower lr (now {lr:g}) or standardise x and y"
-            )
+            raise RuntimeError(f"training loss became {loss_value}; lower lr (now {lr:g}) or standardise x and y")
         if progress:
             bar.set_postfix(mse=f"{loss_value:.4g}")
 
-    net.eval()
+    skeleton.eval()
     with torch.no_grad():
-        final_mse = (_match_prediction(net(x), y) - y).square().mean().item()
-    net.train(was_training)
-    return final_mse
+        final = loss_on(rows)
+        for k, net in enumerate(nets):
+            for name, p in net.named_parameters():
+                p.copy_(params[name][k])
+            for name, b in net.named_buffers():
+                b.copy_(buffers[name][k])
+            net.train(was_training[k])
+    return [float(v) for v in final]
 
 
 # --------------------------------------------------------------------------- deep ensemble
@@ -399,26 +510,25 @@ class DeepEnsembleRegressor(nn.Module):
         xs, ys = x_std.transform(x), y_std.transform(y)
         var_floor = torch.finfo(ys.dtype).eps
 
-        variances_std: list[float] = []
-        bar = tqdm(range(self.num_members), desc="ensemble members", disable=not progress)
-        for i in bar:
-            member = self.members[i]
+        # Each member's seed drives its initialisation, its held-out rows and its
+        # minibatch orders; the members are then trained together (fit_regressors).
+        generators = []
+        for i in range(self.num_members):
             self._reset_member(i, seed + i)
-            generator = torch.Generator().manual_seed(seed + i)
-            train_kwargs = dict(
-                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, generator=generator
-            )
-            if n_val:
-                perm = torch.randperm(n, generator=generator).to(xs.device)
-                val_idx, train_idx = perm[:n_val], perm[n_val:]
-                fit_regressor(member, xs[train_idx], ys[train_idx], **train_kwargs)
-                with torch.no_grad():
-                    mse = (member(xs[val_idx]).squeeze(-1) - ys[val_idx]).square().mean().item()
-            else:
-                mse = fit_regressor(member, xs, ys, **train_kwargs)
-            variances_std.append(max(mse, var_floor))
-            if progress:
-                bar.set_postfix(noise_var=f"{variances_std[-1] * float(y_std.scale):.4g}")
+            generators.append(torch.Generator().manual_seed(seed + i))
+        rows = None
+        if n_val:
+            perms = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(xs.device)
+            val_rows, rows = perms[:, :n_val], perms[:, n_val:]
+        mses = fit_regressors(
+            list(self.members), xs, ys.expand(self.num_members, n), rows=rows, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, generators=generators, progress=progress,
+        )
+        if n_val:
+            with torch.no_grad():
+                fitted = torch.stack([member(xs).squeeze(-1) for member in self.members])
+                mses = (fitted.gather(1, val_rows) - ys[val_rows]).square().mean(1).tolist()
+        variances_std = [max(mse, var_floor) for mse in mses]
 
         noise_std = torch.tensor(variances_std, dtype=ys.dtype, device=ys.device)
         self.noise_variances.copy_(y_std.inverse_variance(noise_std))

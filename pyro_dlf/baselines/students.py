@@ -74,6 +74,7 @@ from pyro_dlf.baselines.ensemble import (
     _positive_float,
     _positive_int,
     fit_regressor,
+    fit_regressors,
 )
 from pyro_dlf.data.splits import Standardizer
 from pyro_dlf.nn import MLP
@@ -379,8 +380,8 @@ class SmallEnsembleStudent(DistilledEnsemble):
         return self.net.members
 
     def _train(self, xs: Tensor, ys: Tensor, *, seed: int, **train_kwargs: object) -> None:
-        for i, member in enumerate(self.members):
-            fit_regressor(member, xs, ys[:, i], generator=torch.Generator().manual_seed(seed + i), **train_kwargs)
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(self.num_members)]
+        fit_regressors(list(self.members), xs, ys.T, generators=generators, **train_kwargs)
 
 
 # --------------------------------------------------------------------------- Hydra

@@ -8,9 +8,14 @@ statistics, metrics reported in the target's original units.
   error from different initializations; member ``i``'s noise variance
   ``σ²_{ε,i}`` is its mean squared error on its own random 10 % of the training
   data, held out from its fit. Fitted teachers are cached per split.
-* **Design points**: the training inputs (the paper's UCI choice), or with
-  ``design="heldout"`` a random 20 % of the training data that the teachers do
-  not see (the teachers are then trained on the other 80 %).
+* **Design points**: the training inputs (the paper's UCI choice); on sets with
+  more than ``max_design`` training rows (naval, protein) a random
+  ``max_design`` of them, the same for every student, which bounds the cost of
+  the baselines' full-batch fits. The ``design`` ablation adds two DLF variants:
+  a random 20 % of the training data that the teachers do not see (the teachers
+  are then trained on the other 80 %; "DLF held-out design"), and the training
+  inputs together with one neighbour-distance jitter of each
+  (:func:`pyro_dlf.data.neighbour_jitter`; "DLF jittered design").
 * **Students**, all distilled from the same teacher values and noise variances:
   small-Ens, Hydra, BatchEnsemble (1 × 50, one member per teacher, each member
   predicting ``N(g_i(x), σ²_{ε,i})``) and the DLF (1 × 50, ``q = 10``, MMD
@@ -42,7 +47,7 @@ from tqdm.auto import tqdm
 from pyro_dlf import __version__, metrics
 from pyro_dlf.api import distill
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
-from pyro_dlf.data import UCIData, load_uci
+from pyro_dlf.data import UCIData, load_uci, neighbour_jitter
 
 __all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "ABLATIONS"]
 
@@ -72,17 +77,19 @@ class UCIBenchConfig:
     seed: int = 0
     progress: bool = True
     teacher_epochs: Optional[int] = None
+    max_design: Optional[int] = 2000
+    baselines: bool = True
     command: str = field(default_factory=lambda: " ".join(["pyro-dlf"] + sys.argv[1:]))
 
 
 def _teacher_schedule(n_train: int, override: Optional[int]) -> tuple[int, Optional[int]]:
     """Epochs and batch size for the teachers: full batch on small sets, else 256-minibatches.
 
-    About 400 full-batch steps, or about 8,000 minibatch steps (at least 20 epochs).
+    About 400 full-batch steps, or about 4,000 minibatch steps (at least 20 epochs).
     """
     if n_train <= 2000:
         return (override or 400), None
-    return (override or max(20, math.ceil(8000 / math.ceil(n_train / 256)))), 256
+    return (override or max(20, math.ceil(4000 / math.ceil(n_train / 256)))), 256
 
 
 def _teachers(config: UCIBenchConfig, data: UCIData, split, x, y, tag: str) -> DeepEnsembleRegressor:
@@ -144,15 +151,22 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
         row.update(_score(split, means, variances, epistemic, teacher_test, params, predict, x1000))
         rows.append(row)
 
+    def cap(x_design: torch.Tensor, salt: int) -> torch.Tensor:
+        """At most ``max_design`` rows, drawn at random (the same for every student)."""
+        if config.max_design is None or len(x_design) <= config.max_design:
+            return x_design
+        g = torch.Generator().manual_seed(salt + seed)
+        return x_design[torch.randperm(len(x_design), generator=g)[: config.max_design]]
+
     designs = ["train"] + (["heldout"] if "design" in config.ablations else [])
     for design in designs:
         if design == "train":
-            x_fit, y_fit, x_design = split.x_train, split.y_train, split.x_train
+            x_fit, y_fit, x_design = split.x_train, split.y_train, cap(split.x_train, 20_000)
         else:
             g = torch.Generator().manual_seed(10_000 + seed)
             perm = torch.randperm(len(split.x_train), generator=g)
             cut = int(round(0.2 * len(perm)))
-            x_design, x_fit, y_fit = split.x_train[perm[:cut]], split.x_train[perm[cut:]], split.y_train[perm[cut:]]
+            x_design, x_fit, y_fit = cap(split.x_train[perm[:cut]], 30_000), split.x_train[perm[cut:]], split.y_train[perm[cut:]]
         start = time.perf_counter()
         teachers = _teachers(config, data, split, x_fit, y_fit, design)
         teacher_seconds = time.perf_counter() - start
@@ -163,7 +177,8 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
             means, variances = teachers.predictive(x_test)
             record("teacher ensemble", design, means, variances, teacher_test.var(0), teacher_test,
                    metrics.count_parameters(teachers.members), teachers.predictive, teacher_seconds)
-            for name, cls in (("small-Ens", SmallEnsembleStudent), ("Hydra", HydraStudent), ("BE", BatchEnsembleStudent)):
+            baselines = (("small-Ens", SmallEnsembleStudent), ("Hydra", HydraStudent), ("BE", BatchEnsembleStudent))
+            for name, cls in baselines if config.baselines else ():
                 start = time.perf_counter()
                 student = cls(x_design.shape[1], config.teachers, hidden=config.student_hidden)
                 student.fit(x_design, f_design, noise, epochs=config.student_epochs, seed=seed, progress=False)
@@ -172,13 +187,21 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 member = student.member_predictions(x_test)
                 record(name, design, means, variances, member.var(0), teacher_test,
                        metrics.count_parameters(student), student.predictive, seconds)
-        variants = _dlf_variants(config) if design == "train" else [("DLF held-out design", {})]
-        for name, overrides in variants:
+        if design == "train":
+            variants = [(name, overrides, x_design) for name, overrides in _dlf_variants(config)]
+            if "design" in config.ablations:
+                g = torch.Generator().manual_seed(40_000 + seed)
+                x_jitter = torch.cat([x_design, neighbour_jitter(x_design, generator=g)])
+                variants.append(("DLF jittered design", {}, x_jitter))
+        else:
+            variants = [("DLF held-out design", {}, x_design)]
+        for name, overrides, x_dlf in variants:
+            f_dlf = f_design if x_dlf is x_design else teachers.member_predictions(x_dlf)
             start = time.perf_counter()
             options = dict(num_factors=config.num_factors, teacher_noise_variances=noise, hidden=config.student_hidden,
                            num_iterations=config.dlf_iterations, mmd_steps=config.mmd_steps, seed=seed, progress=False)
             options.update(overrides)
-            student = distill(x_design, f_design, **options)
+            student = distill(x_dlf, f_dlf, **options)
             seconds = time.perf_counter() - start
             means, variances = student.predictive_mixture(x_test)
             epistemic = student.predict(x_test, 1, return_samples=False).epistemic_variance
@@ -210,6 +233,8 @@ def run_uci_benchmark(config: UCIBenchConfig) -> dict:
         raise ValueError(f"ablations: unknown {sorted(unknown)}; choose from {ABLATIONS}")
     if config.splits < 1 or config.teachers < 2:
         raise ValueError("splits must be >= 1 and teachers >= 2")
+    if config.max_design is not None and config.max_design < 2:
+        raise ValueError(f"max_design must be >= 2 design points (or None for all), got {config.max_design}")
     torch.manual_seed(config.seed)
     started = time.time()
     rows = []
@@ -269,7 +294,8 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
         f"{result['wall_seconds'] / 60:.1f} min.  ",
         f"Protocol: {result['config']['splits']} random 90/10 splits per set, {result['config']['teachers']} teachers "
         f"(MLP {result['config']['teacher_hidden']}), students {result['config']['student_hidden']}, DLF q = "
-        f"{result['config']['num_factors']}. Mean ± standard error over splits; metrics in original units; "
+        f"{result['config']['num_factors']}; design points: the training inputs (at most "
+        f"{result['config'].get('max_design')}, drawn at random). Mean ± standard error over splits; metrics in original units; "
         "NLL and CRPS of the full predictive; lower is better except coverage (target 0.95) and the variance ratio (target 1).",
         "",
         "The paper's Table 1 figures are not part of this repository's offline material, so they are not quoted here; "

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_dlf.baselines import DeepEnsembleRegressor, fit_regressor
+from pyro_dlf.baselines import DeepEnsembleRegressor, fit_regressor, fit_regressors
 from pyro_dlf.nn import MLP
 
 NOISE_SD = 0.1
@@ -73,6 +73,44 @@ def test_fit_regressor_bad_options(kwargs, exc, match):
     x, y = _linear_data(n=20)
     with pytest.raises(exc, match=match):
         fit_regressor(_seeded_linear(), x, y, **kwargs)
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_fit_regressors_matches_training_each_net_alone(batch_size):
+    # Jointly trained nets follow the trajectories they would follow alone: same
+    # rows, same minibatch orders (per-net generators), elementwise Adam.
+    x, _ = _linear_data(n=60)
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(3, 60, generator=g)
+    rows = torch.stack([torch.randperm(60, generator=g)[:45] for _ in range(3)])
+    make = lambda k: (torch.manual_seed(k), MLP(3, (8,), 1))[1]  # noqa: E731
+    joint = [make(k) for k in range(3)]
+    mses = fit_regressors(joint, x, y, rows=rows, epochs=30, batch_size=batch_size, lr=0.02,
+                          generators=[torch.Generator().manual_seed(10 + k) for k in range(3)])
+    for k in range(3):
+        alone = make(k)
+        mse = fit_regressor(alone, x[rows[k]], y[k, rows[k]], epochs=30, batch_size=batch_size, lr=0.02,
+                            generator=torch.Generator().manual_seed(10 + k))
+        assert mses[k] == pytest.approx(mse, rel=1e-4)
+        for a, b in zip(joint[k].parameters(), alone.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_regressors_bad_inputs():
+    x, y = _linear_data(n=20)
+    nets = [MLP(3, (4,), 1), MLP(3, (4,), 1)]
+    with pytest.raises(TypeError, match="nets must be a non-empty sequence"):
+        fit_regressors(nets[0], x, y.expand(1, 20))
+    with pytest.raises(ValueError, match="share one architecture"):
+        fit_regressors([nets[0], MLP(3, (5,), 1)], x, y.expand(2, 20))
+    with pytest.raises(ValueError, match=r"y must have shape \(len\(nets\), n, ...\)"):
+        fit_regressors(nets, x, y)
+    with pytest.raises(ValueError, match="rows must be a LongTensor"):
+        fit_regressors(nets, x, y.expand(2, 20), rows=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"each in \[0, 20\)"):
+        fit_regressors(nets, x, y.expand(2, 20), rows=torch.full((2, 5), 20))
+    with pytest.raises(TypeError, match="generators must be None or a sequence of 2"):
+        fit_regressors(nets, x, y.expand(2, 20), generators=[None])
 
 
 def test_fit_regressor_bad_data():

@@ -23,7 +23,8 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert main(argv) == 0
     result = json.loads((out / "smoke.json").read_text())
     methods = {r["method"] for r in result["rows"]}
-    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF + nugget", "DLF minibatch E-step", "DLF held-out design"}
+    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF + nugget", "DLF minibatch E-step", "DLF held-out design",
+                       "DLF jittered design"}
     assert len(result["rows"]) == 2 * len(methods)
     for row in result["rows"]:
         for key in ("rmse", "nll", "crps", "coverage95", "variance_ratio", "predict_1000_seconds"):
