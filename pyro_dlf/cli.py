@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
     uci.add_argument("--seed", type=int, default=0)
     uci.add_argument("--no-progress", action="store_true")
+    report = bench_sub.add_parser("report", help="merge UCI result files (e.g. one per set and an ablation run) into one report")
+    report.add_argument("inputs", nargs="+", help="uci*.json files written by 'pyro-dlf bench uci'")
+    report.add_argument("--output-dir", default="benchmarks/results")
+    report.add_argument("--name", default="uci", help="file stem of the merged JSON/Markdown")
     return parser
 
 
@@ -80,6 +84,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_design=args.max_design or None, baselines=not args.no_baselines,
         )
         json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
+        print(f"Wrote {json_path} and {md_path}")
+    elif args.command == "bench" and args.benchmark == "report":
+        import json
+
+        from pyro_dlf.bench import merge_results, write_report
+
+        results = []
+        for path in args.inputs:
+            try:
+                with open(path) as fh:
+                    results.append(json.load(fh))
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"inputs: cannot read {path} as a benchmark result ({error})") from None
+        json_path, md_path = write_report(merge_results(results), args.output_dir, args.name)
         print(f"Wrote {json_path} and {md_path}")
     return 0
 

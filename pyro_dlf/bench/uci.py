@@ -49,7 +49,7 @@ from pyro_dlf.api import distill
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
 from pyro_dlf.data import UCIData, load_uci, neighbour_jitter
 
-__all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "ABLATIONS"]
+__all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "ABLATIONS"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
 ABLATIONS = ("estep", "init", "q", "design", "nugget")
@@ -278,25 +278,112 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def merge_results(results: list[dict]) -> dict:
+    """Combine benchmark results (e.g. one run per set plus an ablation run) into one.
+
+    Rows are keyed by ``(dataset, split, method)``; the first result that has a
+    key wins, and a repeated key (e.g. the default DLF in an ablation run) is
+    dropped after its metrics are compared with the kept row: the largest
+    absolute NLL difference over repeated keys is stored as
+    ``repeat_max_nll_difference`` (0 when runs are reproducible).
+    Every source run's command, configuration, versions, machine and wall time
+    are kept under ``runs``; each row gets the index of its run.
+    """
+    if not results:
+        raise ValueError("results: give at least one benchmark result to merge")
+    runs, rows, datasets, seen = [], [], {}, {}
+    difference = 0.0
+    for result in results:
+        if result.get("benchmark") != "uci":
+            raise ValueError("results: every entry must be a UCI benchmark result (a loaded uci*.json)")
+        offset = len(runs)
+        for run in result.get("runs", [result]):
+            runs.append({key: run[key] for key in ("command", "config", "versions", "machine", "wall_seconds")})
+        datasets.update(result["datasets"])
+        for row in result["rows"]:
+            key = (row["dataset"], row["split"], row["method"])
+            if key in seen:
+                difference = max(difference, abs(seen[key]["nll"] - row["nll"]))
+                continue
+            row = dict(row, run=offset + row.get("run", 0))
+            seen[key] = row
+            rows.append(row)
+    return {"benchmark": "uci", "runs": runs, "rows": rows, "datasets": datasets,
+            "repeat_max_nll_difference": difference}
+
+
+_TARGET_METRICS = (("rmse", "RMSE"), ("nll", "NLL"), ("crps", "CRPS"))
+
+
+def target_summary(summary: dict, method: str = "DLF") -> list[str]:
+    """Markdown lines checking ``method`` against the issue's targets, per set.
+
+    NLL and CRPS gaps to the teacher ensemble (relative to the ensemble's value,
+    and in absolute terms since an NLL can be negative); the (set, metric) cells
+    where ``method`` has a lower mean than Hydra and than BE; the variance ratio.
+    """
+    lines = [f"| set | {method} − ensemble NLL | rel. | {method} − ensemble CRPS | rel. | beats Hydra (RMSE/NLL/CRPS) "
+             f"| beats BE (RMSE/NLL/CRPS) | var. ratio |", "|---|---|---|---|---|---|---|---|"]
+    wins = cells = 0
+    for dataset, methods in summary.items():
+        if method not in methods or "teacher ensemble" not in methods:
+            continue
+        ours, ens = methods[method], methods["teacher ensemble"]
+        gaps = []
+        for key in ("nll", "crps"):
+            gap = ours[key][0] - ens[key][0]
+            gaps += [f"{gap:+.3f}", f"{100 * gap / abs(ens[key][0]):+.1f} %"]
+        beats = []
+        for rival in ("Hydra", "BE"):
+            if rival not in methods:
+                beats.append("–")
+                continue
+            marks = []
+            for key, _ in _TARGET_METRICS:
+                better = ours[key][0] < methods[rival][key][0]
+                wins, cells = wins + better, cells + 1
+                marks.append("yes" if better else "no")
+            beats.append("/".join(marks))
+        ratio = f"{ours['variance_ratio'][0]:.2f}"
+        lines.append(f"| {dataset} | " + " | ".join(gaps + beats + [ratio]) + " |")
+    if cells:
+        lines += ["", f"{method} has the lower mean in {wins} of {cells} (set, metric, rival) cells "
+                      f"({100 * wins / cells:.0f} %) against Hydra and BE."]
+    return lines
+
+
 def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str, str]:
-    """Write ``{name}.json`` (every row) and ``{name}.md`` (mean ± SE tables) plus one PNG per set."""
+    """Write ``{name}.json`` (every row) and ``{name}.md`` (mean ± SE tables) plus one PNG per set.
+
+    ``result`` is one run (:func:`run_uci_benchmark`) or several merged
+    (:func:`merge_results`).
+    """
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, f"{name}.json")
     with open(json_path, "w") as fh:
         json.dump(result, fh, indent=1)
     summary = summarize(result["rows"])
-    lines = [
-        f"# UCI regression benchmark ({name})",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, torch {result['versions']['torch']} "
-        f"({result['machine']['torch_threads']} threads), pyro_dlf {result['versions']['pyro_dlf']}; wall time "
-        f"{result['wall_seconds'] / 60:.1f} min.  ",
-        f"Protocol: {result['config']['splits']} random 90/10 splits per set, {result['config']['teachers']} teachers "
-        f"(MLP {result['config']['teacher_hidden']}), students {result['config']['student_hidden']}, DLF q = "
-        f"{result['config']['num_factors']}; design points: the training inputs (at most "
-        f"{result['config'].get('max_design')}, drawn at random). Mean ± standard error over splits; metrics in original units; "
-        "NLL and CRPS of the full predictive; lower is better except coverage (target 0.95) and the variance ratio (target 1).",
+    runs = result.get("runs", [result])
+    lines = [f"# UCI regression benchmark ({name})", ""]
+    for run in runs:
+        config = run["config"]
+        lines += [
+            f"Command: `{run['command']}`  ",
+            f"Machine: {run['machine']['platform']}, {run['machine']['cpus']} CPUs, torch {run['versions']['torch']} "
+            f"({run['machine']['torch_threads']} threads), pyro_dlf {run['versions']['pyro_dlf']}; wall time "
+            f"{run['wall_seconds'] / 60:.1f} min.  ",
+            f"Protocol: {config['splits']} random 90/10 splits per set, {config['teachers']} teachers "
+            f"(MLP {config['teacher_hidden']}), students {config['student_hidden']}, DLF q = "
+            f"{config['num_factors']}; design points: the training inputs"
+            + (f" (a random {config['max_design']} where there are more)." if config.get("max_design") else "."),
+            "",
+        ]
+    if len(runs) > 1:
+        lines += [f"Rows repeated across runs (same set, split and method) are kept once; their largest NLL "
+                  f"difference is {result.get('repeat_max_nll_difference', float('nan')):.2g}.", ""]
+    lines += [
+        "Mean ± standard error over splits (n = number of splits); metrics in original units; NLL and CRPS of "
+        "the full predictive; lower is better except coverage (target 0.95) and the variance ratio (target 1).",
         "",
         "The paper's Table 1 figures are not part of this repository's offline material, so they are not quoted here; "
         "compare with the paper directly.",
@@ -304,15 +391,17 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     ]
     if "bostonHousing" in summary:
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
+    lines += ["## Targets", ""] + target_summary(summary) + [""]
     for dataset, methods in summary.items():
         info = result["datasets"].get(dataset, {})
         lines += [f"## {dataset} (n = {info.get('n')}, d = {info.get('d')})", ""]
-        header = "| method | " + " | ".join(label for _, label, _ in _METRICS) + " | params | predict 1000 (ms) |"
-        lines += [header, "|" + "---|" * (len(_METRICS) + 3)]
+        header = "| method | n | " + " | ".join(label for _, label, _ in _METRICS) + " | params | predict 1000 (ms) |"
+        lines += [header, "|" + "---|" * (len(_METRICS) + 4)]
         for method, stats in methods.items():
             # One split has no standard error: say so rather than print nan.
-            cells = [fmt.format(stats[key][0]) + (f" ± {fmt.format(stats[key][1])}" if stats[key][2] > 1 else " (1 split)")
-                     for key, _, fmt in _METRICS]
+            cells = [str(stats["nll"][2])]
+            cells += [fmt.format(stats[key][0]) + (f" ± {fmt.format(stats[key][1])}" if stats[key][2] > 1 else "")
+                      for key, _, fmt in _METRICS]
             cells += [str(int(stats["parameters"][0])), f"{1e3 * stats['predict_1000_seconds'][0]:.2f}"]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")

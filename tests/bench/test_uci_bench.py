@@ -49,3 +49,13 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert (out / "smoke_yacht.png").stat().st_size > 5_000
     # Teachers were cached and a rerun reuses them.
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
+
+    # Merging: a result merged with itself keeps every row once, and the repeated
+    # rows agree exactly (the report is a deterministic function of the files).
+    assert main(["bench", "report", str(out / "smoke.json"), str(out / "smoke.json"),
+                 "--output-dir", str(out), "--name", "merged"]) == 0
+    merged = json.loads((out / "merged.json").read_text())
+    assert len(merged["rows"]) == len(result["rows"]) and len(merged["runs"]) == 2
+    assert merged["repeat_max_nll_difference"] == 0.0
+    merged_md = (out / "merged.md").read_text()
+    assert "## Targets" in merged_md and "(set, metric, rival) cells" in merged_md
