@@ -19,7 +19,7 @@ from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import fit_inverse_gamma
 from pyro_dlf.student import Student
 
-__all__ = ["distill", "evaluate_teachers"]
+__all__ = ["distill", "evaluate_teachers", "scheduled_adam"]
 
 TeacherOutputs = Union[Tensor, Sequence[Callable[[Tensor], Tensor]]]
 
@@ -219,19 +219,28 @@ def distill(
     return student
 
 
-def _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps, num_iterations,
-         estep, generator, progress) -> list[float]:
-    """MMD initialization, then EM with a warm-up and geometric decay of Adam's step size."""
-    if init == "mmd" and mmd_steps > 0:
-        mmd_initialize(model, x, f, num_steps=mmd_steps, penalty=mmd_penalty, lr=lr, batch_size=batch_size,
-                       generator=generator, progress=progress)
+def scheduled_adam(lr: float, lr_decay: float, warmup: float, num_iterations: int) -> pyro.optim.PyroLRScheduler:
+    """Adam (gradient norm clipped at 10) whose step size ramps up linearly over the first
+    ``warmup · num_iterations`` scheduler steps, then decays geometrically to ``lr · lr_decay``.
+
+    Call ``optim.step()`` once per iteration to advance the schedule.
+    """
     ramp = max(warmup * num_iterations, 1.0)
     iterations = max(num_iterations, 1)
 
     def schedule(iteration: int) -> float:
         return min(1.0, (iteration + 1) / ramp) * lr_decay ** (iteration / iterations)
 
-    optim = pyro.optim.LambdaLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": lr}, "lr_lambda": schedule}, {"clip_norm": 10.0})
+    return pyro.optim.LambdaLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": lr}, "lr_lambda": schedule}, {"clip_norm": 10.0})
+
+
+def _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps, num_iterations,
+         estep, generator, progress) -> list[float]:
+    """MMD initialization, then EM with a warm-up and geometric decay of Adam's step size."""
+    if init == "mmd" and mmd_steps > 0:
+        mmd_initialize(model, x, f, num_steps=mmd_steps, penalty=mmd_penalty, lr=lr, batch_size=batch_size,
+                       generator=generator, progress=progress)
+    optim = scheduled_adam(lr, lr_decay, warmup, num_iterations)
     em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=steps, batch_size=batch_size, estep=estep, generator=generator)
     history = []
     bar = tqdm(range(num_iterations), desc="EM", disable=not progress, leave=False)

@@ -45,6 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
     uci.add_argument("--seed", type=int, default=0)
     uci.add_argument("--no-progress", action="store_true")
+    svi = bench_sub.add_parser("svi", help="EM against SVI (exact guide, AutoNormal) on one UCI split's teachers")
+    svi.add_argument("--data-path", required=True, help="one UCI set's folder (e.g. ../shared/data/uci/bostonHousing)")
+    svi.add_argument("--split", type=int, default=0)
+    svi.add_argument("--teachers", type=int, default=50)
+    svi.add_argument("--num-factors", type=int, default=10)
+    svi.add_argument("--mmd-steps", type=int, default=500)
+    svi.add_argument("--em-iterations", type=int, default=None,
+                     help="EM iterations (default: as many gradient steps as --svi-steps)")
+    svi.add_argument("--svi-steps", type=int, default=1500)
+    svi.add_argument("--evaluations", type=int, default=30, help="exact-likelihood evaluations per method (off the clock)")
+    svi.add_argument("--output-dir", default="benchmarks/results")
+    svi.add_argument("--name", default="em_vs_svi")
+    svi.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
+    svi.add_argument("--seed", type=int, default=0)
+    svi.add_argument("--no-progress", action="store_true")
     report = bench_sub.add_parser("report", help="merge UCI result files (e.g. one per set and an ablation run) into one report")
     report.add_argument("inputs", nargs="+", help="uci*.json files written by 'pyro-dlf bench uci'")
     report.add_argument("--output-dir", default="benchmarks/results")
@@ -84,6 +99,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_design=args.max_design or None, baselines=not args.no_baselines,
         )
         json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
+        print(f"Wrote {json_path} and {md_path}")
+    elif args.command == "bench" and args.benchmark == "svi":
+        from pyro_dlf.bench.svi import SVIBenchConfig, run_svi_benchmark, write_svi_report
+
+        config = SVIBenchConfig(
+            data_path=args.data_path, split=args.split, teachers=args.teachers, num_factors=args.num_factors,
+            mmd_steps=args.mmd_steps, em_iterations=args.em_iterations, svi_steps=args.svi_steps,
+            evaluations=args.evaluations, output_dir=args.output_dir, name=args.name,
+            cache_dir=args.cache_dir or None, seed=args.seed, progress=not args.no_progress,
+        )
+        json_path, md_path = write_svi_report(run_svi_benchmark(config), config.output_dir, config.name)
         print(f"Wrote {json_path} and {md_path}")
     elif args.command == "bench" and args.benchmark == "report":
         import json
