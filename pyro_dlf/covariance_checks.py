@@ -1,0 +1,101 @@
+r"""Statistical checks of a recovered DLF covariance against a known truth (SPEC §9).
+
+Teachers simulated from a known DLF :math:`(\mu^*, \Phi^*, \sigma_*^2)` at
+:math:`m` points give :math:`K^* = \Phi^*\Phi^{*\top}`; a fit gives
+:math:`\hat K = \hat\Phi\hat\Phi^\top`. Three checks, each with a reference
+derived from sampling theory rather than a tuned threshold:
+
+* **Relative Frobenius error** :math:`\lVert\hat K - K^*\rVert_F/\lVert K^*\rVert_F`
+  against the oracle rate of the sample covariance of :math:`n` exact draws,
+  :math:`\rho(n) = \sqrt{(1 + \operatorname{tr}(K)^2/\lVert K\rVert_F^2)/n}`
+  (for Gaussian draws :math:`\mathbb E\lVert\hat\Sigma - \Sigma\rVert_F^2 =
+  (\lVert\Sigma\rVert_F^2 + \operatorname{tr}(\Sigma)^2)/n`, the Wishart variances);
+* **Principal angles** between :math:`\operatorname{col}(\hat\Phi)` and the top-
+  :math:`q` eigenvectors of :math:`K^*`, against the Davis–Kahan bound
+  :math:`\sin\theta_{\max} \le 2\lVert\hat K - K^*\rVert_{op}/\lambda_q(K^*)`;
+* **Mahalanobis distances** of fresh draws :math:`y \sim p^*` under the fitted
+  model, :math:`(y - \hat\mu)^\top(\hat\Phi\hat\Phi^\top + \hat\sigma^2 I)^{-1}(y - \hat\mu)`,
+  which are :math:`\chi^2_m` when the fit is right: a Kolmogorov–Smirnov test
+  (a wrong model, e.g. too few factors, must be rejected: the test has power).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.stats import chi2, kstest
+from torch import Tensor
+
+__all__ = [
+    "sample_covariance_rate",
+    "relative_frobenius_error",
+    "principal_angle_sine",
+    "davis_kahan_bound",
+    "mahalanobis_distances",
+    "mahalanobis_ks_test",
+]
+
+
+def _check_square(K: Tensor, name: str) -> None:
+    if not isinstance(K, Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"{name} must be a square matrix (m, m), got {getattr(K, 'shape', type(K).__name__)}")
+
+
+def sample_covariance_rate(K: Tensor, num_draws: int) -> float:
+    r"""RMS relative Frobenius error :math:`\rho(n)` of the sample covariance of ``num_draws`` Gaussian draws with covariance ``K``."""
+    _check_square(K, "K")
+    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
+        raise ValueError(f"num_draws must be a positive int, got {num_draws!r}")
+    return math.sqrt((1 + float(K.trace()) ** 2 / float(K.norm()) ** 2) / num_draws)
+
+
+def relative_frobenius_error(K_hat: Tensor, K: Tensor) -> float:
+    r""":math:`\lVert\hat K - K\rVert_F / \lVert K\rVert_F`."""
+    _check_square(K, "K")
+    if K_hat.shape != K.shape:
+        raise ValueError(f"K_hat must have the shape of K {tuple(K.shape)}, got {tuple(K_hat.shape)}")
+    return float((K_hat - K).norm() / K.norm())
+
+
+def principal_angle_sine(K: Tensor, loading: Tensor) -> float:
+    r""":math:`\sin\theta_{\max}` between ``col(loading)`` (``(m, q)``) and the top-``q`` eigenvectors of ``K``."""
+    _check_square(K, "K")
+    if loading.dim() != 2 or loading.shape[0] != K.shape[0]:
+        raise ValueError(f"loading must have shape ({K.shape[0]}, q), got {tuple(loading.shape)}")
+    q = loading.shape[1]
+    true_basis = torch.linalg.eigh(K.double()).eigenvectors[:, -q:]
+    fitted_basis = torch.linalg.qr(loading.double()).Q
+    cosines = torch.linalg.svdvals(true_basis.T @ fitted_basis).clamp(max=1)
+    return float((1 - cosines.min() ** 2).clamp_min(0).sqrt())
+
+
+def davis_kahan_bound(K_hat: Tensor, K: Tensor, q: int) -> float:
+    r""":math:`\min(1, 2\lVert\hat K - K\rVert_{op}/\lambda_q(K))`, the Davis–Kahan bound on :math:`\sin\theta_{\max}`."""
+    _check_square(K, "K")
+    lam_q = float(torch.linalg.eigvalsh(K.double())[-q])
+    return min(1.0, 2 * float(torch.linalg.matrix_norm((K_hat - K).double(), ord=2)) / lam_q)
+
+
+def mahalanobis_distances(mean: Tensor, loading: Tensor, noise_variance: float, draws: Tensor) -> Tensor:
+    r"""Squared Mahalanobis distances of ``draws`` ``(S, m)`` under :math:`\mathcal N(\text{mean}, \Phi\Phi^\top + \sigma^2 I)`, in float64."""
+    m = mean.shape[0]
+    if loading.shape[0] != m or draws.dim() != 2 or draws.shape[1] != m:
+        raise ValueError(f"mean (m,), loading (m, q) and draws (S, m) must agree on m = {m}")
+    cov = loading.double() @ loading.double().T + float(noise_variance) * torch.eye(m, dtype=torch.float64)
+    r = (draws - mean).double()
+    return (r * torch.linalg.solve(cov, r.T).T).sum(-1)
+
+
+def mahalanobis_ks_test(model, x: Tensor, draws: Tensor) -> tuple[float, Tensor]:
+    r"""KS test of the fitted ``model``'s Mahalanobis distances of ``draws`` against :math:`\chi^2_m`.
+
+    :param model: a univariate :class:`~pyro_dlf.models.DeepLatentFactor`.
+    :param x: the ``m`` points, ``(m, d)``.
+    :param draws: fresh draws of the true process with its nugget, ``(S, m)``.
+    :returns: ``(p_value, distances)``.
+    """
+    with torch.no_grad():
+        mean, loading = model.mean_and_loading(x)
+        distances = mahalanobis_distances(mean, loading, float(model.noise_variance), draws)
+    return float(kstest(distances.numpy(), chi2(x.shape[0]).cdf).pvalue), distances

@@ -1,0 +1,52 @@
+"""Unit tests for pyro_dlf.covariance_checks."""
+
+import math
+
+import pytest
+import torch
+
+from pyro_dlf.covariance_checks import (
+    davis_kahan_bound,
+    mahalanobis_distances,
+    principal_angle_sine,
+    relative_frobenius_error,
+    sample_covariance_rate,
+)
+
+
+def test_rate_matches_the_sample_covariance_error():
+    # rho(n)^2 is E||S - K||_F^2 / ||K||_F^2 for the known-mean sample covariance S of n draws.
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    K = A @ A.T + 0.1 * torch.eye(6, dtype=torch.float64)
+    chol = torch.linalg.cholesky(K)
+    n, reps = 20, 2000
+    draws = torch.randn(reps, n, 6, generator=g, dtype=torch.float64) @ chol.T
+    S = draws.transpose(1, 2) @ draws / n
+    mse = ((S - K).flatten(1).norm(dim=1) ** 2).mean() / K.norm() ** 2
+    # Monte Carlo standard error of a mean of 2000 squared errors: well under 10 %.
+    assert float(mse) == pytest.approx(sample_covariance_rate(K, n) ** 2, rel=0.1)
+
+
+def test_angles_errors_and_distances():
+    K = torch.diag(torch.tensor([4.0, 2.0, 0.0], dtype=torch.float64))
+    assert principal_angle_sine(K, torch.tensor([[1.0, 0], [0, 1], [0, 0]], dtype=torch.float64)) == pytest.approx(0, abs=1e-7)
+    tilted = torch.tensor([[1.0, 0], [0, 1], [0, 1]], dtype=torch.float64)
+    assert principal_angle_sine(K, tilted) == pytest.approx(math.sin(math.pi / 4), rel=1e-6)
+    assert relative_frobenius_error(2 * K, K) == pytest.approx(1.0)
+    assert davis_kahan_bound(K, K, 2) == 0.0
+    d = mahalanobis_distances(torch.zeros(2), torch.zeros(2, 1), 4.0, torch.tensor([[2.0, 0.0], [2.0, 2.0]]))
+    torch.testing.assert_close(d, torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="K must be a square matrix"):
+        sample_covariance_rate(torch.ones(2, 3), 5)
+    with pytest.raises(ValueError, match="num_draws must be a positive int"):
+        sample_covariance_rate(torch.eye(2), 0)
+    with pytest.raises(ValueError, match="K_hat must have the shape of K"):
+        relative_frobenius_error(torch.eye(3), torch.eye(2))
+    with pytest.raises(ValueError, match=r"loading must have shape \(2, q\)"):
+        principal_angle_sine(torch.eye(2), torch.ones(3, 1))
+    with pytest.raises(ValueError, match="must agree on m = 2"):
+        mahalanobis_distances(torch.zeros(2), torch.zeros(2, 1), 1.0, torch.zeros(4, 3))
