@@ -1,6 +1,6 @@
 """Baselines, including the teacher deep ensemble that is distilled."""
 
-from pyro_dlf.baselines.ensemble import DeepEnsembleRegressor, fit_regressor, fit_regressors
+from pyro_dlf.baselines.ensemble import DeepEnsembleRegressor, MixtureRegressor, fit_regressor, fit_regressors
 from pyro_dlf.baselines.students import (
     BatchEnsembleLinear,
     BatchEnsembleStudent,
@@ -11,6 +11,7 @@ from pyro_dlf.baselines.students import (
 
 __all__ = [
     "DeepEnsembleRegressor",
+    "MixtureRegressor",
     "fit_regressor",
     "fit_regressors",
     "DistilledEnsemble",

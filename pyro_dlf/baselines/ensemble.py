@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from pyro_dlf.data.splits import Standardizer
 from pyro_dlf.nn import MLP, _positive_int
 
-__all__ = ["DeepEnsembleRegressor", "fit_regressor", "fit_regressors"]
+__all__ = ["MixtureRegressor", "DeepEnsembleRegressor", "fit_regressor", "fit_regressors"]
 
 
 # --------------------------------------------------------------------------- validation
@@ -308,7 +308,72 @@ def fit_regressors(
 # --------------------------------------------------------------------------- deep ensemble
 
 
-class DeepEnsembleRegressor(nn.Module):
+class MixtureRegressor(nn.Module):
+    """Shared parts of every equal-weight Gaussian-mixture regressor in the zoo.
+
+    A subclass has ``num_members`` members :math:`g_i` and implements
+    :meth:`member_predictions` (original units); this base holds the
+    standardisation and noise buffers and builds the predictive
+    :math:`\\frac1M\\sum_i \\mathcal N(g_i(x), \\sigma^2_{\\varepsilon,i})` from them.
+
+    Buffers (saved in ``state_dict``): ``x_loc``/``x_scale`` ``(1, d)``,
+    ``y_loc``/``y_scale`` ``(1,)``, ``noise_variances`` ``(M,)`` in original
+    units, and the 0-d boolean ``fitted``.
+    """
+
+    x_loc: Tensor
+    x_scale: Tensor
+    y_loc: Tensor
+    y_scale: Tensor
+    noise_variances: Tensor
+    fitted: Tensor
+
+    def _register_buffers(self, in_features: int, num_members: int) -> None:
+        self.register_buffer("x_loc", torch.zeros(1, in_features))
+        self.register_buffer("x_scale", torch.ones(1, in_features))
+        self.register_buffer("y_loc", torch.zeros(1))
+        self.register_buffer("y_scale", torch.ones(1))
+        self.register_buffer("noise_variances", torch.full((num_members,), float("nan")))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @property
+    def x_standardizer(self) -> Standardizer:
+        """The input standardisation fitted with the members."""
+        return Standardizer(loc=self.x_loc, scale=self.x_scale)
+
+    @property
+    def y_standardizer(self) -> Standardizer:
+        """The target standardisation fitted with the members."""
+        return Standardizer(loc=self.y_loc, scale=self.y_scale)
+
+    def member_predictions(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Member means :math:`g_i(x_j)` in original units, shape ``(M, m)``."""
+        raise NotImplementedError
+
+    def predictive(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Components of the equal-weight Gaussian mixture predictive.
+
+        :param x: raw inputs of shape ``(m, in_features)``.
+        :returns: ``(means, variances)``, both ``(M, m)`` in original ``y`` units:
+            ``means[i, j]`` :math:`= g_i(x_j)` and ``variances[i, j]``
+            :math:`= \\sigma^2_{\\varepsilon,i}` (homoscedastic, so constant in
+            ``j``). The predictive density is
+            :math:`\\frac1M\\sum_i \\mathcal N(y; \\text{means}[i], \\text{variances}[i])`;
+            the pair plugs into :func:`pyro_dlf.metrics.mixture_nll` and friends.
+        """
+        means = self.member_predictions(x)
+        variances = self.noise_variances.unsqueeze(-1).expand_as(means).clone()
+        return means, variances
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Mixture mean :math:`\\frac1M\\sum_i g_i(x)`, shape ``(m,)`` (no grad)."""
+        return self.member_predictions(x).mean(dim=0)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_members={self.num_members}, hidden={self.hidden}"
+
+
+class DeepEnsembleRegressor(MixtureRegressor):
     """Deep ensemble of :math:`M` MLP regressors with per-member Gaussian noise.
 
     Member :math:`i` is ``MLP(in_features, hidden, 1)`` trained by
@@ -352,13 +417,6 @@ class DeepEnsembleRegressor(nn.Module):
     boolean ``fitted``.
     """
 
-    x_loc: Tensor
-    x_scale: Tensor
-    y_loc: Tensor
-    y_scale: Tensor
-    noise_variances: Tensor
-    fitted: Tensor
-
     def __init__(
         self,
         in_features: int,
@@ -379,24 +437,9 @@ class DeepEnsembleRegressor(nn.Module):
         self.num_members = num_members
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
-        self.register_buffer("x_loc", torch.zeros(1, in_features))
-        self.register_buffer("x_scale", torch.ones(1, in_features))
-        self.register_buffer("y_loc", torch.zeros(1))
-        self.register_buffer("y_scale", torch.ones(1))
-        self.register_buffer("noise_variances", torch.full((num_members,), float("nan")))
-        self.register_buffer("fitted", torch.tensor(False))
+        self._register_buffers(in_features, num_members)
 
     # ------------------------------------------------------------------ helpers
-
-    @property
-    def x_standardizer(self) -> Standardizer:
-        """The input standardisation fitted on the training ``x``."""
-        return Standardizer(loc=self.x_loc, scale=self.x_scale)
-
-    @property
-    def y_standardizer(self) -> Standardizer:
-        """The target standardisation fitted on the training ``y``."""
-        return Standardizer(loc=self.y_loc, scale=self.y_scale)
 
     def _check_x(self, x: object) -> Tensor:
         x = _check_data_tensor(x, "x")
@@ -558,23 +601,4 @@ class DeepEnsembleRegressor(nn.Module):
         self._check_fitted()
         return [functools.partial(self._member_predict, i) for i in range(self.num_members)]
 
-    def predictive(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Components of the equal-weight Gaussian mixture predictive.
 
-        :param x: raw inputs of shape ``(m, in_features)``.
-        :returns: ``(means, variances)``, both ``(M, m)`` in original ``y`` units:
-            ``means[i, j]`` :math:`= f_i(x_j)` and ``variances[i, j]``
-            :math:`= \\sigma^2_{\\varepsilon,i}` (homoscedastic, so constant in
-            ``j``). The predictive density is
-            :math:`\\frac1M\\sum_i \\mathcal N(y; \\text{means}[i], \\text{variances}[i])`.
-        """
-        means = self.member_predictions(x)
-        variances = self.noise_variances.unsqueeze(-1).expand_as(means).clone()
-        return means, variances
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Ensemble mean :math:`\\bar f(x) = \\frac1M\\sum_i f_i(x)`, shape ``(m,)`` (no grad)."""
-        return self.member_predictions(x).mean(dim=0)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_members={self.num_members}, hidden={self.hidden}"

@@ -68,6 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dlf.baselines.ensemble import (
+    MixtureRegressor,
     _check_bool,
     _check_data_tensor,
     _nonnegative_float,
@@ -118,7 +119,7 @@ def _check_seed(seed: object) -> int:
 # --------------------------------------------------------------------------- base class
 
 
-class DistilledEnsemble(nn.Module, abc.ABC):
+class DistilledEnsemble(MixtureRegressor, abc.ABC):
     """Shared parts of the one-to-one distilled students (see the module docstring).
 
     A subclass only builds its network, :meth:`_build_net`: a module mapping
@@ -143,13 +144,6 @@ class DistilledEnsemble(nn.Module, abc.ABC):
     original units) and the 0-d boolean ``fitted``.
     """
 
-    x_loc: Tensor
-    x_scale: Tensor
-    y_loc: Tensor
-    y_scale: Tensor
-    noise_variances: Tensor
-    fitted: Tensor
-
     def __init__(
         self,
         in_features: int,
@@ -163,12 +157,7 @@ class DistilledEnsemble(nn.Module, abc.ABC):
         self.hidden = _check_hidden(hidden, allow_empty=self._allow_empty_hidden)
         self.activation = _check_activation(activation)
         self.net = self._fresh_net(seed=0)
-        self.register_buffer("x_loc", torch.zeros(1, self.in_features))
-        self.register_buffer("x_scale", torch.ones(1, self.in_features))
-        self.register_buffer("y_loc", torch.zeros(1))
-        self.register_buffer("y_scale", torch.ones(1))
-        self.register_buffer("noise_variances", torch.full((self.num_members,), float("nan")))
-        self.register_buffer("fitted", torch.tensor(False))
+        self._register_buffers(self.in_features, self.num_members)
 
     _allow_empty_hidden = True
 
@@ -193,16 +182,6 @@ class DistilledEnsemble(nn.Module, abc.ABC):
 
     def _reset_parameters(self, seed: int) -> None:
         self.net.load_state_dict(self._fresh_net(seed).state_dict())
-
-    @property
-    def x_standardizer(self) -> Standardizer:
-        """The input standardisation fitted on the design points."""
-        return Standardizer(loc=self.x_loc, scale=self.x_scale)
-
-    @property
-    def y_standardizer(self) -> Standardizer:
-        """The target standardisation fitted on all teacher values pooled."""
-        return Standardizer(loc=self.y_loc, scale=self.y_scale)
 
     def _check_x(self, x: object, name: str) -> Tensor:
         x = _check_data_tensor(x, name)
@@ -327,25 +306,6 @@ class DistilledEnsemble(nn.Module, abc.ABC):
         with torch.no_grad():
             out = self.net(xs).T
         return self.y_standardizer.inverse(out)
-
-    def predictive(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Components of the equal-weight mixture :math:`\\frac1n\\sum_i \\mathcal N(g_i(x), \\sigma^2_{\\varepsilon,i})`.
-
-        :param x: raw inputs of shape ``(m, in_features)``.
-        :returns: ``(means, variances)``, both ``(num_members, m)`` in original
-            units; ``variances[i, j]`` is teacher :math:`i`'s noise variance. They
-            plug into :func:`pyro_dlf.metrics.mixture_nll` and friends.
-        """
-        means = self.member_predictions(x)
-        variances = self.noise_variances.unsqueeze(-1).expand_as(means).clone()
-        return means, variances
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Mixture mean :math:`\\frac1n\\sum_i g_i(x)`, shape ``(m,)`` (no grad)."""
-        return self.member_predictions(x).mean(dim=0)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_members={self.num_members}, hidden={self.hidden}"
 
 
 # --------------------------------------------------------------------------- small ensemble
