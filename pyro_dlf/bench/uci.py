@@ -49,7 +49,7 @@ from pyro_dlf.api import distill
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
 from pyro_dlf.data import UCIData, load_uci, neighbour_jitter
 
-__all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "ABLATIONS"]
+__all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition", "ABLATIONS"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
 ABLATIONS = ("estep", "init", "q", "design", "nugget")
@@ -146,9 +146,10 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
     x1000 = x_test.repeat(math.ceil(1000 / len(x_test)), 1)[:1000]
     rows = []
 
-    def record(method, design, means, variances, epistemic, teacher_test, params, predict, seconds):
+    def record(method, design, means, variances, epistemic, teacher_test, params, predict, seconds, **extra):
         row = {"dataset": data.name, "split": seed, "method": method, "design": design, "fit_seconds": seconds}
         row.update(_score(split, means, variances, epistemic, teacher_test, params, predict, x1000))
+        row.update(extra)
         rows.append(row)
 
     def cap(x_design: torch.Tensor, salt: int) -> torch.Tensor:
@@ -205,8 +206,15 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
             seconds = time.perf_counter() - start
             means, variances = student.predictive_mixture(x_test)
             epistemic = student.predict(x_test, 1, return_samples=False).epistemic_variance
+            # Where the variance goes: the share of the teachers' spread at the design
+            # points that ‖Φ‖² holds, and the teachers' spread there against test inputs.
+            spread = {"teacher_spread_design": float(f_dlf.var(0).mean()),
+                      "teacher_spread_test": float(teacher_test.var(0).mean()),
+                      "student_variance_design": float(student.predict(x_dlf, 1, return_samples=False).epistemic_variance.mean()),
+                      "nugget_variance": float(student.dlf.noise_variance)}
             record(name, design, means, variances, epistemic, teacher_test,
-                   metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds)
+                   metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
+                   **spread)
             if name == "DLF" and "nugget" in config.ablations:
                 # The same fit, predicting new teachers (nugget included): no refit needed.
                 student.include_nugget = True
@@ -352,6 +360,34 @@ def target_summary(summary: dict, method: str = "DLF") -> list[str]:
     return lines
 
 
+def variance_decomposition(rows: list[dict]) -> list[str]:
+    """Markdown lines: where each DLF fit puts the teachers' spread (rows that recorded it).
+
+    Per set and variant, means over splits of: the share of the teachers' spread
+    at the design points held by the smooth part ``‖Φ‖²``, the share left to the
+    nugget ``σ_f²``, and the teachers' spread at the design points over their
+    spread at the test inputs. The variance ratio at test inputs is roughly
+    (smooth share) × (design/test spread).
+    """
+    groups: dict = {}
+    for row in rows:
+        if "teacher_spread_design" in row:
+            groups.setdefault((row["dataset"], row["method"]), []).append(row)
+    if not groups:
+        return []
+    lines = ["## Where the variance goes", "",
+             "Share of the teachers' spread at the design points held by ‖Φ‖² and by the nugget σ_f², and the "
+             "teachers' spread at the design points relative to the test inputs (means over splits).", "",
+             "| set | method | n | ‖Φ‖² share | nugget share | design / test spread |", "|---|---|---|---|---|---|"]
+    for (dataset, method), items in groups.items():
+        mean = lambda key: sum(key(r) for r in items) / len(items)  # noqa: E731
+        lines.append(f"| {dataset} | {method} | {len(items)} | "
+                     f"{mean(lambda r: r['student_variance_design'] / r['teacher_spread_design']):.2f} | "
+                     f"{mean(lambda r: r['nugget_variance'] / r['teacher_spread_design']):.2f} | "
+                     f"{mean(lambda r: r['teacher_spread_design'] / r['teacher_spread_test']):.2f} |")
+    return lines + [""]
+
+
 def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str, str]:
     """Write ``{name}.json`` (every row) and ``{name}.md`` (mean ± SE tables) plus one PNG per set.
 
@@ -392,6 +428,7 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     if "bostonHousing" in summary:
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     lines += ["## Targets", ""] + target_summary(summary) + [""]
+    lines += variance_decomposition(result["rows"])
     for dataset, methods in summary.items():
         info = result["datasets"].get(dataset, {})
         lines += [f"## {dataset} (n = {info.get('n')}, d = {info.get('d')})", ""]

@@ -59,3 +59,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert merged["repeat_max_nll_difference"] == 0.0
     merged_md = (out / "merged.md").read_text()
     assert "## Targets" in merged_md and "(set, metric, rival) cells" in merged_md
+    assert "## Where the variance goes" in merged_md
+    dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] != "DLF + nugget"]
+    for row in dlf_rows:
+        assert row["teacher_spread_design"] > 0 and row["student_variance_design"] >= 0 and row["nugget_variance"] > 0
