@@ -6,10 +6,11 @@ same Adam schedule (:func:`pyro_dlf.api.scheduled_adam`, one scheduler step per
 iteration):
 
 * **EM** -- :class:`pyro_dlf.infer.EM` with the exact E-step (closed-form
-  factor posterior, closed-form :math:`\sigma_f^2`, parameter expansion), one
-  pass of minibatch gradient M-steps per iteration (``distill``'s default), for
-  as many iterations as make the same number of gradient steps as SVI takes
-  (unless ``em_iterations`` is given);
+  factor posterior, closed-form :math:`\sigma_f^2`, parameter expansion), run
+  twice: with one pass of minibatch gradient M-steps per iteration
+  (``distill``'s default) and with one full-batch M-step per iteration, each
+  for as many iterations as make the same number of gradient steps as SVI
+  takes (unless ``em_iterations`` is given);
 * **SVI, exact guide** -- ``pyro.infer.SVI`` with
   :class:`~pyro_dlf.guides.ExactFactorPosterior` as the guide, refreshed before
   every step: the ELBO then equals the marginal likelihood at the current
@@ -127,20 +128,23 @@ def run_svi_benchmark(config: SVIBenchConfig) -> dict:
         return lambda: float(-model.log_marginal_likelihood(x, f).sum() / f.numel())
 
     traces = []
-    # EM: distill's own configuration (exact E-step, one pass of M-steps per iteration).
-    model = _copy(init)
-    steps = -(-x.shape[0] // config.batch_size)
-    em_iterations = config.em_iterations or -(-config.svi_steps // steps)  # equal gradient steps by default
-    optim = scheduled_adam(config.lr, config.lr_decay, config.warmup, em_iterations)
-    em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=steps, batch_size=config.batch_size,
-            generator=torch.Generator().manual_seed(config.seed))
+    # EM twice: distill's own configuration (minibatch M-steps, one pass per
+    # iteration), and one full-batch M-step per E-step -- the same gradient
+    # information per step as full-batch SVI.
+    m = x.shape[0]
+    for label, batch_size in (("EM, minibatch M-steps", config.batch_size), ("EM, full-batch M-step", m)):
+        model = _copy(init)
+        steps = -(-m // min(batch_size, m))
+        em_iterations = config.em_iterations or -(-config.svi_steps // steps)  # equal gradient steps by default
+        optim = scheduled_adam(config.lr, config.lr_decay, config.warmup, em_iterations)
+        em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=steps, batch_size=batch_size,
+                generator=torch.Generator().manual_seed(config.seed))
 
-    def em_step() -> None:
-        em.step(x, f)
-        optim.step()
+        def em_step(em=em, optim=optim) -> None:
+            em.step(x, f)
+            optim.step()
 
-    traces.append(_trace("EM (exact E-step)", em_iterations, em_step, exact_nll(model),
-                         config.evaluations, config.progress, steps))
+        traces.append(_trace(label, em_iterations, em_step, exact_nll(model), config.evaluations, config.progress, steps))
 
     for label in ("SVI, exact guide", "SVI, AutoNormal"):
         pyro.set_rng_seed(config.seed)
@@ -183,7 +187,7 @@ def write_svi_report(result: dict, output_dir: str, name: str = "em_vs_svi") -> 
     with open(json_path, "w") as fh:
         json.dump(result, fh, indent=1)
     traces = result["traces"]
-    target = traces[0]["final_nll_per_scalar"]
+    target = min(t["final_nll_per_scalar"] for t in traces if t["method"].startswith("EM"))
     start = traces[0]["nll_per_scalar"][0]
     lines = [
         f"# EM vs SVI on one deep latent factor model ({result['dataset']['name']}, split {result['dataset']['split']})",
@@ -195,7 +199,7 @@ def write_svi_report(result: dict, output_dir: str, name: str = "em_vs_svi") -> 
         f"{result['config']['num_factors']}, body {result['config']['hidden']}; all methods start from one MMD "
         f"initialization (exact NLL per scalar {start:.4f}).",
         "",
-        "| method | iterations | gradient steps | exact NLL per scalar (final) | fit time (s) | time to reach EM's final NLL (s) |",
+        "| method | iterations | gradient steps | exact NLL per scalar (final) | fit time (s) | time to reach EM's best final NLL (s) |",
         "|---|---|---|---|---|---|",
     ]
     for trace in traces:
