@@ -211,7 +211,7 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
             spread = {"teacher_spread_design": float(f_dlf.var(0).mean()),
                       "teacher_spread_test": float(teacher_test.var(0).mean()),
                       "student_variance_design": float(student.predict(x_dlf, 1, return_samples=False).epistemic_variance.mean()),
-                      "nugget_variance": float(student.dlf.noise_variance)}
+                      "nugget_variance": float(student.dlf.noise_variance.detach())}
             record(name, design, means, variances, epistemic, teacher_test,
                    metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
                    **spread)
