@@ -264,7 +264,8 @@ def run_uci_benchmark(config: UCIBenchConfig) -> dict:
     }
 
 
-_METRICS = (("rmse", "RMSE", "{:.3f}"), ("nll", "NLL", "{:.3f}"), ("crps", "CRPS", "{:.3f}"),
+# RMSE and CRPS in significant digits: their scale is the target's (naval's is ~1e-3).
+_METRICS = (("rmse", "RMSE", "{:.4g}"), ("nll", "NLL", "{:.3f}"), ("crps", "CRPS", "{:.4g}"),
             ("coverage95", "cov95", "{:.3f}"), ("variance_ratio", "var. ratio", "{:.3f}"))
 
 
@@ -340,7 +341,7 @@ def target_summary(summary: dict, method: str = "DLF") -> list[str]:
         gaps = []
         for key in ("nll", "crps"):
             gap = ours[key][0] - ens[key][0]
-            gaps += [f"{gap:+.3f}", f"{100 * gap / abs(ens[key][0]):+.1f} %"]
+            gaps += [f"{gap:+.3g}", f"{100 * gap / abs(ens[key][0]):+.1f} %"]
         beats = []
         for rival in ("Hydra", "BE"):
             if rival not in methods:
