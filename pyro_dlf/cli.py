@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--teachers", type=int, default=50)
     uci.add_argument("--teacher-epochs", type=int, default=None, help="override the teachers' epoch schedule")
     uci.add_argument("--student-epochs", type=int, default=1000, help="epochs of the one-to-one baselines")
+    uci.add_argument("--student-hidden", type=int, nargs="+", default=[50],
+                     help="hidden widths of every student, DLF body included (default: 50)")
     uci.add_argument("--dlf-iterations", type=int, default=150)
     uci.add_argument("--mmd-steps", type=int, default=500)
     uci.add_argument("--num-factors", type=int, default=10)
@@ -93,6 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = UCIBenchConfig(
             data_dir=args.data_dir, data_path=args.data_path, datasets=tuple(args.datasets), splits=args.splits,
             teachers=args.teachers, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+            student_hidden=tuple(args.student_hidden),
             dlf_iterations=args.dlf_iterations, mmd_steps=args.mmd_steps, num_factors=args.num_factors,
             ablations=tuple(args.ablations), output_dir=args.output_dir, name=args.name,
             cache_dir=args.cache_dir or None, seed=args.seed, progress=not args.no_progress,

@@ -17,11 +17,12 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert UCI.is_dir(), f"the shared UCI data must be at {UCI}"
     out = tmp_path / "results"
     argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "2", "--teachers", "5",
-            "--teacher-epochs", "150", "--student-epochs", "150", "--dlf-iterations", "20", "--mmd-steps", "50",
+            "--teacher-epochs", "150", "--student-epochs", "150", "--student-hidden", "48", "--dlf-iterations", "20", "--mmd-steps", "50",
             "--num-factors", "3", "--ablations", "estep", "design", "nugget", "--output-dir", str(out), "--name", "smoke",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0
     result = json.loads((out / "smoke.json").read_text())
+    assert result["config"]["student_hidden"] == [48]
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF + nugget", "DLF minibatch E-step", "DLF held-out design",
                        "DLF jittered design"}
