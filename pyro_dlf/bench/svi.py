@@ -1,7 +1,7 @@
 r"""EM against SVI on the same deep latent factor model, run by ``pyro-dlf bench svi``.
 
 One UCI split's teacher ensemble (the UCI benchmark's teachers, from the same
-cache) is distilled three ways, all from one MMD initialization and with the
+cache) is distilled four ways, all from one MMD initialization and with the
 same Adam schedule (:func:`pyro_dlf.api.scheduled_adam`, one scheduler step per
 iteration):
 
@@ -107,7 +107,7 @@ def _trace(name: str, num_iterations: int, step: Callable[[], None], nll: Callab
 
 
 def run_svi_benchmark(config: SVIBenchConfig) -> dict:
-    """Fit the three variants from one initialization; returns the traces and the run's provenance."""
+    """Fit the four variants from one initialization; returns the traces and the run's provenance."""
     if not config.data_path:
         raise ValueError("data_path: give --data-path, one UCI set's folder (e.g. ../shared/data/uci/bostonHousing)")
     for name in ("em_iterations", "svi_steps", "evaluations"):
@@ -149,11 +149,7 @@ def run_svi_benchmark(config: SVIBenchConfig) -> dict:
     for label in ("SVI, exact guide", "SVI, AutoNormal"):
         pyro.set_rng_seed(config.seed)
         model = _copy(init)
-        if label == "SVI, exact guide":
-            guide = ExactFactorPosterior(model)
-            guide.update(x, f)
-        else:
-            guide = AutoNormal(model)
+        guide = ExactFactorPosterior(model) if label == "SVI, exact guide" else AutoNormal(model)
         optim = scheduled_adam(config.lr, config.lr_decay, config.warmup, config.svi_steps)
         svi = SVI(model, guide, optim, Trace_ELBO())
 

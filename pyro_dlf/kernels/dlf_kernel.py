@@ -73,20 +73,17 @@ class DLFKernel(gpytorch.kernels.Kernel):
             )
         self.loading_module = loading
 
-    def _loading_rows(self, x: Tensor) -> Tensor:
-        loading = self.loading_module.loading if hasattr(self.loading_module, "loading") else self.loading_module
-        return batched_rows(loading, x, "DLFKernel")
-
     def loadings(self, x: Tensor) -> Tensor:
         r""":math:`\Phi(x)` for inputs ``(*batch, n, d)``: ``(*batch, n, q)``."""
-        return self._loading_rows(x)
+        loading = self.loading_module.loading if hasattr(self.loading_module, "loading") else self.loading_module
+        return batched_rows(loading, x, "DLFKernel")
 
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: Optional[bool] = False, **params) -> Union[Tensor, LinearOperator]:
         if last_dim_is_batch:
             raise ValueError("DLFKernel: last_dim_is_batch=True is not supported (the loading network reads all input dimensions together)")
-        phi1 = self._loading_rows(x1)
+        phi1 = self.loadings(x1)
         same = is_same_input(x1, x2)
-        phi2 = phi1 if same else self._loading_rows(x2)
+        phi2 = phi1 if same else self.loadings(x2)
         # The network is shared by the kernel's batch: broadcast to its batch shape.
         batch = torch.broadcast_shapes(phi1.shape[:-2], phi2.shape[:-2], self.batch_shape)
         phi1 = phi1.expand(*batch, *phi1.shape[-2:])
