@@ -22,7 +22,8 @@ class ExactFactorPosterior(PyroModule):
     r"""Closed-form posterior ``p(z_{1:n} | f_{1:n})`` of a :class:`DeepLatentFactor` (SPEC §4).
 
     Univariate: ``z_i | f_i ~ N(S Φ^T r_i / σ_f^2, S)`` with
-    ``S = (I + Φ^T Φ / σ_f^2)^{-1}``. Multivariate: the posterior precision
+    ``S = (I + Φ^T Φ / σ_f^2)^{-1}``; the full multivariate model is the same
+    with ``Φ`` the stacked (point, class) rows. Separable: the posterior precision
     ``Z ↦ Z + L^T L Z Φ^T Φ / σ_f^2`` is diagonal in the eigenbases of ``L^T L``
     and ``Φ^T Φ`` (see :mod:`pyro_dlf.sufficient_statistics`).
 
@@ -61,7 +62,7 @@ class ExactFactorPosterior(PyroModule):
     def set_statistics(self, stats: FactorStatistics) -> FactorPosterior:
         """E-step from precomputed sufficient statistics at the model's current parameters."""
         model = self.model
-        L = model.class_factor.detach() if model.multivariate else None
+        L = model.class_factor.detach() if model.separable else None
         self.posterior = factor_posterior(stats, model.noise_variance.detach(), L)
         return self.posterior
 

@@ -6,9 +6,17 @@ head -- defines a Gaussian process (SPEC §1):
 * univariate (``num_outputs=None``, ``q + 1`` head outputs):
   ``f(x) = μ_θ(x) + Φ_θ(x)^T z``, ``z ~ N(0, I_q)``, so
   ``Cov(f(x), f(x')) = Φ_θ(x)^T Φ_θ(x')``;
-* multivariate separable (``num_outputs=c``, ``c + q`` head outputs):
-  ``f(x) = μ_θ(x) + L Z Φ_θ(x)``, ``Z ~ MN_{c,q}(0, I_c, I_q)``, ``L``
-  lower-triangular, so ``Cov(f_j(x), f_k(x')) = Φ_θ(x)^T Φ_θ(x') (L L^T)_{jk}``.
+* multivariate separable (``num_outputs=c``, ``covariance="separable"``,
+  ``c + q`` head outputs): ``f(x) = μ_θ(x) + L Z Φ_θ(x)``,
+  ``Z ~ MN_{c,q}(0, I_c, I_q)``, ``L`` lower-triangular, so
+  ``Cov(f_j(x), f_k(x')) = Φ_θ(x)^T Φ_θ(x') (L L^T)_{jk}``: one class
+  covariance ``L L^T`` for every input;
+* multivariate full (``num_outputs=c``, ``covariance="full"``, ``c + c·q``
+  head outputs): ``f(x) = μ_θ(x) + Φ_θ(x) z``, ``Φ_θ(x) ∈ R^{c×q}``,
+  ``z ~ N(0, I_q)``, so ``Cov(f_j(x), f_k(x')) = Σ_a Φ_θ(x)_{ja} Φ_θ(x')_{ka}``:
+  each input has its own class covariance ``Φ(x) Φ(x)^T`` (rank ≤ q), and
+  inputs are correlated through the shared ``z``. It is the univariate model
+  on the ``m·c`` stacked (point, class) pairs.
 
 Each teacher is one draw observed at the design points with a small isotropic
 nugget ``σ_f^2`` (the noisy DLF), which keeps the likelihood well conditioned.
@@ -36,10 +44,13 @@ from pyro_dlf.sufficient_statistics import (
     log_marginal_likelihood,
 )
 
-__all__ = ["DeepLatentFactor", "ACTIVATIONS"]
+__all__ = ["DeepLatentFactor", "ACTIVATIONS", "COVARIANCES"]
 
 #: Activations a default body may use; a saved student records the name.
 ACTIVATIONS = {name: getattr(nn, name) for name in ("ReLU", "Tanh", "GELU", "SiLU", "ELU", "Softplus", "LeakyReLU")}
+
+#: Class-covariance structures of a multivariate model.
+COVARIANCES = ("separable", "full")
 
 
 class DeepLatentFactor(PyroModule):
@@ -50,8 +61,17 @@ class DeepLatentFactor(PyroModule):
     :param num_factors: ``q``, the number of latent factors.
     :param hidden: hidden widths of the default body (``()`` gives linear heads
         on the standardized inputs).
-    :param num_outputs: ``None`` for the univariate model, ``c`` for the
-        multivariate separable model (e.g. ``c`` logits).
+    :param num_outputs: ``None`` for the univariate model, ``c ≥ 2`` for a
+        multivariate model (e.g. ``c`` logits).
+    :param covariance: multivariate only: ``"separable"`` (one class covariance
+        ``L L^T`` shared by all inputs, ``c + q`` head outputs, the paper's
+        model) or ``"full"`` (a ``c×q`` loading per input, so each input has
+        its own class covariance; ``c + c·q`` head outputs).
+    :param centered_loadings: full model only: project every loading column
+        onto the classes' zero-sum subspace, ``Φ(x) ← (I − 11^T/c) Φ(x)``. With
+        teacher logits centred per input the residuals lie in that subspace,
+        so the projection keeps the fitted covariance off the all-ones
+        direction that softmax ignores (SPEC §1).
     :param body: a user-supplied ``nn.Module`` mapping ``(m, *input)`` to
         ``(m, body_features)``; replaces the default MLP.
     :param body_features: output width of ``body`` (required with ``body``).
@@ -82,6 +102,8 @@ class DeepLatentFactor(PyroModule):
         activation: str = "ReLU",
         noise_variance: float = 1.0,
         name: Optional[str] = None,
+        covariance: str = "separable",
+        centered_loadings: bool = False,
     ) -> None:
         # A unique Pyro name per instance: under a Pyro handler PyroModule
         # parameters live in the global param store by name, and two models
@@ -91,6 +113,14 @@ class DeepLatentFactor(PyroModule):
             raise ValueError(f"num_factors must be a positive int, got {num_factors!r}")
         if num_outputs is not None and (not isinstance(num_outputs, int) or num_outputs < 1):
             raise ValueError(f"num_outputs must be None (univariate) or a positive int, got {num_outputs!r}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        if covariance != "separable" and num_outputs is None:
+            raise ValueError(f"covariance={covariance!r} is a class-covariance structure: it needs num_outputs=c (a multivariate model)")
+        if covariance == "full" and num_outputs is not None and num_outputs < 2:
+            raise ValueError("num_outputs=1 with covariance='full' is the univariate model: use num_outputs=None")
+        if centered_loadings and (num_outputs is None or covariance != "full"):
+            raise ValueError("centered_loadings applies to the full multivariate model only (num_outputs=c, covariance='full')")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if not noise_variance > 0:
@@ -115,14 +145,17 @@ class DeepLatentFactor(PyroModule):
         self.num_factors = num_factors
         self.hidden = tuple(hidden)
         self.num_outputs = num_outputs
+        self.covariance_type = covariance if num_outputs is not None else None
+        self.centered_loadings = bool(centered_loadings)
         self.body_features = int(body_features)
         self.activation = activation
 
         self.body = body
         self.mean_head = nn.Linear(self.body_features, num_outputs or 1)
-        self.loading_head = nn.Linear(self.body_features, num_factors)
+        loadings_out = num_factors * (num_outputs if self.covariance_type == "full" else 1)
+        self.loading_head = nn.Linear(self.body_features, loadings_out)
         self.noise_variance = PyroParam(torch.tensor(float(noise_variance)), constraints.positive)
-        if num_outputs is not None:
+        if self.covariance_type == "separable":
             # L: class-to-class factor of the separable covariance (Cholesky-type,
             # positive diagonal); only L L^T is identified.
             self.class_factor = PyroParam(torch.eye(num_outputs), constraints.lower_cholesky)
@@ -138,10 +171,20 @@ class DeepLatentFactor(PyroModule):
         return self.num_outputs is not None
 
     @property
+    def separable(self) -> bool:
+        """A multivariate model with the separable class covariance ``L L^T``."""
+        return self.covariance_type == "separable"
+
+    @property
+    def separable_class_factor(self) -> Optional[Tensor]:
+        """``L`` of the separable model, ``None`` otherwise (what :func:`~pyro_dlf.sufficient_statistics.combine` takes)."""
+        return self.class_factor if self.separable else None
+
+    @property
     def factor_shape(self) -> torch.Size:
-        """Shape of one teacher's latent factors: ``(q,)`` or ``(c, q)``."""
+        """Shape of one teacher's latent factors: ``(q,)`` (univariate, full) or ``(c, q)`` (separable)."""
         q = self.num_factors
-        return torch.Size((self.num_outputs, q) if self.multivariate else (q,))
+        return torch.Size((self.num_outputs, q) if self.separable else (q,))
 
     def config(self) -> dict:
         """Constructor arguments as plain types (for saving)."""
@@ -153,6 +196,8 @@ class DeepLatentFactor(PyroModule):
             "body_features": self.body_features,
             "activation": self.activation,
             "custom_body": self.custom_body,
+            "covariance": self.covariance_type,
+            "centered_loadings": self.centered_loadings,
         }
 
     def check_inputs(self, x: Tensor, name: str = "x") -> None:
@@ -178,10 +223,15 @@ class DeepLatentFactor(PyroModule):
         mean = self.output_loc + self.output_scale * self.mean_head(h)
         if not self.multivariate:
             mean = mean.squeeze(-1)
-        return mean, self.output_scale * self.loading_head(h)
+        loading = self.output_scale * self.loading_head(h)
+        if self.covariance_type == "full":
+            loading = loading.unflatten(-1, (self.num_outputs, self.num_factors))
+            if self.centered_loadings:
+                loading = loading - loading.mean(-2, keepdim=True)
+        return mean, loading
 
     def mean_and_loading(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``μ_θ(x)`` (``(m,)`` or ``(m, c)``) and ``Φ_θ(x)`` (``(m, q)``) in one body pass."""
+        """``μ_θ(x)`` (``(m,)`` or ``(m, c)``) and ``Φ_θ(x)`` (``(m, q)``, full model ``(m, c, q)``) in one body pass."""
         return self.heads(self.features(x))
 
     def mean(self, x: Tensor) -> Tensor:
@@ -189,26 +239,48 @@ class DeepLatentFactor(PyroModule):
         return self.mean_and_loading(x)[0]
 
     def loading(self, x: Tensor) -> Tensor:
-        """The factor loadings ``Φ_θ(x)``, ``(m, q)``."""
+        """The factor loadings ``Φ_θ(x)``, ``(m, q)`` (full model ``(m, c, q)``)."""
         return self.mean_and_loading(x)[1]
 
-    def class_covariance(self) -> Optional[Tensor]:
-        """``L L^T`` (multivariate) or ``None``."""
+    def class_covariance(self, x: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The class covariance of the noise-free process: ``L L^T`` (separable;
+        with ``x``, scaled by ``‖Φ(x)‖²`` per input, ``(m, c, c)``), ``Φ(x) Φ(x)^T``
+        per input (full; needs ``x``), or ``None`` (univariate)."""
         if not self.multivariate:
             return None
-        L = self.class_factor
-        return L @ L.T
+        if self.separable:
+            L = self.class_factor
+            shared = L @ L.T
+            return shared if x is None else self.loading(x).pow(2).sum(-1)[:, None, None] * shared
+        if x is None:
+            raise ValueError("x: the full model's class covariance depends on the input; call class_covariance(x)")
+        phi = self.loading(x)
+        return phi @ phi.mT
+
+    def function_variance(self, x: Tensor) -> Tensor:
+        r"""Epistemic variance of each output at ``x``: ``‖Φ(x)‖²`` (``(m,)``),
+        separable ``diag(L L^T) ‖Φ(x)‖²``, full ``Σ_a Φ(x)_{ka}^2`` (``(m, c)``)."""
+        phi = self.loading(x)
+        if self.separable:
+            L = self.class_factor
+            return phi.pow(2).sum(-1, keepdim=True) * L.pow(2).sum(-1)
+        return phi.pow(2).sum(-1)
 
     def covariance(self, x1: Tensor, x2: Optional[Tensor] = None):
         r"""Function-space covariance of the noise-free process.
 
         Univariate: the ``(m1, m2)`` matrix ``Φ(x1) Φ(x2)^T``.
-        Multivariate: the pair ``(Φ(x1) Φ(x2)^T, L L^T)`` of Kronecker factors;
+        Separable: the pair ``(Φ(x1) Φ(x2)^T, L L^T)`` of Kronecker factors;
         ``Cov(f_j(x), f_k(x')) = K_x[x, x'] · K_c[j, k]``, i.e. the covariance
         of the column-stacked ``vec(F)`` is ``K_c ⊗ K_x``.
+        Full: the ``(m1·c, m2·c)`` matrix of the (point, class) pairs with the
+        class index fastest (row ``j·c + k`` is class ``k`` at ``x_j``, GPyTorch's
+        interleaved multitask order): ``Φ_stacked(x1) Φ_stacked(x2)^T``.
         """
         phi1 = self.loading(x1)
         phi2 = phi1 if x2 is None else self.loading(x2)
+        if self.covariance_type == "full":
+            return phi1.flatten(0, 1) @ phi2.flatten(0, 1).T
         k_x = phi1 @ phi2.T
         return (k_x, self.class_covariance()) if self.multivariate else k_x
 
@@ -238,7 +310,7 @@ class DeepLatentFactor(PyroModule):
         f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1)
         check_dtype(f, self, "f")
         stats = self.statistics(x, f, batch_size)
-        L = self.class_factor.detach() if self.multivariate else None
+        L = self.class_factor.detach() if self.separable else None
         noise = self.noise_variance.detach()
         posterior = factor_posterior(stats, noise, L)
         return log_marginal_likelihood(stats, posterior, noise, L)
@@ -258,8 +330,7 @@ class DeepLatentFactor(PyroModule):
         with torch.no_grad():
             mean, loading = self.mean_and_loading(x)
             z = torch.randn((num_samples, 1) + tuple(self.factor_shape), dtype=loading.dtype, device=loading.device)
-            L = self.class_factor if self.multivariate else None
-            values = combine(mean, loading, z, L)  # z (S, 1, ...) broadcasts over inputs
+            values = combine(mean, loading, z, self.separable_class_factor)  # z (S, 1, ...) broadcasts over inputs
             if include_noise:
                 values = values + self.noise_variance.sqrt() * torch.randn_like(values)
         return values
@@ -286,7 +357,7 @@ class DeepLatentFactor(PyroModule):
         else:
             n = 1 if num_members is None else int(num_members)
         mean, loading = self.mean_and_loading(x)
-        L = self.class_factor if self.multivariate else None
+        L = self.separable_class_factor
         noise_scale = self.noise_variance.sqrt()
         event = len(self.factor_shape)
         with pyro.plate("members", n, dim=-2):

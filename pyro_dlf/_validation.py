@@ -58,19 +58,24 @@ def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name:
     return f
 
 
-def check_num_factors(num_factors: int, num_teachers: int, num_outputs: Optional[int] = None) -> None:
+def check_num_factors(num_factors: int, num_teachers: int, num_outputs: Optional[int] = None,
+                      covariance: Optional[str] = "separable") -> None:
     """``n`` teachers span at most ``n - 1`` directions around their mean (SPEC §2).
 
     Univariate, those are directions of ``Φ``'s column space, so ``q ≤ n − 1``.
-    Multivariate, every centred teacher contributes a ``m × c`` residual
-    ``R_i = Φ Z_i^T L^T`` whose ``c`` columns all lie in ``col(Φ)``, so the
-    teachers' columns span up to ``(n − 1)·c`` directions and ``q ≤ (n − 1)·c``.
+    Separable multivariate, every centred teacher contributes a ``m × c``
+    residual ``R_i = Φ Z_i^T L^T`` whose ``c`` columns all lie in ``col(Φ)``, so
+    the teachers' columns span up to ``(n − 1)·c`` directions and
+    ``q ≤ (n − 1)·c``. Full multivariate, each teacher's whole ``m·c`` residual
+    is one vector ``Φ z_i`` of the stacked loadings, so ``q ≤ n − 1`` as in the
+    univariate model.
     """
     if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors < 1:
         raise ValueError(f"num_factors must be a positive int, got {num_factors!r}")
-    limit = (num_teachers - 1) * (1 if num_outputs is None else num_outputs)
+    per_teacher = 1 if num_outputs is None or covariance == "full" else num_outputs
+    limit = (num_teachers - 1) * per_teacher
     if num_factors > limit:
-        head = (f"num_factors={num_factors} >= number of teachers={num_teachers}: {num_teachers} teachers" if num_outputs is None
+        head = (f"num_factors={num_factors} >= number of teachers={num_teachers}: {num_teachers} teachers" if per_teacher == 1
                 else f"num_factors={num_factors} exceeds (teachers - 1) x outputs: {num_teachers} teachers with {num_outputs} outputs")
         warnings.warn(
             f"{head} span at most {limit} directions, so the extra factors are not identified; use num_factors <= {limit}",

@@ -64,6 +64,8 @@ def distill(
     num_factors: int,
     teacher_noise_variances: Optional[Tensor] = None,
     task: Optional[str] = None,
+    covariance: str = "separable",
+    centered_loadings: Optional[bool] = None,
     hidden: Sequence[int] = (50,),
     body: Optional[nn.Module] = None,
     body_features: Optional[int] = None,
@@ -103,6 +105,17 @@ def distill(
         to them by maximum likelihood and drives the aleatoric part of the
         predictive (SPEC §2). Teachers are taken as homoscedastic.
     :param task: ``"regression"`` or ``"classification"``; inferred from the shape.
+    :param covariance: classification: the class covariance of the student.
+        ``"separable"``: ``Cov(f_j(x), f_k(x')) = Φ(x)^T Φ(x') (L L^T)_{jk}``,
+        one class covariance shape for every input (``c + q`` outputs; ``q`` up
+        to ``(n − 1)·c`` identified). ``"full"``: ``Φ(x) ∈ R^{c×q}``, so every
+        input has its own class covariance ``Φ(x) Φ(x)^T`` (``c + c·q``
+        outputs; ``q ≤ n − 1``). Teachers that disagree along different class
+        directions at different inputs need ``"full"``; a separable fit must
+        then overstate the spread to cover every input with one shape.
+    :param centered_loadings: full covariance only: project the loadings onto
+        the classes' zero-sum subspace (default: when ``center_logits``, since
+        centred teacher logits carry nothing along the all-ones direction).
     :param hidden: hidden widths of the default MLP body (inputs must be 2-D).
     :param body: a custom body module ``(m, ...) → (m, body_features)``.
     :param num_iterations: EM iterations.
@@ -151,8 +164,17 @@ def distill(
     if num_outputs is not None and num_outputs < 2:
         raise ValueError(f"teacher_outputs: classification needs at least 2 classes, got {num_outputs}")
     n = f.shape[0]
+    if covariance not in ("separable", "full"):
+        raise ValueError(f"covariance must be 'separable' or 'full', got {covariance!r}")
+    if task == "regression" and covariance != "separable":
+        raise ValueError("covariance='full' is a class-covariance structure for classification; drop it for regression")
+    if centered_loadings is None:
+        centered_loadings = covariance == "full" and task == "classification" and center_logits
+    elif centered_loadings and covariance != "full":
+        raise ValueError("centered_loadings=True applies to covariance='full' only")
     # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
-    check_num_factors(num_factors, n, None if num_outputs is None else num_outputs - (1 if center_logits else 0))
+    check_num_factors(num_factors, n, None if num_outputs is None else num_outputs - (1 if center_logits else 0),
+                      covariance)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -192,6 +214,7 @@ def distill(
     model = DeepLatentFactor(
         x.shape[1] if body is None else None, num_factors, hidden, num_outputs,
         body=body, body_features=body_features, activation=activation,
+        covariance=covariance if num_outputs is not None else "separable", centered_loadings=bool(centered_loadings),
     ).to(dtype=dtype, device=x.device)
     with torch.no_grad():
         if body is None:

@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--batch-size", type=int, default=128, help="minibatch size of every network's training")
     images.add_argument("--design-size", type=int, default=None,
                         help="held-out training images used as design points (default 10000; 500 for digits)")
-    images.add_argument("--num-factors", type=int, default=8)
+    images.add_argument("--num-factors", type=int, default=8, help="q of the separable DLF (default 8)")
+    images.add_argument("--full-num-factors", type=int, default=None,
+                        help="q of the full DLF (default: teachers - 1, every direction the teachers span)")
+    images.add_argument("--dlf-covariance", default="full", choices=("full", "separable"),
+                        help="class covariance of the row named DLF; the other structure runs beside it (default full)")
     images.add_argument("--dlf-iterations", type=int, default=26, help="EM iterations, one pass over the design images each")
     images.add_argument("--mmd-steps", type=int, default=300)
     images.add_argument("--shift-sizes", type=int, nargs="+", default=[10, 50, 100, 500, 1000])
@@ -84,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers ('' to disable)")
     images.add_argument("--seed", type=int, default=0)
     images.add_argument("--no-progress", action="store_true")
-    report = bench_sub.add_parser("report", help="merge UCI result files (e.g. one per set and an ablation run) into one report")
-    report.add_argument("inputs", nargs="+", help="uci*.json files written by 'pyro-dlf bench uci'")
+    report = bench_sub.add_parser("report", help="merge result files: UCI runs (e.g. one per set and an ablation run) or "
+                                  "image runs of different data seeds (means ± standard errors)")
+    report.add_argument("inputs", nargs="+", help="JSON files written by 'pyro-dlf bench uci' or by 'pyro-dlf bench images' (one kind)")
     report.add_argument("--output-dir", default="benchmarks/results")
-    report.add_argument("--name", default="uci", help="file stem of the merged JSON/Markdown")
+    report.add_argument("--name", default=None, help="file stem of the merged JSON/Markdown (default: uci or images)")
     return parser
 
 
@@ -142,6 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = ImagesBenchConfig(
             data_dir=args.data_dir, dataset=args.dataset, teachers=args.teachers, teacher_epochs=args.teacher_epochs,
             student_epochs=args.student_epochs, batch_size=args.batch_size, design_size=args.design_size, num_factors=args.num_factors,
+            full_num_factors=args.full_num_factors, dlf_covariance=args.dlf_covariance,
             dlf_iterations=args.dlf_iterations, mmd_steps=args.mmd_steps, shift_sizes=tuple(args.shift_sizes),
             shift_seeds=args.shift_seeds, output_dir=args.output_dir, name=args.name, cache_dir=args.cache_dir or None,
             seed=args.seed, progress=not args.no_progress,
@@ -153,6 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import json
 
         from pyro_dlf.bench import merge_results, write_report
+        from pyro_dlf.bench.images import merge_images_results, write_images_report
 
         results = []
         for path in args.inputs:
@@ -161,7 +168,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     results.append(json.load(fh))
             except (OSError, ValueError) as error:
                 raise SystemExit(f"inputs: cannot read {path} as a benchmark result ({error})") from None
-        json_path, md_path = write_report(merge_results(results), args.output_dir, args.name)
+        kinds = {r.get("benchmark", "uci") if isinstance(r, dict) else None for r in results}
+        if kinds == {"images"}:
+            try:
+                merged = merge_images_results(results)
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
+            json_path, md_path = write_images_report(merged, args.output_dir, args.name or "images")
+        elif "images" in kinds:
+            raise SystemExit("inputs: mix of image and UCI results; merge one kind at a time")
+        else:
+            json_path, md_path = write_report(merge_results(results), args.output_dir, args.name or "uci")
         print(f"Wrote {json_path} and {md_path}")
     return 0
 

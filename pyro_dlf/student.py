@@ -83,7 +83,8 @@ class Student(PyroModule):
     distilled process:
 
     * ``z ~ N(0, I)`` (one per predictive draw; site ``z``),
-    * ``function = μ(x) + Φ(x)^T z`` (multivariate ``μ(x) + L Z Φ(x)``; site ``function``),
+    * ``function = μ(x) + Φ(x)^T z`` (separable ``μ(x) + L Z Φ(x)``, full
+      ``μ(x) + Φ(x) z`` with ``Φ(x) ∈ R^{c×q}``; site ``function``),
     * regression: ``noise_variance ~ IG(a, b)`` (the fitted law of the teachers'
       noise variances) and ``y ~ N(function, noise_variance)``;
       classification: ``y ~ Categorical(logits=function)``; both in the plate
@@ -136,7 +137,7 @@ class Student(PyroModule):
         """The posterior predictive as a Pyro model (see the class docstring)."""
         dlf = self.dlf
         mean, loading = dlf.mean_and_loading(x)
-        L = dlf.class_factor if dlf.multivariate else None
+        L = dlf.separable_class_factor
         z = pyro.sample("z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
         if self.task == "regression":
             a = loading.new_tensor(self.noise_concentration)
@@ -200,7 +201,7 @@ class Student(PyroModule):
             parts = []
             for start in range(0, x.shape[0], batch_size):
                 mean, loading = dlf.mean_and_loading(x[start:start + batch_size])
-                logits = self._add_nugget(combine(mean, loading, z, dlf.class_factor))  # (S, b, c)
+                logits = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor))  # (S, b, c)
                 probs = logits.softmax(-1)
                 parts.append((probs.mean(0), *entropy_decomposition(probs), logits if return_samples else None))
             cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
@@ -269,9 +270,12 @@ class Student(PyroModule):
         custom = cfg.pop("custom_body")
         if custom and body is None:
             raise ValueError("body: this student was saved with a custom body; pass a module of the same architecture as body=")
+        # Files written before the full multivariate model have no covariance keys: separable.
+        covariance = cfg.get("covariance") or "separable"
         dlf = DeepLatentFactor(
             cfg["in_features"], cfg["num_factors"], tuple(cfg["hidden"]) if not custom else (), cfg["num_outputs"],
             body=body if custom else None, body_features=cfg["body_features"] if custom else None, activation=cfg["activation"],
+            covariance=covariance, centered_loadings=bool(cfg.get("centered_loadings", False)),
         ).to(getattr(torch, payload["dtype"]))
         try:
             dlf.load_state_dict(payload["state_dict"])

@@ -6,7 +6,7 @@ small sums, so it can be computed by streaming over minibatches of design
 points with memory independent of their number ``m``.
 
 Notation (SPEC §3–4). ``n`` teachers, ``m`` design points, ``q`` factors,
-``c`` classes (multivariate model only). For teacher ``i`` the residual is
+``c`` classes (multivariate models only). For teacher ``i`` the residual is
 ``r_i = f_i - μ`` (univariate, ``R^m``) or ``R_i = F_i - M`` (multivariate,
 ``R^{m×c}``), and ``Φ ∈ R^{m×q}`` stacks the loadings. The sufficient
 statistics are
@@ -19,6 +19,11 @@ statistics are
 
 Univariate posterior (``C = I_q + G/σ^2``):
 ``S = C^{-1}``, ``E[z_i] = S A_i / σ^2``.
+
+Full multivariate model (``Φ(x) ∈ R^{c×q}``, one ``z_i ∈ R^q``): the ``m·c``
+(point, class) pairs are the rows of one design matrix, so it *is* the
+univariate algebra with ``G = Σ_j Φ(x_j)^T Φ(x_j)``, ``A_i = Σ_j Φ(x_j)^T
+r_i(x_j)`` and ``m·c`` observed scalars per teacher (SPEC §1, "full").
 
 Multivariate posterior: with ``G = U D U^T`` and ``L^T L = V E V^T`` the
 posterior precision ``Z ↦ Z + L^T L Z G / σ^2`` is diagonal in the basis
@@ -64,12 +69,17 @@ class FactorStatistics:
     :ivar cross: ``Φ^T r_i`` stacked, ``(n, q)``; multivariate ``R_i^T Φ``, ``(n, c, q)``.
     :ivar residual_sq: ``\\|r_i\\|^2``, shape ``(n,)``.
     :ivar num_points: the number of design points ``m`` summed over.
+    :ivar outputs_per_point: scalar rows per design point in the univariate-form
+        statistics: 1 (univariate model) or ``c`` (the full multivariate model,
+        whose ``(point, class)`` pairs are the rows); the separable model keeps
+        its classes in ``cross`` instead.
     """
 
     gram: Tensor
     cross: Tensor
     residual_sq: Tensor
     num_points: int
+    outputs_per_point: int = 1
 
     @property
     def multivariate(self) -> bool:
@@ -82,7 +92,7 @@ class FactorStatistics:
     @property
     def num_entries(self) -> int:
         """Observed scalars per teacher, ``m`` or ``m·c``."""
-        return self.num_points * (self.cross.shape[1] if self.multivariate else 1)
+        return self.num_points * (self.cross.shape[1] if self.multivariate else self.outputs_per_point)
 
     def __add__(self, other: "FactorStatistics") -> "FactorStatistics":
         # Sums over disjoint sets of design points add: this is what lets the
@@ -92,6 +102,7 @@ class FactorStatistics:
             self.cross + other.cross,
             self.residual_sq + other.residual_sq,
             self.num_points + other.num_points,
+            self.outputs_per_point,
         )
 
 
@@ -137,7 +148,9 @@ def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[t
     """Sufficient statistics of one minibatch of ``b`` design points.
 
     :param mean: ``μ`` at the batch, ``(b,)`` or ``(b, c)``.
-    :param loading: ``Φ`` at the batch, ``(b, q)``.
+    :param loading: ``Φ`` at the batch, ``(b, q)``, or ``(b, c, q)`` for the
+        full multivariate model (then the statistics are the univariate ones of
+        the ``b·c`` stacked (point, class) rows).
     :param f: teacher values at the batch, ``(n, b)`` or ``(n, b, c)``.
     :param dtype: accumulation dtype; float64 by default because the marginal
         likelihood subtracts two nearly equal sums when ``σ_f^2`` is small.
@@ -145,6 +158,11 @@ def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[t
     if dtype is not None:
         mean, loading, f = mean.to(dtype), loading.to(dtype), f.to(dtype)
     residual = f - mean
+    if loading.dim() == 3:
+        b, c, q = loading.shape
+        rows = loading.reshape(b * c, q)
+        flat = residual.reshape(residual.shape[0], b * c)
+        return FactorStatistics(rows.T @ rows, flat @ rows, flat.pow(2).sum(1), b, c)
     gram = loading.T @ loading
     if residual.dim() == 3:
         cross = torch.einsum("nbc,bq->ncq", residual, loading)
@@ -206,15 +224,20 @@ def log_marginal_likelihood(stats: FactorStatistics, posterior: FactorPosterior,
 
 
 def combine(mean: Tensor, loading: Tensor, z: Tensor, class_factor: Optional[Tensor] = None) -> Tensor:
-    r"""Function values ``μ(x) + Φ(x)^T z`` (multivariate ``μ(x) + L Z Φ(x)``).
+    r"""Function values ``μ(x) + Φ(x)^T z`` (separable ``μ(x) + L Z Φ(x)``, full ``μ(x) + Φ(x) z``).
 
     ``z`` is either unbatched (``(q,)`` / ``(c, q)``) or has batch dimensions
     whose last one is a singleton aligned with the design-point dimension, as
     Pyro plates produce (``(..., 1, q)`` / ``(..., 1, c, q)``). The result is
-    ``(..., m)`` or ``(..., m, c)``.
+    ``(..., m)`` or ``(..., m, c)``. A loading of shape ``(m, c, q)`` marks the
+    full multivariate model (``z`` is then a ``q``-vector per draw).
     """
     # Contract over q without materializing a (..., m, q) product: drawing
     # S functions then costs one (S×q)·(q×m) matrix product.
+    if loading.dim() == 3:
+        if z.dim() > 1:
+            z = z.squeeze(-2)
+        return mean + torch.einsum("...q,mcq->...mc", z, loading)
     if class_factor is None:
         if z.dim() == 1:
             return mean + loading @ z
@@ -231,7 +254,8 @@ def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: 
     (SPEC §4), differentiable in ``μ``, ``Φ`` and ``L`` with the posterior held
     fixed. It is computed from residuals directly (no cancellation):
 
-    * univariate: ``Σ_i ‖r_i − Φ E z_i‖² + n · tr(S Φ^T Φ)``;
+    * univariate and full: ``Σ_i ‖r_i − Φ E z_i‖² + n · tr(S Φ^T Φ)`` (full:
+      ``Φ`` the stacked ``(point, class)`` rows);
     * multivariate: ``Σ_i ‖R_i − Φ E Z_i^T L^T‖² +
       n Σ_a (V^T L^T L V)_{aa} Σ_b s_{ab} (U^T Φ^T Φ U)_{bb}``.
     """

@@ -17,9 +17,14 @@ Protocol (one run = one data seed):
   single CNN (labels of the design images: the plain network a user would
   otherwise train), one-to-one KD from the ensemble mean with each f-DISTILL
   objective (forward KL, reverse KL, JS, TV), small-Ens, Hydra, BatchEnsemble,
-  Proxy-EnD², and the DLF (multivariate separable, ``q = num_factors``, MMD
-  initialization then exact EM; logits centred per input, and uncentred as a
-  variant, SPEC §2). Training budgets are matched in passes over the design
+  Proxy-EnD², and the DLF (MMD initialization then exact EM, logits centred
+  per input): the row ``DLF`` has the class covariance ``dlf_covariance``
+  (``"full"``: a ``c×q`` loading per input, ``q = full_num_factors``,
+  default ``teachers − 1``, every direction the teachers span; loadings
+  projected onto the zero-sum classes), beside it the other structure
+  (``"separable"``, ``q = num_factors``), the default with uncentred logits,
+  and, for the full model, the loadings left unprojected (SPEC §1–2).
+  Training budgets are matched in passes over the design
   images: ``student_epochs`` (30) for every rival (Adam, step 1e-3); for the
   DLF ``mmd_steps`` minibatch steps (300 × 128 images ≈ 4 passes) and
   ``dlf_iterations`` EM iterations of one pass each (26), with ``distill``'s
@@ -29,7 +34,13 @@ Protocol (one run = one data seed):
   mutual information for the test set against the OOD set; the epistemic
   share, mean mutual information over mean total entropy on the test set;
   the MI ratio, a method's mean mutual information on the OOD set over the
-  teachers'; parameters; time to predict 1,000 inputs.
+  teachers'; the epistemic logit-variance ratio at the test inputs (the
+  method's variance of the centred logits summed over classes, over the
+  teachers' sample variance, both averaged over inputs) for every method that
+  has one (the DLF's from its loadings, an ensemble-like student's from its
+  members); parameters; time to predict 1,000 inputs; for the DLF also one
+  network forward on 1,000 inputs and the ``S = 1000``-draw predictive
+  without the float64 entropies.
 * **Distribution shift** (SPEC §6b): MNIST-Flip, ``y → 9 − y``. Each learned
   body is frozen and only a new head is fitted on ``N`` flipped examples drawn
   from the training images the students never saw (``shift_seeds`` draws per
@@ -39,9 +50,15 @@ Protocol (one run = one data seed):
   features standardized over the design images) on everything the frozen
   network computes before its output: the single CNN's body features and
   logits, Hydra's body features and its heads' logits, the DLF's
-  ``(μ̂(x), Φ̂(x))``. And the DLF's own head, as the paper describes it
-  (:func:`fit_latent_head`): new latent weights ``Z`` in ``μ̂ + L̂ Z Φ̂`` at the
-  MAP under the model's prior ``Z ~ N(0, I)``.
+  ``(μ̂(x), Φ̂(x))`` of the default DLF. And the separable DLF's own head, as
+  the paper describes it (:func:`fit_latent_head`): new latent weights ``Z``
+  in ``μ̂ + L̂ Z Φ̂`` at the MAP under the model's prior ``Z ~ N(0, I)`` (the
+  full model's latent head would be a single ``q``-vector, too small to
+  relabel classes).
+
+Several data seeds are run one process each and merged by
+``pyro-dlf bench report`` (:func:`merge_images_results`): rows are means over
+seeds, with standard errors, and every seed's own rows stay in the file.
 """
 
 from __future__ import annotations
@@ -73,8 +90,8 @@ from pyro_dlf.data import ImageData, flip_labels, load_digits_images, load_fashi
 from pyro_dlf.nn import ConvBody
 from pyro_dlf.student import ClassificationPrediction
 
-__all__ = ["ImagesBenchConfig", "run_images_benchmark", "write_images_report", "fit_linear_head", "fit_latent_head",
-           "class_covariance_concentration"]
+__all__ = ["ImagesBenchConfig", "run_images_benchmark", "write_images_report", "merge_images_results", "fit_linear_head",
+           "fit_latent_head", "class_covariance_concentration"]
 
 _TEACHER_LR = 2e-3
 _DIVERGENCE_LABELS = {"forward_kl": "forward KL", "reverse_kl": "reverse KL", "js": "JS", "tv": "TV"}
@@ -99,6 +116,8 @@ class ImagesBenchConfig:
     student_epochs: int = 30
     design_size: Optional[int] = None
     num_factors: int = 8
+    full_num_factors: Optional[int] = None
+    dlf_covariance: str = "full"
     dlf_iterations: int = 26
     dlf_lr: float = 3e-3
     mmd_steps: int = 300
@@ -284,20 +303,26 @@ def fit_latent_head(mean: Tensor, loading: Tensor, class_factor: Tensor, labels:
     return z.detach()
 
 
+def _centred_logit_variance(logits: Tensor) -> float:
+    """Members' sample variance of the per-input centred logits ``(K, m, c)``, summed over classes, averaged over inputs."""
+    t = logits.double()
+    t = t - t.mean(-1, keepdim=True)
+    return float(t.var(0).sum(-1).mean())
+
+
 def _logit_variance(dlf, teacher_logits: dict, inputs: dict, centred: bool) -> dict:
-    """SPEC §7 fidelity on logits: the DLF's epistemic logit variance ``tr(L L^T) ‖Φ(x)‖²``
-    against the teachers' sample variance summed over classes, both averaged over the inputs
-    (teachers' logits centred per input when the DLF's are), at the test and at the design
-    inputs, and the nugget ``c σ_f²`` on the same scale."""
+    """SPEC §7 fidelity on logits: the DLF's epistemic logit variance summed over classes
+    (separable ``tr(L L^T) ‖Φ(x)‖²``, full ``‖Φ(x)‖_F²``) against the teachers' sample variance
+    summed over classes, both averaged over the inputs (teachers' logits centred per input when
+    the DLF's are), at the test and at the design inputs, and the nugget ``c σ_f²`` on the same scale."""
     out = {}
     with torch.no_grad():
-        trace = float(dlf.class_covariance().double().trace())
         for where, x in inputs.items():
-            loading = _batched(dlf.loading)(x).double()
+            variance = _batched(lambda xb: dlf.function_variance(xb).sum(-1))(x).double()
             t = teacher_logits[where].double()
             if centred:
                 t = t - t.mean(-1, keepdim=True)
-            student, teacher = float(loading.square().sum(-1).mean()) * trace, float(t.var(0).sum(-1).mean())
+            student, teacher = float(variance.mean()), float(t.var(0).sum(-1).mean())
             suffix = "" if where == "test" else f"_{where}"
             out.update({f"logit_variance_student{suffix}": student, f"logit_variance_teachers{suffix}": teacher,
                         f"logit_variance_ratio{suffix}": student / teacher})
@@ -349,17 +374,26 @@ def _dlf_predict(student, x: Tensor, num_samples: int = 1000, batch_size: int = 
     return ClassificationPrediction(*(torch.cat([p[i] for p in parts]) for i in range(4)), None)
 
 
+def _predictive_cost(student, x: Tensor, num_samples: int = 1000) -> dict:
+    """Median seconds of one network forward at ``x`` and of the ``S``-draw predictive summary
+    (probabilities and the entropy decomposition, draws not kept)."""
+    return {"forward_1000_seconds": metrics.time_call(student.dlf.mean_and_loading, x, repeats=3),
+            "predictive_s1000_1000_seconds": metrics.time_call(
+                lambda xb: student.predict(xb, num_samples, return_samples=False), x, repeats=3)}
+
+
 def _timed(fn: Callable, *args, **kwargs):
     started = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - started
 
 
-def _shift_experiment(config: ImagesBenchConfig, data: _Data, bodies: dict, class_factor: Optional[Tensor] = None) -> list[dict]:
+def _shift_experiment(config: ImagesBenchConfig, data: _Data, bodies: dict,
+                      latent: Optional[tuple[str, Callable[[Tensor], Tensor], Tensor]] = None) -> list[dict]:
     """Head-only refits on MNIST-Flip for every frozen body; one row per (body, N, seed).
 
-    With ``class_factor`` (the DLF's ``L̂``) also the DLF's latent head, on the
-    ``(μ̂, Φ̂)`` features of the ``"DLF"`` body.
+    With ``latent = (method, features, L̂)`` of a separable DLF (``features``
+    giving its ``(μ̂, Φ̂)``) also that DLF's latent head, as ``"{method} latent head"``.
 
     The ``N`` flipped examples are drawn (seeded by ``config.seed``, ``N`` and
     the draw, the same draw for every body) from the training images the
@@ -388,13 +422,16 @@ def _shift_experiment(config: ImagesBenchConfig, data: _Data, bodies: dict, clas
             head = fit_linear_head(pool[idx], y_pool[idx], c, config.head_prior_variance)
             with torch.no_grad():
                 add(body_name, n, seed, head(test_features).softmax(-1))
-    if class_factor is not None:
-        (mean_pool, loading_pool), (mean_test, loading_test) = (f.split([c, f.shape[1] - c], -1) for f in raw["DLF"])
+    if latent is not None:
+        method, featurize, class_factor = latent
+        with torch.no_grad():
+            latent_features = featurize(data.x_teacher).double(), featurize(image.x_test).double()
+        (mean_pool, loading_pool), (mean_test, loading_test) = (f.split([c, f.shape[1] - c], -1) for f in latent_features)
         L = class_factor.detach()
         for (n, seed), idx in draws.items():
             z = fit_latent_head(mean_pool[idx], loading_pool[idx], L, y_pool[idx])
             with torch.no_grad():
-                add("DLF latent head", n, seed, (mean_test + loading_test @ (L.double() @ z).T).softmax(-1))
+                add(f"{method} latent head", n, seed, (mean_test + loading_test @ (L.double() @ z).T).softmax(-1))
     return rows
 
 
@@ -408,8 +445,10 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
     """Teachers, every student, the metrics and the shift experiment; returns the result dictionary."""
     if config.teachers < 2:
         raise ValueError(f"teachers must be >= 2, got {config.teachers}")
-    if config.num_factors < 1 or config.dlf_iterations < 1:
-        raise ValueError("num_factors and dlf_iterations must be >= 1")
+    if config.num_factors < 1 or config.dlf_iterations < 1 or (config.full_num_factors is not None and config.full_num_factors < 1):
+        raise ValueError("num_factors, full_num_factors and dlf_iterations must be >= 1")
+    if config.dlf_covariance not in ("separable", "full"):
+        raise ValueError(f"dlf_covariance must be 'separable' or 'full', got {config.dlf_covariance!r}")
     if any(n < 1 for n in config.shift_sizes) or config.shift_seeds < 1:
         raise ValueError("shift_sizes must be positive and shift_seeds >= 1")
     torch.manual_seed(config.seed)
@@ -427,16 +466,22 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
 
     rows, reliability, bodies, shift_class_factor = [], {}, {}, None
     teacher_mi = None
+    teacher_variance = _centred_logit_variance(teacher_test_logits)
     common = dict(epochs=config.student_epochs, batch_size=config.batch_size, seed=config.seed, progress=config.progress)
     student = (config.student_channels, config.student_width)
 
     def record(method: str, model_predict: Callable[[Tensor], ClassificationPrediction], params: int, seconds: float,
-               test: Optional[ClassificationPrediction] = None) -> None:
+               test: Optional[ClassificationPrediction] = None, member_logits: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         nonlocal teacher_mi
         test = model_predict(x_test) if test is None else test
         ood = model_predict(x_ood)
         row = {"method": method, **_score(test, ood, y_test, teacher_mi), "parameters": params, "fit_seconds": seconds,
                "predict_1000_seconds": metrics.time_call(model_predict, x1000, repeats=3)}
+        if member_logits is not None:
+            # Students made of members (small-Ens, Hydra, BE): their spread of centred logits against the teachers'.
+            student_variance = _centred_logit_variance(member_logits(x_test))
+            row.update({"logit_variance_student": student_variance, "logit_variance_teachers": teacher_variance,
+                        "logit_variance_ratio": student_variance / teacher_variance})
         if teacher_mi is None:
             teacher_mi = (row["mi_test"], row["mi_ood"])
             row["mi_ratio_test"] = row["mi_ratio_ood"] = 1.0
@@ -447,8 +492,14 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
     record("teacher ensemble", teachers.predict, metrics.count_parameters(teachers), teacher_seconds,
            test=prediction_from_probs(teacher_test_logits.double().softmax(-1)))
 
+    other = "separable" if config.dlf_covariance == "full" else "full"
+    dlf_variants = {"DLF": (config.dlf_covariance, True, None), f"DLF {other}": (other, True, None),
+                    "DLF uncentred logits": (config.dlf_covariance, False, None)}
+    if config.dlf_covariance == "full" or other == "full":
+        dlf_variants["DLF full, loadings not projected"] = ("full", True, False)
     plan = ["single CNN"] + [f"KD ({_DIVERGENCE_LABELS[d]})" for d in DIVERGENCES] + [
-        "small-Ens", "Hydra", "BE", "Proxy-EnD²", "DLF", "DLF uncentred logits"]
+        "small-Ens", "Hydra", "BE", "Proxy-EnD²", *dlf_variants]
+    full_q = config.full_num_factors or config.teachers - 1
     for method in tqdm(plan, desc="students", disable=not config.progress):
         if method == "single CNN":
             model, seconds = _timed(ConvEnsemble(shape, c, 1, *student).fit, x_design, data.y_design, lr=1e-3, **common)
@@ -469,12 +520,13 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
         elif method == "Proxy-EnD²":
             model, seconds = _timed(DirichletClassifier(shape, c, *student).distill, x_design, log_probs, **common)
         else:
-            centred = method == "DLF"
+            covariance, centred, projected = dlf_variants[method]
             with torch.random.fork_rng():
                 torch.manual_seed(config.seed)
                 body = ConvBody(shape[0], shape[1:], config.student_channels, config.student_width)
             model, seconds = _timed(
-                distill, x_design, teacher_logits, num_factors=config.num_factors, body=body,
+                distill, x_design, teacher_logits, num_factors=full_q if covariance == "full" else config.num_factors,
+                covariance=covariance, centered_loadings=projected, body=body,
                 body_features=config.student_width, num_iterations=config.dlf_iterations, batch_size=config.batch_size,
                 lr=config.dlf_lr, mmd_steps=config.mmd_steps, center_logits=centred, seed=config.seed,
                 progress=config.progress)
@@ -482,22 +534,27 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
 
             def features(x: Tensor, dlf=dlf) -> Tensor:
                 mean, loading = dlf.mean_and_loading(x)
-                return torch.cat([mean, loading], -1)
+                return torch.cat([mean, loading.flatten(1)], -1)
 
-            if centred:
+            if method == "DLF":
                 bodies["DLF"] = _batched(features)
-                shift_class_factor = dlf.class_factor
+            if centred and covariance == "separable":
+                shift_class_factor = (method, _batched(features), dlf.class_factor)
             record(method, lambda x, s=model: _dlf_predict(s, x), metrics.count_parameters(model), seconds)
-            rows[-1]["final_nll_per_scalar"] = model.history[-1]
+            rows[-1].update({"covariance": covariance, "num_factors": dlf.num_factors, "final_nll_per_scalar": model.history[-1]})
             rows[-1].update(_logit_variance(dlf, {"test": teacher_test_logits, "design": teacher_logits},
                                             {"test": x_test, "design": x_design}, centred))
+            rows[-1].update(_predictive_cost(model, x1000))
             continue
-        record(method, model.predict, metrics.count_parameters(model), seconds)
+        ensemble_like = method in ("small-Ens", "Hydra", "BE")
+        record(method, model.predict, metrics.count_parameters(model), seconds,
+               member_logits=model.evaluate if ensemble_like else None)
 
     shift_rows = _shift_experiment(config, data, bodies, shift_class_factor)
     return {
         "benchmark": "images",
         "command": config.command,
+        "seeds": [config.seed],
         "config": asdict(config),
         "data": {"dataset": image.name, "ood": data.ood_name, "teacher_images": int(data.x_teacher.shape[0]),
                  "design_images": int(x_design.shape[0]), "test_images": int(x_test.shape[0]),
@@ -533,6 +590,74 @@ def _shift_summary(shift_rows: list[dict]) -> dict:
     return summary
 
 
+def _mean_and_se(values: list[float]) -> tuple[float, Optional[float]]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), (float(t.std() / math.sqrt(len(values))) if len(values) > 1 else None)
+
+
+def merge_images_results(results: list[dict]) -> dict:
+    """One result from runs of the image benchmark on different data seeds.
+
+    Rows (matched by ``method``, in the first run's order) become means over
+    the runs, with the standard errors of the table's metrics and of the
+    logit-variance ratio under ``row["se"]``; ``runs`` keeps every run's own
+    rows, command and wall time. Shift rows are pooled (each tagged with its
+    ``data_seed``); reliability bins are pooled by their counts. The runs must
+    share everything but the seed (same dataset and settings).
+    """
+    if not results:
+        raise ValueError("results: give at least one image benchmark result")
+    if any(r.get("benchmark") != "images" for r in results):
+        raise ValueError("results: every input must be an image benchmark result (benchmark = 'images')")
+    first = results[0]
+    seeds = [s for r in results for s in r.get("seeds", [r["config"]["seed"]])]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"results: data seeds repeat ({seeds}); merge runs of different seeds")
+    strip = lambda cfg: {k: v for k, v in cfg.items() if k not in ("seed", "command", "name", "progress", "output_dir", "cache_dir")}  # noqa: E731
+    for r in results[1:]:
+        if strip(r["config"]) != strip(first["config"]):
+            diff = sorted(k for k in strip(first["config"]) if strip(r["config"]).get(k) != first["config"].get(k))
+            raise ValueError(f"results: the runs differ in settings other than the seed ({', '.join(diff)}); merge like with like")
+    runs = [run for r in results for run in r.get("runs", [r])]
+    methods = [row["method"] for row in first["rows"]]
+    se_keys = [key for key, _, _ in _COLUMNS] + ["logit_variance_ratio"]
+    rows = []
+    for method in methods:
+        per_run = [next((row for row in run["rows"] if row["method"] == method), None) for run in runs]
+        if any(row is None for row in per_run):
+            raise ValueError(f"results: method {method!r} is missing from some runs")
+        merged, se = {}, {}
+        for key, value in per_run[0].items():
+            values = [row.get(key) for row in per_run]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and all(isinstance(v, (int, float)) for v in values):
+                merged[key], error = _mean_and_se([float(v) for v in values])
+                if key in se_keys and error is not None:
+                    se[key] = error
+            else:
+                merged[key] = value
+        merged["parameters"] = per_run[0]["parameters"]
+        merged["se"] = se
+        rows.append(merged)
+    reliability = {}
+    for method in first["reliability"]:
+        bins = [run["reliability"][method] for run in runs]
+        count = torch.tensor([b["count"] for b in bins], dtype=torch.float64)
+        total = count.sum(0)
+        pooled = {key: ((torch.tensor([b[key] for b in bins], dtype=torch.float64) * count).sum(0) / total.clamp_min(1)).tolist()
+                  for key in ("confidence", "accuracy")}
+        reliability[method] = {**pooled, "count": total.tolist()}
+    shift = [{**row, "data_seed": row.get("data_seed", run["config"]["seed"])} for run in runs for row in run["shift"]]
+    disagreement = {key: _mean_and_se([run["teacher_disagreement"][key] for run in runs])[0] for key in first["teacher_disagreement"]}
+    return {
+        "benchmark": "images", "command": [run["command"] for run in runs], "seeds": seeds, "config": first["config"],
+        "data": first["data"], "rows": rows, "teacher_disagreement": disagreement, "reliability": reliability, "shift": shift,
+        "versions": first["versions"], "machine": first["machine"], "wall_seconds": sum(run["wall_seconds"] for run in runs),
+        "runs": [{key: run[key] for key in ("command", "config", "rows", "shift", "reliability", "teacher_disagreement",
+                                            "wall_seconds", "machine")} | {"seeds": run.get("seeds", [run["config"]["seed"]])}
+                 for run in runs],
+    }
+
+
 def _targets(result: dict, shift: dict) -> list[str]:
     rows = {r["method"]: r for r in result["rows"]}
     dlf, teach = rows.get("DLF"), rows.get("teacher ensemble")
@@ -543,17 +668,26 @@ def _targets(result: dict, shift: dict) -> list[str]:
         return "met" if ok else "**not met**"
 
     lines = []
-    rivals = [m for m in ("small-Ens", "Hydra", "Proxy-EnD²") if m in rows]
+    rivals = [m for m in ("small-Ens", "Hydra", "BE", "Proxy-EnD²") if m in rows]
     ok = all(dlf["nll"] <= rows[m]["nll"] for m in rivals)
-    lines.append(f"- DLF NLL ≤ small-Ens, Hydra, Proxy-EnD²: {verdict(ok)} (DLF {dlf['nll']:.4f}; "
+    lines.append(f"- DLF NLL ≤ small-Ens, Hydra, BE, Proxy-EnD²: {verdict(ok)} (DLF {dlf['nll']:.4f}; "
                  + ", ".join(f"{m} {rows[m]['nll']:.4f}" for m in rivals) + ")")
     if "Hydra" in rows:
         lines.append(f"- DLF ECE ≤ Hydra's: {verdict(dlf['ece'] <= rows['Hydra']['ece'])} "
                      f"(DLF {dlf['ece']:.4f}, Hydra {rows['Hydra']['ece']:.4f})")
-    for key, label in (("auroc_entropy", "total entropy"), ("auroc_mi", "mutual information")):
+    for key, label, share in (("auroc_entropy", "total entropy", 0.98), ("auroc_mi", "mutual information", 0.97)):
         if dlf.get(key) is not None and teach.get(key) is not None:
-            lines.append(f"- OOD AUROC ({label}) ≥ 0.97 × teachers': {verdict(dlf[key] >= 0.97 * teach[key])} "
+            lines.append(f"- OOD AUROC ({label}) ≥ {share} × teachers': {verdict(dlf[key] >= share * teach[key])} "
                          f"(DLF {dlf[key]:.4f}, teachers {teach[key]:.4f}, ratio {dlf[key] / teach[key]:.3f})")
+    if "logit_variance_ratio" in dlf:
+        ratio = dlf["logit_variance_ratio"]
+        lines.append(f"- epistemic logit-variance ratio at the test inputs in [0.8, 1.25]: {verdict(0.8 <= ratio <= 1.25)} "
+                     f"(DLF {ratio:.2f})")
+    students = {m: r["accuracy"] for m, r in rows.items() if m != "teacher ensemble" and not m.startswith("DLF")}
+    if students:
+        best = max(students, key=students.get)
+        lines.append(f"- DLF accuracy ≥ the best other student's: {verdict(dlf['accuracy'] >= students[best])} "
+                     f"(DLF {dlf['accuracy']:.4f}, {best} {students[best]:.4f})")
     if "DLF" in shift:
         small = sorted(shift["DLF"])[:2]
         for n in small:
@@ -572,9 +706,16 @@ def write_images_report(result: dict, output_dir: str, name: str = "images") -> 
         json.dump(result, fh, indent=1)
     config, data, machine = result["config"], result["data"], result["machine"]
     shift = _shift_summary(result["shift"])
+    seeds = result.get("seeds", [config["seed"]])
+    commands = result["command"] if isinstance(result["command"], list) else [result["command"]]
+    if len(seeds) > 1:
+        repeats = (f"Mean ± standard error over {len(seeds)} data seeds ({', '.join(map(str, seeds))}: each seed its own "
+                   "teacher/design split, teachers and students); every seed's rows are in the JSON file.")
+    else:
+        repeats = "One data seed: the figures are one run, not a mean over repeats."
     lines = [
         f"# Image classification benchmark ({name})", "",
-        f"Command: `{result['command']}`  ",
+        "Commands: " + "; ".join(f"`{c}`" for c in commands) + "  ",
         f"Machine: {machine['platform']}, {machine['cpus']} CPUs, device {machine['device']}, torch {result['versions']['torch']} "
         f"({machine['torch_threads']} threads), pyro_dlf {result['versions']['pyro_dlf']}; wall time {result['wall_seconds'] / 60:.1f} min.  ",
         f"Data: {data['dataset']}: {data['teacher_images']} training images for the teachers, {data['design_images']} held-out "
@@ -582,28 +723,45 @@ def write_images_report(result: dict, output_dir: str, name: str = "images") -> 
         f"({data['ood_images']} images).  ",
         f"Teachers: {config['teachers']} CNNs (channels {config['teacher_channels']}, width {config['teacher_width']}, "
         f"{config['teacher_epochs']} epochs). Students: CNN body channels {config['student_channels']}, width "
-        f"{config['student_width']}, {config['student_epochs']} epochs; DLF q = {config['num_factors']}, "
-        f"{config['dlf_iterations']} EM iterations after {config['mmd_steps']} MMD steps.", "",
-        "One data seed: the figures are one run, not a mean over repeats. AUROC H / MI: out-of-distribution detection "
+        f"{config['student_width']}, {config['student_epochs']} epochs; DLF (`DLF` row: {config.get('dlf_covariance', 'separable')} "
+        f"class covariance) {config['dlf_iterations']} EM iterations after {config['mmd_steps']} MMD steps; q = "
+        f"{config['num_factors']} (separable), {config.get('full_num_factors') or config['teachers'] - 1} (full).", "",
+        f"{repeats} AUROC H / MI: out-of-distribution detection "
         "by total entropy / mutual information; epist. share: mean MI / mean total entropy on the test set; MI ratio OOD: "
-        "mean MI on the OOD set relative to the teachers'. Single networks have MI = 0 (AUROC MI not defined).", "",
+        "mean MI on the OOD set relative to the teachers'; logit var.: the epistemic variance of the centred logits "
+        "(summed over classes) at the test inputs over the teachers'. Single networks have MI = 0 (AUROC MI not defined).", "",
         "## Targets", "", *_targets(result, shift), "",
         "## Results", "",
         "| method | " + " | ".join(label for _, label, _ in _COLUMNS) + " | params | fit (s) | predict 1000 (ms) |",
         "|" + "---|" * (len(_COLUMNS) + 4),
     ]
     for row in result["rows"]:
-        cells = ["–" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in _COLUMNS]
+        se = row.get("se", {})
+        cells = ["–" if row.get(key) is None else fmt.format(row[key]) + (f" ± {fmt.format(se[key])}" if key in se else "")
+                 for key, _, fmt in _COLUMNS]
         cells += [str(row["parameters"]), f"{row['fit_seconds']:.0f}", f"{1e3 * row['predict_1000_seconds']:.1f}"]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
-    lines += ["", "Teacher fit time 0 means the fitted teachers came from the cache.", ""]
+    lines += ["", "Teacher fit time 0 means the fitted teachers came from the cache; predict 1000: the method's whole "
+              "predictive on 1,000 test images (the DLF's with 1,000 draws and float64 entropies).", ""]
     for row in result["rows"]:
-        if "logit_variance_ratio" in row:
-            lines.append(f"- {row['method']}: epistemic logit variance at the test inputs, tr(LLᵀ)·‖Φ(x)‖² = "
+        if "final_nll_per_scalar" in row:
+            lines.append(f"- {row['method']} ({row['covariance']}, q = {row['num_factors']}): epistemic logit variance at "
+                         f"the test inputs {row['logit_variance_student']:.3g} against the teachers' "
+                         f"{row['logit_variance_teachers']:.3g} (ratio {row['logit_variance_ratio']:.2f}; at the design points "
+                         f"{row['logit_variance_ratio_design']:.2f}); nugget c·σ_f² = {row['logit_nugget']:.3g}; final EM "
+                         f"negative log-likelihood per scalar {row['final_nll_per_scalar']:.4f}.")
+        elif "logit_variance_ratio" in row:
+            lines.append(f"- {row['method']}: variance of its members' centred logits at the test inputs "
                          f"{row['logit_variance_student']:.3g} against the teachers' {row['logit_variance_teachers']:.3g} "
-                         f"(ratio {row['logit_variance_ratio']:.2f}; at the design points {row['logit_variance_ratio_design']:.2f}); "
-                         f"nugget c·σ_f² = {row['logit_nugget']:.3g}; final EM negative log-likelihood per scalar "
-                         f"{row['final_nll_per_scalar']:.4f}.")
+                         f"(ratio {row['logit_variance_ratio']:.2f}).")
+    cost = [r for r in result["rows"] if "forward_1000_seconds" in r]
+    if cost:
+        lines += ["", f"Predictive cost on 1,000 test images (median of 3; {machine['torch_threads']} CPU thread(s)): one forward of the student "
+                  "network (μ and Φ), and the S = 1,000-draw predictive (probabilities, entropies; draws not kept).", "",
+                  "| method | forward (ms) | predictive S = 1000 (ms) | ratio |", "|---|---|---|---|"]
+        for row in cost:
+            fwd, pred = row["forward_1000_seconds"], row["predictive_s1000_1000_seconds"]
+            lines.append(f"| {row['method']} | {1e3 * fwd:.1f} | {1e3 * pred:.1f} | {pred / fwd:.1f} |")
     if "teacher_disagreement" in result:
         t = result["teacher_disagreement"]
         lines += ["", f"Teachers' disagreement at the design points (centred logits): per input, the leading direction of "

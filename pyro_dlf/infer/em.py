@@ -35,7 +35,7 @@ def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, 
     of the number of teachers and design points.
     """
     mean, loading = model.mean_and_loading(x)
-    L = model.class_factor if model.multivariate else None
+    L = model.separable_class_factor
     noise = model.noise_variance.detach()
     sq = expected_squared_error(mean, loading, f, guide.posterior, L)
     return 0.5 * torch.log(2 * math.pi * noise) + sq / (2 * noise * f.numel())
@@ -158,7 +158,7 @@ class EM:
             self.model.check_inputs(x, "x")
             f = check_teacher_values(f, x, self.model.num_outputs, "f")
             check_dtype(f, self.model, "f")
-            check_num_factors(self.model.num_factors, f.shape[0], self.model.num_outputs)
+            check_num_factors(self.model.num_factors, f.shape[0], self.model.num_outputs, self.model.covariance_type)
             self._checked = key
             self._order = None
             self._cache = None
@@ -184,7 +184,7 @@ class EM:
         return stats
 
     def _log_likelihood(self, stats: FactorStatistics) -> Tensor:
-        L = self.model.class_factor.detach() if self.model.multivariate else None
+        L = self.model.class_factor.detach() if self.model.separable else None
         return log_marginal_likelihood(stats, self.guide.posterior, self.model.noise_variance.detach(), L)
 
     def _set_noise(self, value: float) -> None:
@@ -195,7 +195,7 @@ class EM:
         model, size = self.model, self.batch_size or x.shape[0]
         total = 0.0
         with torch.no_grad():
-            L = model.class_factor if model.multivariate else None
+            L = model.separable_class_factor
             if self.estep == "exact":
                 stats = None
                 for start in range(0, x.shape[0], size):
@@ -222,9 +222,10 @@ class EM:
         ``η̂ = (1/n) Σ_i E[z_i]`` and ``Σ̂ = (1/n) Σ_i E[(z_i − η̂)(z_i − η̂)^T]``;
         reducing back to ``N(0, I)`` with ``z = η̂ + C z'``, ``C = chol(Σ̂)``, gives
 
-        * ``μ ← μ + Φ η̂`` (multivariate ``μ + L η̂ Φ``): a mean misfit shared by
+        * ``μ ← μ + Φ η̂`` (separable ``μ + L η̂ Φ``): a mean misfit shared by
           all teachers moves into the mean instead of hiding in the loadings;
-        * ``Φ ← C^T Φ`` (univariate model): each factor is rescaled to the
+        * ``Φ ← C^T Φ`` (univariate and full models; full: ``Φ(x) ← Φ(x) C``,
+          the same map on each class's loading row): each factor is rescaled to the
           spread the teachers actually show along it. Plain EM shrinks an
           over-stated factor only very slowly -- its posterior variance falls
           as its loading grows, so ``Q`` is nearly flat in the factor's scale --
@@ -234,20 +235,32 @@ class EM:
 
         Both maps are exact because the heads are linear in the body features,
         every teacher's complete-data fit ``μ + Φ^T E[z_i]`` is unchanged, and
-        the iteration stays monotone. The multivariate model takes the mean
-        step only.
+        the iteration stays monotone (the full model's loading projection acts
+        on the class index, so it commutes with both maps). The separable model
+        takes the mean step only.
         """
         model, post = self.model, self.guide.posterior
         eta = post.mean.mean(0)
+        full = model.covariance_type == "full"
         with torch.no_grad():
             W, b = model.loading_head.weight, model.loading_head.bias
-            shift = eta.to(W.dtype) if not model.multivariate else model.class_factor @ eta.to(W.dtype)
-            if not model.multivariate:
-                shift = shift.unsqueeze(0)
-            model.mean_head.weight.add_(shift @ W)
-            model.mean_head.bias.add_(shift @ b)
+            if full:
+                # Rows of the loading head are (class, factor) pairs: fold η over the factors.
+                c, q = model.num_outputs, model.num_factors
+                Wc, bc = W.unflatten(0, (c, q)), b.unflatten(0, (c, q))
+                shift_w, shift_b = torch.einsum("cqd,q->cd", Wc, eta.to(W.dtype)), bc @ eta.to(W.dtype)
+                if model.centered_loadings:
+                    shift_w, shift_b = shift_w - shift_w.mean(0), shift_b - shift_b.mean()
+                model.mean_head.weight.add_(shift_w)
+                model.mean_head.bias.add_(shift_b)
+            else:
+                shift = eta.to(W.dtype) if not model.multivariate else model.class_factor @ eta.to(W.dtype)
+                if not model.multivariate:
+                    shift = shift.unsqueeze(0)
+                model.mean_head.weight.add_(shift @ W)
+                model.mean_head.bias.add_(shift @ b)
         centred = post.mean - eta
-        if model.multivariate:
+        if model.separable:
             post.mean = centred
             return
         n = centred.shape[0]
@@ -255,8 +268,12 @@ class EM:
         chol = torch.linalg.cholesky(spread)
         with torch.no_grad():
             factor = chol.T.to(W.dtype)
-            model.loading_head.weight.copy_(factor @ W)
-            model.loading_head.bias.copy_(factor @ b)
+            if full:
+                model.loading_head.weight.copy_(torch.einsum("ab,cbd->cad", factor, Wc).flatten(0, 1))
+                model.loading_head.bias.copy_((bc @ factor.T).flatten())
+            else:
+                model.loading_head.weight.copy_(factor @ W)
+                model.loading_head.bias.copy_(factor @ b)
         post.mean = torch.linalg.solve_triangular(chol, centred.T, upper=False).T
         inv = torch.linalg.solve_triangular(chol, torch.eye(len(chol), dtype=chol.dtype, device=chol.device), upper=False)
         post.covariance = inv @ post.covariance @ inv.T

@@ -81,7 +81,7 @@ def mmd_initialize(
     is the mean squared residual. Profiling makes ``penalty`` (λ) free of the
     teachers' units. The MMD term keeps the codes distributed like prior
     draws, which pins the scale and rotation the likelihood leaves free.
-    Codes of a multivariate model are compared as flattened ``c·q`` vectors.
+    Codes of a separable model are compared as flattened ``c·q`` vectors.
     At the end ``σ_f^2`` is set to the profiled maximizer (the mean squared
     residual over all design points).
 
@@ -94,7 +94,7 @@ def mmd_initialize(
     model.check_inputs(x, "x")
     f = check_teacher_values(f, x, model.num_outputs, "f")
     check_dtype(f, model, "f")
-    check_num_factors(model.num_factors, f.shape[0], model.num_outputs)
+    check_num_factors(model.num_factors, f.shape[0], model.num_outputs, model.covariance_type)
     if not penalty > 0:
         raise ValueError(f"penalty must be positive, got {penalty!r}")
     if not isinstance(num_steps, int) or num_steps < 0:
@@ -109,7 +109,7 @@ def mmd_initialize(
     params = [p for p in model.parameters() if p.requires_grad and p is not noise_param]
     optimizer = torch.optim.Adam(params + [codes], lr=lr)
     size = m if batch_size is None else min(batch_size, m)
-    align = -2 if not model.multivariate else -3  # codes' singleton aligned with the points dimension
+    align = -1 - len(model.factor_shape)  # codes' singleton aligned with the points dimension
     order, cursor = torch.randperm(m, generator=generator, device=gen_device), 0
     for _ in tqdm(range(num_steps), desc="MMD initialization", disable=not progress, leave=False):
         if cursor + size > m:
@@ -117,7 +117,7 @@ def mmd_initialize(
         idx = order[cursor:cursor + size]
         cursor += size
         mean, loading = model.mean_and_loading(x[idx])
-        L = model.class_factor if model.multivariate else None
+        L = model.separable_class_factor
         fitted = combine(mean, loading, codes.unsqueeze(align), L)
         mse = (f[:, idx] - fitted).pow(2).mean()
         reference = torch.randn((num_reference, codes[0].numel()), generator=generator, device=gen_device).to(dtype=dtype, device=device)
@@ -127,7 +127,7 @@ def mmd_initialize(
         optimizer.step()
     with torch.no_grad():
         total = 0.0
-        L = model.class_factor if model.multivariate else None
+        L = model.separable_class_factor
         for start in range(0, m, size):
             mean, loading = model.mean_and_loading(x[start:start + size])
             total += float((f[:, start:start + size] - combine(mean, loading, codes.unsqueeze(align), L)).pow(2).sum())

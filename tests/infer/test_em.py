@@ -96,7 +96,7 @@ def test_step_returns_the_loss_before_the_update_and_evaluate_loss_matches():
     grad_mean, grad_loading = torch.autograd.grad(loss, (mean, loading))
     error_mean, error_loading = _forward_roundoff(model, x)
     bound = 2 * float((grad_mean.abs() * error_mean).sum() + (grad_loading.abs() * error_loading).sum())
-    bound += 1e-12 * abs(float(loss))
+    bound += 1e-12 * abs(float(loss.detach()))
     direct = -float(model.log_marginal_likelihood(x, f).sum())
     # (A worst-case bound: here about 2e-4 of the loss, while a missing term would move it by O(1).)
     assert abs(em.evaluate_loss(x, f) - direct) <= bound, (em.evaluate_loss(x, f), direct, bound)
