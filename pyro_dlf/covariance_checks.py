@@ -17,6 +17,11 @@ derived from sampling theory rather than a tuned threshold:
   model, :math:`(y - \hat\mu)^\top(\hat\Phi\hat\Phi^\top + \hat\sigma^2 I)^{-1}(y - \hat\mu)`,
   which are :math:`\chi^2_m` when the fit is right: a Kolmogorov–Smirnov test
   (a wrong model, e.g. too few factors, must be rejected: the test has power).
+
+For multivariate (point, class) covariances, :func:`separable_approximation_error`
+gives the smallest relative error any separable covariance
+:math:`K_x \otimes K_c` can reach: a floor under the separable DLF's error
+that no fit can beat, against which the full DLF is measured.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "davis_kahan_bound",
     "mahalanobis_distances",
     "mahalanobis_ks_test",
+    "separable_approximation_error",
 ]
 
 
@@ -48,6 +54,30 @@ def sample_covariance_rate(K: Tensor, num_draws: int) -> float:
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive int, got {num_draws!r}")
     return math.sqrt((1 + float(K.trace()) ** 2 / float(K.norm()) ** 2) / num_draws)
+
+
+def separable_approximation_error(K: Tensor, num_outputs: int) -> float:
+    r"""Smallest :math:`\lVert A \otimes B - K\rVert_F / \lVert K\rVert_F` over all
+    :math:`A \in R^{m×m}`, :math:`B \in R^{c×c}` (the nearest Kronecker product,
+    Van Loan & Pitsianis 1993).
+
+    ``K`` is the ``(m·c, m·c)`` covariance of (point, class) pairs with the class
+    index fastest (row ``j·c + k``, as :meth:`~pyro_dlf.models.DeepLatentFactor.covariance`
+    returns for the full model). Rearranged so that entry
+    :math:`((j, j'), (k, k'))` is :math:`K_{jc+k,\,j'c+k'}`, a Kronecker product
+    becomes the rank-one matrix :math:`\operatorname{vec}A\,\operatorname{vec}B^\top`,
+    so the error is that of the best rank-one approximation: the root sum of
+    the squared singular values after the first. Every separable covariance
+    :math:`K_x \otimes L L^\top` is such a product, so no separable fit can do better.
+    """
+    _check_square(K, "K")
+    if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1 or K.shape[0] % num_outputs:
+        raise ValueError(f"num_outputs must be a positive int dividing K's size {K.shape[0]}, got {num_outputs!r}")
+    c = num_outputs
+    m = K.shape[0] // c
+    R = K.double().reshape(m, c, m, c).permute(0, 2, 1, 3).reshape(m * m, c * c)
+    s = torch.linalg.svdvals(R)
+    return float(s[1:].square().sum().sqrt() / s.square().sum().sqrt())
 
 
 def relative_frobenius_error(K_hat: Tensor, K: Tensor) -> float:

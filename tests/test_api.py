@@ -93,6 +93,37 @@ def test_multivariate_factor_limit_counts_every_output():
         check_num_factors(7, 3, num_outputs=3)
 
 
+def test_full_covariance_factor_limit_is_teachers_minus_one():
+    """Full: each teacher's whole (point, class) residual is one vector Φ z_i, so q ≤ n − 1 whatever c."""
+    from pyro_dlf._validation import check_num_factors
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_num_factors(2, 3, num_outputs=3, covariance="full")
+    with pytest.warns(UserWarning, match="num_factors=3 >= number of teachers=3"):
+        check_num_factors(3, 3, num_outputs=3, covariance="full")
+    truth, x, f = synthetic_teachers(4, num_points=20, num_outputs=3, num_factors=2)
+    with pytest.warns(UserWarning, match="num_factors=4 >= number of teachers=4"):
+        pyro_dlf.distill(x, f, num_factors=4, covariance="full", **FAST)
+
+
+def test_full_covariance_distill_and_its_options():
+    truth, x, f = synthetic_teachers(6, num_points=20, num_outputs=3, num_factors=2, covariance="full")
+    student = pyro_dlf.distill(x, f, num_factors=2, covariance="full", **FAST)
+    assert student.dlf.covariance_type == "full" and student.dlf.centered_loadings  # centred logits → projected loadings
+    assert student.dlf.loading(x).shape == (20, 3, 2)
+    assert student.predict(x, 10).probs.shape == (20, 3)
+    plain = pyro_dlf.distill(x, f, num_factors=2, covariance="full", centered_loadings=False, **FAST)
+    assert not plain.dlf.centered_loadings
+    with pytest.raises(ValueError, match="covariance must be 'separable' or 'full'"):
+        pyro_dlf.distill(x, f, num_factors=2, covariance="diagonal", **FAST)
+    with pytest.raises(ValueError, match="centered_loadings=True applies to covariance='full' only"):
+        pyro_dlf.distill(x, f, num_factors=2, centered_loadings=True, **FAST)
+    xr, fr, v = _regression_data()
+    with pytest.raises(ValueError, match="covariance='full' is a class-covariance structure"):
+        pyro_dlf.distill(xr, fr, num_factors=2, teacher_noise_variances=v, covariance="full", **FAST)
+
+
 def test_classification_rejects_noise_variances_and_one_class():
     truth, x, f = synthetic_teachers(5, num_points=20, num_outputs=3, num_factors=2)
     with pytest.raises(ValueError, match="teacher_noise_variances is for regression"):

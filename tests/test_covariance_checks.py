@@ -11,7 +11,23 @@ from pyro_dlf.covariance_checks import (
     principal_angle_sine,
     relative_frobenius_error,
     sample_covariance_rate,
+    separable_approximation_error,
 )
+
+
+def test_separable_approximation_error():
+    """Zero for a Kronecker product (class index fastest); for a sum of two Kronecker products
+    with orthogonal factors, the smaller one's share of the Frobenius norm."""
+    g = torch.Generator().manual_seed(0)
+    A, B = (lambda M: M @ M.T)(torch.randn(5, 5, generator=g, dtype=torch.float64)), torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert separable_approximation_error(torch.kron(A, B), 3) < 1e-12
+    E1, E2 = torch.diag(torch.tensor([1.0, 0, 0], dtype=torch.float64)), torch.diag(torch.tensor([0, 1.0, 0], dtype=torch.float64))
+    I5, D5 = torch.eye(5, dtype=torch.float64), torch.diag(torch.tensor([1.0, -1, 1, -1, 0], dtype=torch.float64))
+    K = 3 * torch.kron(I5, E1) + torch.kron(D5, E2)  # vec(I5) ⟂ vec(D5), vec(E1) ⟂ vec(E2): singular values 3√5 and 2
+    expected = 2 / math.sqrt(45 + 4)
+    assert separable_approximation_error(K, 3) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="num_outputs"):
+        separable_approximation_error(K, 4)
 
 
 def test_rate_matches_the_sample_covariance_error():

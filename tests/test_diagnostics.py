@@ -67,3 +67,17 @@ def test_bad_inputs(student):
         to_inference_data(st.predict(x, 10, return_samples=False))
     with pytest.raises(TypeError, match="RegressionPrediction, a ClassificationPrediction or the dict"):
         to_inference_data([1, 2])
+
+
+@pytest.mark.parametrize("covariance", ["separable", "full"])
+def test_classification_students_of_both_structures(covariance):
+    """Logit draws of either class covariance go to posterior_predictive with dims (point, class);
+    the Predictive dict of a full student carries its q-vector z."""
+    from synthetic import synthetic_teachers
+
+    truth, x, f = synthetic_teachers(6, num_points=15, num_outputs=3, num_factors=2)
+    st = distill(x, f, num_factors=2, covariance=covariance, num_iterations=3, mmd_steps=10, progress=False, seed=0)
+    idata = to_inference_data(st.predict(x, 40), num_chains=2)
+    assert dict(idata.posterior_predictive["function"].sizes) == {"chain": 2, "draw": 20, "point": 15, "class": 3}
+    draws = to_inference_data(Predictive(st, num_samples=8)(x), num_chains=2)
+    assert draws.posterior["z"].shape == ((2, 4, 2) if covariance == "full" else (2, 4, 3, 2))

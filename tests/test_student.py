@@ -20,6 +20,30 @@ def _classification_student():
     return Student(random_dlf(num_outputs=3, dtype=torch.float32), "classification")
 
 
+def _full_classification_student():
+    return Student(random_dlf(num_outputs="full", dtype=torch.float32), "classification")
+
+
+def test_full_student_draws_have_the_per_input_class_covariance():
+    """Predictive / predict draws of the full model: mean μ(x), covariance of the (point, class) pairs
+    Φ_stacked Φ_stackedᵀ; 5 standard errors per entry, as for the regression student."""
+    student = _full_classification_student()
+    x = torch.randn(3, 2)
+    S = 4000
+    with torch.no_grad():
+        mean, loading = student.dlf.mean_and_loading(x)
+    K = student.dlf.covariance(x).detach()
+    se_mean = (K.diagonal() / S).sqrt()
+    se_cov = ((K.pow(2) + K.diagonal()[:, None] * K.diagonal()[None, :]) / S).sqrt()
+    draws = {"Predictive": Predictive(student, num_samples=S, parallel=True)(x)["function"].detach(),
+             "predict": student.predict(x, S).logit_samples}
+    for name, d in draws.items():
+        assert d.shape == (S, 3, 3), name
+        flat = d.reshape(S, 9)
+        assert ((flat.mean(0) - mean.reshape(9)).abs() <= 5 * se_mean).all(), name
+        assert ((torch.cov(flat.T) - K).abs() <= 5 * se_cov).all(), name
+
+
 def test_predictive_and_sample_agree_with_the_process():
     """Predictive draws and dlf.sample both have mean μ(x) and covariance Φ(x)Φ(x)ᵀ.
 
@@ -81,7 +105,7 @@ def test_classification_prediction():
     assert out["y"].shape == (10, 6)
 
 
-@pytest.mark.parametrize("make", [_regression_student, _classification_student])
+@pytest.mark.parametrize("make", [_regression_student, _classification_student, _full_classification_student])
 def test_save_load_round_trip_is_exact(tmp_path, make):
     student = make()
     path = tmp_path / "student.pt"
@@ -92,8 +116,23 @@ def test_save_load_round_trip_is_exact(tmp_path, make):
         assert torch.equal(a, b)
     assert loaded.task == student.task and loaded.include_nugget == student.include_nugget
     assert loaded.noise_concentration == student.noise_concentration and loaded.noise_rate == student.noise_rate
+    assert loaded.dlf.config() == student.dlf.config()
     for key, value in student.dlf.state_dict().items():
         assert torch.equal(value, loaded.dlf.state_dict()[key]), key
+
+
+def test_files_without_a_covariance_key_load_as_separable(tmp_path):
+    """Students saved before the full model existed carry no covariance keys: they are separable."""
+    student = _classification_student()
+    student.save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    for key in ("covariance", "centered_loadings"):
+        del payload["model"][key]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = Student.load(tmp_path / "old.pt")
+    assert loaded.dlf.separable
+    x = torch.randn(4, 2)
+    assert torch.equal(loaded.dlf.loading(x), student.dlf.loading(x))
 
 
 def test_custom_body_round_trip_needs_the_body(tmp_path):

@@ -14,20 +14,31 @@ from pyro_dlf.sufficient_statistics import (
 from synthetic import random_dlf
 
 
+# Model kinds: univariate (None), separable with 3 classes (3), full with 3 classes ("full").
+KINDS = [None, 3, "full"]
+
+
 def _problem(num_outputs, n=4, m=7, seed=0):
     model = random_dlf(num_outputs=num_outputs, seed=seed)
     x = torch.randn(m, 2, dtype=torch.float64)
-    shape = (n, m) if num_outputs is None else (n, m, num_outputs)
+    shape = (n, m) if model.num_outputs is None else (n, m, model.num_outputs)
     f = 2.0 * torch.randn(shape, dtype=torch.float64)
     with torch.no_grad():
         mean, loading = model.mean_and_loading(x)
-    L = None if num_outputs is None else model.class_factor.detach()
+    L = model.class_factor.detach() if model.separable else None
     return model, x, f, mean, loading, L
 
 
 def _dense(mean, loading, L, noise, f):
-    """Joint Gaussian of (vec z, vec f): the factor loading matrix W and residuals."""
-    if L is None:
+    """Joint Gaussian of (vec z, vec f): the factor loading matrix W and residuals.
+
+    Multivariate teachers are column-stacked, ``vec(F)`` (all points of class 1, then class 2, ...).
+    """
+    if loading.dim() == 3:
+        # Full: row (k, j) of W is Φ(x_j)'s row for class k.
+        W = loading.permute(1, 0, 2).reshape(-1, loading.shape[-1])
+        r = (f - mean).transpose(-1, -2).reshape(f.shape[0], -1)
+    elif L is None:
         W = loading
         r = f - mean
     else:
@@ -37,7 +48,7 @@ def _dense(mean, loading, L, noise, f):
     return W, r, K
 
 
-@pytest.mark.parametrize("num_outputs", [None, 3])
+@pytest.mark.parametrize("num_outputs", KINDS)
 def test_estep_matches_dense_conditioning(num_outputs):
     model, x, f, mean, loading, L = _problem(num_outputs)
     noise = model.noise_variance.detach()
@@ -50,7 +61,7 @@ def test_estep_matches_dense_conditioning(num_outputs):
     torch.testing.assert_close(post.dense_covariance(), dense_cov, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("num_outputs", [None, 3])
+@pytest.mark.parametrize("num_outputs", KINDS)
 def test_streamed_statistics_equal_one_pass(num_outputs):
     model, x, f, mean, loading, L = _problem(num_outputs, m=11)
     whole = batch_statistics(mean, loading, f)
@@ -58,6 +69,7 @@ def test_streamed_statistics_equal_one_pass(num_outputs):
     for a, b in [(whole.gram, parts.gram), (whole.cross, parts.cross), (whole.residual_sq, parts.residual_sq)]:
         torch.testing.assert_close(a, b)
     assert parts.num_points == 11
+    assert parts.num_entries == whole.num_entries == 11 * (model.num_outputs or 1)
 
 
 def test_log_marginal_matches_low_rank_mvn():
@@ -71,15 +83,16 @@ def test_log_marginal_matches_low_rank_mvn():
     torch.testing.assert_close(model.log_marginal_likelihood(x, f, batch_size=3), reference, rtol=1e-10, atol=1e-9)
 
 
-def test_log_marginal_matches_dense_mvn_multivariate():
-    model, x, f, mean, loading, L = _problem(3)
+@pytest.mark.parametrize("num_outputs", [3, "full"])
+def test_log_marginal_matches_dense_mvn_multivariate(num_outputs):
+    model, x, f, mean, loading, L = _problem(num_outputs)
     noise = model.noise_variance.detach()
     W, r, K = _dense(mean, loading, L, noise, f)
     reference = MultivariateNormal(torch.zeros(K.shape[0], dtype=K.dtype), covariance_matrix=K).log_prob(r)
     torch.testing.assert_close(model.log_marginal_likelihood(x, f, batch_size=2), reference, rtol=1e-10, atol=1e-9)
 
 
-@pytest.mark.parametrize("num_outputs", [None, 3])
+@pytest.mark.parametrize("num_outputs", KINDS)
 def test_expected_squared_error_matches_monte_carlo_free_formula(num_outputs):
     """Σ_i E‖f_i − μ − W z_i‖² = Σ_i ‖r_i − W E z_i‖² + n tr(W S W^T), computed densely."""
     model, x, f, mean, loading, L = _problem(num_outputs)
@@ -91,7 +104,7 @@ def test_expected_squared_error_matches_monte_carlo_free_formula(num_outputs):
     torch.testing.assert_close(expected_squared_error(mean, loading, f, post, L), dense, rtol=1e-10, atol=1e-9)
 
 
-@pytest.mark.parametrize("num_outputs", [None, 3])
+@pytest.mark.parametrize("num_outputs", KINDS)
 def test_expected_squared_error_at_other_parameters(num_outputs):
     """The M-step evaluates the posterior of θ_old at θ_new: check the trace terms there too."""
     model, x, f, mean, loading, L = _problem(num_outputs)

@@ -15,6 +15,11 @@ so GPyTorch's solves use the Woodbury identity in :math:`O(n q^2)` rather than
 :math:`O(n^3)`. With :class:`~pyro_dlf.kernels.DLFMean` and a Gaussian
 likelihood of noise :math:`\sigma_f^2`, an ``ExactGP`` reproduces the DLF's
 marginal likelihood :math:`\mathcal N(f_i;\, \mu, \Phi\Phi^\top + \sigma_f^2 I)`.
+
+A *full* multivariate DLF (``covariance="full"``, :math:`\Phi(x) \in \mathbb R^{c\times q}`)
+is a multitask kernel: :math:`k((x, j), (x', k)) = \Phi(x)_j^\top \Phi(x')_k`
+over the ``n·c`` (point, class) pairs, class index fastest (GPyTorch's
+interleaved multitask order, ``num_outputs_per_input = c``), again of rank ≤ q.
 """
 
 from __future__ import annotations
@@ -37,11 +42,14 @@ class DLFKernel(gpytorch.kernels.Kernel):
     :param loading: a univariate :class:`~pyro_dlf.models.DeepLatentFactor`
         (its :meth:`loading`, in the teachers' units, is used), or any
         :class:`torch.nn.Module` mapping inputs ``(n, d)`` to loadings ``(n, q)``.
-        For a multivariate DLF this is the input kernel :math:`K_x` of the
-        separable covariance :math:`K_c \otimes K_x`; pass it with
+        For a separable multivariate DLF this is the input kernel :math:`K_x`
+        of the covariance :math:`K_c \otimes K_x`; pass it with
         ``allow_multivariate=True`` and put :math:`K_c = L L^\top`
         (``dlf.class_covariance()``) into e.g. a ``gpytorch.kernels.MultitaskKernel``.
-    :param allow_multivariate: accept a multivariate DLF (see above).
+        For a full multivariate DLF the kernel is the whole multitask
+        covariance of the (point, class) pairs (module docstring); a module
+        returning ``(n, c, q)`` loadings is treated the same way.
+    :param allow_multivariate: accept a separable multivariate DLF (see above).
     :param kwargs: :class:`gpytorch.kernels.Kernel` options (``active_dims``,
         ``batch_shape``). The kernel has no parameters of its own: the loading
         network's parameters are trained with it and shared across the batch.
@@ -66,7 +74,7 @@ class DLFKernel(gpytorch.kernels.Kernel):
                 "loading must be a DeepLatentFactor or an nn.Module mapping (n, d) inputs to (n, q) loadings, "
                 f"got {type(loading).__name__}"
             )
-        if getattr(loading, "multivariate", False) and not allow_multivariate:
+        if getattr(loading, "separable", False) and not allow_multivariate:
             raise ValueError(
                 "loading is a multivariate DeepLatentFactor: DLFKernel gives only its input kernel Phi Phi^T; "
                 "pass allow_multivariate=True and combine it with dlf.class_covariance() (e.g. in a MultitaskKernel)"
@@ -74,16 +82,21 @@ class DLFKernel(gpytorch.kernels.Kernel):
         self.loading_module = loading
 
     def loadings(self, x: Tensor) -> Tensor:
-        r""":math:`\Phi(x)` for inputs ``(*batch, n, d)``: ``(*batch, n, q)``."""
+        r""":math:`\Phi(x)` for inputs ``(*batch, n, d)``: ``(*batch, n, q)`` (full model ``(*batch, n, c, q)``)."""
         loading = self.loading_module.loading if hasattr(self.loading_module, "loading") else self.loading_module
         return batched_rows(loading, x, "DLFKernel")
+
+    def _rows(self, x: Tensor) -> Tensor:
+        """The kernel's root: one row per input, or per (input, class) pair of a full model."""
+        phi = self.loadings(x)
+        return phi.flatten(-3, -2) if phi.dim() == x.dim() + 1 else phi
 
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: Optional[bool] = False, **params) -> Union[Tensor, LinearOperator]:
         if last_dim_is_batch:
             raise ValueError("DLFKernel: last_dim_is_batch=True is not supported (the loading network reads all input dimensions together)")
-        phi1 = self.loadings(x1)
+        phi1 = self._rows(x1)
         same = is_same_input(x1, x2)
-        phi2 = phi1 if same else self.loadings(x2)
+        phi2 = phi1 if same else self._rows(x2)
         # The network is shared by the kernel's batch: broadcast to its batch shape.
         batch = torch.broadcast_shapes(phi1.shape[:-2], phi2.shape[:-2], self.batch_shape)
         phi1 = phi1.expand(*batch, *phi1.shape[-2:])
@@ -97,6 +110,8 @@ class DLFKernel(gpytorch.kernels.Kernel):
         return MatmulLinearOperator(phi1, phi2.transpose(-1, -2))
 
     def num_outputs_per_input(self, x1: Tensor, x2: Tensor) -> int:
+        if getattr(self.loading_module, "covariance_type", None) == "full":
+            return self.loading_module.num_outputs
         return 1
 
     def __getitem__(self, index) -> "DLFKernel":

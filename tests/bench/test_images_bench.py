@@ -8,25 +8,32 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from pyro_dlf.bench.images import class_covariance_concentration, fit_latent_head, fit_linear_head
+from pyro_dlf.bench.images import class_covariance_concentration, fit_latent_head, fit_linear_head, merge_images_results
 from pyro_dlf.cli import main
 
 
-def test_images_bench_smoke(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("images")
     out = tmp_path / "results"
     argv = ["bench", "images", "--dataset", "digits", "--design-size", "500", "--teachers", "4", "--teacher-epochs", "8",
             "--student-epochs", "15", "--batch-size", "32", "--dlf-iterations", "8", "--mmd-steps", "50", "--num-factors", "4",
             "--shift-sizes", "20", "200", "--shift-seeds", "2", "--output-dir", str(out), "--name", "smoke",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0
-    result = json.loads((out / "smoke.json").read_text())
+    return out, json.loads((out / "smoke.json").read_text())
+
+
+def test_images_bench_smoke(smoke_run):
+    out, result = smoke_run
     for suffix in ("md", "json"):
         assert (out / f"smoke.{suffix}").stat().st_size > 0
     for png in ("reliability", "auroc", "shift"):
         assert (out / f"smoke_{png}.png").stat().st_size > 0
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"teacher ensemble", "single CNN", "KD (forward KL)", "KD (reverse KL)", "KD (JS)", "KD (TV)",
-                         "small-Ens", "Hydra", "BE", "Proxy-EnD²", "DLF", "DLF uncentred logits"}
+                         "small-Ens", "Hydra", "BE", "Proxy-EnD²", "DLF", "DLF separable", "DLF uncentred logits",
+                         "DLF full, loadings not projected"}
     for method, row in rows.items():
         for key in ("accuracy", "nll", "ece", "brier", "auroc_entropy", "epistemic_share"):
             assert math.isfinite(row[key]), (method, key)
@@ -41,11 +48,16 @@ def test_images_bench_smoke(tmp_path, capsys):
     for method in ("teacher ensemble", "small-Ens", "DLF"):
         assert rows[method]["mi_ood"] > 0 and rows[method]["auroc_mi"] is not None
     assert rows["teacher ensemble"]["accuracy"] > 0.85
-    for method in ("DLF", "DLF uncentred logits"):
+    for method in ("DLF", "DLF separable", "DLF uncentred logits", "small-Ens", "Hydra", "BE"):
         assert rows[method]["logit_variance_ratio"] > 0 and math.isfinite(rows[method]["logit_variance_ratio"])
+    # The default DLF is the full model with q = teachers − 1; the separable one has q = --num-factors.
+    assert (rows["DLF"]["covariance"], rows["DLF"]["num_factors"]) == ("full", 3)
+    assert (rows["DLF separable"]["covariance"], rows["DLF separable"]["num_factors"]) == ("separable", 4)
+    for method in ("DLF", "DLF separable"):
+        assert 0 < rows[method]["forward_1000_seconds"] < rows[method]["predictive_s1000_1000_seconds"]
     # The teachers came from the cache on a second run: same teacher row.
     shift = result["shift"]
-    assert {r["body"] for r in shift} == {"single CNN", "Hydra", "DLF", "DLF latent head"}
+    assert {r["body"] for r in shift} == {"single CNN", "Hydra", "DLF", "DLF separable latent head"}
     assert len(shift) == 4 * 2 * 2
     by = {(r["body"], r["n"]): [] for r in shift}
     for r in shift:
@@ -55,6 +67,39 @@ def test_images_bench_smoke(tmp_path, capsys):
         assert np.mean(by[(body, 200)]) > np.mean(by[(body, 20)])
     text = (out / "smoke.md").read_text()
     assert "## Targets" in text and "MNIST-Flip" in text and "pyro-dlf bench images --dataset digits" in text
+
+
+def test_merging_data_seeds(smoke_run, tmp_path):
+    """Two runs of different seeds: rows are means with standard errors, every run kept, the CLI merges them."""
+    import copy
+
+    out, first = smoke_run
+    second = copy.deepcopy(first)
+    second["config"]["seed"] = second["seeds"][0] = 1
+    for row in second["rows"]:
+        row["nll"] += 0.2
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, result in zip(paths, (first, second)):
+        path.write_text(json.dumps(result))
+    merged = merge_images_results([first, second])
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 2
+    for a, m in zip(first["rows"], merged["rows"]):
+        assert m["method"] == a["method"]
+        assert m["nll"] == pytest.approx(a["nll"] + 0.1)
+        assert m["se"]["nll"] == pytest.approx(0.1)  # sd 0.2/√2 of two values 0.2 apart, over √2
+        assert m["accuracy"] == pytest.approx(a["accuracy"]) and m["se"]["accuracy"] == pytest.approx(0.0, abs=1e-12)
+    assert len(merged["shift"]) == 2 * len(first["shift"]) and {r["data_seed"] for r in merged["shift"]} == {0, 1}
+    counts = merged["reliability"]["DLF"]["count"]
+    assert sum(counts) == 2 * sum(first["reliability"]["DLF"]["count"])
+    with pytest.raises(ValueError, match="seeds repeat"):
+        merge_images_results([first, first])
+    changed = copy.deepcopy(second)
+    changed["config"]["num_factors"] = 7
+    with pytest.raises(ValueError, match="num_factors"):
+        merge_images_results([first, changed])
+    assert main(["bench", "report", *map(str, paths), "--output-dir", str(tmp_path / "merged")]) == 0
+    text = (tmp_path / "merged" / "images.md").read_text()
+    assert "Mean ± standard error over 2 data seeds" in text and " ± " in text.split("## Results")[1]
 
 
 def test_fit_linear_head_is_sklearns_map_logistic_regression():

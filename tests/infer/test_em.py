@@ -14,6 +14,11 @@ from pyro_dlf.sufficient_statistics import expected_squared_error
 from synthetic import synthetic_teachers
 
 
+def _kind(num_outputs):
+    """``"full"``: three classes with the full class covariance; else (num_outputs, separable)."""
+    return (3, "full") if num_outputs == "full" else (num_outputs, "separable")
+
+
 def _student(in_features=1, num_factors=3, hidden=(32,), seed=1, dtype=torch.float32, noise=1.0):
     torch.manual_seed(seed)
     return DeepLatentFactor(in_features, num_factors, hidden, activation="Tanh", noise_variance=noise).to(dtype)
@@ -102,20 +107,21 @@ def test_step_returns_the_loss_before_the_update_and_evaluate_loss_matches():
     assert abs(em.evaluate_loss(x, f) - direct) <= bound, (em.evaluate_loss(x, f), direct, bound)
 
 
-@pytest.mark.parametrize("num_outputs", [None, 3])
+@pytest.mark.parametrize("num_outputs", [None, 3, "full"])
 def test_noise_update_is_the_closed_form_maximizer(num_outputs):
     """After the σ_f² update, dQ/dσ_f² = 0 at the new value (autograd, float64)."""
-    truth, x, f = synthetic_teachers(20, num_points=30, num_outputs=num_outputs, num_factors=2)
+    c, covariance = _kind(num_outputs)
+    truth, x, f = synthetic_teachers(20, num_points=30, num_outputs=c, num_factors=2)
     x, f = x.double(), f.double()
     torch.manual_seed(0)
-    model = DeepLatentFactor(1, 2, (8,), num_outputs, activation="Tanh").double()
+    model = DeepLatentFactor(1, 2, (8,), c, activation="Tanh", covariance=covariance).double()
     em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=0)
     em.step(x, f)
     # −Q/(nmc) as a function of σ_f² alone, the posterior and θ held fixed.
     noise = model.noise_variance.detach().clone().requires_grad_()
     with torch.no_grad():
         mean, loading = model.mean_and_loading(x)
-        L = model.class_factor if num_outputs else None
+        L = model.separable_class_factor
         sq = expected_squared_error(mean, loading, f, em.guide.posterior, L)
     neg_q = 0.5 * torch.log(noise) + sq / (2 * noise * f.numel())
     (grad,) = torch.autograd.grad(neg_q, noise)
@@ -180,11 +186,13 @@ def test_exact_and_minibatch_e_steps_both_converge(record_property):
     print(f"\nNLL per scalar: exact {finals['exact']:.4f}, minibatch {finals['minibatch']:.4f}, truth {true_nll:.4f}, gap {gap:+.4f}")
 
 
-def test_multivariate_em_improves_likelihood():
-    truth, x, f = synthetic_teachers(15, num_points=40, num_outputs=3, num_factors=2)
+@pytest.mark.parametrize("covariance, estep", [("separable", "exact"), ("full", "exact"), ("full", "minibatch")])
+def test_multivariate_em_improves_likelihood(covariance, estep):
+    truth, x, f = synthetic_teachers(15, num_points=40, num_outputs=3, num_factors=2, covariance=covariance)
     torch.manual_seed(0)
-    model = DeepLatentFactor(1, 2, (16,), 3, activation="Tanh", noise_variance=float(f.var()))
-    em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=5)
+    model = DeepLatentFactor(1, 2, (16,), 3, activation="Tanh", noise_variance=float(f.var()), covariance=covariance)
+    em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=5, estep=estep,
+            batch_size=None if estep == "exact" else 20, generator=torch.Generator().manual_seed(0))
     true_nll = -float(truth.log_marginal_likelihood(x, f).sum())
     start = em.evaluate_loss(x, f)
     for _ in range(30):
@@ -224,13 +232,17 @@ def test_bad_arguments():
         em.step(x, torch.randn(3, 10))
 
 
-@pytest.mark.parametrize("num_outputs", [None, 3])
+@pytest.mark.parametrize("num_outputs", [None, 3, "full", "full centred"])
 def test_parameter_expansion_keeps_each_teachers_fit_and_centres_the_codes(num_outputs):
     """After the expansion step: mean_i E[z_i] = 0 and μ + Φ E[z_i] is unchanged for every teacher (exact)."""
-    truth, x, f = synthetic_teachers(12, num_points=25, num_outputs=num_outputs, num_factors=2)
+    centred = num_outputs == "full centred"
+    c, covariance = _kind("full" if centred else num_outputs)
+    truth, x, f = synthetic_teachers(12, num_points=25, num_outputs=c, num_factors=2)
     x, f = x.double(), f.double() + 0.7  # a shared offset the initial mean does not have
+    if centred:
+        f = f - f.mean(-1, keepdim=True)
     torch.manual_seed(0)
-    model = DeepLatentFactor(1, 2, (8,), num_outputs, activation="Tanh").double()
+    model = DeepLatentFactor(1, 2, (8,), c, activation="Tanh", covariance=covariance, centered_loadings=centred).double()
     guide = ExactFactorPosterior(model)
     em = EM(model, guide, pyro.optim.Adam({"lr": 1e-2}))
     guide.update(x, f)
@@ -239,15 +251,15 @@ def test_parameter_expansion_keeps_each_teachers_fit_and_centres_the_codes(num_o
     def fits():
         with torch.no_grad():
             mean, loading = model.mean_and_loading(x)
-            z = guide.mean.unsqueeze(-2 if num_outputs is None else -3)
-            return combine(mean, loading, z, model.class_factor if num_outputs else None)
+            z = guide.mean.unsqueeze(-1 - len(model.factor_shape))
+            return combine(mean, loading, z, model.separable_class_factor)
 
     before = fits()
     assert guide.mean.mean(0).abs().max() > 1e-3  # there was an offset to move
     em._expand()
     torch.testing.assert_close(fits(), before, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(guide.mean.mean(0), torch.zeros_like(guide.mean[0]), atol=1e-12, rtol=0)
-    if num_outputs is None:
+    if not model.separable:
         # The folded covariance: the codes' average second moment is now the prior's, I.
         second = guide.mean.T @ guide.mean / guide.mean.shape[0] + guide.covariance
         torch.testing.assert_close(second, torch.eye(2, dtype=second.dtype), atol=1e-10, rtol=0)

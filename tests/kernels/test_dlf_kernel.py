@@ -95,3 +95,22 @@ def test_kernel_bad_inputs():
         DLFKernel(_ElementwiseLoading()).forward(torch.randn(4, 2), torch.randn(4, 2), last_dim_is_batch=True)
     with pytest.raises(ValueError, match=r"\(\*batch, n, d\)"):
         DLFKernel(_ElementwiseLoading()).forward(torch.randn(4), torch.randn(4))
+
+
+def test_full_dlf_is_a_multitask_kernel_with_the_dlf_likelihood():
+    """Full DLF: the kernel of the (point, class) pairs in GPyTorch's interleaved order; a
+    MultitaskMultivariateNormal with the DLF's mean and σ_f² gives its marginal likelihood."""
+    dlf = random_dlf(in_features=2, num_factors=3, num_outputs="full", seed=3, noise_variance=0.05)
+    x, x2 = torch.randn(25, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    kernel = DLFKernel(dlf)  # the full model is the whole covariance: no allow_multivariate needed
+    assert kernel.num_outputs_per_input(x, x) == 3
+    with torch.no_grad(), gpytorch.settings.max_cholesky_size(10_000):
+        K = kernel(x).to_dense()
+        torch.testing.assert_close(K, dlf.covariance(x))
+        torch.testing.assert_close(kernel(x, x2).to_dense(), dlf.covariance(x, x2))
+        torch.testing.assert_close(kernel(x, diag=True), K.diagonal())
+        f = dlf.sample(x, 5, include_noise=True)
+        noise = dlf.noise_variance.detach()
+        covariance = kernel(x).add_diagonal(noise.expand(75))
+        predictive = gpytorch.distributions.MultitaskMultivariateNormal(dlf.mean(x), covariance, interleaved=True)
+        torch.testing.assert_close(predictive.log_prob(f), dlf.log_marginal_likelihood(x, f), rtol=1e-8, atol=1e-8)

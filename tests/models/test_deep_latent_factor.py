@@ -57,6 +57,51 @@ def test_predictive_over_model_draws_teachers():
     assert out["z"].shape == (5, 2, 1, 3, 3)
 
 
+def test_full_model_shapes_and_covariance():
+    """Full: Φ(x) is c×q per input; the covariance of the (point, class) pairs is Φ_stacked Φ_stackedᵀ."""
+    model = random_dlf(num_outputs="full")
+    x = torch.randn(5, 2, dtype=torch.float64)
+    mean, loading = model.mean_and_loading(x)
+    assert mean.shape == (5, 3) and loading.shape == (5, 3, 3)
+    assert model.factor_shape == (3,) and not model.separable and model.separable_class_factor is None
+    assert model.sample(x, 7).shape == (7, 5, 3)
+    K = model.covariance(x)
+    stacked = loading.reshape(15, 3)
+    torch.testing.assert_close(K, stacked @ stacked.T)
+    # Row j·c + k is class k at x_j (GPyTorch's interleaved multitask order).
+    torch.testing.assert_close(K[1 * 3 + 2, 4 * 3 + 0], loading[1, 2] @ loading[4, 0])
+    per_input = model.class_covariance(x)
+    torch.testing.assert_close(per_input, loading @ loading.mT)
+    torch.testing.assert_close(model.function_variance(x), per_input.diagonal(dim1=-2, dim2=-1))
+    with pytest.raises(ValueError, match="depends on the input"):
+        model.class_covariance()
+
+
+def test_separable_function_variance_and_class_covariance_at_inputs():
+    model = random_dlf(num_outputs=3)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    phi = model.loading(x)
+    LLt = model.class_covariance()
+    torch.testing.assert_close(model.class_covariance(x), phi.pow(2).sum(-1)[:, None, None] * LLt)
+    torch.testing.assert_close(model.function_variance(x), phi.pow(2).sum(-1)[:, None] * LLt.diagonal())
+
+
+def test_full_model_observed_site_and_centred_loadings():
+    model = DeepLatentFactor(2, 2, (8,), 4, covariance="full", centered_loadings=True).double()
+    x = torch.randn(6, 2, dtype=torch.float64)
+    loading = model.loading(x)
+    torch.testing.assert_close(loading.sum(-2), torch.zeros(6, 2, dtype=torch.float64), atol=1e-12, rtol=0)
+    f = torch.randn(3, 6, 4, dtype=torch.float64)
+    z = torch.randn(3, 1, 2, dtype=torch.float64)
+    trace = poutine.trace(poutine.condition(model, {"z": z})).get_trace(x, f)
+    trace.compute_log_prob()
+    fitted = model.mean(x) + torch.einsum("nq,mcq->nmc", z.squeeze(1), loading)
+    expected = torch.distributions.Normal(fitted, model.noise_variance.sqrt()).log_prob(f).sum()
+    torch.testing.assert_close(trace.nodes["f"]["log_prob_sum"], expected)
+    out = Predictive(model, num_samples=5, parallel=True)(x, num_members=2)
+    assert out["f"].shape == (5, 2, 6, 4) and out["z"].shape == (5, 2, 1, 2)
+
+
 def test_custom_body():
     body = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh())
     model = DeepLatentFactor(num_factors=2, body=body, body_features=8)
@@ -83,6 +128,10 @@ def test_log_marginal_likelihood_checks_inputs():
         (dict(in_features=2, num_factors=2, activation="Sigmoidish"), "activation"),
         (dict(in_features=2, num_factors=2, noise_variance=0.0), "noise_variance"),
         (dict(num_factors=2, body=nn.Linear(2, 3)), "body_features"),
+        (dict(in_features=2, num_factors=2, num_outputs=3, covariance="diagonal"), "covariance must be one of"),
+        (dict(in_features=2, num_factors=2, covariance="full"), "needs num_outputs"),
+        (dict(in_features=2, num_factors=2, num_outputs=1, covariance="full"), "num_outputs=1 with covariance='full'"),
+        (dict(in_features=2, num_factors=2, num_outputs=3, centered_loadings=True), "centered_loadings"),
     ],
 )
 def test_bad_construction(kwargs, match):
