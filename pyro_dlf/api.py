@@ -17,6 +17,7 @@ from pyro_dlf.infer.em import EM
 from pyro_dlf.infer.mmd import mmd_initialize
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import fit_inverse_gamma
+from pyro_dlf.selection import BODY_FAMILY, select_hidden
 from pyro_dlf.student import Student
 
 __all__ = ["distill", "evaluate_teachers", "scheduled_adam"]
@@ -66,7 +67,8 @@ def distill(
     task: Optional[str] = None,
     covariance: str = "separable",
     centered_loadings: Optional[bool] = None,
-    hidden: Sequence[int] = (50,),
+    hidden: Union[Sequence[int], Sequence[Sequence[int]], str] = (50,),
+    validation_fraction: float = 0.2,
     body: Optional[nn.Module] = None,
     body_features: Optional[int] = None,
     activation: str = "ReLU",
@@ -116,7 +118,16 @@ def distill(
     :param centered_loadings: full covariance only: project the loadings onto
         the classes' zero-sum subspace (default: when ``center_logits``, since
         centred teacher logits carry nothing along the all-ones direction).
-    :param hidden: hidden widths of the default MLP body (inputs must be 2-D).
+    :param hidden: hidden widths of the default MLP body (inputs must be 2-D);
+        or several candidates (e.g. ``[(50,), (100, 100)]``), or ``"auto"`` for
+        :data:`pyro_dlf.selection.BODY_FAMILY` (1 or 2 layers of 50 or 100):
+        each candidate is distilled on a random ``1 − validation_fraction`` of
+        the design points and scored by the exact marginal likelihood of the
+        teachers' values at the rest; the smallest body within one standard
+        error of the best is refitted on all design points
+        (:func:`pyro_dlf.selection.select_hidden`; ``student.body_selection``
+        records the comparison).
+    :param validation_fraction: share of the design points held out to choose the body.
     :param body: a custom body module ``(m, ...) → (m, body_features)``.
     :param num_iterations: EM iterations.
     :param num_m_steps: gradient steps per iteration (default: one pass over the design points).
@@ -140,6 +151,7 @@ def distill(
     :returns: the fitted student; ``student.history`` holds the negative log
         marginal likelihood per observed scalar at each EM iteration.
     """
+    call = {k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs")}
     x = check_design_points(x_design, "x_design")
     if device is not None:
         x = x.to(device)
@@ -179,17 +191,37 @@ def distill(
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if isinstance(hidden, int) or isinstance(hidden, str):
-        raise TypeError(f"hidden must be a sequence of widths such as (50,), got {hidden!r}")
+    candidates = _hidden_candidates(hidden)
     for name, value in [("num_iterations", num_iterations), ("batch_size", batch_size), ("mmd_steps", mmd_steps)]:
         if not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
             raise ValueError(f"{name} must be a {'positive' if name == 'batch_size' else 'non-negative'} int, got {value!r}")
     if init not in ("mmd", "random"):
         raise ValueError(f"init must be 'mmd' or 'random', got {init!r}")
+    if not (0 < validation_fraction < 1):
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
     if not (0 <= warmup <= 1):
         raise ValueError(f"warmup must be a fraction in [0, 1], got {warmup!r}")
     if not (0 < lr_decay <= 1):
         raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+
+    if candidates is not None:
+        if body is not None:
+            raise ValueError("hidden: choosing among bodies works for the default MLP body; pass one hidden= with body=, or drop body=")
+        f_raw = f
+
+        def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...]) -> Student:
+            return distill(xs, fs, **{**call, "hidden": widths, "progress": False})
+
+        def score(student: Student, xs: Tensor, fs: Tensor) -> Tensor:
+            if student.centered_logits:
+                fs = fs - fs.mean(-1, keepdim=True)
+            dtype_ = student.dlf.loading_head.weight.dtype
+            return student.dlf.log_marginal_likelihood(xs.to(dtype_), fs.to(dtype_)) / fs[0].numel()
+
+        selection = select_hidden(x, f_raw, candidates, fit, score, validation_fraction=validation_fraction, seed=seed)
+        hidden = selection.chosen
+    else:
+        selection = None
 
     noise_prior = (None, None)
     if task == "regression":
@@ -240,7 +272,21 @@ def distill(
     student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits,
                       include_nugget=include_nugget)
     student.history = history
+    student.body_selection = selection
     return student
+
+
+def _hidden_candidates(hidden) -> Optional[list[tuple[int, ...]]]:
+    """``None`` for one body's widths; the candidate list for ``"auto"`` or a list of width tuples."""
+    if isinstance(hidden, str):
+        if hidden != "auto":
+            raise ValueError(f"hidden must be widths such as (50,), a list of candidates, or 'auto', got {hidden!r}")
+        return [tuple(c) for c in BODY_FAMILY]
+    if isinstance(hidden, int) or not isinstance(hidden, Sequence):
+        raise TypeError(f"hidden must be a sequence of widths such as (50,), got {hidden!r}")
+    if len(hidden) and all(isinstance(h, Sequence) and not isinstance(h, str) for h in hidden):
+        return [tuple(h) for h in hidden]
+    return None
 
 
 def scheduled_adam(lr: float, lr_decay: float, warmup: float, num_iterations: int) -> pyro.optim.PyroLRScheduler:

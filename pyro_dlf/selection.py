@@ -1,0 +1,115 @@
+r"""Choosing the student's body by the DLF's held-out marginal likelihood.
+
+No single body suits every ensemble: a 1 × 50 student cannot follow teachers
+whose mean is rough, and a 2 × 100 one overfits a small smooth set. The DLF
+is a probability model of the teachers, so bodies can be compared the way a
+statistician compares models: by how well each predicts teacher values it
+has not seen. The design points are split once (seeded) into a fitting part
+and a validation part; every candidate body is distilled on the fitting part
+and scored by the exact log marginal likelihood of each teacher's values at
+the validation points (SPEC §3: ``log N(f_i; μ, ΦΦ^T + σ_f² I)`` there),
+per observed scalar. The test data never enter.
+
+Decision rule (the one-standard-error rule of Breiman et al., 1984): the
+smallest candidate (fewest parameters) whose mean validation log-likelihood
+is within one standard error of the best one's, the standard error taken
+over teachers of the paired per-teacher differences. A larger body must
+beat the smaller one by more than the teachers' own variation to be chosen.
+After the choice the caller refits on all design points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["BODY_FAMILY", "BodySelection", "split_design", "select_hidden"]
+
+#: The documented family of default MLP bodies searched by ``distill(hidden="auto")``:
+#: one or two hidden layers of 50 or 100 units (at most the teachers' 2 × 100).
+BODY_FAMILY: tuple[tuple[int, ...], ...] = ((50,), (100,), (50, 50), (100, 100))
+
+
+@dataclass
+class BodySelection:
+    """What :func:`select_hidden` compared and chose.
+
+    :ivar candidates: the hidden widths tried, in the order given.
+    :ivar parameters: the student's parameter count for each.
+    :ivar validation_nll: mean over teachers of the negative log marginal
+        likelihood per scalar at the validation points.
+    :ivar standard_error: standard error of each candidate's difference to the
+        best candidate (0 for the best itself).
+    :ivar chosen: the selected widths.
+    :ivar validation_points: number of held-out design points.
+    """
+
+    candidates: list[tuple[int, ...]]
+    parameters: list[int]
+    validation_nll: list[float]
+    standard_error: list[float]
+    chosen: tuple[int, ...]
+    validation_points: int
+    rule: str = field(default="smallest within one standard error of the best")
+
+    def as_dict(self) -> dict:
+        return {"candidates": [list(c) for c in self.candidates], "parameters": self.parameters,
+                "validation_nll": self.validation_nll, "standard_error": self.standard_error,
+                "chosen": list(self.chosen), "validation_points": self.validation_points, "rule": self.rule}
+
+
+def split_design(num_points: int, validation_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(fit, validation)`` of a seeded random split of the design points.
+
+    The validation part has ``round(validation_fraction · m)`` points, at least
+    one, and leaves at least two for fitting.
+    """
+    if not (0 < validation_fraction < 1):
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
+    size = max(1, int(round(validation_fraction * num_points)))
+    if num_points - size < 2:
+        raise ValueError(f"x_design has {num_points} points: too few to hold out {size} for choosing the body; give more design points or a fixed hidden=")
+    perm = torch.randperm(num_points, generator=torch.Generator().manual_seed(seed))
+    return perm[size:], perm[:size]
+
+
+def select_hidden(
+    x: Tensor,
+    f: Tensor,
+    candidates: Sequence[Sequence[int]],
+    fit: Callable[[Tensor, Tensor, tuple[int, ...]], object],
+    score: Callable[[object, Tensor, Tensor], Tensor],
+    *,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> BodySelection:
+    """Compare ``candidates`` by held-out marginal likelihood (see the module docstring).
+
+    :param x: design points ``(m, d)``.
+    :param f: teacher values ``(n, m)`` or ``(n, m, c)`` as the caller fits them.
+    :param fit: ``fit(x_fit, f_fit, hidden)`` returns a fitted student.
+    :param score: ``score(student, x_val, f_val)`` returns each teacher's log
+        marginal likelihood per scalar at the validation points, ``(n,)``.
+    """
+    candidates = [tuple(int(w) for w in c) for c in candidates]
+    if not candidates:
+        raise ValueError("hidden: give at least one candidate body, e.g. [(50,), (100, 100)]")
+    fit_idx, val_idx = split_design(x.shape[0], validation_fraction, seed)
+    scores, sizes = [], []
+    for hidden in candidates:
+        student = fit(x[fit_idx], f[:, fit_idx], hidden)
+        scores.append(score(student, x[val_idx], f[:, val_idx]).double())
+        sizes.append(sum(p.numel() for p in student.parameters()))
+    table = torch.stack(scores)  # (candidates, teachers)
+    means = table.mean(1)
+    best = int(means.argmax())
+    n = table.shape[1]
+    differences = table[best] - table
+    se = differences.std(1) / math.sqrt(n) if n > 1 else torch.zeros_like(means)
+    within = [i for i in range(len(candidates)) if float(means[best] - means[i]) <= float(se[i])]
+    chosen = min(within, key=lambda i: (sizes[i], i))
+    return BodySelection(candidates, sizes, [float(-v) for v in means], [float(v) for v in se], candidates[chosen], int(val_idx.numel()))

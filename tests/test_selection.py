@@ -1,0 +1,77 @@
+"""Choosing the student body by held-out marginal likelihood (pyro_dlf.selection, distill(hidden=...))."""
+
+import math
+
+import pytest
+import torch
+
+import pyro_dlf
+from pyro_dlf.selection import BODY_FAMILY, select_hidden, split_design
+
+CANDIDATES = [(4,), (64, 64)]
+FAST = dict(num_iterations=200, mmd_steps=300, progress=False, activation="Tanh", lr=1e-2, batch_size=64)
+
+
+def _teachers(rough: bool, n=20, m=300, seed=0):
+    """Teachers f_i = μ(x) + a_i · 0.3 cos(x/2) + 0.1 ε_ij on x ∈ [−2, 2]: μ smooth (0.5 tanh x, which
+    one tanh unit represents) or rough (sin 6x + ½ sin 11x)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(-2, 2, m).unsqueeze(-1)
+    t = x.squeeze(-1)
+    mean = torch.sin(6 * t) + 0.5 * torch.sin(11 * t) if rough else 0.5 * torch.tanh(t)
+    f = mean + torch.randn(n, 1, generator=g) * 0.3 * torch.cos(t / 2) + 0.1 * torch.randn(n, m, generator=g)
+    return x, f, torch.linspace(0.009, 0.011, n)
+
+
+@pytest.mark.parametrize("rough, expected", [(True, (64, 64)), (False, (4,))])
+def test_selection_picks_the_body_the_teachers_need(rough, expected):
+    x, f, v = _teachers(rough)
+    student = pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=CANDIDATES, seed=0, **FAST)
+    sel = student.body_selection
+    print(f"\nrough={rough}: validation NLL per scalar {dict(zip(sel.candidates, sel.validation_nll))}, SE {sel.standard_error}")
+    assert sel.chosen == expected
+    assert student.dlf.hidden == expected  # refitted on all design points with the chosen body
+    assert sel.validation_points == 60 and len(sel.parameters) == 2 and sel.parameters[0] < sel.parameters[1]
+
+
+def test_one_standard_error_rule():
+    """A larger body must beat the smaller by more than one paired standard error over teachers."""
+    x = torch.zeros(10, 1)
+    f = torch.zeros(4, 10)
+    # Per-teacher validation log-likelihoods of two candidates; the second is better on average.
+    table = {(1,): torch.tensor([0.0, 0.1, -0.1, 0.0]), (2,): torch.tensor([0.05, 0.15, -0.05, 0.05])}
+
+    class Fake(torch.nn.Module):
+        def __init__(self, widths):
+            super().__init__()
+            self.widths = widths
+            self.w = torch.nn.Parameter(torch.zeros(widths[0]))
+
+    select = lambda t: select_hidden(x, f, list(t), lambda xs, fs, h: Fake(h), lambda s, xs, fs: t[s.widths])  # noqa: E731
+    # Differences are exactly 0.05 for every teacher: SE 0, the bigger body is better: chosen.
+    assert select(table).chosen == (2,)
+    noisy = {(1,): torch.tensor([0.0, 0.3, -0.3, 0.0]), (2,): torch.tensor([0.05, 0.15, -0.05, 0.05])}
+    # Mean difference 0.05 with paired SE √(var([0.05, −0.15, 0.25, 0.05]) / 4) ≈ 0.082: within one SE.
+    sel = select(noisy)
+    assert sel.chosen == (1,)
+    diffs = torch.tensor([0.05, -0.15, 0.25, 0.05], dtype=torch.float64)
+    assert sel.standard_error[0] == pytest.approx(float(diffs.std() / math.sqrt(4)))
+
+
+def test_split_and_bad_arguments():
+    fit, val = split_design(10, 0.2, seed=3)
+    assert len(val) == 2 and len(fit) == 8 and set(fit.tolist()).isdisjoint(val.tolist())
+    assert torch.equal(split_design(10, 0.2, seed=3)[1], val)  # seeded
+    with pytest.raises(ValueError, match="validation_fraction"):
+        split_design(10, 1.5, seed=0)
+    with pytest.raises(ValueError, match="too few to hold out"):
+        split_design(2, 0.5, seed=0)
+    x, f, v = _teachers(False, m=30)
+    with pytest.raises(ValueError, match="hidden must be widths"):
+        pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden="best", **FAST)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden="auto", validation_fraction=0.0, **FAST)
+    with pytest.raises(ValueError, match="default MLP body"):
+        pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=CANDIDATES, body=torch.nn.Linear(1, 3),
+                         body_features=3, **FAST)
+    assert BODY_FAMILY == ((50,), (100,), (50, 50), (100, 100))
