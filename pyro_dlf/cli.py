@@ -38,14 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--dlf-iterations", type=int, default=150)
     uci.add_argument("--mmd-steps", type=int, default=500)
     uci.add_argument("--num-factors", type=int, default=10)
-    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget"),
-                     help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out design points, nugget in the predictive")
-    uci.add_argument("--max-design", type=int, default=2000,
-                     help="at most this many training inputs as design points (default 2000; 0 for all)")
+    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment"),
+                     help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out and jittered design "
+                          "points, nugget in the predictive, Gaussian/mixup-augmented design points")
+    uci.add_argument("--max-design", type=int, default=0,
+                     help="at most this many training inputs as design points (default 0: all of them)")
+    uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],
+                     help="body of the row DLF: 'auto' (chosen from 1-2 layers of 50/100 by held-out marginal likelihood, "
+                          "the default) or widths such as 100 100")
+    uci.add_argument("--design", default="train", choices=("train", "jitter", "gaussian", "mixup"),
+                     help="design points of every student: the training inputs, plus one moved copy of each (default train)")
+    uci.add_argument("--extrapolation", action="store_true",
+                     help="hold out the 10%% of rows with the largest first-principal-component projection as "
+                          "out-of-range test points (results: uci_extrapolation.*)")
     uci.add_argument("--no-baselines", action="store_true",
                      help="skip small-Ens, Hydra and BE (for ablation-only runs; the teacher ensemble is always scored)")
     uci.add_argument("--output-dir", default="benchmarks/results")
-    uci.add_argument("--name", default="uci", help="file stem of the JSON/Markdown results")
+    uci.add_argument("--name", default=None, help="file stem of the JSON/Markdown results (default uci, or uci_extrapolation)")
     uci.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
     uci.add_argument("--seed", type=int, default=0)
     uci.add_argument("--no-progress", action="store_true")
@@ -96,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dlf_hidden(values: Sequence[str]):
+    """``["auto"]`` → ``"auto"``; widths → a tuple of ints (argparse has no union types)."""
+    if list(values) == ["auto"]:
+        return "auto"
+    try:
+        widths = tuple(int(v) for v in values)
+    except ValueError:
+        raise SystemExit(f"--dlf-hidden: give 'auto' or positive widths such as 100 100, got {' '.join(values)}") from None
+    if any(w < 1 for w in widths):
+        raise SystemExit(f"--dlf-hidden: widths must be positive, got {' '.join(values)}")
+    return widths
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
@@ -124,9 +146,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             teachers=args.teachers, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
             student_hidden=tuple(args.student_hidden),
             dlf_iterations=args.dlf_iterations, mmd_steps=args.mmd_steps, num_factors=args.num_factors,
-            ablations=tuple(args.ablations), output_dir=args.output_dir, name=args.name,
+            ablations=tuple(args.ablations), output_dir=args.output_dir, name=args.name or ("uci_extrapolation" if args.extrapolation else "uci"),
             cache_dir=args.cache_dir or None, seed=args.seed, progress=not args.no_progress,
             max_design=args.max_design or None, baselines=not args.no_baselines,
+            dlf_hidden=_dlf_hidden(args.dlf_hidden), design=args.design, extrapolation=args.extrapolation,
         )
         json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
         print(f"Wrote {json_path} and {md_path}")

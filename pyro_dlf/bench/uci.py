@@ -8,19 +8,30 @@ statistics, metrics reported in the target's original units.
   error from different initializations; member ``i``'s noise variance
   ``σ²_{ε,i}`` is its mean squared error on its own random 10 % of the training
   data, held out from its fit. Fitted teachers are cached per split.
-* **Design points**: the training inputs (the paper's UCI choice); on sets with
-  more than ``max_design`` training rows (naval, protein) a random
-  ``max_design`` of them, the same for every student, which bounds the cost of
-  the baselines' full-batch fits. The ``design`` ablation adds two DLF variants:
+* **Design points** (the same for every student of a run): the training
+  inputs (``design="train"``, the paper's UCI choice; all of them unless
+  ``max_design`` caps them at a random subset), optionally with one
+  unlabeled copy of each moved off the data: ``"jitter"``
+  (:func:`pyro_dlf.data.neighbour_jitter`), ``"gaussian"``
+  (:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth) or
+  ``"mixup"`` (:func:`pyro_dlf.data.mixup`); the teachers are evaluated there.
+  The ``augment`` ablation adds DLF variants on the Gaussian and mixup designs.
+  The ``design`` ablation adds two DLF variants:
   a random 20 % of the training data that the teachers do not see (the teachers
   are then trained on the other 80 %; "DLF held-out design"), and the training
   inputs together with one neighbour-distance jitter of each
   (:func:`pyro_dlf.data.neighbour_jitter`; "DLF jittered design").
 * **Students**, all distilled from the same teacher values and noise variances:
-  small-Ens, Hydra, BatchEnsemble (1 × 50, one member per teacher, each member
-  predicting ``N(g_i(x), σ²_{ε,i})``) and the DLF (1 × 50, ``q = 10``, MMD
-  initialization then exact EM; its noise is the inverse gamma fitted to the same
-  ``σ²_{ε,i}``). So every method uses exactly the teachers' noise information.
+  small-Ens, Hydra, BatchEnsemble (``student_hidden``, 1 × 50, one member per
+  teacher, each member predicting ``N(g_i(x), σ²_{ε,i})``) and the DLF
+  (``q = 10``, MMD initialization then exact EM; its noise is the inverse gamma
+  fitted to the same ``σ²_{ε,i}``). So every method uses exactly the teachers'
+  noise information. The row ``DLF`` has the body ``dlf_hidden``: by default
+  ``"auto"``, chosen per split from :data:`pyro_dlf.selection.BODY_FAMILY` by
+  the teachers' held-out marginal likelihood on a validation part of the
+  design points (never the test data); when that differs from
+  ``student_hidden``, the paper-protocol DLF runs beside it as
+  ``DLF 1×50`` (the widths of ``student_hidden``).
   The ``nugget`` ablation scores the same DLF fit predicting new teachers
   (``include_nugget=True``).
 
@@ -28,6 +39,14 @@ Metrics (:mod:`pyro_dlf.metrics`): RMSE of the predictive mean, NLL and CRPS of
 the predictive mixture, 95 % interval coverage, the variance ratio (student
 epistemic variance over the teachers' sample variance at the test inputs),
 parameter count and the median time to predict 1,000 inputs.
+
+**Extrapolation** (``extrapolation=True``, :meth:`pyro_dlf.data.UCIData.extrapolation_split`):
+the 10 % of rows with the largest projection on the first principal component
+of the standardized inputs are out-of-range test points; a random 10 % of the
+rest are in-range test points; the teachers train on the others. Every metric
+is reported on each part (``*_in``, ``*_out``), and ``auroc_epistemic`` is the
+AUROC of each method's epistemic variance for telling out-of-range from
+in-range test inputs.
 """
 
 from __future__ import annotations
@@ -47,12 +66,15 @@ from tqdm.auto import tqdm
 from pyro_dlf import __version__, metrics
 from pyro_dlf.api import distill
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
-from pyro_dlf.data import UCIData, load_uci, neighbour_jitter
+from pyro_dlf.data import UCIData, gaussian_perturbation, load_uci, mixup, neighbour_jitter
 
 __all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition", "ABLATIONS"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
-ABLATIONS = ("estep", "init", "q", "design", "nugget")
+ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment")
+
+#: Design sets every student of a run is distilled on (see the module docstring).
+DESIGNS = ("train", "jitter", "gaussian", "mixup")
 
 
 @dataclass
@@ -78,8 +100,11 @@ class UCIBenchConfig:
     seed: int = 0
     progress: bool = True
     teacher_epochs: Optional[int] = None
-    max_design: Optional[int] = 2000
+    max_design: Optional[int] = None
     baselines: bool = True
+    dlf_hidden: object = "auto"
+    design: str = "train"
+    extrapolation: bool = False
     command: str = field(default_factory=lambda: " ".join(["pyro-dlf"] + sys.argv[1:]))
 
 
@@ -112,26 +137,60 @@ def _teachers(config: UCIBenchConfig, data: UCIData, split, x, y, tag: str) -> D
     return ensemble
 
 
-def _score(split, means, variances, epistemic, teacher_test, params, predict: Callable, x1000) -> dict:
-    """All metrics in the target's original units (NLL shifts by log scale, CRPS scales)."""
-    ys = split.y_standardizer
-    y = split.y_test_original
-    means_o, vars_o = ys.inverse(means), ys.inverse_variance(variances)
+def _accuracy(means_o, vars_o, y, epistemic, teacher_test, suffix: str = "") -> dict:
     point = means_o.mean(0)
     return {
-        "rmse": float(metrics.rmse(point, y)),
-        "nll": float(metrics.mixture_nll(means_o, vars_o, y)),
-        "crps": float(metrics.mixture_crps(means_o, vars_o, y)),
-        "coverage95": float(metrics.interval_coverage(means_o, vars_o, y, level=0.95)),
-        "variance_ratio": float(metrics.variance_ratio(epistemic, teacher_test)),
-        "parameters": int(params),
-        "predict_1000_seconds": metrics.time_call(predict, x1000, repeats=3),
+        f"rmse{suffix}": float(metrics.rmse(point, y)),
+        f"nll{suffix}": float(metrics.mixture_nll(means_o, vars_o, y)),
+        f"crps{suffix}": float(metrics.mixture_crps(means_o, vars_o, y)),
+        f"coverage95{suffix}": float(metrics.interval_coverage(means_o, vars_o, y, level=0.95)),
+        f"variance_ratio{suffix}": float(metrics.variance_ratio(epistemic, teacher_test)),
     }
 
 
+def _score(split, means, variances, epistemic, teacher_test, params, predict: Callable, x1000) -> dict:
+    """All metrics in the target's original units (NLL shifts by log scale, CRPS scales).
+
+    On an extrapolation split also each metric on the in-range (``_in``) and
+    out-of-range (``_out``) test points and the AUROC of the epistemic variance
+    for telling them apart.
+    """
+    ys = split.y_standardizer
+    y = split.y_test_original
+    means_o, vars_o = ys.inverse(means), ys.inverse_variance(variances)
+    row = _accuracy(means_o, vars_o, y, epistemic, teacher_test)
+    out = split.test_out_of_range
+    if out is not None:
+        for suffix, mask in (("_in", ~out), ("_out", out)):
+            row.update(_accuracy(means_o[:, mask], vars_o[:, mask], y[mask], epistemic[mask], teacher_test[:, mask], suffix))
+        row["auroc_epistemic"] = metrics.auroc(epistemic[~out].double(), epistemic[out].double())
+    row.update({"parameters": int(params), "predict_1000_seconds": metrics.time_call(predict, x1000, repeats=3)})
+    return row
+
+
+def _widths_name(hidden) -> str:
+    """``DLF 1×50`` for one layer of 50, ``DLF 2×100`` for two of 100, else the widths joined by ``-``."""
+    hidden = tuple(hidden)
+    return f"DLF {len(hidden)}×{hidden[0]}" if hidden and len(set(hidden)) == 1 else "DLF " + "-".join(map(str, hidden))
+
+
+def _augmented(x: torch.Tensor, design: str, generator: torch.Generator) -> torch.Tensor:
+    """The design inputs ``x`` plus one unlabeled copy of each moved off the data by ``design``."""
+    if design == "train":
+        return x
+    move = {"jitter": neighbour_jitter, "gaussian": gaussian_perturbation, "mixup": mixup}[design]
+    return torch.cat([x, move(x, generator=generator)])
+
+
 def _dlf_variants(config: UCIBenchConfig) -> list[tuple[str, dict]]:
-    """(method name, distill overrides) for the default DLF and the requested ablations."""
-    variants = [("DLF", {})]
+    """(method name, distill overrides) for the default DLF and the requested ablations.
+
+    Ablation variants keep the students' widths (``student_hidden``), so they
+    compare with the paper-protocol DLF.
+    """
+    variants = [("DLF", {"hidden": config.dlf_hidden})]
+    if config.dlf_hidden != tuple(config.student_hidden):
+        variants.append((_widths_name(config.student_hidden), {}))
     if "estep" in config.ablations:
         variants.append(("DLF minibatch E-step", {"estep": "minibatch"}))
     if "init" in config.ablations:
@@ -142,7 +201,7 @@ def _dlf_variants(config: UCIBenchConfig) -> list[tuple[str, dict]]:
 
 
 def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
-    split = data.split(seed)
+    split = data.extrapolation_split(seed) if config.extrapolation else data.split(seed)
     x_test = split.x_test
     x1000 = x_test.repeat(math.ceil(1000 / len(x_test)), 1)[:1000]
     rows = []
@@ -163,14 +222,15 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
     designs = ["train"] + (["heldout"] if "design" in config.ablations else [])
     for design in designs:
         if design == "train":
-            x_fit, y_fit, x_design = split.x_train, split.y_train, cap(split.x_train, 20_000)
+            x_fit, y_fit = split.x_train, split.y_train
+            x_design = _augmented(cap(split.x_train, 20_000), config.design, torch.Generator().manual_seed(50_000 + seed))
         else:
             g = torch.Generator().manual_seed(10_000 + seed)
             perm = torch.randperm(len(split.x_train), generator=g)
             cut = int(round(0.2 * len(perm)))
             x_design, x_fit, y_fit = cap(split.x_train[perm[:cut]], 30_000), split.x_train[perm[cut:]], split.y_train[perm[cut:]]
         start = time.perf_counter()
-        teachers = _teachers(config, data, split, x_fit, y_fit, design)
+        teachers = _teachers(config, data, split, x_fit, y_fit, design + ("_extrapolation" if config.extrapolation else ""))
         teacher_seconds = time.perf_counter() - start
         f_design = teachers.member_predictions(x_design)
         noise = teachers.noise_variances
@@ -195,6 +255,9 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 g = torch.Generator().manual_seed(40_000 + seed)
                 x_jitter = torch.cat([x_design, neighbour_jitter(x_design, generator=g)])
                 variants.append(("DLF jittered design", {}, x_jitter))
+            if "augment" in config.ablations:
+                for label, kind, salt in (("Gaussian", "gaussian", 60_000), ("mixup", "mixup", 70_000)):
+                    variants.append((f"DLF {label} design", {}, _augmented(x_design, kind, torch.Generator().manual_seed(salt + seed))))
         else:
             variants = [("DLF held-out design", {}, x_design)]
         for name, overrides, x_dlf in variants:
@@ -213,9 +276,11 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                       "teacher_spread_test": float(teacher_test.var(0).mean()),
                       "student_variance_design": float(student.predict(x_dlf, 1, return_samples=False).epistemic_variance.mean()),
                       "nugget_variance": float(student.dlf.noise_variance.detach())}
+            if student.body_selection is not None:
+                spread["body_selection"] = student.body_selection.as_dict()
             record(name, design, means, variances, epistemic, teacher_test,
                    metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
-                   **spread)
+                   hidden=list(student.dlf.hidden), **spread)
             if name == "DLF" and "nugget" in config.ablations:
                 # The same fit, predicting new teachers (nugget included): no refit needed.
                 student.include_nugget = True
@@ -246,6 +311,8 @@ def run_uci_benchmark(config: UCIBenchConfig) -> dict:
         raise ValueError(f"first_split must be >= 0 (the seed of the first split), got {config.first_split}")
     if config.max_design is not None and config.max_design < 2:
         raise ValueError(f"max_design must be >= 2 design points (or None for all), got {config.max_design}")
+    if config.design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {config.design!r}")
     torch.manual_seed(config.seed)
     started = time.time()
     rows = []
@@ -392,6 +459,54 @@ def variance_decomposition(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def extrapolation_summary(rows: list[dict], method: str = "DLF") -> list[str]:
+    """Markdown lines for extrapolation rows: per set and method, NLL and CRPS on the in-range and
+    out-of-range test points and the AUROC of the epistemic variance (means ± SE over splits), and
+    the targets: ``method``'s AUROC ≥ 0.95 × the teachers' and ≥ every other student's."""
+    groups: dict = {}
+    for row in rows:
+        if "auroc_epistemic" in row:
+            groups.setdefault(row["dataset"], {}).setdefault(row["method"], []).append(row)
+    if not groups:
+        return []
+
+    def stat(items, key):
+        t = torch.tensor([float(r[key]) for r in items], dtype=torch.float64)
+        return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan"))
+
+    keys = (("nll_in", "NLL in"), ("nll_out", "NLL out"), ("crps_in", "CRPS in"), ("crps_out", "CRPS out"),
+            ("auroc_epistemic", "AUROC epistemic"))
+    lines = ["## Extrapolation", "",
+             "Out-of-range test points: the 10 % of rows with the largest projection on the first principal component "
+             "of the standardized inputs; in-range: a random 10 % of the rest. AUROC of each method's epistemic variance "
+             "for telling out-of-range from in-range test inputs (0.5 = no signal). Mean ± SE over splits.", ""]
+    met = total = 0
+    target_lines = []
+    for dataset, methods in groups.items():
+        lines += [f"### {dataset}", "", "| method | n | " + " | ".join(label for _, label in keys) + " |",
+                  "|" + "---|" * (len(keys) + 2)]
+        for name, items in methods.items():
+            cells = []
+            for key, _ in keys:
+                mean, se = stat(items, key)
+                cells.append(f"{mean:.4g}" + ("" if math.isnan(se) else f" ± {se:.2g}"))
+            lines.append(f"| {name} | {len(items)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if method in methods and "teacher ensemble" in methods:
+            ours = stat(methods[method], "auroc_epistemic")[0]
+            teachers = stat(methods["teacher ensemble"], "auroc_epistemic")[0]
+            rivals = {m: stat(items, "auroc_epistemic")[0] for m, items in methods.items()
+                      if m not in ("teacher ensemble", method) and not m.startswith("DLF")}
+            ok = ours >= 0.95 * teachers and all(ours >= v for v in rivals.values())
+            met, total = met + ok, total + 1
+            target_lines.append(f"- {dataset}: {method} AUROC {ours:.3f}, teachers {teachers:.3f} (ratio {ours / teachers:.2f}); "
+                                + ", ".join(f"{m} {v:.3f}" for m, v in rivals.items()) + (": met" if ok else ": **not met**"))
+    if total:
+        lines += [f"Target (AUROC ≥ 0.95 × teachers' and ≥ every other student's): met on {met} of {total} sets.", ""]
+        lines += target_lines + [""]
+    return lines
+
+
 def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str, str]:
     """Write ``{name}.json`` (every row) and ``{name}.md`` (mean ± SE tables) plus one PNG per set.
 
@@ -412,10 +527,16 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
             f"Machine: {run['machine']['platform']}, {run['machine']['cpus']} CPUs, torch {run['versions']['torch']} "
             f"({run['machine']['torch_threads']} threads), pyro_dlf {run['versions']['pyro_dlf']}; wall time "
             f"{run['wall_seconds'] / 60:.1f} min.  ",
-            f"Protocol: {config['splits']} random 90/10 splits per set, {config['teachers']} teachers "
-            f"(MLP {config['teacher_hidden']}), students {config['student_hidden']}, DLF q = "
-            f"{config['num_factors']}; design points: the training inputs"
-            + (f" (a random {config['max_design']} where there are more)." if config.get("max_design") else "."),
+            f"Protocol: {config['splits']} "
+            + ("extrapolation splits (10 % out of range along the first principal component, 10 % in range)"
+               if config.get("extrapolation") else "random 90/10 splits")
+            + f" per set, {config['teachers']} teachers "
+            f"(MLP {config['teacher_hidden']}), students {config['student_hidden']}, DLF body "
+            f"{config.get('dlf_hidden', config['student_hidden'])}, q = "
+            f"{config['num_factors']}; design points of every student: the training inputs"
+            + (f" (a random {config['max_design']} where there are more)" if config.get("max_design") else "")
+            + ({"train": "", "jitter": " plus a neighbour-jittered copy of each", "gaussian": " plus a Gaussian-perturbed copy of each (Scott's bandwidth)",
+                "mixup": " plus a mixup copy of each"}[config.get("design", "train")]) + ".",
             "",
         ]
     if len(runs) > 1:
@@ -432,6 +553,7 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     if "bostonHousing" in summary:
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     lines += ["## Targets", ""] + target_summary(summary) + [""]
+    lines += extrapolation_summary(result["rows"])
     lines += variance_decomposition(result["rows"])
     for dataset, methods in summary.items():
         info = result["datasets"].get(dataset, {})

@@ -1,6 +1,6 @@
 """Data utilities: standardisation, the random split protocols, design points, the UCI and image loaders."""
 
-from pyro_dlf.data.design import neighbour_jitter
+from pyro_dlf.data.design import gaussian_perturbation, mixup, neighbour_jitter, scott_bandwidth
 from pyro_dlf.data.images import (
     ImageData,
     flip_labels,
@@ -22,6 +22,9 @@ __all__ = [
     "load_mnist",
     "read_idx",
     "neighbour_jitter",
+    "gaussian_perturbation",
+    "mixup",
+    "scott_bandwidth",
     "Standardizer",
     "train_design_test_split",
     "train_test_split",

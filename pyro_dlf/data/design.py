@@ -1,4 +1,4 @@
-r"""Design points off the training inputs: neighbour-distance jitter.
+r"""Design points off the training inputs: neighbour-distance jitter, Gaussian perturbation, mixup.
 
 Teachers are usually fitted to their training inputs and agree most there, so
 their spread at the training inputs under-states their spread at new inputs.
@@ -17,6 +17,19 @@ leave-one-out nearest-neighbour distance from the training set, so
 Caveat: on inputs confined to a grid or to discrete levels, :math:`\tilde x_i`
 leaves the support (new inputs do not), and teachers may disagree there far
 more than at new inputs.
+
+:func:`gaussian_perturbation` draws from the kernel density estimate of the
+inputs: :math:`\tilde x = x_i + h\, ε`, :math:`ε \sim N(0, I)` in
+standardized coordinates, with Scott's bandwidth :math:`h = n^{-1/(D+4)}`
+(the data-derived scale that makes the estimate's bias and variance balance
+for a Gaussian-like density). It spreads design points slightly beyond the
+data, where teachers begin to disagree.
+
+:func:`mixup` draws convex combinations of random pairs,
+:math:`\tilde x = λ x_i + (1 − λ) x_j`, :math:`λ \sim \mathrm{Beta}(α, α)`
+(Zhang et al., 2018): inputs between the data, inside their convex hull.
+
+All three need no labels: the teachers are evaluated at the new points.
 """
 
 from __future__ import annotations
@@ -29,7 +42,61 @@ from torch import Tensor
 from pyro_dlf.data.splits import Standardizer
 from pyro_dlf.nn import _positive_int
 
-__all__ = ["neighbour_jitter"]
+__all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "scott_bandwidth"]
+
+
+def _check_inputs(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be a floating tensor of shape (n, D) with n >= 2, got {getattr(x, 'shape', x)!r}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values; clean or impute them first")
+
+
+def scott_bandwidth(num_points: int, num_features: int) -> float:
+    """Scott's rule :math:`n^{-1/(D+4)}`: the kernel bandwidth in units of each feature's standard deviation."""
+    return float(num_points) ** (-1.0 / (num_features + 4))
+
+
+def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[float] = None,
+                          generator: Optional[torch.Generator] = None) -> Tensor:
+    """Draws ``x_i + h ε`` (standardized coordinates), ``copies`` per row; see the module docstring.
+
+    :param x: inputs ``(n, D)``, ``n >= 2``, in original units.
+    :param bandwidth: ``h`` in standard deviations of each feature (default :func:`scott_bandwidth`).
+    :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
+    """
+    _check_inputs(x)
+    copies = _positive_int(copies, "copies")
+    h = scott_bandwidth(*x.shape) if bandwidth is None else float(bandwidth)
+    if not h > 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
+    standardizer = Standardizer.fit(x, dim=0)
+    xs = standardizer.transform(x)
+    noise = torch.randn(copies, *x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return standardizer.inverse((xs + h * noise).reshape(-1, x.shape[1]))
+
+
+def mixup(x: Tensor, copies: int = 1, *, alpha: float = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""Convex combinations ``λ x_i + (1 − λ) x_j`` of each row with a random partner, ``λ ~ Beta(α, α)``.
+
+    :param x: inputs ``(n, D)``, ``n >= 2``.
+    :param alpha: the Beta parameter (1: λ uniform on [0, 1]).
+    :returns: ``(copies * n, D)``; copy ``c`` of row ``i`` is row ``c * n + i``.
+    """
+    _check_inputs(x)
+    copies = _positive_int(copies, "copies")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be positive, got {alpha!r}")
+    n = x.shape[0]
+    partner = torch.randint(0, n, (copies, n), generator=generator).to(x.device)
+    from scipy.special import gammaincinv
+
+    # λ = G1 / (G1 + G2) with G1, G2 ~ Gamma(α) is Beta(α, α); the Gammas come from seeded uniforms
+    # through their inverse CDF because torch's Gamma sampler takes no generator.
+    u = torch.rand(copies, n, 2, generator=generator, dtype=torch.float64)
+    g = torch.as_tensor(gammaincinv(alpha, u.numpy()), dtype=torch.float64)
+    lam = (g[..., 0] / g.sum(-1)).to(dtype=x.dtype, device=x.device).unsqueeze(-1)
+    return (lam * x.unsqueeze(0) + (1 - lam) * x[partner]).reshape(-1, x.shape[1])
 
 
 def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Generator] = None,
@@ -44,10 +111,7 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
         ``i`` is row ``c * n + i``.
     :raises ValueError: if ``x`` is not a finite floating ``(n, D)`` tensor with ``n >= 2``.
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"x must be a floating tensor of shape (n, D) with n >= 2, got {getattr(x, 'shape', x)!r}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values; clean or impute them first")
+    _check_inputs(x)
     copies = _positive_int(copies, "copies")
     chunk_size = _positive_int(chunk_size, "chunk_size")
     standardizer = Standardizer.fit(x, dim=0)

@@ -45,7 +45,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -93,6 +93,10 @@ class UCISplit:
     :param y_standardizer: the :class:`~pyro_dlf.data.Standardizer` fitted on
         the raw training targets (``loc``/``scale`` of shape ``(1,)``).
     :param seed: the seed of the split.
+    :param test_out_of_range: for an extrapolation split
+        (:meth:`UCIData.extrapolation_split`), a boolean mask over the test rows:
+        ``True`` for the out-of-range rows, ``False`` for the in-range ones;
+        ``None`` for a random split.
     """
 
     x_train: Tensor = field(repr=False)
@@ -102,6 +106,7 @@ class UCISplit:
     x_standardizer: Standardizer = field(repr=False)
     y_standardizer: Standardizer = field(repr=False)
     seed: int
+    test_out_of_range: Optional[Tensor] = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -200,6 +205,9 @@ class UCIData:
         """
         parts = train_test_split(self.x, self.y, test_fraction=test_fraction, seed=seed)
         (x_train, y_train), (x_test, y_test) = parts["train"], parts["test"]
+        return self._standardized(x_train, y_train, x_test, y_test, seed)
+
+    def _standardized(self, x_train, y_train, x_test, y_test, seed, out_of_range=None) -> UCISplit:
         x_std = Standardizer.fit(x_train, dim=0)
         y_std = Standardizer.fit(y_train, dim=0)
         return UCISplit(
@@ -210,7 +218,46 @@ class UCIData:
             x_standardizer=x_std,
             y_standardizer=y_std,
             seed=int(seed),
+            test_out_of_range=out_of_range,
         )
+
+    def first_principal_projection(self) -> Tensor:
+        """Each row's projection on the first principal component of the standardized inputs, ``(n,)``.
+
+        Inputs are standardized over all rows (constant columns only centred);
+        the component is the leading right singular vector, its sign fixed so
+        that its largest-magnitude entry is positive (deterministic).
+        """
+        x = Standardizer.fit(self.x, dim=0).transform(self.x).double()
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        direction = vh[0]
+        direction = direction * torch.sign(direction[direction.abs().argmax()])
+        return x @ direction
+
+    def extrapolation_split(self, seed: int, out_fraction: float = 0.1, in_fraction: float = 0.1) -> UCISplit:
+        """A split that tests extrapolation: the ``out_fraction`` of rows with the largest
+        :meth:`first_principal_projection` are held out as out-of-range test points (the
+        same rows for every seed); of the rest, a random ``in_fraction`` of all rows
+        (seeded) are in-range test points and the others train the teachers.
+
+        Standardization uses the training rows only. The returned split's
+        ``x_test`` holds the in-range rows first, then the out-of-range ones;
+        ``test_out_of_range`` marks the latter.
+        """
+        for name, value in (("out_fraction", out_fraction), ("in_fraction", in_fraction)):
+            if not (0 < value < 1):
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        n = len(self)
+        num_out, num_in = int(round(out_fraction * n)), int(round(in_fraction * n))
+        if num_out < 1 or num_in < 1 or n - num_out - num_in < 2:
+            raise ValueError(f"{self.name} has {n} rows: too few for out_fraction={out_fraction} and in_fraction={in_fraction}")
+        order = torch.argsort(self.first_principal_projection(), descending=True, stable=True)  # ties (grid inputs): by row
+        out_rows, rest = order[:num_out], order[num_out:]
+        perm = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(int(seed)))]
+        in_rows, train_rows = perm[:num_in], perm[num_in:]
+        test_rows = torch.cat([in_rows, out_rows])
+        mask = torch.cat([torch.zeros(num_in, dtype=torch.bool), torch.ones(num_out, dtype=torch.bool)])
+        return self._standardized(self.x[train_rows], self.y[train_rows], self.x[test_rows], self.y[test_rows], seed, mask)
 
 
 # --------------------------------------------------------------------- reading

@@ -25,8 +25,16 @@ def test_uci_bench_smoke(tmp_path, capsys):
     result = json.loads((out / "smoke.json").read_text())
     assert result["config"]["student_hidden"] == [48]
     methods = {r["method"] for r in result["rows"]}
-    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF + nugget", "DLF minibatch E-step", "DLF held-out design",
-                       "DLF jittered design"}
+    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
+                       "DLF held-out design", "DLF jittered design"}
+    # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
+    from pyro_dlf.selection import BODY_FAMILY
+
+    for row in result["rows"]:
+        if row["method"] == "DLF":
+            assert tuple(row["hidden"]) in BODY_FAMILY and row["body_selection"]["chosen"] == row["hidden"]
+        elif row["method"] == "DLF 1×48":
+            assert row["hidden"] == [48] and "body_selection" not in row
     assert len(result["rows"]) == 2 * len(methods)
     for row in result["rows"]:
         for key in ("rmse", "nll", "crps", "coverage95", "variance_ratio", "predict_1000_seconds"):
@@ -77,3 +85,48 @@ def test_first_split_runs_the_seeds_that_follow_it(monkeypatch):
     assert seen == [4, 5, 6]
     with pytest.raises(ValueError, match="first_split"):
         uci.run_uci_benchmark(uci.UCIBenchConfig(data_path=str(UCI / "yacht"), first_split=-1, progress=False))
+
+
+def test_extrapolation_bench_smoke(tmp_path):
+    """Extrapolation split, Gaussian-augmented design for every student, the augment ablation: per-part
+    metrics and the AUROC of the epistemic variance for every method; the report's extrapolation section."""
+    out = tmp_path / "results"
+    argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "1", "--teachers", "4", "--teacher-epochs", "100",
+            "--student-epochs", "100", "--student-hidden", "32", "--dlf-hidden", "32", "--dlf-iterations", "10", "--mmd-steps", "30",
+            "--num-factors", "2", "--design", "gaussian", "--ablations", "augment", "--extrapolation", "--output-dir", str(out),
+            "--cache-dir", "", "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads((out / "uci_extrapolation.json").read_text())
+    assert result["config"]["extrapolation"] and result["config"]["design"] == "gaussian"
+    methods = {r["method"] for r in result["rows"]}
+    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF Gaussian design", "DLF mixup design"}
+    for row in result["rows"]:
+        for key in ("nll_in", "nll_out", "crps_in", "crps_out", "rmse_out"):
+            assert math.isfinite(row[key]), (row["method"], key)
+        assert 0 <= row["auroc_epistemic"] <= 1
+    md = (out / "uci_extrapolation.md").read_text()
+    assert "## Extrapolation" in md and "AUROC epistemic" in md and "extrapolation splits" in md
+    with pytest.raises(SystemExit, match="--dlf-hidden: widths must be positive"):
+        main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--no-progress"])
+
+
+def test_extrapolation_split_holds_out_the_far_end_of_the_first_principal_component():
+    data = load_uci(UCI / "concrete")
+    split = data.extrapolation_split(3)
+    n = len(data)
+    out = split.test_out_of_range
+    assert int(out.sum()) == round(0.1 * n) and int((~out).sum()) == round(0.1 * n)
+    assert split.x_train.shape[0] == n - int(out.numel())
+    # Back in original units, every out-of-range row projects beyond every other row.
+    projection = data.first_principal_projection()
+    x_test = split.x_standardizer.inverse(split.x_test).double()
+    rows = torch.cdist(x_test, data.x.double()).argmin(1)
+    assert float(projection[rows[out]].min()) >= float(projection[rows[~out]].max())
+    # The training statistics standardize: the training inputs have mean 0 (no test information).
+    torch.testing.assert_close(split.x_train.mean(0), torch.zeros(data.x.shape[1]), atol=1e-5, rtol=0)
+    # The same out-of-range rows for every seed; the in-range rows change.
+    other = data.extrapolation_split(4)
+    torch.testing.assert_close(other.x_standardizer.inverse(other.x_test[other.test_out_of_range]).sort(0).values,
+                               split.x_standardizer.inverse(split.x_test[out]).sort(0).values, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="out_fraction"):
+        data.extrapolation_split(0, out_fraction=1.2)

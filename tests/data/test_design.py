@@ -30,3 +30,49 @@ def test_jitter_bad_inputs():
         neighbour_jitter(torch.tensor([[0.0], [float("nan")]]))
     with pytest.raises(ValueError, match="copies"):
         neighbour_jitter(torch.randn(5, 2), copies=0)
+
+
+def test_gaussian_perturbation_has_scotts_bandwidth():
+    """Displacements in standardized coordinates are N(0, h²) with h = n^(−1/(D+4)): check mean and
+    variance against their sampling errors (5 standard errors)."""
+    from pyro_dlf.data import gaussian_perturbation, scott_bandwidth
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64) + 5
+    out = gaussian_perturbation(x, copies=5, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (2000, 3)
+    std = Standardizer.fit(x, dim=0)
+    moved = (std.transform(out).reshape(5, 400, 3) - std.transform(x)).reshape(-1)
+    h = scott_bandwidth(400, 3)
+    N = moved.numel()
+    assert abs(float(moved.mean())) < 5 * h / N ** 0.5
+    assert abs(float(moved.var()) - h * h) < 5 * h * h * (2 / N) ** 0.5
+    with pytest.raises(ValueError, match="bandwidth"):
+        gaussian_perturbation(x, bandwidth=0.0)
+
+
+def test_mixup_stays_on_segments_between_rows():
+    from pyro_dlf.data import mixup
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    out = mixup(x, copies=3, alpha=0.5, generator=torch.Generator().manual_seed(2))
+    assert out.shape == (90, 2)
+    # Each new point is x_i + t (x_j − x_i) for a partner j and t = 1 − λ in [0, 1].
+    ts = []
+    for k in range(90):
+        i = k % 30
+        d = out[k] - x[i]
+        t = ((x - x[i]) @ d) / (x - x[i]).pow(2).sum(1).clamp_min(1e-300)
+        residual = ((x - x[i]) * t[:, None] - d).norm(dim=1)
+        ok = (residual < 1e-9) & (t >= -1e-12) & (t <= 1 + 1e-12)
+        ok[i] = False
+        if float(d.norm()) < 1e-12:  # partner was the row itself
+            continue
+        assert bool(ok.any()), k
+        ts.append(float(t[ok][0]))
+    # λ ~ Beta(α, α): mean 1/2, variance 1/(4(2α + 1)) = 1/8 at α = 1/2; 5 standard errors.
+    ts = torch.tensor(ts, dtype=torch.float64)
+    assert abs(float(ts.mean()) - 0.5) < 5 * (0.125 / len(ts)) ** 0.5
+    with pytest.raises(ValueError, match="alpha"):
+        mixup(x, alpha=0.0)
