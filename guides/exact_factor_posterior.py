@@ -66,13 +66,14 @@ class ExactFactorPosterior(PyroModule):
         self.posterior = factor_posterior(stats, model.noise_variance.detach(), L)
         return self.posterior
 
-    def update(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None) -> FactorPosterior:
-        """Exact E-step from all design points (streamed in batches of ``batch_size``)."""
+    def update(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None, observed: Optional[Tensor] = None) -> FactorPosterior:
+        """Exact E-step from all design points (streamed in batches of ``batch_size``);
+        with ``observed`` (``(n, m)`` booleans) each teacher from its observed points only."""
         x = check_design_points(x, "x")
         self.model.check_inputs(x, "x")
-        f = check_teacher_values(f, x, self.model.num_outputs, "f", min_members=1)
+        f = check_teacher_values(f, x, self.model.num_outputs, "f", min_members=1, observed=observed)
         check_dtype(f, self.model, "f")
-        return self.set_statistics(self.model.statistics(x, f, batch_size))
+        return self.set_statistics(self.model.statistics(x, f, batch_size, observed))
 
     @property
     def mean(self) -> Tensor:
@@ -82,11 +83,13 @@ class ExactFactorPosterior(PyroModule):
 
     @property
     def covariance(self) -> Tensor:
-        """Posterior covariance of ``vec(z_i)`` (row-major), shared by all teachers."""
+        """Posterior covariance of ``vec(z_i)`` (row-major), shared by all teachers; ``(n, q, q)``,
+        one per teacher, when the teachers were observed on different points."""
         self._require_posterior()
         return self.posterior.dense_covariance()
 
-    def forward(self, x: Tensor, f: Optional[Tensor] = None, num_members: Optional[int] = None) -> Tensor:
+    def forward(self, x: Tensor, f: Optional[Tensor] = None, num_members: Optional[int] = None,
+                observed: Optional[Tensor] = None) -> Tensor:
         """Draw ``z_i`` from the posterior (the Pyro guide); same arguments as the model."""
         self._require_posterior()
         n = self.num_members
@@ -97,6 +100,8 @@ class ExactFactorPosterior(PyroModule):
         dtype = self.model.loading_head.weight.dtype
         loc = self.posterior.mean.to(dtype)
         scale_tril = torch.linalg.cholesky(self.posterior.dense_covariance()).to(dtype)
+        if scale_tril.dim() == 3:  # one covariance per teacher: align with the members plate
+            scale_tril = scale_tril.unsqueeze(1)
         shape = tuple(self.model.factor_shape)
         flat = dist.MultivariateNormal(loc.reshape(n, 1, -1), scale_tril=scale_tril)
         if len(shape) == 1:

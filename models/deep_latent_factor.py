@@ -285,8 +285,11 @@ class DeepLatentFactor(PyroModule):
         return (k_x, self.class_covariance()) if self.multivariate else k_x
 
     # ------------------------------------------------------------ the algebra
-    def statistics(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None) -> FactorStatistics:
-        """Sufficient statistics over all design points, streamed in batches (no gradient)."""
+    def statistics(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None, observed: Optional[Tensor] = None) -> FactorStatistics:
+        """Sufficient statistics over all design points, streamed in batches (no gradient).
+
+        ``observed`` (``(n, m)`` booleans) restricts each teacher to its observed points.
+        """
         check_batch_size(batch_size)
         m = x.shape[0]
         step = m if batch_size is None else batch_size
@@ -294,22 +297,26 @@ class DeepLatentFactor(PyroModule):
         with torch.no_grad():
             for start in range(0, m, step):
                 mean, loading = self.mean_and_loading(x[start:start + step])
-                part = batch_statistics(mean, loading, f[:, start:start + step])
+                mask = None if observed is None else observed[:, start:start + step]
+                part = batch_statistics(mean, loading, f[:, start:start + step], observed=mask)
                 total = part if total is None else total + part
         return total
 
-    def log_marginal_likelihood(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None) -> Tensor:
+    def log_marginal_likelihood(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None,
+                                observed: Optional[Tensor] = None) -> Tensor:
         r"""Exact ``log p(f_i)`` for each teacher, shape ``(n,)`` (float64).
 
         Uses the determinant lemma and Woodbury identity (SPEC §3): cost
         ``O(m q^2 + q^3 + m q n)``, memory independent of ``m`` when
-        ``batch_size`` is given; no ``m×m`` matrix is ever formed.
+        ``batch_size`` is given; no ``m×m`` matrix is ever formed. With
+        ``observed`` (``(n, m)`` booleans) teacher ``i``'s density is that of its
+        observed values only (SPEC §4, teachers observed on different points).
         """
         x = check_design_points(x, "x")
         self.check_inputs(x, "x")
-        f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1)
+        f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1, observed=observed)
         check_dtype(f, self, "f")
-        stats = self.statistics(x, f, batch_size)
+        stats = self.statistics(x, f, batch_size, observed)
         L = self.class_factor.detach() if self.separable else None
         noise = self.noise_variance.detach()
         posterior = factor_posterior(stats, noise, L)
@@ -336,7 +343,8 @@ class DeepLatentFactor(PyroModule):
         return values
 
     # ------------------------------------------------------------ Pyro model
-    def forward(self, x: Tensor, f: Optional[Tensor] = None, num_members: Optional[int] = None) -> Tensor:
+    def forward(self, x: Tensor, f: Optional[Tensor] = None, num_members: Optional[int] = None,
+                observed: Optional[Tensor] = None) -> Tensor:
         """The generative model of the teachers (a Pyro model).
 
         Sites: ``z`` -- latent factors, one per teacher, in the plate
@@ -347,13 +355,19 @@ class DeepLatentFactor(PyroModule):
         :param x: design points ``(m, ...)``.
         :param f: teacher values ``(n, m)`` or ``(n, m, c)``, or ``None`` to sample.
         :param num_members: number of teachers to draw when ``f`` is ``None`` (default 1).
+        :param observed: ``(n, m)`` booleans: where each teacher is observed; the
+            site ``f`` is masked elsewhere (its values there are ignored).
         :returns: the teacher values (observed or sampled).
         """
         self.check_inputs(x, "x")
         m = x.shape[0]
         if f is not None:
-            f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1)
+            f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1, observed=observed)
             n = f.shape[0]
+            if observed is not None:
+                # Unobserved entries (possibly NaN) must not reach the likelihood's log-density.
+                keep = observed if f.dim() == 2 else observed.unsqueeze(-1)
+                f = torch.where(keep, f, torch.zeros_like(f))
         else:
             n = 1 if num_members is None else int(num_members)
         mean, loading = self.mean_and_loading(x)
@@ -368,4 +382,6 @@ class DeepLatentFactor(PyroModule):
                 likelihood = dist.Normal(function, noise_scale)
                 if self.multivariate:
                     likelihood = likelihood.to_event(1)
+                if observed is not None:
+                    likelihood = likelihood.mask(observed)
                 return pyro.sample("f", likelihood, obs=f)

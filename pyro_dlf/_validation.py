@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["check_design_points", "check_teacher_values", "check_num_factors", "check_dtype", "check_batch_size"]
+__all__ = ["check_design_points", "check_teacher_values", "check_observed", "check_num_factors", "check_dtype", "check_batch_size"]
 
 
 def _as_float_tensor(value, name: str) -> Tensor:
@@ -41,8 +41,10 @@ def check_design_points(x: Tensor, name: str = "x") -> Tensor:
     return x
 
 
-def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name: str = "f", min_members: int = 2) -> Tensor:
-    """Teacher values ``(n, m)`` (univariate) or ``(n, m, c)`` (multivariate), matching ``x``."""
+def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name: str = "f", min_members: int = 2,
+                         observed: Optional[Tensor] = None) -> Tensor:
+    """Teacher values ``(n, m)`` (univariate) or ``(n, m, c)`` (multivariate), matching ``x``;
+    finite wherever ``observed`` (a checked mask, see :func:`check_observed`) is true."""
     f = _as_float_tensor(f, name)
     expected = 2 if num_outputs is None else 3
     layout = "(num_teachers, num_points)" if num_outputs is None else f"(num_teachers, num_points, {num_outputs})"
@@ -54,8 +56,31 @@ def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name:
         raise ValueError(f"{name} has {f.shape[2]} outputs per point but the model has num_outputs={num_outputs}")
     if f.shape[0] < min_members:
         raise ValueError(f"{name} holds {f.shape[0]} teacher(s); at least {min_members} are needed to estimate a covariance")
-    _check_finite(f, name)
+    if observed is None:
+        _check_finite(f, name)
+    else:
+        check_observed(observed, f)
+        keep = observed if f.dim() == 2 else observed.unsqueeze(-1).expand_as(f)
+        _check_finite(torch.where(keep, f, torch.zeros_like(f)), name)
     return f
+
+
+def check_observed(observed, f: Tensor, name: str = "observed") -> Optional[Tensor]:
+    """``None``, or a boolean mask ``(n, m)`` of where each teacher is observed, with at least one
+    observed point per teacher (values elsewhere are ignored and may be NaN)."""
+    if observed is None:
+        return None
+    if not isinstance(observed, Tensor) or observed.dtype != torch.bool:
+        raise TypeError(f"{name} must be a boolean torch.Tensor of shape (num_teachers, num_points), got "
+                        f"{getattr(observed, 'dtype', type(observed).__name__)}; build it with (values == values) or a comparison")
+    if tuple(observed.shape) != tuple(f.shape[:2]):
+        raise ValueError(f"{name} must have shape {tuple(f.shape[:2])} (teachers, design points), got {tuple(observed.shape)}")
+    if observed.device != f.device:
+        raise ValueError(f"{name} is on {observed.device} but the teacher values are on {f.device}; move it with .to({str(f.device)!r})")
+    empty = (~observed.any(1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(f"{name}: teacher {int(empty[0])} is observed at no design point; drop it or mark where it is observed")
+    return observed
 
 
 def check_num_factors(num_factors: int, num_teachers: int, num_outputs: Optional[int] = None,

@@ -64,6 +64,7 @@ def distill(
     *,
     num_factors: int,
     teacher_noise_variances: Optional[Tensor] = None,
+    observed: Optional[Tensor] = None,
     task: Optional[str] = None,
     covariance: str = "separable",
     centered_loadings: Optional[bool] = None,
@@ -106,6 +107,11 @@ def distill(
         variance ``σ²_{ε,i}`` (``n`` positive values); an inverse gamma is fitted
         to them by maximum likelihood and drives the aleatoric part of the
         predictive (SPEC §2). Teachers are taken as homoscedastic.
+    :param observed: regression only: ``(n, m)`` booleans, where each teacher's
+        value counts (e.g. out-of-fold values: teachers trained on K folds,
+        each observed only on the design points it was not trained on). Exact
+        EM then runs each teacher's E-step on its observed points (SPEC §4);
+        values elsewhere are ignored and may be NaN.
     :param task: ``"regression"`` or ``"classification"``; inferred from the shape.
     :param covariance: classification: the class covariance of the student.
         ``"separable"``: ``Cov(f_j(x), f_k(x')) = Φ(x)^T Φ(x') (L L^T)_{jk}``,
@@ -172,7 +178,9 @@ def distill(
     num_outputs = f.shape[-1] if task == "classification" else None
     if task == "classification" and f.dim() != 3:
         raise ValueError(f"teacher_outputs for classification must be logits of shape (n, m, c), got {tuple(f.shape)}")
-    f = check_teacher_values(f, x, num_outputs, "teacher_outputs")
+    if observed is not None and task != "regression":
+        raise ValueError("observed: teachers observed on different design points are supported for regression teachers; drop observed=")
+    f = check_teacher_values(f, x, num_outputs, "teacher_outputs", observed=observed)
     if num_outputs is not None and num_outputs < 2:
         raise ValueError(f"teacher_outputs: classification needs at least 2 classes, got {num_outputs}")
     n = f.shape[0]
@@ -209,16 +217,23 @@ def distill(
             raise ValueError("hidden: choosing among bodies works for the default MLP body; pass one hidden= with body=, or drop body=")
         f_raw = f
 
-        def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...]) -> Student:
-            return distill(xs, fs, **{**call, "hidden": widths, "progress": False})
+        def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...], mask: Optional[Tensor]) -> Student:
+            return distill(xs, fs, **{**call, "hidden": widths, "progress": False, "observed": mask})
 
-        def score(student: Student, xs: Tensor, fs: Tensor) -> Tensor:
+        def score(student: Student, xs: Tensor, fs: Tensor, mask: Optional[Tensor]) -> Tensor:
             if student.centered_logits:
                 fs = fs - fs.mean(-1, keepdim=True)
             dtype_ = student.dlf.loading_head.weight.dtype
-            return student.dlf.log_marginal_likelihood(xs.to(dtype_), fs.to(dtype_)) / fs[0].numel()
+            if mask is None:
+                return student.dlf.log_marginal_likelihood(xs.to(dtype_), fs.to(dtype_)) / fs[0].numel()
+            # A teacher with no observed validation point has no score (NaN; left out of the comparison).
+            seen = mask.any(1)
+            ll = torch.full((fs.shape[0],), float("nan"), dtype=torch.float64)
+            ll[seen] = student.dlf.log_marginal_likelihood(xs.to(dtype_), fs[seen].to(dtype_), observed=mask[seen]) / mask[seen].sum(1)
+            return ll
 
-        selection = select_hidden(x, f_raw, candidates, fit, score, validation_fraction=validation_fraction, seed=seed)
+        selection = select_hidden(x, f_raw, candidates, fit, score, validation_fraction=validation_fraction, seed=seed,
+                                  observed=observed)
         hidden = selection.chosen
     else:
         selection = None
@@ -239,6 +254,10 @@ def distill(
 
     f = f.to(dtype=dtype, device=x.device)
     x = x.to(dtype=dtype)
+    if observed is not None:
+        observed = observed.to(f.device)
+        # Unobserved entries are placeholders (never read by the algebra); keep them finite.
+        f = torch.where(observed, f, f[observed].mean())
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     if body is None and x.dim() != 2:
@@ -251,10 +270,11 @@ def distill(
     with torch.no_grad():
         if body is None:
             model.input_loc, model.input_scale = _standardize_stats(x, 0)
-        loc, _ = _standardize_stats(f, (0, 1))
+        values = f if observed is None else f[observed]  # the observed values only
+        loc, _ = _standardize_stats(values, tuple(range(values.dim() - (f.dim() - 2))))
         model.output_loc.copy_(loc)
-        model.output_scale.copy_(f.std().clamp_min(1e-8))
-    model.set_noise_variance(0.1 * float(f.var()))
+        model.output_scale.copy_(values.std().clamp_min(1e-8))
+    model.set_noise_variance(0.1 * float(values.var()))
     if body is not None:
         # A wrong body_features would otherwise surface as a matmul shape error.
         with torch.no_grad():
@@ -268,7 +288,7 @@ def distill(
         # check_num_factors warned above; the inner calls would repeat it.
         warnings.filterwarnings("ignore", message=r"num_factors=\d+ (>= number of teachers|exceeds)")
         history = _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
-                       num_iterations, estep, generator, progress)
+                       num_iterations, estep, generator, progress, observed)
     student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits,
                       include_nugget=include_nugget)
     student.history = history
@@ -305,18 +325,19 @@ def scheduled_adam(lr: float, lr_decay: float, warmup: float, num_iterations: in
 
 
 def _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps, num_iterations,
-         estep, generator, progress) -> list[float]:
+         estep, generator, progress, observed=None) -> list[float]:
     """MMD initialization, then EM with a warm-up and geometric decay of Adam's step size."""
     if init == "mmd" and mmd_steps > 0:
         mmd_initialize(model, x, f, num_steps=mmd_steps, penalty=mmd_penalty, lr=lr, batch_size=batch_size,
-                       generator=generator, progress=progress)
+                       generator=generator, progress=progress, observed=observed)
     optim = scheduled_adam(lr, lr_decay, warmup, num_iterations)
     em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=steps, batch_size=batch_size, estep=estep, generator=generator)
     history = []
+    count = f.numel() if observed is None else int(observed.sum()) * (f.numel() // observed.numel())
     bar = tqdm(range(num_iterations), desc="EM", disable=not progress, leave=False)
     for _ in bar:
-        history.append(em.step(x, f) / f.numel())
+        history.append(em.step(x, f, observed) / count)
         optim.step()  # advance the learning-rate schedule by one EM iteration
         bar.set_postfix(nll=f"{history[-1]:.4f}")
-    history.append(em.evaluate_loss(x, f) / f.numel())
+    history.append(em.evaluate_loss(x, f, observed) / count)
     return history

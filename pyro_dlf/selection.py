@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -81,30 +81,37 @@ def select_hidden(
     x: Tensor,
     f: Tensor,
     candidates: Sequence[Sequence[int]],
-    fit: Callable[[Tensor, Tensor, tuple[int, ...]], object],
-    score: Callable[[object, Tensor, Tensor], Tensor],
+    fit: Callable[[Tensor, Tensor, tuple[int, ...], Optional[Tensor]], object],
+    score: Callable[[object, Tensor, Tensor, Optional[Tensor]], Tensor],
     *,
     validation_fraction: float = 0.2,
     seed: int = 0,
+    observed: Optional[Tensor] = None,
 ) -> BodySelection:
     """Compare ``candidates`` by held-out marginal likelihood (see the module docstring).
 
     :param x: design points ``(m, d)``.
     :param f: teacher values ``(n, m)`` or ``(n, m, c)`` as the caller fits them.
-    :param fit: ``fit(x_fit, f_fit, hidden)`` returns a fitted student.
-    :param score: ``score(student, x_val, f_val)`` returns each teacher's log
-        marginal likelihood per scalar at the validation points, ``(n,)``.
+    :param fit: ``fit(x_fit, f_fit, hidden, observed_fit)`` returns a fitted student.
+    :param score: ``score(student, x_val, f_val, observed_val)`` returns each
+        teacher's log marginal likelihood per scalar at the validation points,
+        ``(n,)``; NaN for a teacher with no observed validation value (left out).
+    :param observed: optional ``(n, m)`` mask of observed teacher values, split with the points.
     """
     candidates = [tuple(int(w) for w in c) for c in candidates]
     if not candidates:
         raise ValueError("hidden: give at least one candidate body, e.g. [(50,), (100, 100)]")
     fit_idx, val_idx = split_design(x.shape[0], validation_fraction, seed)
     scores, sizes = [], []
+    part = (lambda idx: None) if observed is None else (lambda idx: observed[:, idx])  # noqa: E731
     for hidden in candidates:
-        student = fit(x[fit_idx], f[:, fit_idx], hidden)
-        scores.append(score(student, x[val_idx], f[:, val_idx]).double())
+        student = fit(x[fit_idx], f[:, fit_idx], hidden, part(fit_idx))
+        scores.append(score(student, x[val_idx], f[:, val_idx], part(val_idx)).double())
         sizes.append(sum(p.numel() for p in student.parameters()))
     table = torch.stack(scores)  # (candidates, teachers)
+    table = table[:, ~torch.isnan(table).any(0)]
+    if table.shape[1] == 0:
+        raise ValueError("observed: no teacher is observed at the validation points; give more design points or a fixed hidden=")
     means = table.mean(1)
     best = int(means.argmax())
     n = table.shape[1]

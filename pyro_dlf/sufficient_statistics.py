@@ -30,6 +30,12 @@ posterior precision ``Z ↦ Z + L^T L Z G / σ^2`` is diagonal in the basis
 ``\tilde Z = V^T Z U`` with entries ``1 + e_a d_b / σ^2``; the right-hand side
 is ``L^T A_i / σ^2``.
 
+Teachers observed on different design points (SPEC §4; e.g. out-of-fold
+values): with ``O_i`` the points where teacher ``i`` is observed (a boolean
+mask), every sum above runs over ``O_i`` only, so each teacher has its own
+Gram ``G_i = Σ_{j∈O_i} Φ_j^T Φ_j``, posterior ``C_i^{-1}`` and ``|O_i|``
+observed scalars (univariate and full models).
+
 Marginal likelihood (determinant lemma and Woodbury, never an ``m×m`` matrix):
 
 .. math::
@@ -65,7 +71,8 @@ __all__ = [
 class FactorStatistics:
     """Sufficient statistics of teacher residuals at fixed network parameters.
 
-    :ivar gram: ``Φ^T Φ``, shape ``(q, q)``.
+    :ivar gram: ``Φ^T Φ``, shape ``(q, q)``; with an observation mask one Gram
+        per teacher over its observed points, ``(n, q, q)``.
     :ivar cross: ``Φ^T r_i`` stacked, ``(n, q)``; multivariate ``R_i^T Φ``, ``(n, c, q)``.
     :ivar residual_sq: ``\\|r_i\\|^2``, shape ``(n,)``.
     :ivar num_points: the number of design points ``m`` summed over.
@@ -80,6 +87,16 @@ class FactorStatistics:
     residual_sq: Tensor
     num_points: int
     outputs_per_point: int = 1
+    observed_counts: Optional[Tensor] = None
+
+    @property
+    def masked(self) -> bool:
+        """Teachers observed on different design points (per-teacher Grams)."""
+        return self.observed_counts is not None
+
+    def entries(self):
+        """Observed scalars per teacher: an int, or ``(n,)`` counts with an observation mask."""
+        return self.num_entries if self.observed_counts is None else self.observed_counts * self.outputs_per_point
 
     @property
     def multivariate(self) -> bool:
@@ -103,6 +120,7 @@ class FactorStatistics:
             self.residual_sq + other.residual_sq,
             self.num_points + other.num_points,
             self.outputs_per_point,
+            None if self.observed_counts is None else self.observed_counts + other.observed_counts,
         )
 
 
@@ -111,7 +129,8 @@ class FactorPosterior:
     r"""Gaussian posterior of the latent factors given the teachers.
 
     Univariate: ``z_i ~ N(mean[i], covariance)``, ``covariance = (I + G/σ^2)^{-1}``
-    shared by all teachers.
+    shared by all teachers; with an observation mask one per teacher,
+    ``covariance`` ``(n, q, q)`` and ``variances`` ``(n, q)``.
 
     Multivariate: ``Z_i = V \tilde Z_i U^T`` with independent
     ``\tilde Z_{i,ab} ~ N(\tilde m_{i,ab}, variances[a, b])``.
@@ -144,7 +163,8 @@ class FactorPosterior:
         )
 
 
-def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[torch.dtype] = torch.float64) -> FactorStatistics:
+def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[torch.dtype] = torch.float64,
+                     observed: Optional[Tensor] = None) -> FactorStatistics:
     """Sufficient statistics of one minibatch of ``b`` design points.
 
     :param mean: ``μ`` at the batch, ``(b,)`` or ``(b, c)``.
@@ -154,10 +174,27 @@ def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[t
     :param f: teacher values at the batch, ``(n, b)`` or ``(n, b, c)``.
     :param dtype: accumulation dtype; float64 by default because the marginal
         likelihood subtracts two nearly equal sums when ``σ_f^2`` is small.
+    :param observed: optional boolean mask ``(n, b)``: teacher ``i`` is observed
+        at point ``j`` (univariate and full models); values at unobserved
+        entries are ignored (they may be NaN).
     """
     if dtype is not None:
         mean, loading, f = mean.to(dtype), loading.to(dtype), f.to(dtype)
     residual = f - mean
+    if observed is not None:
+        if loading.dim() == 2 and residual.dim() == 3:
+            raise NotImplementedError("observed: teachers observed on different points are supported by the univariate and full models, not the separable one")
+        weight = observed.to(residual.dtype)
+        if residual.dim() == 3:
+            weight = weight.unsqueeze(-1).expand_as(residual)
+        residual = torch.where(weight > 0, residual, torch.zeros_like(residual))
+        rows = loading.reshape(-1, loading.shape[-1])
+        w = weight.reshape(weight.shape[0], -1)
+        flat = residual.reshape(residual.shape[0], -1)
+        gram = torch.einsum("nr,rq,rk->nqk", w, rows, rows)
+        per_point = loading.shape[1] if loading.dim() == 3 else 1
+        return FactorStatistics(gram, flat @ rows, flat.pow(2).sum(1), loading.shape[0], per_point,
+                                observed.to(residual.dtype).sum(1))
     if loading.dim() == 3:
         b, c, q = loading.shape
         rows = loading.reshape(b * c, q)
@@ -181,8 +218,15 @@ def factor_posterior(stats: FactorStatistics, noise_variance: Tensor, class_fact
     """
     dtype = stats.cross.dtype
     noise = torch.as_tensor(noise_variance, dtype=dtype)
-    q = stats.gram.shape[0]
+    q = stats.gram.shape[-1]
     eye = torch.eye(q, dtype=dtype, device=stats.gram.device)
+    if stats.masked:
+        # One posterior per teacher: C_i = I + G_i / σ².
+        chol = torch.linalg.cholesky(eye + stats.gram / noise)
+        covariance = torch.cholesky_inverse(chol)
+        mean = torch.einsum("nqk,nk->nq", covariance, stats.cross) / noise
+        variances = 1.0 / (1.0 + torch.linalg.eigvalsh(stats.gram).clamp_min(0) / noise)
+        return FactorPosterior(mean, variances, covariance=covariance)
     if not stats.multivariate:
         precision = eye + stats.gram / noise
         chol = torch.linalg.cholesky(precision)
@@ -211,7 +255,7 @@ def log_marginal_likelihood(stats: FactorStatistics, posterior: FactorPosterior,
     """
     dtype = stats.cross.dtype
     noise = torch.as_tensor(noise_variance, dtype=dtype)
-    N = stats.num_entries
+    N = stats.entries()
     post = posterior.to(dtype)
     if stats.multivariate:
         projected = torch.einsum("ka,nkq->naq", class_factor.to(dtype), stats.cross)  # L^T A_i
@@ -219,7 +263,9 @@ def log_marginal_likelihood(stats: FactorStatistics, posterior: FactorPosterior,
     else:
         explained = (stats.cross * post.mean).sum(1)
     quad = (stats.residual_sq - explained) / noise
-    logdet = -post.variances.log().sum() + N * noise.log()
+    # log|C|: one per teacher with an observation mask (variances (n, q), N (n,)), else shared.
+    log_variances = post.variances.log()
+    logdet = -(log_variances.sum(-1) if stats.masked else log_variances.sum()) + N * noise.log()
     return -0.5 * (N * math.log(2 * math.pi) + logdet + quad)
 
 
@@ -247,7 +293,8 @@ def combine(mean: Tensor, loading: Tensor, z: Tensor, class_factor: Optional[Ten
     return mean + torch.einsum("...cq,mq->...mc", z, loading) @ class_factor.mT
 
 
-def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: FactorPosterior, class_factor: Optional[Tensor] = None) -> Tensor:
+def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: FactorPosterior, class_factor: Optional[Tensor] = None,
+                           observed: Optional[Tensor] = None) -> Tensor:
     r"""``Σ_i E‖f_i − μ − Φ z_i‖²`` over one batch, under a fixed posterior.
 
     This is the data term of the expected complete-data log-likelihood ``Q``
@@ -257,10 +304,22 @@ def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: 
     * univariate and full: ``Σ_i ‖r_i − Φ E z_i‖² + n · tr(S Φ^T Φ)`` (full:
       ``Φ`` the stacked ``(point, class)`` rows);
     * multivariate: ``Σ_i ‖R_i − Φ E Z_i^T L^T‖² +
-      n Σ_a (V^T L^T L V)_{aa} Σ_b s_{ab} (U^T Φ^T Φ U)_{bb}``.
+      n Σ_a (V^T L^T L V)_{aa} Σ_b s_{ab} (U^T Φ^T Φ U)_{bb}``;
+    * with an ``observed`` mask (univariate, full): both sums over each
+      teacher's observed entries only, ``Σ_i Σ_{j∈O_i} [(r_ij − Φ_j E z_i)² + Φ_j S_i Φ_j^T]``.
     """
     post = posterior.to(loading.dtype)
     n = f.shape[0]
+    if observed is not None:
+        fitted = combine(mean, loading, post.mean.unsqueeze(-2))
+        rows = loading.reshape(loading.shape[0], -1, loading.shape[-1])  # (b, c or 1, q)
+        covariance = post.covariance if post.covariance.dim() == 3 else post.covariance.expand(n, -1, -1)
+        per_entry = torch.einsum("bcq,nqk,bck->nbc", rows, covariance, rows)
+        keep = observed.unsqueeze(-1) if f.dim() == 3 else observed
+        # The inner where keeps unobserved values (possibly NaN) out of the graph: a NaN there would
+        # turn the masked-out gradient 0 · NaN into NaN.
+        residual = torch.where(keep, torch.where(keep, f, torch.zeros_like(f)) - fitted, torch.zeros_like(fitted))
+        return residual.pow(2).sum() + (per_entry * observed.unsqueeze(-1).to(per_entry.dtype)).sum()
     if class_factor is None:
         fitted = combine(mean, loading, post.mean.unsqueeze(-2))
         trace = (loading @ post.covariance * loading).sum()

@@ -22,7 +22,8 @@ from pyro_dlf.sufficient_statistics import (
 __all__ = ["EM", "expected_complete_nll"]
 
 
-def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, x: Tensor, f: Tensor) -> Tensor:
+def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, x: Tensor, f: Tensor,
+                          observed: Optional[Tensor] = None) -> Tensor:
     r"""The M-step objective: ``−Q(θ, σ_f^2)`` per observed scalar on a batch (SPEC §4).
 
     .. math::
@@ -32,13 +33,15 @@ def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, 
     with the expectation under the guide's (fixed) posterior. It is a sum over
     design points, so minibatch gradients are unbiased given the posterior.
     Normalizing per scalar keeps the scale (and Adam's step sizes) independent
-    of the number of teachers and design points.
+    of the number of teachers and design points. With an ``observed`` mask the
+    sums and the count run over the observed entries only.
     """
     mean, loading = model.mean_and_loading(x)
     L = model.separable_class_factor
     noise = model.noise_variance.detach()
-    sq = expected_squared_error(mean, loading, f, guide.posterior, L)
-    return 0.5 * torch.log(2 * math.pi * noise) + sq / (2 * noise * f.numel())
+    sq = expected_squared_error(mean, loading, f, guide.posterior, L, observed=observed)
+    count = f.numel() if observed is None else max(int(observed.sum()) * (f.numel() // observed.numel()), 1)
+    return 0.5 * torch.log(2 * math.pi * noise) + sq / (2 * noise * count)
 
 
 class EM:
@@ -135,6 +138,7 @@ class EM:
         self._cursor = 0
         self._cache: Optional[tuple[tuple, FactorStatistics]] = None
         self._checked: Optional[tuple[int, ...]] = None
+        self._observed: Optional[Tensor] = None
 
     # --------------------------------------------------------------- helpers
     def _params(self) -> list[Tensor]:
@@ -148,21 +152,36 @@ class EM:
         (``p.data = ...``, a new buffer) changes its address, so cached
         statistics are reused only when neither the data nor θ changed.
         """
-        tensors = [x, f, *self.model.parameters(), *self.model.buffers()]
+        data = [x, f] + ([] if self._observed is None else [self._observed])
+        tensors = data + [*self.model.parameters(), *self.model.buffers()]
         return tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
 
-    def _check(self, x: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-        key = (id(x), id(f), x.data_ptr(), f.data_ptr(), x._version, f._version, tuple(x.shape), tuple(f.shape))
+    def _check(self, x: Tensor, f: Tensor, observed: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        data = (x, f) if observed is None else (x, f, observed)
+        key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in data)
         if self._checked != key:
             x = check_design_points(x, "x")
             self.model.check_inputs(x, "x")
-            f = check_teacher_values(f, x, self.model.num_outputs, "f")
+            f = check_teacher_values(f, x, self.model.num_outputs, "f", observed=observed)
             check_dtype(f, self.model, "f")
             check_num_factors(self.model.num_factors, f.shape[0], self.model.num_outputs, self.model.covariance_type)
+            if observed is not None and self.mstep == "linear_heads":
+                raise NotImplementedError("observed: mstep='linear_heads' needs every teacher at every point; use mstep='gradient'")
             self._checked = key
+            self._observed = observed
             self._order = None
             self._cache = None
         return x, f
+
+    def _mask(self, idx=None) -> Optional[Tensor]:
+        """The observation mask of the checked data (columns ``idx``: a slice or index tensor), or ``None``."""
+        if self._observed is None:
+            return None
+        return self._observed if idx is None else self._observed[:, idx]
+
+    def _count(self, f: Tensor) -> int:
+        """Observed scalars: every entry of ``f``, or the masked ones (times the outputs per point)."""
+        return f.numel() if self._observed is None else int(self._observed.sum()) * (f.numel() // self._observed.numel())
 
     def _batches(self, m: int, count: int):
         """``count`` minibatch index sets, walking shuffled epochs across calls."""
@@ -179,7 +198,7 @@ class EM:
         key = self._fingerprint(x, f)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        stats = self.model.statistics(x, f, self.batch_size)
+        stats = self.model.statistics(x, f, self.batch_size, self._mask())
         self._cache = (key, stats)
         return stats
 
@@ -200,20 +219,20 @@ class EM:
                 stats = None
                 for start in range(0, x.shape[0], size):
                     mean, loading = model.mean_and_loading(x[start:start + size])
-                    fb = f[:, start:start + size]
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L))
+                    fb, ob = f[:, start:start + size], self._mask(slice(start, start + size))
+                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob))
                     # The same pass gives the next E-step's statistics (they do not depend on σ_f^2).
-                    part = batch_statistics(mean, loading, fb)
+                    part = batch_statistics(mean, loading, fb, observed=ob)
                     stats = part if stats is None else stats + part
-                self._set_noise(total / f.numel())
+                self._set_noise(total / self._count(f))
                 self._cache = (self._fingerprint(x, f), stats)
             else:
                 for start in range(0, x.shape[0], size):
-                    xb, fb = x[start:start + size], f[:, start:start + size]
-                    self.guide.set_statistics(model.statistics(xb, fb))
+                    xb, fb, ob = x[start:start + size], f[:, start:start + size], self._mask(slice(start, start + size))
+                    self.guide.set_statistics(model.statistics(xb, fb, observed=ob))
                     mean, loading = model.mean_and_loading(xb)
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L))
-                self._set_noise(total / f.numel())
+                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob))
+                self._set_noise(total / self._count(f))
 
     def _expand(self) -> None:
         r"""Parameter-expanded EM (Liu, Rubin & Wu, 1998).
@@ -264,7 +283,9 @@ class EM:
             post.mean = centred
             return
         n = centred.shape[0]
-        spread = centred.T @ centred / n + post.covariance
+        # Teachers observed on different points have their own posterior covariances: average them.
+        shared = post.covariance if post.covariance.dim() == 2 else post.covariance.mean(0)
+        spread = centred.T @ centred / n + shared
         chol = torch.linalg.cholesky(spread)
         with torch.no_grad():
             factor = chol.T.to(W.dtype)
@@ -278,9 +299,10 @@ class EM:
         inv = torch.linalg.solve_triangular(chol, torch.eye(len(chol), dtype=chol.dtype, device=chol.device), upper=False)
         post.covariance = inv @ post.covariance @ inv.T
 
-    def _gradient_step(self, xb: Tensor, fb: Tensor) -> None:
+    def _gradient_step(self, xb: Tensor, fb: Tensor, ob: Optional[Tensor] = None) -> None:
         params = self._params()
-        loss = self.loss(self.model, self.guide, xb, fb)
+        # A user loss keeps SVI's four arguments unless the teachers are masked.
+        loss = self.loss(self.model, self.guide, xb, fb) if ob is None else self.loss(self.model, self.guide, xb, fb, observed=ob)
         loss.backward()
         self.optim(params)
         for p in params:
@@ -326,11 +348,15 @@ class EM:
             model.loading_head.bias.copy_(theta[-1, 1:].to(dtype))
 
     # -------------------------------------------------------- SVI-like API
-    def step(self, x: Tensor, f: Tensor) -> float:
+    def step(self, x: Tensor, f: Tensor, observed: Optional[Tensor] = None) -> float:
         """One EM iteration.
 
         :param x: design points ``(m, ...)``.
         :param f: teacher values ``(n, m)`` or ``(n, m, c)``.
+        :param observed: optional ``(n, m)`` booleans: teacher ``i`` is observed
+            at point ``j`` (e.g. out-of-fold values; SPEC §4). Every E-step
+            quantity, ``Q`` and the ``σ_f^2`` update then run over each
+            teacher's observed points only (univariate and full models).
         :returns: the negative log marginal likelihood (summed over teachers)
             at the parameters before the update (``estep="exact"``); for
             ``estep="minibatch"``, the sum over this iteration's minibatches of
@@ -339,7 +365,7 @@ class EM:
             After a minibatch step the guide holds the last minibatch's
             posterior; call ``guide.update(x, f)`` for the exact one.
         """
-        x, f = self._check(x, f)
+        x, f = self._check(x, f, observed)
         if self.estep == "exact":
             stats = self._statistics(x, f)
             self.guide.set_statistics(stats)
@@ -350,21 +376,21 @@ class EM:
                 self._linear_heads(x, f)
             else:
                 for idx in self._batches(x.shape[0], self.num_m_steps):
-                    self._gradient_step(x[idx], f[:, idx])
+                    self._gradient_step(x[idx], f[:, idx], self._mask(idx))
         else:
             loss = 0.0
             for idx in self._batches(x.shape[0], self.num_m_steps):
-                xb, fb = x[idx], f[:, idx]
-                stats = self.model.statistics(xb, fb)
+                xb, fb, ob = x[idx], f[:, idx], self._mask(idx)
+                stats = self.model.statistics(xb, fb, observed=ob)
                 self.guide.set_statistics(stats)
                 loss -= float(self._log_likelihood(stats).sum())
                 if self.expand:
                     self._expand()
-                self._gradient_step(xb, fb)
+                self._gradient_step(xb, fb, ob)
         self._noise_update(x, f)
         return loss
 
-    def evaluate_loss(self, x: Tensor, f: Tensor) -> float:
+    def evaluate_loss(self, x: Tensor, f: Tensor, observed: Optional[Tensor] = None) -> float:
         """The exact negative log marginal likelihood (summed over teachers), no update."""
-        x, f = self._check(x, f)
-        return -float(self.model.log_marginal_likelihood(x, f, self.batch_size).sum())
+        x, f = self._check(x, f, observed)
+        return -float(self.model.log_marginal_likelihood(x, f, self.batch_size, observed).sum())

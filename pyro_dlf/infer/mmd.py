@@ -66,6 +66,7 @@ def mmd_initialize(
     noise_floor: float = 1e-6,
     generator: Optional[torch.Generator] = None,
     progress: bool = False,
+    observed: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Pre-fit θ by the penalized complete likelihood, so EM starts well (SPEC §5).
 
@@ -88,11 +89,13 @@ def mmd_initialize(
     :param penalty: λ > 0.
     :param num_reference: prior draws per step in the MMD.
     :param noise_floor: lower bound of ``σ_f^2`` relative to ``model.output_scale ** 2``.
+    :param observed: optional ``(n, m)`` booleans: the mean squared residual
+        runs over each teacher's observed entries only.
     :returns: the fitted codes, ``(n, q)`` or ``(n, c, q)``.
     """
     x = check_design_points(x, "x")
     model.check_inputs(x, "x")
-    f = check_teacher_values(f, x, model.num_outputs, "f")
+    f = check_teacher_values(f, x, model.num_outputs, "f", observed=observed)
     check_dtype(f, model, "f")
     check_num_factors(model.num_factors, f.shape[0], model.num_outputs, model.covariance_type)
     if not penalty > 0:
@@ -119,7 +122,10 @@ def mmd_initialize(
         mean, loading = model.mean_and_loading(x[idx])
         L = model.separable_class_factor
         fitted = combine(mean, loading, codes.unsqueeze(align), L)
-        mse = (f[:, idx] - fitted).pow(2).mean()
+        squared = _squared_residuals(f[:, idx], fitted, None if observed is None else observed[:, idx])
+        if squared.numel() == 0:  # a minibatch without any observed value: nothing to fit
+            continue
+        mse = squared.mean()
         reference = torch.randn((num_reference, codes[0].numel()), generator=generator, device=gen_device).to(dtype=dtype, device=device)
         loss = 0.5 * torch.log(mse) + penalty * mmd(codes.reshape(n, -1), reference)
         optimizer.zero_grad()
@@ -128,8 +134,20 @@ def mmd_initialize(
     with torch.no_grad():
         total = 0.0
         L = model.separable_class_factor
+        count = 0
         for start in range(0, m, size):
             mean, loading = model.mean_and_loading(x[start:start + size])
-            total += float((f[:, start:start + size] - combine(mean, loading, codes.unsqueeze(align), L)).pow(2).sum())
-        model.set_noise_variance(total / f.numel(), noise_floor)
+            ob = None if observed is None else observed[:, start:start + size]
+            sq = _squared_residuals(f[:, start:start + size], combine(mean, loading, codes.unsqueeze(align), L), ob)
+            total += float(sq.sum())
+            count += sq.numel()  # every entry, or the observed ones (flattened) under a mask
+        model.set_noise_variance(total / count, noise_floor)
     return codes.detach()
+
+
+def _squared_residuals(f: Tensor, fitted: Tensor, observed: Optional[Tensor]) -> Tensor:
+    """``(f − fitted)²``, or only its observed entries (flattened) under a mask."""
+    if observed is None:
+        return (f - fitted).pow(2)
+    keep = observed if f.dim() == 2 else observed.unsqueeze(-1).expand_as(f)
+    return (f[keep] - fitted[keep]).pow(2)
