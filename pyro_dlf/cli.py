@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--dlf-iterations", type=int, default=150)
     uci.add_argument("--mmd-steps", type=int, default=500)
     uci.add_argument("--num-factors", type=int, default=10)
-    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment"),
+    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof"),
                      help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out and jittered design "
-                          "points, nugget in the predictive, Gaussian/mixup-augmented design points")
+                          "points, nugget in the predictive, Gaussian/mixup-augmented design points, out-of-fold teacher values")
     uci.add_argument("--max-design", type=int, default=0,
                      help="at most this many training inputs as design points (default 0: all of them)")
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],

@@ -408,6 +408,8 @@ class DeepEnsembleRegressor(MixtureRegressor):
             generators.append(torch.Generator().manual_seed(seed + i))
         rows = None
         if n_val:
+            # The first draw of each member's generator (row_permutations reproduces it); the same
+            # generators then give the minibatch orders.
             perms = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(xs.device)
             val_rows, rows = perms[:, :n_val], perms[:, n_val:]
         mses = fit_regressors(
@@ -424,6 +426,25 @@ class DeepEnsembleRegressor(MixtureRegressor):
         self.noise_variances.copy_(y_std.inverse_variance(noise_std))
         self.fitted.fill_(True)
         return self.eval()
+
+    def row_permutations(self, num_rows: int, seed: int) -> Tensor:
+        """Each member's permutation of the training rows, ``(M, n)``, as :meth:`fit` draws it for
+        ``seed`` (the first draw of member ``i``'s generator, seeded ``seed + i``): with
+        ``validation_fraction > 0`` member ``i`` holds out the first
+        ``round(validation_fraction · n)`` rows of row ``i`` and trains on the rest."""
+        return torch.stack([torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed + i))
+                            for i in range(self.num_members)])
+
+    def held_out_mask(self, num_rows: int, validation_fraction: float, seed: int) -> Tensor:
+        """``(M, n)`` booleans: the training rows each member did *not* train on (its held-out
+        rows), as :meth:`fit` chose them for ``seed`` and ``validation_fraction``. A member's
+        values there are out of sample: the disagreement a new input would see."""
+        n_val = round(float(validation_fraction) * num_rows)
+        if not 1 <= n_val < num_rows:
+            raise ValueError(f"validation_fraction={validation_fraction:g} of {num_rows} rows holds out no row or every row")
+        mask = torch.zeros(self.num_members, num_rows, dtype=torch.bool)
+        mask.scatter_(1, self.row_permutations(num_rows, seed)[:, :n_val], True)
+        return mask
 
     # ------------------------------------------------------------------ prediction
 

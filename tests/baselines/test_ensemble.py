@@ -161,6 +161,20 @@ def test_noise_variances_match_true_noise(sine_ensemble):
     assert torch.all(ratio < 2.0), ratio
 
 
+def test_held_out_mask_is_the_rows_each_member_did_not_train_on(sine_ensemble):
+    """Each member's noise variance is its MSE on exactly the rows held_out_mask marks (and only those)."""
+    model, x, y = sine_ensemble
+    mask = model.held_out_mask(len(y), 0.25, seed=0)
+    assert mask.shape == (3, 400) and (mask.sum(1) == 100).all()
+    with torch.no_grad():
+        predictions = model.member_predictions(x)
+    for i in range(3):
+        mse = (predictions[i][mask[i]] - y[mask[i]]).square().mean()
+        torch.testing.assert_close(model.noise_variances[i], mse, rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="holds out no row"):
+        model.held_out_mask(400, 0.0, seed=0)
+
+
 def test_members_differ_and_ensemble_fits(sine_ensemble):
     model, _, _ = sine_ensemble
     grid = torch.linspace(-1.4, 1.4, 101).unsqueeze(-1)
