@@ -131,7 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = DemoConfig.smoke(**overrides) if args.smoke else DemoConfig(**overrides)
         result = run_demo(config)
         print(f"Diabetes (442 x 10): {config.num_teachers} teachers trained in {result['teacher_fit_seconds']:.1f} s, "
-              f"distilled in {result['distill_seconds']:.1f} s (q = {config.num_factors}).")
+              f"distilled in {result['distill_seconds']:.1f} s on {result['design_points']} design points "
+              f"(q = {config.num_factors}, body {tuple(result['student_hidden'])}).")
         print(format_table(result["rows"]))
         fid = result["fidelity"]
         print(f"Student vs ensemble at the test inputs: RMS mean difference {fid['rms_mean_difference']:.1f} "

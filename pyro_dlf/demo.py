@@ -1,11 +1,17 @@
 r"""The ``pyro-dlf demo`` job: distill a 10-MLP deep ensemble on the diabetes data.
 
 Protocol: scikit-learn's diabetes data (442 × 10) is split at random into
-train (60 %), design (20 %, the held-out transfer set) and test (20 %). A deep
+train (60 %), design (20 %, held out from the teachers) and test (20 %). A deep
 ensemble of MLPs is trained on the train part, each member with its own
-held-out noise variance; the ensemble's member predictions at the design
-points are distilled into one DLF student; all three predictives -- the
-teacher ensemble, one teacher, the student -- are scored on the test part with
+held-out noise variance. The teachers need no labels, so the design points
+are every input outside the test part (train and design) plus
+``design_copies`` Gaussian perturbations of each
+(:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth): more design
+points, and points between and slightly beyond the data, let the student
+follow the ensemble's mean instead of guessing it from 88 points. The
+student's body is chosen by the teachers' held-out marginal likelihood
+(``student_hidden="auto"``). All three predictives -- the teacher ensemble,
+one teacher, the student -- are scored on the test part with
 :mod:`pyro_dlf.metrics`.
 """
 
@@ -23,7 +29,7 @@ import torch
 from pyro_dlf import metrics
 from pyro_dlf.api import distill
 from pyro_dlf.baselines import DeepEnsembleRegressor
-from pyro_dlf.data import train_design_test_split
+from pyro_dlf.data import gaussian_perturbation, train_design_test_split
 
 __all__ = ["DemoConfig", "run_demo", "format_table"]
 
@@ -36,7 +42,8 @@ class DemoConfig:
     teacher_hidden: tuple = (50, 50)
     teacher_epochs: int = 300
     num_factors: int = 5
-    student_hidden: tuple = (50,)
+    student_hidden: object = "auto"
+    design_copies: int = 4
     num_iterations: int = 150
     mmd_steps: int = 500
     num_samples: int = 1000
@@ -48,7 +55,7 @@ class DemoConfig:
     def smoke(cls, **overrides) -> "DemoConfig":
         """A seconds-long configuration that exercises every step (for tests)."""
         settings = dict(num_teachers=4, teacher_hidden=(16,), teacher_epochs=30, num_factors=2,
-                        student_hidden=(16,), num_iterations=5, mmd_steps=20, num_samples=100)
+                        student_hidden=(16,), design_copies=1, num_iterations=5, mmd_steps=20, num_samples=100)
         settings.update(overrides)
         return cls(**settings)
 
@@ -89,9 +96,13 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
     teacher_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    teacher_design = ensemble.member_predictions(x_design)
+    unlabeled = torch.cat([x_train, x_design])
+    if config.design_copies:
+        g = torch.Generator().manual_seed(config.seed)
+        unlabeled = torch.cat([unlabeled, gaussian_perturbation(unlabeled, config.design_copies, generator=g)])
+    teacher_design = ensemble.member_predictions(unlabeled)
     student = distill(
-        x_design, teacher_design, num_factors=config.num_factors,
+        unlabeled, teacher_design, num_factors=config.num_factors,
         teacher_noise_variances=ensemble.noise_variances, hidden=config.student_hidden,
         num_iterations=config.num_iterations, mmd_steps=config.mmd_steps, seed=config.seed, progress=config.progress,
     )
@@ -120,6 +131,9 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
         "config": asdict(config),
         "teacher_fit_seconds": teacher_seconds,
         "distill_seconds": student_seconds,
+        "design_points": int(unlabeled.shape[0]),
+        "student_hidden": list(student.dlf.hidden),
+        "body_selection": None if student.body_selection is None else student.body_selection.as_dict(),
         # Fidelity to the teachers at test inputs: how far the student's mean is from the
         # ensemble mean, against the teachers' own spread there.
         "fidelity": {
