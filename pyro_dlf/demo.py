@@ -178,6 +178,9 @@ def _plot(path, y, teacher_values, ens_means, ens_vars, dlf_means, dlf_vars) -> 
         hi = metrics.mixture_quantile(means, variances, 0.975)[order]
         ax.fill_between(idx, lo, hi, alpha=0.3, label="95 % predictive interval")
         ax.plot(idx, means.mean(0)[order], lw=1.5, label="predictive mean")
+        if title == "DLF student":  # how closely the student follows its ensemble
+            ax.plot(idx, ens_means.mean(0)[order], lw=1.0, ls="--", color="tab:orange", label="ensemble mean")
+            ax.legend(loc="upper left")
         ax.scatter(idx, y[order], s=8, color="k", label="observed")
         ax.set_title(title)
         ax.set_xlabel("test inputs, sorted by the ensemble mean")
