@@ -258,37 +258,39 @@ def distill(
         observed = observed.to(f.device)
         # Unobserved entries are placeholders (never read by the algebra); keep them finite.
         f = torch.where(observed, f, f[observed].mean())
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    if body is None and x.dim() != 2:
-        raise ValueError(f"x_design has shape {tuple(x.shape)}: the default MLP body needs (m, d) inputs; pass body= and body_features= for other inputs")
-    model = DeepLatentFactor(
-        x.shape[1] if body is None else None, num_factors, hidden, num_outputs,
-        body=body, body_features=body_features, activation=activation,
-        covariance=covariance if num_outputs is not None else "separable", centered_loadings=bool(centered_loadings),
-    ).to(dtype=dtype, device=x.device)
-    with torch.no_grad():
-        if body is None:
-            model.input_loc, model.input_scale = _standardize_stats(x, 0)
-        values = f if observed is None else f[observed]  # the observed values only
-        loc, _ = _standardize_stats(values, tuple(range(values.dim() - (f.dim() - 2))))
-        model.output_loc.copy_(loc)
-        model.output_scale.copy_(values.std().clamp_min(1e-8))
-    model.set_noise_variance(0.1 * float(values.var()))
-    if body is not None:
-        # A wrong body_features would otherwise surface as a matmul shape error.
+    # Seed this fit without touching the caller's random state (network initialization draws from it).
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        if body is None and x.dim() != 2:
+            raise ValueError(f"x_design has shape {tuple(x.shape)}: the default MLP body needs (m, d) inputs; pass body= and body_features= for other inputs")
+        model = DeepLatentFactor(
+            x.shape[1] if body is None else None, num_factors, hidden, num_outputs,
+            body=body, body_features=body_features, activation=activation,
+            covariance=covariance if num_outputs is not None else "separable", centered_loadings=bool(centered_loadings),
+        ).to(dtype=dtype, device=x.device)
         with torch.no_grad():
-            probe = model.body(x[:1])
-        if probe.dim() != 2 or probe.shape[1] != model.body_features:
-            raise ValueError(f"body_features={body_features} but body maps x_design[:1] to shape {tuple(probe.shape)}; pass body_features={probe.shape[-1]}")
+            if body is None:
+                model.input_loc, model.input_scale = _standardize_stats(x, 0)
+            values = f if observed is None else f[observed]  # the observed values only
+            loc, _ = _standardize_stats(values, tuple(range(values.dim() - (f.dim() - 2))))
+            model.output_loc.copy_(loc)
+            model.output_scale.copy_(values.std().clamp_min(1e-8))
+        model.set_noise_variance(0.1 * float(values.var()))
+        if body is not None:
+            # A wrong body_features would otherwise surface as a matmul shape error.
+            with torch.no_grad():
+                probe = model.body(x[:1])
+            if probe.dim() != 2 or probe.shape[1] != model.body_features:
+                raise ValueError(f"body_features={body_features} but body maps x_design[:1] to shape {tuple(probe.shape)}; pass body_features={probe.shape[-1]}")
 
-    m = x.shape[0]
-    steps = num_m_steps if num_m_steps is not None else math.ceil(m / min(batch_size, m))
-    with warnings.catch_warnings():
-        # check_num_factors warned above; the inner calls would repeat it.
-        warnings.filterwarnings("ignore", message=r"num_factors=\d+ (>= number of teachers|exceeds)")
-        history = _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
-                       num_iterations, estep, generator, progress, observed)
+        m = x.shape[0]
+        steps = num_m_steps if num_m_steps is not None else math.ceil(m / min(batch_size, m))
+        with warnings.catch_warnings():
+            # check_num_factors warned above; the inner calls would repeat it.
+            warnings.filterwarnings("ignore", message=r"num_factors=\d+ (>= number of teachers|exceeds)")
+            history = _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
+                           num_iterations, estep, generator, progress, observed)
     student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits,
                       include_nugget=include_nugget)
     student.history = history

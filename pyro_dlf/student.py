@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-import zipfile
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import IO, Optional, Union
 
 import pyro
 import pyro.distributions as dist
@@ -19,13 +18,11 @@ from pyro_dlf._validation import check_batch_size, check_design_points
 from pyro_dlf.metrics import entropy_decomposition
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import inverse_gamma_quantiles
+from pyro_dlf.student_file import FORMAT_NAME, FORMAT_VERSION, build_model, read_payload, write_payload
 from pyro_dlf.sufficient_statistics import combine
 
 __all__ = ["Student", "RegressionPrediction", "ClassificationPrediction", "FORMAT_VERSION"]
 
-#: Version of the file layout written by :meth:`Student.save`.
-FORMAT_VERSION = 1
-_FORMAT_NAME = "pyro_dlf.Student"
 
 
 @dataclass
@@ -229,10 +226,16 @@ class Student(PyroModule):
         return mean.expand_as(variances), variances
 
     # -------------------------------------------------------------- saving
-    def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write a versioned config and the state dict (loadable with ``weights_only=True``)."""
+    def save(self, path: Union[str, os.PathLike, IO[bytes]]) -> None:
+        """Write a versioned, checksummed config and state dict (loadable with ``weights_only=True``).
+
+        A path is written atomically: to a temporary file in the same folder,
+        then renamed over ``path``, so a failed save never destroys the file
+        already there (:mod:`pyro_dlf.student_file`). A binary file object is
+        written in place.
+        """
         payload = {
-            "format": _FORMAT_NAME,
+            "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "pyro_dlf_version": __version__,
             "task": self.task,
@@ -243,45 +246,24 @@ class Student(PyroModule):
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
             "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()},
         }
-        torch.save(payload, os.fspath(path))
+        write_payload(payload, path)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], body: Optional[nn.Module] = None, map_location: Union[str, torch.device] = "cpu") -> "Student":
-        """Read a student written by :meth:`save`.
+    def load(cls, path: Union[str, os.PathLike, IO[bytes]], body: Optional[nn.Module] = None,
+             map_location: Union[str, torch.device] = "cpu") -> "Student":
+        """Read a student written by :meth:`save` (a path or a binary file object).
+
+        The file is checked before anything is built from it: header, every
+        configuration field, weight shapes against the configuration (without
+        allocating), finite weights and the checksum; a damaged file raises a
+        :class:`ValueError` that says so.
 
         :param body: required when the student was built with a custom body:
             a module of the same architecture (its weights are overwritten).
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"path: no file at {path!r}")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-            raise ValueError(f"{path!r} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
-        except Exception as err:  # the unpickler raises assorted errors on garbage
-            raise ValueError(f"{path!r} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT_NAME:
-            raise ValueError(f"{path!r} is not a pyro_dlf student file (missing format header)")
-        version = payload.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path!r} has student format version {version}; this pyro_dlf reads version {FORMAT_VERSION}")
-        cfg = dict(payload["model"])
-        custom = cfg.pop("custom_body")
-        if custom and body is None:
-            raise ValueError("body: this student was saved with a custom body; pass a module of the same architecture as body=")
-        # Files written before the full multivariate model have no covariance keys: separable.
-        covariance = cfg.get("covariance") or "separable"
-        dlf = DeepLatentFactor(
-            cfg["in_features"], cfg["num_factors"], tuple(cfg["hidden"]) if not custom else (), cfg["num_outputs"],
-            body=body if custom else None, body_features=cfg["body_features"] if custom else None, activation=cfg["activation"],
-            covariance=covariance, centered_loadings=bool(cfg.get("centered_loadings", False)),
-        ).to(getattr(torch, payload["dtype"]))
-        try:
-            dlf.load_state_dict(payload["state_dict"])
-            dlf.to(map_location)
-        except RuntimeError as err:
-            raise ValueError(f"{path!r}: the saved weights do not fit the saved architecture{' (is body the right architecture?)' if custom else ''}: {err}") from err
+        payload = read_payload(path, map_location)
+        where = repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "the file object"
+        dlf = build_model(payload, body, where).to(map_location)
         noise = payload["noise"] or [None, None]
         return cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
                    include_nugget=payload.get("include_nugget", False))

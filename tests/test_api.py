@@ -149,3 +149,14 @@ def test_empty_teacher_list():
     x, f, v = _regression_data()
     with pytest.raises(ValueError, match="empty list"):
         pyro_dlf.distill(x, [], num_factors=2, teacher_noise_variances=v, **FAST)
+
+
+def test_distill_leaves_the_callers_random_state_alone_and_is_reproducible():
+    x, f, v = _regression_data()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, seed=4, **FAST)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream is where it was
+    b = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, seed=4, **FAST)
+    assert a.history == b.history
+    assert torch.equal(a.dlf.loading(x), b.dlf.loading(x))

@@ -128,11 +128,79 @@ def test_files_without_a_covariance_key_load_as_separable(tmp_path):
     payload = torch.load(tmp_path / "s.pt", weights_only=True)
     for key in ("covariance", "centered_loadings"):
         del payload["model"][key]
+    del payload["checksum"]
+    payload["format_version"] = 1  # the layout before checksums
     torch.save(payload, tmp_path / "old.pt")
     loaded = Student.load(tmp_path / "old.pt")
     assert loaded.dlf.separable
     x = torch.randn(4, 2)
     assert torch.equal(loaded.dlf.loading(x), student.dlf.loading(x))
+
+
+def test_save_is_atomic_and_load_takes_file_objects(tmp_path, monkeypatch):
+    """A failed overwrite leaves the previous file intact and no temporary behind; file objects round-trip."""
+    import io
+
+    student, other = _regression_student(), _classification_student()
+    path = tmp_path / "student.pt"
+    student.save(path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["student.pt"]
+    buffer = io.BytesIO()
+    other.save(buffer)
+    buffer.seek(0)
+    loaded = Student.load(buffer)
+    x = torch.randn(3, 2)
+    assert torch.equal(loaded.dlf.loading(x), other.dlf.loading(x))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        student.save(tmp_path / "no-such-folder" / "s.pt")
+
+
+def test_damaged_files_are_reported_not_loaded(tmp_path):
+    """Flipped weight bytes fail the checksum; a configuration that claims a huge layer is rejected
+    before any allocation; non-finite weights and bad fields are named."""
+    student = _regression_student()
+    path = tmp_path / "student.pt"
+    student.save(path)
+    data = bytearray(path.read_bytes())
+    weights = student.dlf.loading_head.weight.detach().contiguous().numpy().tobytes()
+    at = bytes(data).find(weights)
+    assert at > 0
+    for k in range(min(64, len(weights))):
+        data[at + k] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum does not match"):
+        Student.load(tmp_path / "flipped.pt")
+
+    from pyro_dlf.student_file import checksum
+
+    def rewritten(name, change):
+        payload = torch.load(path, weights_only=True)
+        change(payload)
+        payload["checksum"] = checksum(payload)  # a consistent file whose contents are wrong
+        torch.save(payload, tmp_path / name)
+        return tmp_path / name
+
+    huge = rewritten("huge.pt", lambda p: p["model"].update(hidden=[10 ** 9]))
+    with pytest.raises(ValueError, match=r"do not fit the saved architecture \(body.0.bias"):
+        Student.load(huge)  # decided on the meta device: no 24 GB allocation
+    nan = rewritten("nan.pt", lambda p: p["state_dict"]["mean_head.bias"].fill_(float("nan")))
+    with pytest.raises(ValueError, match="non-finite weights in 'mean_head.bias'"):
+        Student.load(nan)
+    for field, value, match in (("num_factors", 0, "num_factors must be a positive int"),
+                                ("activation", "Swish", "unknown activation"), ("hidden", "50", "hidden must be a list")):
+        bad = rewritten(f"{field}.pt", lambda p, f=field, v=value: p["model"].update({f: v}))
+        with pytest.raises(ValueError, match=match):
+            Student.load(bad)
 
 
 def test_custom_body_round_trip_needs_the_body(tmp_path):

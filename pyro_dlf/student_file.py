@@ -1,0 +1,189 @@
+r"""The student file: a versioned, checksummed, atomically written ``torch.save`` payload.
+
+A student file is read with ``torch.load(..., weights_only=True)`` (no code runs)
+and checked before anything is built from it:
+
+* the header (format name and version) and every configuration field (types,
+  ranges, known names);
+* the state dict against the shapes the configuration implies, computed on
+  PyTorch's ``meta`` device (no memory is allocated), so a file claiming a
+  10⁹-unit layer is rejected before any allocation;
+* every weight finite;
+* a SHA-256 checksum over the configuration and every tensor's name, dtype,
+  shape and bytes, so flipped bytes are reported instead of loaded.
+
+Writes go to a temporary file in the destination folder, flushed to disk and
+then renamed over the destination (:func:`os.replace`, atomic on POSIX and
+Windows): an interrupted or failed save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from typing import IO, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "checksum", "write_payload", "read_payload", "build_model"]
+
+FORMAT_NAME = "pyro_dlf.Student"
+#: Version of the file layout. Version 1 files carry no checksum and are still read.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
+
+
+def _describe(source: PathOrFile) -> str:
+    return repr(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "the file object"
+
+
+def checksum(payload: dict) -> str:
+    """SHA-256 hex digest of everything in ``payload`` but the checksum itself."""
+    digest = hashlib.sha256()
+    plain = {k: v for k, v in payload.items() if k not in ("state_dict", "checksum")}
+    digest.update(json.dumps(plain, sort_keys=True, default=str).encode())
+    for name in sorted(payload["state_dict"]):
+        t = payload["state_dict"][name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_payload(payload: dict, destination: PathOrFile) -> None:
+    """``torch.save`` with a checksum, atomically when ``destination`` is a path."""
+    payload = dict(payload, checksum=checksum(payload))
+    if not isinstance(destination, (str, os.PathLike)):
+        torch.save(payload, destination)
+        return
+    path = os.path.abspath(os.fspath(destination))
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"path: the folder {folder!r} does not exist; create it first")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".student-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def read_payload(source: PathOrFile, map_location="cpu") -> dict:
+    """Load and check a student file's payload (header, configuration, weights, checksum)."""
+    where = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(os.fspath(source)):
+            raise FileNotFoundError(f"path: no file at {os.fspath(source)!r}")
+        source = os.fspath(source)
+    try:
+        payload = torch.load(source, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{where} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
+    except Exception as err:  # the unpickler raises assorted errors on garbage
+        raise ValueError(f"{where} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise ValueError(f"{where} is not a pyro_dlf student file (missing format header)")
+    version = payload.get("format_version")
+    if version not in _READABLE_VERSIONS:
+        raise ValueError(f"{where} has student format version {version}; this pyro_dlf reads versions {_READABLE_VERSIONS}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise ValueError(f"{where}: the state dict is missing or malformed; the file is corrupted")
+    if version >= 2 and payload.get("checksum") != checksum(payload):
+        raise ValueError(f"{where} is corrupted: its checksum does not match its contents (the file was modified or damaged)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{where} holds non-finite weights in {bad[0]!r}; the file is corrupted or the fit diverged")
+    _check_config(payload, where)
+    return payload
+
+
+def _positive(value, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: configuration field {name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_config(payload: dict, where: str) -> None:
+    from pyro_dlf.models.deep_latent_factor import ACTIVATIONS, COVARIANCES
+
+    cfg = payload.get("model")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: the model configuration is missing; the file is corrupted")
+    if payload.get("task") not in ("regression", "classification"):
+        raise ValueError(f"{where}: unknown task {payload.get('task')!r}")
+    if payload.get("dtype") not in ("float32", "float64"):
+        raise ValueError(f"{where}: unsupported dtype {payload.get('dtype')!r} (float32 or float64)")
+    _positive(cfg.get("num_factors"), "num_factors", where)
+    if cfg.get("num_outputs") is not None:
+        _positive(cfg["num_outputs"], "num_outputs", where)
+    if not cfg.get("custom_body"):
+        _positive(cfg.get("in_features"), "in_features", where)
+        hidden = cfg.get("hidden")
+        if not isinstance(hidden, (list, tuple)):
+            raise ValueError(f"{where}: configuration field hidden must be a list of widths, got {hidden!r}")
+        for i, width in enumerate(hidden):
+            _positive(width, f"hidden[{i}]", where)
+    else:
+        _positive(cfg.get("body_features"), "body_features", where)
+    if cfg.get("activation") not in ACTIVATIONS:
+        raise ValueError(f"{where}: unknown activation {cfg.get('activation')!r}")
+    if (cfg.get("covariance") or "separable") not in COVARIANCES:
+        raise ValueError(f"{where}: unknown covariance {cfg.get('covariance')!r}")
+    noise = payload.get("noise")
+    if noise is not None and not (isinstance(noise, (list, tuple)) and len(noise) == 2
+                                  and all(isinstance(v, (int, float)) and v > 0 for v in noise)):
+        raise ValueError(f"{where}: the noise prior must be two positive numbers, got {noise!r}")
+
+
+def build_model(payload: dict, body: Optional[nn.Module], where: str):
+    """The :class:`~pyro_dlf.models.DeepLatentFactor` a checked payload describes, with its weights.
+
+    For the default MLP body the architecture is first built on the ``meta``
+    device and its parameter shapes compared with the file's, so nothing is
+    allocated for a configuration the weights do not match.
+    """
+    from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
+
+    cfg = dict(payload["model"])
+    custom = cfg.pop("custom_body")
+    if custom and body is None:
+        raise ValueError("body: this student was saved with a custom body; pass a module of the same architecture as body=")
+
+    def make():
+        return DeepLatentFactor(
+            cfg["in_features"], cfg["num_factors"], tuple(cfg["hidden"]) if not custom else (), cfg["num_outputs"],
+            body=body if custom else None, body_features=cfg["body_features"] if custom else None,
+            activation=cfg["activation"],
+            # Files written before the full multivariate model have no covariance keys: separable.
+            covariance=cfg.get("covariance") or "separable", centered_loadings=bool(cfg.get("centered_loadings", False)),
+        )
+
+    state = payload["state_dict"]
+    if not custom:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in make().state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+            key = differ[0]
+            raise ValueError(f"{where}: the saved weights do not fit the saved architecture ({key}: file {found.get(key)}, "
+                             f"configuration {expected.get(key)}); the file is corrupted")
+    dlf = make().to(getattr(torch, payload["dtype"]))
+    try:
+        dlf.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{where}: the saved weights do not fit the saved architecture"
+                         f"{' (is body the right architecture?)' if custom else ''}: {err}") from err
+    return dlf
+
