@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,6 +16,9 @@ __all__ = ["check_design_points", "check_teacher_values", "check_observed", "che
 
 
 def _as_float_tensor(value, name: str) -> Tensor:
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+        # NumPy arrays are accepted wherever tensors are (shared memory where the dtype allows).
+        value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; convert with torch.as_tensor(..., dtype=torch.float32)")
     if not value.is_floating_point():
@@ -70,6 +74,8 @@ def check_observed(observed, f: Tensor, name: str = "observed") -> Optional[Tens
     observed point per teacher (values elsewhere are ignored and may be NaN)."""
     if observed is None:
         return None
+    if isinstance(observed, np.ndarray) and observed.dtype == np.bool_:
+        observed = torch.from_numpy(observed)
     if not isinstance(observed, Tensor) or observed.dtype != torch.bool:
         raise TypeError(f"{name} must be a boolean torch.Tensor of shape (num_teachers, num_points), got "
                         f"{getattr(observed, 'dtype', type(observed).__name__)}; build it with (values == values) or a comparison")

@@ -6,6 +6,7 @@ import math
 import warnings
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import pyro.optim
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,9 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     """Evaluate callables on the design points in batches: ``(n, m)`` or ``(n, m, c)``.
 
     Each callable maps ``(b, ...)`` inputs to ``(b,)``, ``(b, 1)`` or ``(b, c)``
-    outputs; it runs under :func:`torch.no_grad`.
+    outputs; it runs under :func:`torch.no_grad`, and an :class:`torch.nn.Module`
+    in eval mode (so dropout teachers give one function, not a new draw per
+    evaluation), restored to its mode afterwards.
     """
     if len(teachers) == 0:
         raise ValueError("teacher_outputs is an empty list: give at least 2 teachers")
@@ -38,7 +41,15 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
         for i, teacher in enumerate(teachers):
             if not callable(teacher):
                 raise TypeError(f"teacher_outputs[{i}] is a {type(teacher).__name__}, not a callable; pass a tensor or a list of callables")
-            parts = [torch.as_tensor(teacher(x[s:s + batch_size])) for s in range(0, x.shape[0], batch_size)]
+            # A module is evaluated in eval mode (dropout off, batch-norm statistics frozen), then put back.
+            training = isinstance(teacher, nn.Module) and teacher.training
+            if training:
+                teacher.eval()
+            try:
+                parts = [torch.as_tensor(teacher(x[s:s + batch_size])) for s in range(0, x.shape[0], batch_size)]
+            finally:
+                if training:
+                    teacher.train()
             out = torch.cat(parts)
             if out.shape[0] != x.shape[0]:
                 raise ValueError(f"teacher_outputs[{i}] returned {out.shape[0]} rows for {x.shape[0]} design points")
@@ -161,12 +172,16 @@ def distill(
     x = check_design_points(x_design, "x_design")
     if device is not None:
         x = x.to(device)
+    if isinstance(teacher_outputs, np.ndarray):
+        teacher_outputs = torch.from_numpy(np.ascontiguousarray(teacher_outputs))
+    if isinstance(observed, np.ndarray):
+        observed = torch.from_numpy(observed)
     if isinstance(teacher_outputs, Tensor):
         f = teacher_outputs
     elif isinstance(teacher_outputs, (list, tuple)):
         f = evaluate_teachers(teacher_outputs, x, teacher_batch_size)
     else:
-        raise TypeError(f"teacher_outputs must be a tensor (n, m[, c]) or a list of callables, got {type(teacher_outputs).__name__}")
+        raise TypeError(f"teacher_outputs must be a tensor or NumPy array (n, m[, c]) or a list of callables, got {type(teacher_outputs).__name__}")
     if task is None:
         task = "classification" if f.dim() == 3 else "regression"
     if task not in ("regression", "classification"):

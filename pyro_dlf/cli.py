@@ -1,125 +1,228 @@
-"""The ``pyro-dlf`` command line."""
+"""The ``pyro-dlf`` command line.
+
+Every user mistake (a bad value, a missing or unreadable file, a folder that
+cannot be written) ends with one line on standard error naming the argument,
+and exit status 2; set ``PYRO_DLF_DEBUG=1`` to see the traceback instead.
+Output folders and files are checked before any long computation starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
 
+def _count(minimum: int):
+    """An argparse type: an int of at least ``minimum`` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+_POSITIVE, _NONNEGATIVE = _count(1), _count(0)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the message and where to find the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-dlf", description="Gaussian distillation of deep ensembles with deep latent factor models.")
+    from pyro_dlf import __version__
+
+    parser = _Parser(prog="pyro-dlf", description="Gaussian distillation of deep ensembles with deep latent factor models.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pyro-dlf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="distill a 10-MLP deep ensemble on the diabetes data and compare predictives")
-    demo.add_argument("--output-dir", default="dlf_demo", help="where the PNG and results.json go (default: ./dlf_demo)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--num-factors", type=int, default=None, help="q (default 5)")
-    demo.add_argument("--iterations", type=int, default=None, help="EM iterations (default 150)")
+
+    demo = _parser(sub, "demo", "distill a 10-MLP deep ensemble on the diabetes data and compare predictives")
+    demo.add_argument("--output-dir", default="dlf_demo", help="where the PNG and results.json go")
+    demo.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the split, the teachers and the student")
+    demo.add_argument("--num-factors", type=_POSITIVE, default=None, help="q (default: the demo's 5)")
+    demo.add_argument("--iterations", type=_POSITIVE, default=None, help="EM iterations (default: the demo's 150)")
     demo.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny settings (checks the pipeline, not the method)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    bench = sub.add_parser("bench", help="benchmarks (results under benchmarks/results/)")
+    distill = _parser(sub, "distill", "distill your own ensemble from files: design inputs and each teacher's values at them")
+    distill.add_argument("--x", required=True, help="design inputs (m, d): .npy, or .csv/.txt with one row per point")
+    distill.add_argument("--teachers", required=True,
+                         help="teacher values: (n, m) regression outputs or (n, m, c) logits (.npy), or an (n, m) .csv")
+    distill.add_argument("--noise-variances", default=None,
+                         help="regression: each teacher's noise variance, n values (.npy or .csv); required for regression")
+    distill.add_argument("--observed", default=None,
+                         help="regression: (n, m) 0/1 mask of the values that count (e.g. out-of-fold values); others are ignored")
+    distill.add_argument("--task", default=None, choices=("regression", "classification"),
+                         help="default: classification for (n, m, c) teachers, else regression")
+    distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")
+    distill.add_argument("--hidden", nargs="+", default=["auto"],
+                         help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out marginal likelihood)")
+    distill.add_argument("--covariance", default="separable", choices=("separable", "full"),
+                         help="classification: one class covariance for every input (separable) or one per input (full)")
+    distill.add_argument("--iterations", type=_POSITIVE, default=100, help="EM iterations")
+    distill.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="steps of the MMD-penalized initialization")
+    distill.add_argument("--lr", type=_fraction, default=1e-2, help="Adam step size of the M-steps")
+    distill.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the initialization and the minibatch order")
+    distill.add_argument("--out", required=True, help="the student file to write (e.g. student.pt); a fit report PNG goes beside it")
+    distill.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    predict = _parser(sub, "predict", "predict with a saved student at new inputs")
+    predict.add_argument("--student", required=True, help="a student file written by 'pyro-dlf distill' or Student.save")
+    predict.add_argument("--x", required=True, help="inputs (m, d): .npy, or .csv/.txt with one row per point")
+    predict.add_argument("--out", required=True, help="predictions: .npz (every array) or .csv (one row per input)")
+    predict.add_argument("--num-samples", type=_POSITIVE, default=1000, help="draws of the latent factors")
+    predict.add_argument("--batch-size", type=_POSITIVE, default=4096, help="inputs per network pass")
+    predict.add_argument("--samples", action="store_true", help="also write the function (or logit) draws (.npz only)")
+    predict.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the draws")
+
+    bench = sub.add_parser("bench", help="benchmarks (results under benchmarks/results/)", description="benchmarks (results under benchmarks/results/)")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
-    uci = bench_sub.add_parser("uci", help="the UCI regression benchmark (the paper's Table 1 protocol)")
+    uci = _parser(bench_sub, "uci", "the UCI regression benchmark (the paper's Table 1 protocol)")
     source = uci.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="a folder of UCI sets in the standard layout (e.g. ../shared/data/uci)")
     source.add_argument("--data-path", help="one set's folder in the same layout")
     uci.add_argument("--datasets", nargs="+", default=(), help="set names under --data-dir (default: all)")
-    uci.add_argument("--splits", type=int, default=10, help="number of random 90/10 splits")
-    uci.add_argument("--first-split", type=int, default=0,
+    uci.add_argument("--splits", type=_POSITIVE, default=10, help="number of random 90/10 splits")
+    uci.add_argument("--first-split", type=_NONNEGATIVE, default=0,
                      help="seed of the first split (runs seeds first..first+splits-1; merge runs with `bench report`)")
-    uci.add_argument("--teachers", type=int, default=50)
-    uci.add_argument("--teacher-epochs", type=int, default=None, help="override the teachers' epoch schedule")
-    uci.add_argument("--student-epochs", type=int, default=1000, help="epochs of the one-to-one baselines")
-    uci.add_argument("--student-hidden", type=int, nargs="+", default=[50],
-                     help="hidden widths of every student, DLF body included (default: 50)")
-    uci.add_argument("--dlf-iterations", type=int, default=150)
-    uci.add_argument("--mmd-steps", type=int, default=500)
-    uci.add_argument("--num-factors", type=int, default=10)
+    uci.add_argument("--teachers", type=_count(2), default=50, help="members of the teacher ensemble")
+    uci.add_argument("--teacher-epochs", type=_POSITIVE, default=None,
+                     help="the teachers' epochs (default: about 400 full-batch or 4,000 minibatch steps)")
+    uci.add_argument("--student-epochs", type=_POSITIVE, default=1000, help="epochs of the one-to-one baselines")
+    uci.add_argument("--student-hidden", type=_POSITIVE, nargs="+", default=[50],
+                     help="hidden widths of small-Ens, Hydra, BE and the paper-protocol DLF")
+    uci.add_argument("--dlf-iterations", type=_POSITIVE, default=150, help="EM iterations of every DLF")
+    uci.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="MMD initialization steps of every DLF")
+    uci.add_argument("--num-factors", type=_POSITIVE, default=10, help="q of every DLF")
     uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof"),
                      help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out and jittered design "
                           "points, nugget in the predictive, Gaussian/mixup-augmented design points, out-of-fold teacher values")
-    uci.add_argument("--max-design", type=int, default=0,
-                     help="at most this many training inputs as design points (default 0: all of them)")
+    uci.add_argument("--max-design", type=_NONNEGATIVE, default=0,
+                     help="at most this many training inputs as design points (0: all of them)")
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],
-                     help="body of the row DLF: 'auto' (chosen from 1-2 layers of 50/100 by held-out marginal likelihood, "
-                          "the default) or widths such as 100 100")
+                     help="body of the row DLF: auto (chosen from 1-2 layers of 50/100 by held-out marginal likelihood) "
+                          "or widths such as 100 100")
     uci.add_argument("--design", default="train", choices=("train", "jitter", "gaussian", "mixup"),
-                     help="design points of every student: the training inputs, plus one moved copy of each (default train)")
+                     help="design points of every student: the training inputs, plus one moved copy of each")
     uci.add_argument("--extrapolation", action="store_true",
                      help="hold out the 10%% of rows with the largest first-principal-component projection as "
                           "out-of-range test points (results: uci_extrapolation.*)")
     uci.add_argument("--no-baselines", action="store_true",
                      help="skip small-Ens, Hydra and BE (for ablation-only runs; the teacher ensemble is always scored)")
-    uci.add_argument("--output-dir", default="benchmarks/results")
-    uci.add_argument("--name", default=None, help="file stem of the JSON/Markdown results (default uci, or uci_extrapolation)")
+    uci.add_argument("--output-dir", default="benchmarks/results", help="where the JSON, Markdown and PNG results go")
+    uci.add_argument("--name", default=None, help="file stem of the results (default: uci, or uci_extrapolation)")
     uci.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
-    uci.add_argument("--seed", type=int, default=0)
-    uci.add_argument("--no-progress", action="store_true")
-    svi = bench_sub.add_parser("svi", help="EM against SVI (exact guide, AutoNormal) on one UCI split's teachers")
+    uci.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed added to every split's teacher seed")
+    uci.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    svi = _parser(bench_sub, "svi", "EM against SVI (exact guide, AutoNormal) on one UCI split's teachers")
     svi.add_argument("--data-path", required=True, help="one UCI set's folder (e.g. ../shared/data/uci/bostonHousing)")
-    svi.add_argument("--split", type=int, default=0)
-    svi.add_argument("--teachers", type=int, default=50)
-    svi.add_argument("--num-factors", type=int, default=10)
-    svi.add_argument("--mmd-steps", type=int, default=500)
-    svi.add_argument("--em-iterations", type=int, default=None,
+    svi.add_argument("--split", type=_NONNEGATIVE, default=0, help="seed of the random 90/10 split")
+    svi.add_argument("--teachers", type=_count(2), default=50, help="members of the teacher ensemble")
+    svi.add_argument("--num-factors", type=_POSITIVE, default=10, help="q")
+    svi.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="MMD initialization steps (shared start)")
+    svi.add_argument("--em-iterations", type=_POSITIVE, default=None,
                      help="EM iterations (default: as many gradient steps as --svi-steps)")
-    svi.add_argument("--svi-steps", type=int, default=1500)
-    svi.add_argument("--evaluations", type=int, default=30, help="exact-likelihood evaluations per method (off the clock)")
-    svi.add_argument("--output-dir", default="benchmarks/results")
-    svi.add_argument("--name", default="em_vs_svi")
+    svi.add_argument("--svi-steps", type=_POSITIVE, default=1500, help="SVI gradient steps")
+    svi.add_argument("--evaluations", type=_POSITIVE, default=30, help="exact-likelihood evaluations per method (off the clock)")
+    svi.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
+    svi.add_argument("--name", default="em_vs_svi", help="file stem of the results")
     svi.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers per split ('' to disable)")
-    svi.add_argument("--seed", type=int, default=0)
-    svi.add_argument("--no-progress", action="store_true")
-    images = bench_sub.add_parser("images", help="image classification: CNN teachers, DLF and the classification baselines, OOD, MNIST-Flip")
+    svi.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the fits")
+    svi.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    images = _parser(bench_sub, "images", "image classification: CNN teachers, DLF and the classification baselines, OOD, MNIST-Flip")
     images.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/ (e.g. ../shared/data); not needed for --dataset digits")
     images.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist", "digits"),
                         help="in-distribution set; the OOD set is the other of MNIST/Fashion-MNIST (digits: uniform noise)")
-    images.add_argument("--teachers", type=int, default=5)
-    images.add_argument("--teacher-epochs", type=int, default=2)
-    images.add_argument("--student-epochs", type=int, default=30, help="epochs of every rival student (on the design images)")
-    images.add_argument("--batch-size", type=int, default=128, help="minibatch size of every network's training")
-    images.add_argument("--design-size", type=int, default=None,
+    images.add_argument("--teachers", type=_count(2), default=5, help="teacher CNNs")
+    images.add_argument("--teacher-epochs", type=_POSITIVE, default=2, help="epochs of every teacher")
+    images.add_argument("--student-epochs", type=_POSITIVE, default=30, help="epochs of every rival student (on the design images)")
+    images.add_argument("--batch-size", type=_POSITIVE, default=128, help="minibatch size of every network's training")
+    images.add_argument("--design-size", type=_POSITIVE, default=None,
                         help="held-out training images used as design points (default 10000; 500 for digits)")
-    images.add_argument("--num-factors", type=int, default=8, help="q of the separable DLF (default 8)")
-    images.add_argument("--full-num-factors", type=int, default=None,
+    images.add_argument("--num-factors", type=_POSITIVE, default=8, help="q of the separable DLF")
+    images.add_argument("--full-num-factors", type=_POSITIVE, default=None,
                         help="q of the full DLF (default: teachers - 1, every direction the teachers span)")
     images.add_argument("--dlf-covariance", default="full", choices=("full", "separable"),
-                        help="class covariance of the row named DLF; the other structure runs beside it (default full)")
-    images.add_argument("--dlf-iterations", type=int, default=26, help="EM iterations, one pass over the design images each")
-    images.add_argument("--mmd-steps", type=int, default=300)
-    images.add_argument("--shift-sizes", type=int, nargs="+", default=[10, 50, 100, 500, 1000])
-    images.add_argument("--shift-seeds", type=int, default=5)
-    images.add_argument("--output-dir", default="benchmarks/results")
+                        help="class covariance of the row named DLF; the other structure runs beside it")
+    images.add_argument("--dlf-iterations", type=_POSITIVE, default=26, help="EM iterations, one pass over the design images each")
+    images.add_argument("--mmd-steps", type=_NONNEGATIVE, default=300, help="MMD initialization steps")
+    images.add_argument("--shift-sizes", type=_POSITIVE, nargs="+", default=[10, 50, 100, 500, 1000],
+                        help="numbers N of flipped training examples for the head-only refits")
+    images.add_argument("--shift-seeds", type=_POSITIVE, default=5, help="draws of the N examples per size")
+    images.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
     images.add_argument("--name", default="images", help="file stem of the JSON/Markdown/PNG results")
     images.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers ('' to disable)")
-    images.add_argument("--seed", type=int, default=0)
-    images.add_argument("--no-progress", action="store_true")
-    report = bench_sub.add_parser("report", help="merge result files: UCI runs (e.g. one per set and an ablation run) or "
-                                  "image runs of different data seeds (means ± standard errors)")
+    images.add_argument("--seed", type=_NONNEGATIVE, default=0, help="data seed: the teacher/design split, teachers and students")
+    images.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    report = _parser(bench_sub, "report", "merge result files: UCI runs (e.g. one per set and an ablation run) or "
+                     "image runs of different data seeds (means ± standard errors)")
     report.add_argument("inputs", nargs="+", help="JSON files written by 'pyro-dlf bench uci' or by 'pyro-dlf bench images' (one kind)")
-    report.add_argument("--output-dir", default="benchmarks/results")
+    report.add_argument("--output-dir", default="benchmarks/results", help="where the merged results go")
     report.add_argument("--name", default=None, help="file stem of the merged JSON/Markdown (default: uci or images)")
     return parser
 
 
-def _dlf_hidden(values: Sequence[str]):
-    """``["auto"]`` → ``"auto"``; widths → a tuple of ints (argparse has no union types)."""
-    if list(values) == ["auto"]:
-        return "auto"
-    try:
-        widths = tuple(int(v) for v in values)
-    except ValueError:
-        raise SystemExit(f"--dlf-hidden: give 'auto' or positive widths such as 100 100, got {' '.join(values)}") from None
-    if any(w < 1 for w in widths):
-        raise SystemExit(f"--dlf-hidden: widths must be positive, got {' '.join(values)}")
-    return widths
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _run(args, argv)
+    except (ValueError, TypeError, OSError, NotImplementedError) as error:
+        if os.environ.get("PYRO_DLF_DEBUG"):
+            raise
+        command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"pyro-dlf {command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _output_dir(path: str, name: str = "--output-dir") -> str:
+    """Create and probe an output folder before the work starts."""
+    from pyro_dlf.arrays import check_writable
+
+    check_writable(os.path.join(path, "results.json"), name)
+    return path
+
+
+def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
+    if args.command in ("demo", "bench") and hasattr(args, "output_dir"):
+        _output_dir(args.output_dir)
+    if args.command == "distill":
+        from pyro_dlf.cli_files import run_distill
+
+        run_distill(args)
+        return
+    if args.command == "predict":
+        from pyro_dlf.cli_files import run_predict
+
+        run_predict(args)
+        return
     if args.command == "demo":
         from pyro_dlf.demo import DemoConfig, format_table, run_demo
 
@@ -141,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"Wrote {result['png']} and {config.output_dir}/results.json")
     elif args.command == "bench" and args.benchmark == "uci":
         from pyro_dlf.bench import UCIBenchConfig, run_uci_benchmark, write_report
+        from pyro_dlf.cli_files import parse_widths
 
         config = UCIBenchConfig(
             data_dir=args.data_dir, data_path=args.data_path, datasets=tuple(args.datasets), splits=args.splits, first_split=args.first_split,
@@ -150,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ablations=tuple(args.ablations), output_dir=args.output_dir, name=args.name or ("uci_extrapolation" if args.extrapolation else "uci"),
             cache_dir=args.cache_dir or None, seed=args.seed, progress=not args.no_progress,
             max_design=args.max_design or None, baselines=not args.no_baselines,
-            dlf_hidden=_dlf_hidden(args.dlf_hidden), design=args.design, extrapolation=args.extrapolation,
+            dlf_hidden=parse_widths(args.dlf_hidden, "--dlf-hidden"), design=args.design, extrapolation=args.extrapolation,
         )
         json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
         print(f"Wrote {json_path} and {md_path}")
@@ -191,20 +295,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 with open(path) as fh:
                     results.append(json.load(fh))
             except (OSError, ValueError) as error:
-                raise SystemExit(f"inputs: cannot read {path} as a benchmark result ({error})") from None
+                raise ValueError(f"inputs: cannot read {path} as a benchmark result ({error})") from None
         kinds = {r.get("benchmark", "uci") if isinstance(r, dict) else None for r in results}
         if kinds == {"images"}:
-            try:
-                merged = merge_images_results(results)
-            except ValueError as error:
-                raise SystemExit(str(error)) from None
+            merged = merge_images_results(results)
             json_path, md_path = write_images_report(merged, args.output_dir, args.name or "images")
         elif "images" in kinds:
-            raise SystemExit("inputs: mix of image and UCI results; merge one kind at a time")
+            raise ValueError("inputs: mix of image and UCI results; merge one kind at a time")
         else:
             json_path, md_path = write_report(merge_results(results), args.output_dir, args.name or "uci")
         print(f"Wrote {json_path} and {md_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from typing import IO, Optional, Union
 
 import torch
@@ -87,10 +86,10 @@ def read_payload(source: PathOrFile, map_location="cpu") -> dict:
         source = os.fspath(source)
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"{where} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
     except Exception as err:  # the unpickler raises assorted errors on garbage
-        raise ValueError(f"{where} is not a readable pyro_dlf student file (corrupted or not written by Student.save): {err}") from err
+        # torch's own message advises weights_only=False, which would run code from the file: not repeated here.
+        raise ValueError(f"{where} is not a readable pyro_dlf student file (corrupted or not written by Student.save; "
+                         f"{type(err).__name__})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise ValueError(f"{where} is not a pyro_dlf student file (missing format header)")
     version = payload.get("format_version")

@@ -63,7 +63,7 @@ def test_classification_centres_logits():
         (lambda x, f, v: (x[:0], f[:, :0], v), ValueError, "x_design is empty"),
         (lambda x, f, v: (x, f.long(), v), TypeError, "teacher_outputs must have a floating-point dtype"),
         (lambda x, f, v: (x.int(), f, v), TypeError, "x_design must have a floating-point dtype"),
-        (lambda x, f, v: (x, f.numpy(), v), TypeError, "teacher_outputs must be a tensor"),
+        (lambda x, f, v: (x, f.tolist(), v), TypeError, "teacher_outputs\\[0\\] is a list, not a callable"),
         (lambda x, f, v: (x, f, None), ValueError, "teacher_noise_variances"),
         (lambda x, f, v: (x, f, v[:2]), ValueError, "teacher_noise_variances has 2 values"),
         (lambda x, f, v: (x, f[..., None, None], v), ValueError, "shape"),
@@ -160,3 +160,18 @@ def test_distill_leaves_the_callers_random_state_alone_and_is_reproducible():
     b = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, seed=4, **FAST)
     assert a.history == b.history
     assert torch.equal(a.dlf.loading(x), b.dlf.loading(x))
+
+
+def test_numpy_arrays_are_accepted_and_module_teachers_are_evaluated_in_eval_mode():
+    x, f, v = _regression_data()
+    from_numpy = pyro_dlf.distill(x.numpy(), f.numpy(), num_factors=2, teacher_noise_variances=v.numpy(), seed=1, **FAST)
+    from_torch = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, seed=1, **FAST)
+    assert from_numpy.history == pytest.approx(from_torch.history, rel=1e-6)
+    assert from_numpy.predict(x.numpy(), 5).mean.shape == (x.shape[0],)
+
+    torch.manual_seed(0)
+    teachers = [torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 1)) for _ in range(3)]
+    first = pyro_dlf.evaluate_teachers(teachers, x)
+    second = pyro_dlf.evaluate_teachers(teachers, x)
+    assert torch.equal(first, second)  # dropout off: one function per teacher
+    assert all(t.training for t in teachers)  # and put back in training mode

@@ -87,7 +87,7 @@ def test_first_split_runs_the_seeds_that_follow_it(monkeypatch):
         uci.run_uci_benchmark(uci.UCIBenchConfig(data_path=str(UCI / "yacht"), first_split=-1, progress=False))
 
 
-def test_extrapolation_bench_smoke(tmp_path):
+def test_extrapolation_bench_smoke(tmp_path, capsys):
     """Extrapolation split, Gaussian-augmented design for every student, the augment ablation: per-part
     metrics and the AUROC of the epistemic variance for every method; the report's extrapolation section."""
     out = tmp_path / "results"
@@ -107,8 +107,9 @@ def test_extrapolation_bench_smoke(tmp_path):
         assert 0 <= row["auroc_epistemic"] <= 1
     md = (out / "uci_extrapolation.md").read_text()
     assert "## Extrapolation" in md and "AUROC epistemic" in md and "extrapolation splits" in md
-    with pytest.raises(SystemExit, match="--dlf-hidden: widths must be positive"):
-        main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--no-progress"])
+    assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--output-dir", str(out),
+                 "--no-progress"]) == 2
+    assert "--dlf-hidden: widths must be positive" in capsys.readouterr().err
 
 
 def test_extrapolation_split_holds_out_the_far_end_of_the_first_principal_component():
