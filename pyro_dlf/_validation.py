@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_design_points", "check_teacher_values", "check_observed", "check_num_factors", "check_dtype", "check_batch_size"]
+__all__ = ["check_design_points", "check_teacher_values", "check_observed", "check_num_factors", "check_dtype", "check_batch_size",
+           "check_magnitude"]
 
 
 def _as_float_tensor(value, name: str) -> Tensor:
@@ -113,6 +114,23 @@ def check_num_factors(num_factors: int, num_teachers: int, num_outputs: Optional
             UserWarning,
             stacklevel=3,
         )
+
+
+def check_magnitude(t: Tensor, dtype: torch.dtype, name: str) -> None:
+    """Values whose squares, summed over the whole tensor, would overflow ``dtype``.
+
+    Standardizing, variances and the likelihood's sums of squares run in the
+    model's dtype; ``max|t|² · numel`` must stay below its largest number (with a
+    factor 10 to spare), or the fit returns infinities or nonsense silently.
+    """
+    if t.numel() == 0 or not t.is_floating_point():
+        return
+    largest = float(t.detach().abs().max())
+    limit = (torch.finfo(dtype).max / (10 * t.numel())) ** 0.5
+    if largest > limit:
+        raise ValueError(f"{name} has values up to {largest:.3g}: their sums of squares overflow {str(dtype).replace('torch.', '')} "
+                         f"(the limit for {t.numel()} values is {limit:.3g}); rescale them (e.g. to standard units) or pass "
+                         f"dtype=torch.float64")
 
 
 def check_dtype(t: Tensor, module, name: str) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_dlf._validation import check_design_points, check_num_factors, check_teacher_values
+from pyro_dlf._validation import check_design_points, check_magnitude, check_num_factors, check_teacher_values
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.em import EM
 from pyro_dlf.infer.mmd import mmd_initialize
@@ -212,6 +212,8 @@ def distill(
                       covariance)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    check_magnitude(x, dtype, "x_design")
+    check_magnitude(f if observed is None else f[observed], dtype, "teacher_outputs")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     candidates = _hidden_candidates(hidden)
@@ -306,11 +308,35 @@ def distill(
             warnings.filterwarnings("ignore", message=r"num_factors=\d+ (>= number of teachers|exceeds)")
             history = _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
                            num_iterations, estep, generator, progress, observed)
+    _warn_if_diverged(model, x, values, history, lr)
     student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits,
                       include_nugget=include_nugget)
     student.history = history
     student.body_selection = selection
     return student
+
+
+def _warn_if_diverged(model: DeepLatentFactor, x: Tensor, values: Tensor, history: list[float], lr: float) -> None:
+    """Say so when the fit went wrong instead of returning a student that silently reports nonsense.
+
+    Signs: a non-finite likelihood; a likelihood worse at the end of EM than at
+    its start by more than a nat per observed value (each iteration of exact EM
+    should not lose likelihood, up to minibatch noise); or an epistemic variance at the design points a hundred
+    times the teachers' total spread (a maximum-likelihood fit matches the
+    teachers' second moments).
+    """
+    with torch.no_grad():
+        spread = float(values.double().var())
+        variance = float(torch.cat([model.loading(x[s:s + 4096]).double().pow(2).flatten(1).sum(1)
+                                    for s in range(0, x.shape[0], 4096)]).mean())
+    finite = all(math.isfinite(h) for h in history) and math.isfinite(variance)
+    # A loss of a whole nat per observed value is far beyond minibatch noise (fits differ by hundredths).
+    worse = history[-1] > history[0] + 1.0
+    if not finite or worse or variance > 100 * max(spread, 1e-300) * (model.num_outputs or 1):
+        warnings.warn(
+            f"distill: the fit looks diverged (negative log-likelihood per value {history[0]:.4g} at the start of EM, "
+            f"{history[-1]:.4g} at the end; epistemic variance at the design points {variance:.3g} against the teachers' "
+            f"spread {spread:.3g}); lower lr (now {lr:g}) or raise num_iterations", RuntimeWarning, stacklevel=3)
 
 
 def _hidden_candidates(hidden) -> Optional[list[tuple[int, ...]]]:

@@ -54,6 +54,11 @@ def fit_inverse_gamma(variances: Tensor, max_iter: int = 100, tol: float = 1e-12
             a = new
             if done:
                 break
+    if a <= 1:
+        warnings.warn(
+            f"teacher_noise_variances: the fitted inverse gamma has shape a = {a:.3g} <= 1, so its mean -- the predictive's "
+            "aleatoric variance -- is infinite (a heavy tail: a few teachers' noise variances are far larger than the rest); "
+            "check those teachers", UserWarning, stacklevel=2)
     return a, a / float(tau.mean())
 
 

@@ -166,13 +166,17 @@ class Student(PyroModule):
         a, b = self.noise_concentration, self.noise_rate
         return b / (a - 1) if a > 1 else float("inf")
 
-    def predict(self, x: Tensor, num_samples: int = 1000, *, batch_size: int = 4096, return_samples: bool = True) -> Union[RegressionPrediction, ClassificationPrediction]:
-        """Predictive summaries at ``x``; the body runs once per input.
+    def predict(self, x: Tensor, num_samples: int = 1000, *, batch_size: int = 4096,
+                return_samples: bool = False) -> Union[RegressionPrediction, ClassificationPrediction]:
+        """Predictive summaries at ``x``; the body runs once per input, in batches of ``batch_size``.
 
         :param num_samples: ``S`` draws of ``z`` (shared across inputs, so the
             function draws are coherent over ``x``).
-        :param batch_size: inputs per body pass (bounds memory for classification).
-        :param return_samples: also return the ``S`` function draws.
+        :param batch_size: inputs per body pass; with ``return_samples=False``
+            memory is ``O(batch_size · S · c)`` whatever the number of inputs.
+        :param return_samples: also return the ``S`` function (or logit) draws at
+            every input, ``(S, m)`` or ``(S, m, c)`` -- kept only when asked, since
+            they grow with ``S · m · c`` (16 GB at 200k inputs, 1,000 draws, 10 classes).
         """
         x = check_design_points(x, "x")
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -183,26 +187,30 @@ class Student(PyroModule):
         x = x.to(dtype=dtype, device=device)
         dlf.check_inputs(x, "x")
         z = torch.randn((num_samples, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
+        parts = []
         with torch.no_grad():
-            if self.task == "regression":
-                mean, loading = dlf.mean_and_loading(x)
-                samples = self._add_nugget(combine(mean, loading, z)) if return_samples else None
-                noise = dist.InverseGamma(torch.tensor(self.noise_concentration, dtype=dtype, device=device), torch.tensor(self.noise_rate, dtype=dtype, device=device))
-                return RegressionPrediction(
-                    mean=mean,
-                    epistemic_variance=loading.pow(2).sum(-1) + self._nugget(),
-                    aleatoric_variance=torch.full_like(mean, self.aleatoric_variance),
-                    function_samples=samples,
-                    noise_variance_samples=noise.sample((num_samples,)) if return_samples else None,
-                )
-            parts = []
             for start in range(0, x.shape[0], batch_size):
                 mean, loading = dlf.mean_and_loading(x[start:start + batch_size])
-                logits = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor))  # (S, b, c)
-                probs = logits.softmax(-1)
-                parts.append((probs.mean(0), *entropy_decomposition(probs), logits if return_samples else None))
-            cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
-            return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), torch.cat([p[4] for p in parts], 1) if return_samples else None)
+                draws = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor)) if (
+                    return_samples or self.task == "classification") else None
+                if self.task == "regression":
+                    parts.append((mean, loading.pow(2).sum(-1) + self._nugget(), draws))
+                else:
+                    probs = draws.softmax(-1)  # (S, b, c)
+                    parts.append((probs.mean(0), *entropy_decomposition(probs), draws if return_samples else None))
+            cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
+            if self.task == "classification":
+                return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))
+            mean = cat(0)
+            noise = dist.InverseGamma(torch.tensor(self.noise_concentration, dtype=dtype, device=device),
+                                      torch.tensor(self.noise_rate, dtype=dtype, device=device))
+            return RegressionPrediction(
+                mean=mean,
+                epistemic_variance=cat(1),
+                aleatoric_variance=torch.full_like(mean, self.aleatoric_variance),
+                function_samples=cat(2, 1),
+                noise_variance_samples=noise.sample((num_samples,)) if return_samples else None,
+            )
 
     def predictive_mixture(self, x: Tensor, num_components: int = 64) -> tuple[Tensor, Tensor]:
         r"""The regression predictive density as an equal-weight Gaussian mixture.

@@ -175,3 +175,15 @@ def test_numpy_arrays_are_accepted_and_module_teachers_are_evaluated_in_eval_mod
     second = pyro_dlf.evaluate_teachers(teachers, x)
     assert torch.equal(first, second)  # dropout off: one function per teacher
     assert all(t.training for t in teachers)  # and put back in training mode
+
+
+def test_silent_garbage_is_reported():
+    """Values that overflow float32 sums of squares are refused; a diverged fit (learning rate 1e6) warns."""
+    x, f, v = _regression_data()
+    with pytest.raises(ValueError, match=r"teacher_outputs has values up to .* overflow float32 .* dtype=torch.float64"):
+        pyro_dlf.distill(x, f * 1e18, num_factors=2, teacher_noise_variances=v, **FAST)
+    with pytest.raises(ValueError, match="x_design has values up to"):
+        pyro_dlf.distill(x * 1e19, f, num_factors=2, teacher_noise_variances=v, **FAST)
+    pyro_dlf.distill(x.double(), (f * 1e18).double(), num_factors=2, teacher_noise_variances=v, dtype=torch.float64, **FAST)
+    with pytest.warns(RuntimeWarning, match="the fit looks diverged"):
+        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, lr=1e6, num_iterations=10, mmd_steps=20, progress=False)

@@ -24,7 +24,7 @@ def student():
 
 def test_from_prediction(student):
     x, f, st = student
-    prediction = st.predict(x, 400)
+    prediction = st.predict(x, 400, return_samples=True)
     idata = to_inference_data(prediction, observed=f[0], num_chains=4, generator=torch.Generator().manual_seed(0))
     assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data"}
     pp = idata.posterior_predictive
@@ -54,7 +54,7 @@ def test_from_predictive_dict(student):
 
 def test_bad_inputs(student):
     x, f, st = student
-    prediction = st.predict(x, 10)
+    prediction = st.predict(x, 10, return_samples=True)
     with pytest.raises(ValueError, match="num_chains=3"):
         to_inference_data(prediction, num_chains=3)
     with pytest.raises(ValueError, match="num_chains must be a positive int"):
@@ -77,7 +77,7 @@ def test_classification_students_of_both_structures(covariance):
 
     truth, x, f = synthetic_teachers(6, num_points=15, num_outputs=3, num_factors=2)
     st = distill(x, f, num_factors=2, covariance=covariance, num_iterations=3, mmd_steps=10, progress=False, seed=0)
-    idata = to_inference_data(st.predict(x, 40), num_chains=2)
+    idata = to_inference_data(st.predict(x, 40, return_samples=True), num_chains=2)
     assert dict(idata.posterior_predictive["function"].sizes) == {"chain": 2, "draw": 20, "point": 15, "class": 3}
     draws = to_inference_data(Predictive(st, num_samples=8)(x), num_chains=2)
     assert draws.posterior["z"].shape == ((2, 4, 2) if covariance == "full" else (2, 4, 3, 2))

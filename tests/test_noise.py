@@ -44,3 +44,9 @@ def test_bad_inputs(bad, match):
 def test_quantile_nodes():
     nodes = inverse_gamma_quantiles(3.0, 2.0, 4)
     np.testing.assert_allclose(nodes.numpy(), invgamma.ppf([0.125, 0.375, 0.625, 0.875], 3.0, scale=2.0))
+
+
+def test_a_heavy_tailed_fit_warns_that_the_aleatoric_mean_is_infinite():
+    with pytest.warns(UserWarning, match=r"shape a = \S+ <= 1, so its mean .* is infinite"):
+        a, b = fit_inverse_gamma(torch.tensor([0.01, 0.01, 0.011, 100.0]))
+    assert a <= 1

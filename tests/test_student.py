@@ -36,7 +36,7 @@ def test_full_student_draws_have_the_per_input_class_covariance():
     se_mean = (K.diagonal() / S).sqrt()
     se_cov = ((K.pow(2) + K.diagonal()[:, None] * K.diagonal()[None, :]) / S).sqrt()
     draws = {"Predictive": Predictive(student, num_samples=S, parallel=True)(x)["function"].detach(),
-             "predict": student.predict(x, S).logit_samples}
+             "predict": student.predict(x, S, return_samples=True).logit_samples}
     for name, d in draws.items():
         assert d.shape == (S, 3, 3), name
         flat = d.reshape(S, 9)
@@ -62,7 +62,7 @@ def test_predictive_and_sample_agree_with_the_process():
     draws = {
         "Predictive": Predictive(student, num_samples=S, parallel=True)(x)["function"].detach(),
         "sample": student.dlf.sample(x, S),
-        "predict": student.predict(x, S).function_samples,
+        "predict": student.predict(x, S, return_samples=True).function_samples,
     }
     for name, d in draws.items():
         assert d.shape == (S, 5), name
@@ -81,7 +81,7 @@ def test_predictive_y_has_the_noise_prior():
 def test_regression_prediction_and_mixture():
     student = _regression_student()
     x = torch.randn(7, 2)
-    pred = student.predict(x, 50)
+    pred = student.predict(x, 50, return_samples=True)
     assert pred.mean.shape == pred.epistemic_variance.shape == (7,)
     torch.testing.assert_close(pred.aleatoric_variance, torch.full((7,), 1.0))  # b/(a−1)
     assert pred.sample_observations().shape == (50, 7)
@@ -92,6 +92,22 @@ def test_regression_prediction_and_mixture():
 
     nodes = inverse_gamma_quantiles(5.0, 4.0, 16).float()
     torch.testing.assert_close(variances - pred.epistemic_variance, nodes[:, None].expand(16, 7))
+
+
+@pytest.mark.parametrize("make", [_regression_student, _classification_student])
+def test_predict_streams_in_batches_and_keeps_draws_only_when_asked(make):
+    student = make()
+    x = torch.randn(11, 2)
+    torch.manual_seed(5)
+    whole = student.predict(x, 30, batch_size=100, return_samples=True)
+    torch.manual_seed(5)
+    batched = student.predict(x, 30, batch_size=3, return_samples=True)
+    for key, value in vars(whole).items():
+        if value is not None:
+            torch.testing.assert_close(getattr(batched, key), value, msg=key)
+    plain = student.predict(x, 30, batch_size=3)
+    assert all(getattr(plain, key) is None for key in ("function_samples", "noise_variance_samples", "logit_samples")
+               if hasattr(plain, key))
 
 
 def test_classification_prediction():
@@ -273,7 +289,7 @@ def test_nugget_in_the_predictive():
         mean, loading = student.dlf.mean_and_loading(x)
         K = loading @ loading.T + student.dlf.noise_variance * torch.eye(4)
     se = ((K.pow(2) + K.diagonal()[:, None] * K.diagonal()[None, :]) / S).sqrt()
-    for draws in (student.predict(x, S).function_samples, Predictive(student, num_samples=S, parallel=True)(x)["function"].detach()):
+    for draws in (student.predict(x, S, return_samples=True).function_samples, Predictive(student, num_samples=S, parallel=True)(x)["function"].detach()):
         assert ((torch.cov(draws.T) - K).abs() <= 5 * se).all()
     pred = student.predict(x, 10)
     torch.testing.assert_close(pred.epistemic_variance, K.diagonal())
