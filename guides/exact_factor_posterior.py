@@ -89,8 +89,13 @@ class ExactFactorPosterior(PyroModule):
         return self.posterior.dense_covariance()
 
     def forward(self, x: Tensor, f: Optional[Tensor] = None, num_members: Optional[int] = None,
-                observed: Optional[Tensor] = None) -> Tensor:
-        """Draw ``z_i`` from the posterior (the Pyro guide); same arguments as the model."""
+                observed: Optional[Tensor] = None, subsample_size: Optional[int] = None) -> Tensor:
+        """Draw ``z_i`` from the posterior (the Pyro guide); same arguments as the model.
+
+        The factors are global to the design points, so ``observed`` and
+        ``subsample_size`` (the model's minibatching) do not change them: the
+        posterior is the exact one from :meth:`update` over all points.
+        """
         self._require_posterior()
         n = self.num_members
         if f is not None and f.shape[0] != n:

@@ -344,7 +344,7 @@ class DeepLatentFactor(PyroModule):
 
     # ------------------------------------------------------------ Pyro model
     def forward(self, x: Tensor, f: Optional[Tensor] = None, num_members: Optional[int] = None,
-                observed: Optional[Tensor] = None) -> Tensor:
+                observed: Optional[Tensor] = None, subsample_size: Optional[int] = None) -> Tensor:
         """The generative model of the teachers (a Pyro model).
 
         Sites: ``z`` -- latent factors, one per teacher, in the plate
@@ -357,7 +357,11 @@ class DeepLatentFactor(PyroModule):
         :param num_members: number of teachers to draw when ``f`` is ``None`` (default 1).
         :param observed: ``(n, m)`` booleans: where each teacher is observed; the
             site ``f`` is masked elsewhere (its values there are ignored).
-        :returns: the teacher values (observed or sampled).
+        :param subsample_size: draw this many design points per call (the plate
+            ``design_points`` subsamples and Pyro scales the likelihood by
+            ``m / subsample_size``), so :class:`pyro.infer.SVI` can take
+            minibatch steps; the network then runs on the subsample only.
+        :returns: the teacher values (observed or sampled) at the (subsampled) points.
         """
         self.check_inputs(x, "x")
         m = x.shape[0]
@@ -370,13 +374,17 @@ class DeepLatentFactor(PyroModule):
                 f = torch.where(keep, f, torch.zeros_like(f))
         else:
             n = 1 if num_members is None else int(num_members)
-        mean, loading = self.mean_and_loading(x)
         L = self.separable_class_factor
         noise_scale = self.noise_variance.sqrt()
         event = len(self.factor_shape)
         with pyro.plate("members", n, dim=-2):
-            z = pyro.sample("z", dist.Normal(loading.new_zeros(()), 1.0).expand(self.factor_shape).to_event(event))
-            with pyro.plate("design_points", m, dim=-1):
+            z = pyro.sample("z", dist.Normal(noise_scale.new_zeros(()), 1.0).expand(self.factor_shape).to_event(event))
+            with pyro.plate("design_points", m, subsample_size=subsample_size, dim=-1) as idx:
+                if subsample_size is not None:
+                    x = x[idx]
+                    f = None if f is None else f[:, idx]
+                    observed = None if observed is None else observed[:, idx]
+                mean, loading = self.mean_and_loading(x)
                 function = combine(mean, loading, z, L)
                 function = pyro.deterministic("function", function, event_dim=1 if self.multivariate else 0)
                 likelihood = dist.Normal(function, noise_scale)

@@ -6,7 +6,9 @@ import math
 from typing import Callable, Optional
 
 import pyro.optim
+import pyro.poutine as poutine
 import torch
+from pyro.nn import pyro_method
 from torch import Tensor
 
 from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_num_factors, check_teacher_values
@@ -300,9 +302,20 @@ class EM:
         post.covariance = inv @ post.covariance @ inv.T
 
     def _gradient_step(self, xb: Tensor, fb: Tensor, ob: Optional[Tensor] = None) -> None:
-        params = self._params()
-        # A user loss keeps SVI's four arguments unless the teachers are masked.
-        loss = self.loss(self.model, self.guide, xb, fb) if ob is None else self.loss(self.model, self.guide, xb, fb, observed=ob)
+        # As SVI does: trace the loss for its param sites, so every parameter is registered in
+        # Pyro's param store under its name and the PyroOptim keeps one state per named parameter
+        # (optim.get_state() / save() / load() then work); σ_f² has its own closed-form update.
+        # The loss runs inside the model's Pyro context (pyro_method), where its layers and L
+        # become named param sites.
+        def objective(model):
+            # A user loss keeps SVI's four arguments unless the teachers are masked.
+            return self.loss(model, self.guide, xb, fb) if ob is None else self.loss(model, self.guide, xb, fb, observed=ob)
+
+        with poutine.trace(param_only=True) as tape:
+            loss = pyro_method(objective)(self.model)
+        noise = self.model.noise_variance_unconstrained
+        params = [site["value"].unconstrained() for site in tape.trace.nodes.values()]
+        params = [p for p in params if p is not noise and p.requires_grad] or self._params()
         loss.backward()
         self.optim(params)
         for p in params:

@@ -311,3 +311,38 @@ def test_parameter_expansion_lets_the_mean_fit_the_teachers():
     assert results[True][0] < 5 * sampling, (results, sampling)
     assert results[True][0] < results[False][0]
     assert results[True][1] < results[False][1]
+
+
+def test_optimizer_state_is_kept_per_named_parameter_and_survives_save_and_load(tmp_path):
+    """As with SVI: one Adam state per named parameter (σ_f² has its closed form and is not among them)."""
+    truth, x, f = synthetic_teachers(10, num_points=30, num_outputs=3, num_factors=2)
+    model = DeepLatentFactor(1, 2, (8,), 3, activation="Tanh")
+    optim = pyro.optim.Adam({"lr": 1e-2})
+    em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=3)
+    for _ in range(3):
+        em.step(x, f)
+    state = optim.get_state()
+    name = model._pyro_name
+    assert set(state) == {f"{name}.class_factor"} | {f"{name}.{m}$$${p}" for m, p in
+                                                      [("body", "0.weight"), ("body", "0.bias"), ("mean_head", "weight"),
+                                                       ("mean_head", "bias"), ("loading_head", "weight"), ("loading_head", "bias")]}
+    assert all(s["state"] for s in state.values())  # every parameter has moments
+    optim.save(tmp_path / "optim.pt")
+    fresh = pyro.optim.Adam({"lr": 1e-2})
+    fresh.load(tmp_path / "optim.pt", map_location="cpu")
+    em2 = EM(model, ExactFactorPosterior(model), fresh, num_m_steps=3)
+    em2.step(x, f)  # the loaded moments are consumed by the first step
+    assert set(fresh.get_state()) == set(state)
+
+
+def test_svi_takes_minibatch_steps_on_the_subsampled_plate():
+    truth, x, f = synthetic_teachers(10, num_points=40, num_factors=2)
+    model = DeepLatentFactor(1, 2, (8,), activation="Tanh")
+    guide = ExactFactorPosterior(model)
+    guide.update(x, f)
+    trace = pyro.poutine.trace(model).get_trace(x, f, subsample_size=8)
+    site = trace.nodes["f"]
+    assert site["value"].shape == (10, 8) and site["scale"] == pytest.approx(40 / 8)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
+    losses = [svi.step(x, f, subsample_size=8) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
