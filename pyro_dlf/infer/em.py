@@ -139,6 +139,7 @@ class EM:
         self._order: Optional[Tensor] = None
         self._cursor = 0
         self._cache: Optional[tuple[tuple, FactorStatistics]] = None
+        self._weights: dict = {}
         self._checked: Optional[tuple[int, ...]] = None
         self._observed: Optional[Tensor] = None
 
@@ -148,15 +149,33 @@ class EM:
         return [p for p in self.model.parameters() if p.requires_grad and p is not noise]
 
     def _fingerprint(self, x: Tensor, f: Tensor) -> tuple:
-        """Identity of the data and of θ: storage, address and version of every tensor.
+        """What the cached statistics depend on, checked by value so that no edit escapes.
 
-        In-place updates bump a tensor's version counter and replacing a tensor
-        (``p.data = ...``, a new buffer) changes its address, so cached
-        statistics are reused only when neither the data nor θ changed.
+        Version counters miss edits made through ``.data`` or a NumPy view, so
+        θ (small) is compared entry by entry against a copy, and the data by a
+        checksum: ``Σ_j w_j Σ_k f_{ijk} u_k`` per teacher and likewise for ``x``,
+        with fixed random weights drawn once. Any change of values or order
+        moves it (with probability one); it costs one read of the data, not a
+        pass of the network.
         """
+        def checksum(t: Tensor) -> Tensor:
+            flat = t.detach().reshape(t.shape[0], -1)
+            if flat.shape not in self._weights:
+                g = torch.Generator().manual_seed(1234)
+                self._weights[flat.shape] = tuple(torch.rand(k, generator=g, dtype=torch.float64) + 0.5 for k in flat.shape)
+            w, u = (v.to(flat.device) for v in self._weights[flat.shape])
+            return w @ (flat.double() @ u)
+
         data = [x, f] + ([] if self._observed is None else [self._observed])
-        tensors = data + [*self.model.parameters(), *self.model.buffers()]
-        return tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+        shapes = tuple(tuple(t.shape) for t in data)
+        sums = torch.stack([checksum(t) for t in data]).tolist()
+        state = [t.detach().clone() for t in (*self.model.parameters(), *self.model.buffers())]
+        return shapes, sums, state
+
+    @staticmethod
+    def _same(a: tuple, b: tuple) -> bool:
+        return (a[0] == b[0] and a[1] == b[1] and len(a[2]) == len(b[2])
+                and all(s.shape == t.shape and torch.equal(s, t) for s, t in zip(a[2], b[2])))
 
     def _check(self, x: Tensor, f: Tensor, observed: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         data = (x, f) if observed is None else (x, f, observed)
@@ -198,7 +217,7 @@ class EM:
 
     def _statistics(self, x: Tensor, f: Tensor) -> FactorStatistics:
         key = self._fingerprint(x, f)
-        if self._cache is not None and self._cache[0] == key:
+        if self._cache is not None and self._same(self._cache[0], key):
             return self._cache[1]
         stats = self.model.statistics(x, f, self.batch_size, self._mask())
         self._cache = (key, stats)

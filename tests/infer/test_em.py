@@ -346,3 +346,18 @@ def test_svi_takes_minibatch_steps_on_the_subsampled_plate():
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
     losses = [svi.step(x, f, subsample_size=8) for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_cached_statistics_notice_edits_through_data_and_numpy_views():
+    """The loss of a step is that of the data and parameters as they are now, however they were edited."""
+    truth, x, f = synthetic_teachers(10, num_points=30)
+    model = _student()
+    em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=0)
+    em.step(x, f)  # leaves statistics cached for the unchanged parameters
+    with torch.no_grad():
+        model.loading_head.weight.data.mul_(2.0)  # no version bump on the parameter
+    expected = -float(model.log_marginal_likelihood(x, f).sum())
+    assert em.step(x, f) == pytest.approx(expected, rel=1e-6)
+    f.numpy()[3, 7] += 5.0  # an edit through a NumPy view of the same storage
+    expected = -float(model.log_marginal_likelihood(x, f).sum())
+    assert em.step(x, f) == pytest.approx(expected, rel=1e-6)
