@@ -2,6 +2,7 @@ r"""The distilled student: a deep latent factor process as a Pyro posterior pred
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import IO, Optional, Union
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
@@ -95,6 +97,22 @@ class Student(PyroModule):
     param store under a name unique to the instance, so several students can
     be used side by side in one process.
 
+    **Frozen by default (a prior, not a trainee).** A distilled student is the
+    ensemble's knowledge; used inside your own model and fitted with
+    :class:`pyro.infer.SVI` (or inside a GPyTorch model) it must not be
+    retrained by accident. So its network's parameters have
+    ``requires_grad=False`` and :meth:`forward` hides their param sites
+    (:func:`pyro.poutine.block`): no optimizer -- SVI's, or a ``torch.optim``
+    built from a wrapping module's ``parameters()`` -- can change them.
+    Fine-tuning is the explicit opt-in :meth:`unfreeze` (or ``trainable=True``).
+
+    **Composing.** ``prefix`` is put before every site and plate name
+    (``prefix + "z"``, ``prefix + "function"``, ``prefix + "y"``,
+    ``prefix + "data"``), so the student can sit in a model that has its own
+    ``y``; :meth:`function_dist` gives the distilled process at ``x`` as one
+    :class:`~pyro.distributions.LowRankMultivariateNormal`, to use as a prior
+    in any model (e.g. ``f = pyro.sample("f", student.function_dist(x))``).
+
     :param dlf: the fitted model.
     :param task: ``"regression"`` (univariate DLF) or ``"classification"`` (multivariate).
     :param noise_concentration: ``a`` of the regression noise prior.
@@ -108,9 +126,12 @@ class Student(PyroModule):
     :param centered_logits: classification: the teachers' logits were centred
         per input before fitting, so the student's logits are centred too
         (compare them with centred teacher logits; probabilities are unaffected).
+    :param trainable: leave the network trainable (fine-tuning); default frozen.
+    :param prefix: put before every site and plate name (default none).
     """
 
-    def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None, centered_logits: bool = False, include_nugget: bool = False) -> None:
+    def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None,
+                 centered_logits: bool = False, include_nugget: bool = False, *, trainable: bool = False, prefix: str = "") -> None:
         # Unique Pyro name: see DeepLatentFactor (param-store names never collide).
         super().__init__(f"student_{uuid.uuid4().hex[:8]}")
         if task not in ("regression", "classification"):
@@ -128,26 +149,85 @@ class Student(PyroModule):
         self.noise_rate = None if noise_rate is None else float(noise_rate)
         self.centered_logits = bool(centered_logits)
         self.include_nugget = bool(include_nugget)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str such as 'dlf.', got {type(prefix).__name__}")
+        self.prefix = prefix
+        self.unfreeze() if trainable else self.freeze()
+
+    # ------------------------------------------------------------ training
+    @property
+    def trainable(self) -> bool:
+        """Whether the network's parameters take gradients and show as param sites (see :meth:`unfreeze`)."""
+        return self._trainable
+
+    def freeze(self) -> "Student":
+        """Stop every parameter from training: ``requires_grad=False``, no param sites under Pyro
+        handlers, and the network in eval mode (a custom body's dropout off)."""
+        for p in self.dlf.parameters():
+            p.requires_grad_(False)
+        self.dlf.eval()
+        self._trainable = False
+        return self
+
+    def unfreeze(self) -> "Student":
+        """Opt in to fine-tuning: parameters take gradients and appear as Pyro param sites, so SVI
+        (or EM) on a model that uses the student updates them."""
+        for p in self.dlf.parameters():
+            p.requires_grad_(True)
+        self.dlf.train()
+        self._trainable = True
+        return self
+
+    def _network(self, x: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+        """``μ(x)``, ``Φ(x)``, ``L`` (separable) and ``σ_f²``; param sites hidden while frozen."""
+        dlf = self.dlf
+        with poutine.block(hide_types=["param"]) if not self._trainable else contextlib.nullcontext():
+            mean, loading = dlf.mean_and_loading(x)
+            return mean, loading, dlf.separable_class_factor, dlf.noise_variance
+
+    def function_dist(self, x: Tensor, include_nugget: Optional[bool] = None) -> dist.LowRankMultivariateNormal:
+        r"""The distilled process at ``x`` as one Gaussian: ``N(μ(x), W W^T + D)`` (SPEC §1).
+
+        Regression: ``W = Φ(x)`` (``m×q``). Classification: the ``m·c``
+        (point, class) pairs with the class index fastest (the event is the
+        flattened ``(m, c)`` logits): full ``W`` the stacked ``Φ(x)``
+        (``mc×q``); separable ``W = Φ(x) ⊗ L`` (``mc×cq``, since
+        ``L Z Φ(x) = (Φ(x)^T ⊗ L) vec Z``).
+
+        ``D = σ_f² I`` with the nugget (default: as :attr:`include_nugget`);
+        without it the smooth process has rank ``≤ q`` and
+        :class:`~pyro.distributions.LowRankMultivariateNormal` needs a positive
+        diagonal, so ``D`` is a jitter of ``10⁻⁶ σ_f²`` -- far below anything the
+        teachers resolve.
+        """
+        x = check_design_points(x, "x")
+        self.dlf.check_inputs(x, "x")
+        mean, loading, L, noise = self._network(x)
+        if self.task == "classification":
+            loading = torch.kron(loading, L) if L is not None else loading.flatten(0, 1)
+            mean = mean.flatten()
+        nugget = self.include_nugget if include_nugget is None else bool(include_nugget)
+        diagonal = (noise if nugget else 1e-6 * noise).expand(mean.shape)
+        return dist.LowRankMultivariateNormal(mean, loading, diagonal)
 
     # ---------------------------------------------------------------- Pyro
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """The posterior predictive as a Pyro model (see the class docstring)."""
-        dlf = self.dlf
-        mean, loading = dlf.mean_and_loading(x)
-        L = dlf.separable_class_factor
-        z = pyro.sample("z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
+        dlf, name = self.dlf, self.prefix
+        mean, loading, L, sigma2 = self._network(x)
+        z = pyro.sample(name + "z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
         if self.task == "regression":
             a = loading.new_tensor(self.noise_concentration)
-            noise_variance = pyro.sample("noise_variance", dist.InverseGamma(a, loading.new_tensor(self.noise_rate)))
-        with pyro.plate("data", x.shape[0], dim=-1):
+            noise_variance = pyro.sample(name + "noise_variance", dist.InverseGamma(a, loading.new_tensor(self.noise_rate)))
+        with pyro.plate(name + "data", x.shape[0], dim=-1):
             function = combine(mean, loading, z, L)
             if self.include_nugget:
-                nugget = dist.Normal(torch.zeros_like(function), dlf.noise_variance.sqrt())
-                function = function + pyro.sample("nugget", nugget.to_event(1) if dlf.multivariate else nugget)
-            function = pyro.deterministic("function", function, event_dim=1 if dlf.multivariate else 0)
+                nugget = dist.Normal(torch.zeros_like(function), sigma2.sqrt())
+                function = function + pyro.sample(name + "nugget", nugget.to_event(1) if dlf.multivariate else nugget)
+            function = pyro.deterministic(name + "function", function, event_dim=1 if dlf.multivariate else 0)
             if self.task == "regression":
-                return pyro.sample("y", dist.Normal(function, noise_variance.sqrt()), obs=y)
-            return pyro.sample("y", dist.Categorical(logits=function), obs=y)
+                return pyro.sample(name + "y", dist.Normal(function, noise_variance.sqrt()), obs=y)
+            return pyro.sample(name + "y", dist.Categorical(logits=function), obs=y)
 
     def _nugget(self) -> Tensor:
         """``σ_f²`` when the predictive includes the nugget, else 0."""
@@ -249,6 +329,7 @@ class Student(PyroModule):
             "task": self.task,
             "centered_logits": self.centered_logits,
             "include_nugget": self.include_nugget,
+            "prefix": self.prefix,
             "noise": None if self.noise_concentration is None else [self.noise_concentration, self.noise_rate],
             "model": self.dlf.config(),
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
@@ -274,4 +355,4 @@ class Student(PyroModule):
         dlf = build_model(payload, body, where).to(map_location)
         noise = payload["noise"] or [None, None]
         return cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
-                   include_nugget=payload.get("include_nugget", False))
+                   include_nugget=payload.get("include_nugget", False), prefix=str(payload.get("prefix", "")))

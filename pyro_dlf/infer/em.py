@@ -123,6 +123,9 @@ class EM:
         check_batch_size(batch_size)
         if not noise_floor > 0:
             raise ValueError(f"noise_floor must be positive, got {noise_floor!r}")
+        if mstep == "gradient" and num_m_steps > 0 and not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("model: every parameter is frozen (requires_grad=False), as a distilled student's are; "
+                             "call student.unfreeze() to fine-tune it")
         if estep == "minibatch" and num_m_steps < 1:
             raise ValueError("num_m_steps must be at least 1 with estep='minibatch': its E-steps happen per minibatch")
         self.model = model
