@@ -9,6 +9,20 @@ of draws are expected. What arviz adds is the vocabulary users know:
 ``observed_data`` groups, ``summary`` and posterior predictive checks
 (``plot_ppc``).
 
+With held-out targets (``observed=``) the ``log_likelihood`` group holds the
+pointwise log density of each target under each draw,
+:math:`\log p(y_j \mid f^{(s)}(x_j), σ^2_{(s)})` (classification:
+:math:`\log \operatorname{softmax}(f^{(s)}(x_j))_{y_j}`), so ``az.compare``,
+``az.loo`` and ``az.waic`` run and different students (or a student and its
+teachers) can be ranked by their held-out expected log predictive density.
+Read that as the held-out log predictive density
+:math:`\sum_j \log \frac1S \sum_s p(y_j \mid s)`, not as leave-one-out
+cross-validation: the draws come from the distilled process, which never saw
+the targets, so there is no posterior to leave a point out of -- PSIS-LOO's
+importance weights and WAIC's effective-parameter penalty correct for a fit
+that did not happen (their ``p_loo``/``p_waic`` measure only the spread of the
+draws). Compare students on targets none of them were distilled on.
+
 Everything arviz-specific (its import-time warning, ``from_dict``'s signature)
 is confined here, so a move to arviz 1.x touches only this module.
 """
@@ -107,6 +121,10 @@ def to_inference_data(
         if source.logit_samples is None:
             raise ValueError("source: call student.predict(x, return_samples=True) to get logit draws for arviz")
         predictive["function"] = source.logit_samples
+        # Class draws y^(s) ~ Categorical(softmax f^(s)): what plot_ppc compares with the observed labels.
+        logits = source.logit_samples.double()
+        flat = torch.multinomial(logits.softmax(-1).reshape(-1, logits.shape[-1]), 1, generator=generator)
+        predictive["y"] = flat.reshape(logits.shape[:-1])
     elif isinstance(source, Mapping):
         if not source:
             raise ValueError("source: the Predictive output is empty")
@@ -139,20 +157,40 @@ def to_inference_data(
     coords = {"point": point_coords} if point_coords is not None else {}
 
     observed_data = None
+    log_likelihood = None
     if observed is not None:
         if not isinstance(observed, Tensor) or observed.dim() != 1 or (num_points is not None and observed.shape[0] != num_points):
             raise ValueError(f"observed must be a tensor of shape ({num_points},), one target per input")
         observed_data = {"y": observed.detach().cpu().numpy()}
         dims.setdefault("y", ["point"])
+        log_likelihood = _pointwise_log_likelihood(source, posterior, predictive, observed)
 
     az = _arviz()
     return az.from_dict(
         posterior={k: _as_draws(v, num_chains, k) for k, v in posterior.items()} or None,
         posterior_predictive={k: _as_draws(v, num_chains, k) for k, v in predictive.items()} or None,
+        log_likelihood=None if log_likelihood is None else {"y": _as_draws(log_likelihood, num_chains, "y")},
         observed_data=observed_data,
         coords=coords,
         dims=dims,
     )
+
+
+def _pointwise_log_likelihood(source, posterior: dict, predictive: dict, observed: Tensor) -> Optional[Tensor]:
+    """``log p(y_j | draw s)``, ``(S, m)``: Gaussian with the draw's noise variance, or the draw's
+    log-softmax at the label; ``None`` when the draws do not determine it (no noise variance)."""
+    function = predictive.get("function")
+    if function is None:
+        return None
+    y = observed.to(function.device)
+    if function.dim() == 3:  # logits (S, m, c): the observed labels' log-probabilities
+        labels = y.long().reshape(1, -1, 1).expand(function.shape[0], -1, 1)
+        return function.double().log_softmax(-1).gather(-1, labels).squeeze(-1)
+    noise = posterior.get("noise_variance")
+    if noise is None:
+        return None
+    scale = noise.double().reshape(-1, 1).sqrt()
+    return torch.distributions.Normal(function.double(), scale).log_prob(y.double())
 
 
 def summary(idata: Any, **kwargs: Any) -> Any:

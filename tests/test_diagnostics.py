@@ -26,7 +26,7 @@ def test_from_prediction(student):
     x, f, st = student
     prediction = st.predict(x, 400, return_samples=True)
     idata = to_inference_data(prediction, observed=f[0], num_chains=4, generator=torch.Generator().manual_seed(0))
-    assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data"}
+    assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data", "log_likelihood"}
     pp = idata.posterior_predictive
     assert dict(pp["function"].sizes) == {"chain": 4, "draw": 100, "point": 30}
     assert idata.posterior["noise_variance"].shape == (4, 100)
@@ -81,3 +81,39 @@ def test_classification_students_of_both_structures(covariance):
     assert dict(idata.posterior_predictive["function"].sizes) == {"chain": 2, "draw": 20, "point": 15, "class": 3}
     draws = to_inference_data(Predictive(st, num_samples=8)(x), num_chains=2)
     assert draws.posterior["z"].shape == ((2, 4, 2) if covariance == "full" else (2, 4, 3, 2))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_log_likelihood_group_makes_az_compare_work(student):
+    """Pointwise log p(y_j | draw s) for held-out targets; az.compare ranks a good and a bad target set."""
+    import math
+
+    import arviz as az
+
+    x, f, st = student
+    prediction = st.predict(x, 400, return_samples=True)
+    idata = to_inference_data(prediction, observed=f[0], num_chains=4, generator=torch.Generator().manual_seed(0))
+    ll = torch.as_tensor(idata.log_likelihood["y"].values).reshape(400, 30)
+    expected = torch.distributions.Normal(prediction.function_samples.double(),
+                                          prediction.noise_variance_samples.double().sqrt()[:, None]).log_prob(f[0].double())
+    torch.testing.assert_close(ll, expected)
+    shifted = to_inference_data(prediction, observed=f[0] + 3.0, num_chains=4)
+    table = az.compare({"teacher 0": idata, "shifted": shifted}, ic="waic")
+    assert list(table.index) == ["teacher 0", "shifted"]
+    # The held-out log predictive density the docs say to read it as.
+    lppd = float((ll.logsumexp(0) - math.log(400)).sum())
+    assert abs(lppd - float(az.waic(idata).elpd_waic) - float(az.waic(idata).p_waic)) < 1e-6 * abs(lppd)
+
+
+def test_classification_ppc_and_log_likelihood():
+    from synthetic import synthetic_teachers
+
+    truth, x, f = synthetic_teachers(6, num_points=15, num_outputs=3, num_factors=2)
+    st = distill(x, f, num_factors=2, num_iterations=3, mmd_steps=10, progress=False, seed=0)
+    labels = f.mean(0).argmax(-1)
+    idata = to_inference_data(st.predict(x, 40, return_samples=True), observed=labels, num_chains=2,
+                              generator=torch.Generator().manual_seed(1))
+    assert dict(idata.posterior_predictive["y"].sizes) == {"chain": 2, "draw": 20, "point": 15}
+    assert set(torch.as_tensor(idata.posterior_predictive["y"].values).unique().tolist()) <= {0, 1, 2}
+    assert (idata.log_likelihood["y"].values <= 0).all()
+    assert plot_ppc(idata, num_pp_samples=10) is not None
