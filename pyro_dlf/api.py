@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from pyro_dlf._validation import check_design_points, check_magnitude, check_num_factors, check_teacher_values
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
+from pyro_dlf.heteroscedastic import fit_heteroscedastic_noise
 from pyro_dlf.infer.em import EM
 from pyro_dlf.infer.mmd import mmd_initialize
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
@@ -117,7 +118,12 @@ def distill(
     :param teacher_noise_variances: regression only: each teacher's noise
         variance ``σ²_{ε,i}`` (``n`` positive values); an inverse gamma is fitted
         to them by maximum likelihood and drives the aleatoric part of the
-        predictive (SPEC §2). Teachers are taken as homoscedastic.
+        predictive (SPEC §2). Heteroscedastic teachers (a deep ensemble whose
+        members predict a mean and a variance): each teacher's variance at each
+        design point, ``(n, m)``; a log-normal law whose location is a small
+        network of x is fitted to them by maximum likelihood
+        (:mod:`pyro_dlf.heteroscedastic`) and the predictive draws
+        ``σ²_{(s)}(x)`` from it (SPEC §6).
     :param observed: regression only: ``(n, m)`` booleans, where each teacher's
         value counts (e.g. out-of-fold values: teachers trained on K folds,
         each observed only on the design points it was not trained on). Exact
@@ -255,14 +261,22 @@ def distill(
     else:
         selection = None
 
-    noise_prior = (None, None)
+    noise_prior, noise_model = (None, None), None
     if task == "regression":
         if teacher_noise_variances is None:
             raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n positive values), e.g. its held-out mean squared error")
-        v = torch.as_tensor(teacher_noise_variances, dtype=torch.float64).reshape(-1)
-        if v.numel() != n:
-            raise ValueError(f"teacher_noise_variances has {v.numel()} values for {n} teachers")
-        noise_prior = fit_inverse_gamma(v)
+        v = torch.as_tensor(np.asarray(teacher_noise_variances) if isinstance(teacher_noise_variances, np.ndarray)
+                            else teacher_noise_variances, dtype=torch.float64)
+        if v.dim() == 2:
+            # Heteroscedastic teachers: each one's variance at each design point (SPEC §6).
+            noise_model = fit_heteroscedastic_noise(x.to(dtype), v.to(x.device), observed=observed,
+                                                    hidden=hidden if isinstance(hidden, tuple) and hidden and body is None else (50,),
+                                                    seed=seed)
+        else:
+            v = v.reshape(-1)
+            if v.numel() != n:
+                raise ValueError(f"teacher_noise_variances has {v.numel()} values for {n} teachers")
+            noise_prior = fit_inverse_gamma(v)
     else:
         if teacher_noise_variances is not None:
             raise ValueError("teacher_noise_variances is for regression teachers; classification teachers give logits only (drop the argument)")
@@ -310,7 +324,7 @@ def distill(
                            num_iterations, estep, generator, progress, observed)
     _warn_if_diverged(model, x, values, history, lr)
     student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits,
-                      include_nugget=include_nugget)
+                      include_nugget=include_nugget, noise_model=noise_model)
     student.history = history
     student.body_selection = selection
     return student

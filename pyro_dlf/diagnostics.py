@@ -113,7 +113,8 @@ def to_inference_data(
             raise ValueError("source: call student.predict(x, return_samples=True) to get draws for arviz")
         noise = source.noise_variance_samples
         predictive["function"] = source.function_samples
-        predictive["y"] = source.function_samples + noise.sqrt().unsqueeze(-1) * torch.randn(
+        scale = noise.sqrt().unsqueeze(-1) if noise.dim() == 1 else noise.sqrt()  # heteroscedastic: (S, m)
+        predictive["y"] = source.function_samples + scale * torch.randn(
             source.function_samples.shape, generator=generator, dtype=source.function_samples.dtype
         ).to(source.function_samples.device)
         posterior["noise_variance"] = noise
@@ -189,7 +190,8 @@ def _pointwise_log_likelihood(source, posterior: dict, predictive: dict, observe
     noise = posterior.get("noise_variance")
     if noise is None:
         return None
-    scale = noise.double().reshape(-1, 1).sqrt()
+    scale = noise.double().sqrt()
+    scale = scale.reshape(-1, 1) if scale.dim() == 1 or scale.shape[1:] != function.shape[1:] else scale
     return torch.distributions.Normal(function.double(), scale).log_prob(y.double())
 
 

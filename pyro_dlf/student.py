@@ -18,12 +18,16 @@ from torch import Tensor, nn
 from pyro_dlf import __version__
 from pyro_dlf._validation import check_batch_size, check_design_points
 from pyro_dlf.metrics import entropy_decomposition
+from pyro_dlf.heteroscedastic import HeteroscedasticNoise
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import inverse_gamma_quantiles
 from pyro_dlf.student_file import FORMAT_NAME, FORMAT_VERSION, build_model, read_payload, write_payload
 from pyro_dlf.sufficient_statistics import combine
 
 __all__ = ["Student", "RegressionPrediction", "ClassificationPrediction", "FORMAT_VERSION"]
+
+#: State-dict prefix of a heteroscedastic noise model in a student file.
+_NOISE_PREFIX = "noise_model."
 
 
 
@@ -33,9 +37,11 @@ class RegressionPrediction:
 
     :ivar mean: ``μ(x)``, ``(m,)``.
     :ivar epistemic_variance: ``‖Φ(x)‖²``, the distilled ensemble spread, ``(m,)``.
-    :ivar aleatoric_variance: ``E[σ²] = b/(a − 1)`` of the noise prior, ``(m,)``.
+    :ivar aleatoric_variance: ``E[σ²] = b/(a − 1)`` of the noise prior, ``(m,)``
+        (heteroscedastic teachers: ``E[σ²(x)]`` at each input).
     :ivar function_samples: draws ``f^{(s)}(x)`` of the distilled process, ``(S, m)``.
-    :ivar noise_variance_samples: the paired draws ``σ²_{(s)}``, ``(S,)``.
+    :ivar noise_variance_samples: the paired draws ``σ²_{(s)}``, ``(S,)``
+        (heteroscedastic: ``σ²_{(s)}(x)``, ``(S, m)``).
     """
 
     mean: Tensor
@@ -52,7 +58,8 @@ class RegressionPrediction:
         """Draws ``y^{(s)} ~ N(f^{(s)}(x), σ²_{(s)})``, ``(S, m)``."""
         if self.function_samples is None:
             raise ValueError("predict(..., return_samples=True) is needed to draw observations")
-        scale = self.noise_variance_samples.sqrt().unsqueeze(-1)
+        scale = self.noise_variance_samples.sqrt()
+        scale = scale.unsqueeze(-1) if scale.dim() == 1 else scale
         return self.function_samples + scale * torch.randn_like(self.function_samples)
 
 
@@ -85,7 +92,9 @@ class Student(PyroModule):
     * ``function = μ(x) + Φ(x)^T z`` (separable ``μ(x) + L Z Φ(x)``, full
       ``μ(x) + Φ(x) z`` with ``Φ(x) ∈ R^{c×q}``; site ``function``),
     * regression: ``noise_variance ~ IG(a, b)`` (the fitted law of the teachers'
-      noise variances) and ``y ~ N(function, noise_variance)``;
+      noise variances) and ``y ~ N(function, noise_variance)``; heteroscedastic
+      teachers (``noise_model``, :mod:`pyro_dlf.heteroscedastic`):
+      ``noise_level ~ N(0, 1)`` and ``noise_variance(x) = exp(g(x) + τ · noise_level)``;
       classification: ``y ~ Categorical(logits=function)``; both in the plate
       ``data`` (dim -1).
 
@@ -117,6 +126,8 @@ class Student(PyroModule):
     :param task: ``"regression"`` (univariate DLF) or ``"classification"`` (multivariate).
     :param noise_concentration: ``a`` of the regression noise prior.
     :param noise_rate: ``b`` of the regression noise prior.
+    :param noise_model: regression with heteroscedastic teachers: the fitted
+        :class:`~pyro_dlf.heteroscedastic.HeteroscedasticNoise` (replaces ``a, b``).
     :param include_nugget: add the nugget ``σ_f²`` to the predictive draws
         (``function = μ + Φ^T z + v``, ``v ~ N(0, σ_f² I)``), i.e. predict a new
         *teacher* rather than the smooth process. The default follows SPEC §6
@@ -131,7 +142,8 @@ class Student(PyroModule):
     """
 
     def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None,
-                 centered_logits: bool = False, include_nugget: bool = False, *, trainable: bool = False, prefix: str = "") -> None:
+                 centered_logits: bool = False, include_nugget: bool = False, *, trainable: bool = False, prefix: str = "",
+                 noise_model: Optional[HeteroscedasticNoise] = None) -> None:
         # Unique Pyro name: see DeepLatentFactor (param-store names never collide).
         super().__init__(f"student_{uuid.uuid4().hex[:8]}")
         if task not in ("regression", "classification"):
@@ -139,14 +151,20 @@ class Student(PyroModule):
         if task == "regression":
             if dlf.multivariate:
                 raise ValueError("task='regression' needs a univariate DeepLatentFactor (num_outputs=None)")
-            if noise_concentration is None or noise_rate is None or not (noise_concentration > 0 and noise_rate > 0):
+            if noise_model is not None:
+                if not isinstance(noise_model, HeteroscedasticNoise):
+                    raise TypeError(f"noise_model must be a pyro_dlf.heteroscedastic.HeteroscedasticNoise, got {type(noise_model).__name__}")
+            elif noise_concentration is None or noise_rate is None or not (noise_concentration > 0 and noise_rate > 0):
                 raise ValueError("noise_concentration and noise_rate must be positive for regression (fit them with pyro_dlf.noise.fit_inverse_gamma)")
+        elif noise_model is not None:
+            raise ValueError("noise_model is for regression students")
         elif not dlf.multivariate:
             raise ValueError("task='classification' needs a multivariate DeepLatentFactor (num_outputs=c)")
         self.dlf = dlf
         self.task = task
         self.noise_concentration = None if noise_concentration is None else float(noise_concentration)
         self.noise_rate = None if noise_rate is None else float(noise_rate)
+        self.noise_model = noise_model
         self.centered_logits = bool(centered_logits)
         self.include_nugget = bool(include_nugget)
         if not isinstance(prefix, str):
@@ -163,18 +181,18 @@ class Student(PyroModule):
     def freeze(self) -> "Student":
         """Stop every parameter from training: ``requires_grad=False``, no param sites under Pyro
         handlers, and the network in eval mode (a custom body's dropout off)."""
-        for p in self.dlf.parameters():
+        for p in self.parameters():
             p.requires_grad_(False)
-        self.dlf.eval()
+        self.eval()
         self._trainable = False
         return self
 
     def unfreeze(self) -> "Student":
         """Opt in to fine-tuning: parameters take gradients and appear as Pyro param sites, so SVI
         (or EM) on a model that uses the student updates them."""
-        for p in self.dlf.parameters():
+        for p in self.parameters():
             p.requires_grad_(True)
-        self.dlf.train()
+        self.train()
         self._trainable = True
         return self
 
@@ -216,10 +234,17 @@ class Student(PyroModule):
         dlf, name = self.dlf, self.prefix
         mean, loading, L, sigma2 = self._network(x)
         z = pyro.sample(name + "z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
-        if self.task == "regression":
+        if self.task == "regression" and self.noise_model is None:
             a = loading.new_tensor(self.noise_concentration)
             noise_variance = pyro.sample(name + "noise_variance", dist.InverseGamma(a, loading.new_tensor(self.noise_rate)))
+        elif self.task == "regression":
+            level = pyro.sample(name + "noise_level", dist.Normal(loading.new_zeros(()), 1.0))
+            with poutine.block(hide_types=["param"]) if not self._trainable else contextlib.nullcontext():
+                log_location, spread = self.noise_model.log_location(x), self.noise_model.spread
         with pyro.plate(name + "data", x.shape[0], dim=-1):
+            if self.task == "regression" and self.noise_model is not None:
+                # One level per draw, shared by every input: a noisier or quieter teacher everywhere.
+                noise_variance = pyro.deterministic(name + "noise_variance", (log_location + spread * level).exp())
             function = combine(mean, loading, z, L)
             if self.include_nugget:
                 nugget = dist.Normal(torch.zeros_like(function), sigma2.sqrt())
@@ -242,7 +267,10 @@ class Student(PyroModule):
     # ------------------------------------------------------------ summaries
     @property
     def aleatoric_variance(self) -> float:
-        """``E[σ²] = b/(a − 1)`` (infinite when ``a ≤ 1``)."""
+        """``E[σ²] = b/(a − 1)`` (infinite when ``a ≤ 1``); heteroscedastic students vary with x
+        (see :meth:`predict`)."""
+        if self.noise_model is not None:
+            raise ValueError("aleatoric_variance: this student's noise depends on x; read predict(x).aleatoric_variance")
         a, b = self.noise_concentration, self.noise_rate
         return b / (a - 1) if a > 1 else float("inf")
 
@@ -267,36 +295,43 @@ class Student(PyroModule):
         x = x.to(dtype=dtype, device=device)
         dlf.check_inputs(x, "x")
         z = torch.randn((num_samples, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
+        levels = torch.randn(num_samples, dtype=dtype, device=device) if self.noise_model is not None else None
         parts = []
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
-                mean, loading = dlf.mean_and_loading(x[start:start + batch_size])
+                xb = x[start:start + batch_size]
+                mean, loading = dlf.mean_and_loading(xb)
                 draws = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor)) if (
                     return_samples or self.task == "classification") else None
                 if self.task == "regression":
-                    parts.append((mean, loading.pow(2).sum(-1) + self._nugget(), draws))
+                    if self.noise_model is None:
+                        aleatoric, noise_draws = torch.full_like(mean, self.aleatoric_variance), None
+                    else:
+                        aleatoric = self.noise_model.mean(xb)
+                        noise_draws = self.noise_model.sample(xb, levels) if return_samples else None
+                    parts.append((mean, loading.pow(2).sum(-1) + self._nugget(), draws, aleatoric, noise_draws))
                 else:
                     probs = draws.softmax(-1)  # (S, b, c)
                     parts.append((probs.mean(0), *entropy_decomposition(probs), draws if return_samples else None))
             cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
             if self.task == "classification":
                 return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))
-            mean = cat(0)
-            noise = dist.InverseGamma(torch.tensor(self.noise_concentration, dtype=dtype, device=device),
-                                      torch.tensor(self.noise_rate, dtype=dtype, device=device))
-            return RegressionPrediction(
-                mean=mean,
-                epistemic_variance=cat(1),
-                aleatoric_variance=torch.full_like(mean, self.aleatoric_variance),
-                function_samples=cat(2, 1),
-                noise_variance_samples=noise.sample((num_samples,)) if return_samples else None,
-            )
+            if self.noise_model is not None:
+                noise_samples = cat(4, 1)
+            elif return_samples:
+                noise_samples = dist.InverseGamma(torch.tensor(self.noise_concentration, dtype=dtype, device=device),
+                                                  torch.tensor(self.noise_rate, dtype=dtype, device=device)).sample((num_samples,))
+            else:
+                noise_samples = None
+            return RegressionPrediction(mean=cat(0), epistemic_variance=cat(1), aleatoric_variance=cat(3),
+                                        function_samples=cat(2, 1), noise_variance_samples=noise_samples)
 
     def predictive_mixture(self, x: Tensor, num_components: int = 64) -> tuple[Tensor, Tensor]:
         r"""The regression predictive density as an equal-weight Gaussian mixture.
 
         Given ``σ²`` the predictive is exactly ``N(μ(x), ‖Φ(x)‖² + σ²)``; ``σ²`` is
-        integrated over ``IG(a, b)`` with ``num_components`` equal-probability
+        integrated over ``IG(a, b)`` (heteroscedastic: over the log-normal law of
+        ``σ²(x)`` at each input) with ``num_components`` equal-probability
         quantile nodes (deterministic quadrature).
 
         :returns: ``(means, variances)`` of shape ``(K, m)``, for :mod:`pyro_dlf.metrics`.
@@ -309,8 +344,11 @@ class Student(PyroModule):
         self.dlf.check_inputs(x, "x")
         with torch.no_grad():
             mean, loading = self.dlf.mean_and_loading(x)
-            nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean)
-            variances = loading.pow(2).sum(-1) + self._nugget() + nodes.unsqueeze(-1)
+            if self.noise_model is None:
+                nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean).unsqueeze(-1)
+            else:
+                nodes = self.noise_model.quantiles(x, num_components)
+            variances = loading.pow(2).sum(-1) + self._nugget() + nodes
         return mean.expand_as(variances), variances
 
     # -------------------------------------------------------------- saving
@@ -330,10 +368,13 @@ class Student(PyroModule):
             "centered_logits": self.centered_logits,
             "include_nugget": self.include_nugget,
             "prefix": self.prefix,
-            "noise": None if self.noise_concentration is None else [self.noise_concentration, self.noise_rate],
+            "noise": ({"heteroscedastic": self.noise_model.config()} if self.noise_model is not None
+                      else None if self.noise_concentration is None else [self.noise_concentration, self.noise_rate]),
             "model": self.dlf.config(),
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
-            "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()}
+            | ({} if self.noise_model is None else
+               {f"{_NOISE_PREFIX}{k}": v.detach().cpu() for k, v in self.noise_model.state_dict().items()}),
         }
         write_payload(payload, path)
 
@@ -353,6 +394,17 @@ class Student(PyroModule):
         payload = read_payload(path, map_location)
         where = repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "the file object"
         dlf = build_model(payload, body, where).to(map_location)
-        noise = payload["noise"] or [None, None]
+        noise_model = None
+        if isinstance(payload["noise"], dict):
+            cfg = payload["noise"]["heteroscedastic"]
+            noise_model = HeteroscedasticNoise(cfg["in_features"], cfg["hidden"]).to(getattr(torch, payload["dtype"]))
+            state = {k[len(_NOISE_PREFIX):]: v for k, v in payload["state_dict"].items() if k.startswith(_NOISE_PREFIX)}
+            try:
+                noise_model.load_state_dict(state)
+            except RuntimeError as err:
+                raise ValueError(f"{where}: the saved noise model does not fit its configuration: {err}") from err
+            noise_model.to(map_location)
+        noise = payload["noise"] if isinstance(payload["noise"], list) else [None, None]
         return cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
-                   include_nugget=payload.get("include_nugget", False), prefix=str(payload.get("prefix", "")))
+                   include_nugget=payload.get("include_nugget", False), prefix=str(payload.get("prefix", "")),
+                   noise_model=noise_model)

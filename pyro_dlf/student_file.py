@@ -140,8 +140,17 @@ def _check_config(payload: dict, where: str) -> None:
     if (cfg.get("covariance") or "separable") not in COVARIANCES:
         raise ValueError(f"{where}: unknown covariance {cfg.get('covariance')!r}")
     noise = payload.get("noise")
-    if noise is not None and not (isinstance(noise, (list, tuple)) and len(noise) == 2
-                                  and all(isinstance(v, (int, float)) and v > 0 for v in noise)):
+    if isinstance(noise, dict):
+        cfg = noise.get("heteroscedastic")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{where}: unknown noise model {noise!r}")
+        _positive(cfg.get("in_features"), "noise in_features", where)
+        if not isinstance(cfg.get("hidden"), (list, tuple)):
+            raise ValueError(f"{where}: the noise model's hidden must be a list of widths")
+        for i, width in enumerate(cfg["hidden"]):
+            _positive(width, f"noise hidden[{i}]", where)
+    elif noise is not None and not (isinstance(noise, (list, tuple)) and len(noise) == 2
+                                    and all(isinstance(v, (int, float)) and v > 0 for v in noise)):
         raise ValueError(f"{where}: the noise prior must be two positive numbers, got {noise!r}")
 
 
@@ -168,7 +177,8 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
             covariance=cfg.get("covariance") or "separable", centered_loadings=bool(cfg.get("centered_loadings", False)),
         )
 
-    state = payload["state_dict"]
+    # A heteroscedastic noise model's weights travel in the same state dict under their own prefix.
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith("noise_model.")}
     if not custom:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in make().state_dict().items()}
