@@ -129,7 +129,11 @@ def distill(
         each observed only on the design points it was not trained on). Exact
         EM then runs each teacher's E-step on its observed points (SPEC §4);
         values elsewhere are ignored and may be NaN.
-    :param task: ``"regression"`` or ``"classification"``; inferred from the shape.
+    :param task: ``"regression"`` or ``"classification"``; inferred from the shape
+        (``(n, m, c)`` is read as logits: pass ``task="regression"`` for teachers
+        with several regression outputs, which get a multivariate DLF -- with
+        ``covariance="full"`` a ``d×d`` output covariance per input -- and an
+        inverse gamma per output when ``teacher_noise_variances`` is ``(n, d)``).
     :param covariance: classification: the class covariance of the student.
         ``"separable"``: ``Cov(f_j(x), f_k(x')) = Φ(x)^T Φ(x') (L L^T)_{jk}``,
         one class covariance shape for every input (``c + q`` outputs; ``q`` up
@@ -196,7 +200,8 @@ def distill(
         f = f.squeeze(-1)
     if f.dim() not in (2, 3):
         raise ValueError(f"teacher_outputs must have shape (n, m) or (n, m, c), got {tuple(f.shape)}")
-    num_outputs = f.shape[-1] if task == "classification" else None
+    # Classification logits (n, m, c), or several regression outputs (n, m, d): a multivariate DLF.
+    num_outputs = f.shape[-1] if task == "classification" or f.dim() == 3 else None
     if task == "classification" and f.dim() != 3:
         raise ValueError(f"teacher_outputs for classification must be logits of shape (n, m, c), got {tuple(f.shape)}")
     if observed is not None and task != "regression":
@@ -204,18 +209,22 @@ def distill(
     f = check_teacher_values(f, x, num_outputs, "teacher_outputs", observed=observed)
     if num_outputs is not None and num_outputs < 2:
         raise ValueError(f"teacher_outputs: classification needs at least 2 classes, got {num_outputs}")
+    if task == "regression" and centered_loadings:
+        raise ValueError("centered_loadings applies to classification logits (centred per input); drop it for regression")
     n = f.shape[0]
     if covariance not in ("separable", "full"):
         raise ValueError(f"covariance must be 'separable' or 'full', got {covariance!r}")
-    if task == "regression" and covariance != "separable":
-        raise ValueError("covariance='full' is a class-covariance structure for classification; drop it for regression")
+    if task == "regression" and covariance != "separable" and num_outputs is None:
+        raise ValueError("covariance='full' is an output-covariance structure for (n, m, c) teachers; drop it for one regression output")
     if centered_loadings is None:
         centered_loadings = covariance == "full" and task == "classification" and center_logits
     elif centered_loadings and covariance != "full":
         raise ValueError("centered_loadings=True applies to covariance='full' only")
     # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
-    check_num_factors(num_factors, n, None if num_outputs is None else num_outputs - (1 if center_logits else 0),
-                      covariance)
+    centred = task == "classification" and center_logits
+    check_num_factors(num_factors, n, None if num_outputs is None else num_outputs - (1 if centred else 0), covariance)
+    if observed is not None and num_outputs is not None:
+        raise ValueError("observed: masks are supported for one regression output; drop observed= for (n, m, d) teachers")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     check_magnitude(x, dtype, "x_design")
@@ -267,7 +276,17 @@ def distill(
             raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n positive values), e.g. its held-out mean squared error")
         v = torch.as_tensor(np.asarray(teacher_noise_variances) if isinstance(teacher_noise_variances, np.ndarray)
                             else teacher_noise_variances, dtype=torch.float64)
-        if v.dim() == 2:
+        if num_outputs is not None:
+            # Several outputs: one inverse gamma for all of them (n,), or one per output (n, d).
+            if v.dim() == 2 and tuple(v.shape) == (n, num_outputs):
+                fits = [fit_inverse_gamma(v[:, k]) for k in range(num_outputs)]
+                noise_prior = (tuple(a for a, _ in fits), tuple(b for _, b in fits))
+            elif v.dim() == 1 and v.numel() == n:
+                noise_prior = fit_inverse_gamma(v)
+            else:
+                raise ValueError(f"teacher_noise_variances: give one variance per teacher ({n},) or per teacher and output "
+                                 f"({n}, {num_outputs}) for (n, m, d) teachers, got {tuple(v.shape)}")
+        elif v.dim() == 2:
             # Heteroscedastic teachers: each one's variance at each design point (SPEC §6).
             noise_model = fit_heteroscedastic_noise(x.to(dtype), v.to(x.device), observed=observed,
                                                     hidden=hidden if isinstance(hidden, tuple) and hidden and body is None else (50,),

@@ -30,6 +30,10 @@ __all__ = ["Student", "RegressionPrediction", "ClassificationPrediction", "FORMA
 _NOISE_PREFIX = "noise_model."
 
 
+def _listed(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 
 @dataclass
 class RegressionPrediction:
@@ -59,7 +63,10 @@ class RegressionPrediction:
         if self.function_samples is None:
             raise ValueError("predict(..., return_samples=True) is needed to draw observations")
         scale = self.noise_variance_samples.sqrt()
-        scale = scale.unsqueeze(-1) if scale.dim() == 1 else scale
+        if self.function_samples.dim() == 3:  # several outputs: σ²_{(s)} per output, (S, d)
+            scale = scale.unsqueeze(1)
+        elif scale.dim() == 1:
+            scale = scale.unsqueeze(-1)
         return self.function_samples + scale * torch.randn_like(self.function_samples)
 
 
@@ -149,21 +156,28 @@ class Student(PyroModule):
         if task not in ("regression", "classification"):
             raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
         if task == "regression":
-            if dlf.multivariate:
-                raise ValueError("task='regression' needs a univariate DeepLatentFactor (num_outputs=None)")
             if noise_model is not None:
                 if not isinstance(noise_model, HeteroscedasticNoise):
                     raise TypeError(f"noise_model must be a pyro_dlf.heteroscedastic.HeteroscedasticNoise, got {type(noise_model).__name__}")
-            elif noise_concentration is None or noise_rate is None or not (noise_concentration > 0 and noise_rate > 0):
-                raise ValueError("noise_concentration and noise_rate must be positive for regression (fit them with pyro_dlf.noise.fit_inverse_gamma)")
+                if dlf.multivariate:
+                    raise ValueError("noise_model: heteroscedastic noise is for one regression output")
+            else:
+                shape = (dlf.num_outputs,) if dlf.multivariate else ()
+                a, b = (None if v is None else torch.as_tensor(v, dtype=torch.float64) for v in (noise_concentration, noise_rate))
+                if a is None or b is None or not (bool((a > 0).all()) and bool((b > 0).all())) \
+                        or a.shape not in ((), shape) or b.shape not in ((), shape):
+                    raise ValueError("noise_concentration and noise_rate must be positive for regression, one pair or one per output "
+                                     "(fit them with pyro_dlf.noise.fit_inverse_gamma)")
         elif noise_model is not None:
             raise ValueError("noise_model is for regression students")
         elif not dlf.multivariate:
             raise ValueError("task='classification' needs a multivariate DeepLatentFactor (num_outputs=c)")
         self.dlf = dlf
         self.task = task
-        self.noise_concentration = None if noise_concentration is None else float(noise_concentration)
-        self.noise_rate = None if noise_rate is None else float(noise_rate)
+        # One inverse gamma (floats), or one per output of a multi-output regression (tuples).
+        as_plain = lambda v: None if v is None else (float(v) if torch.as_tensor(v).dim() == 0 else tuple(float(t) for t in v))  # noqa: E731
+        self.noise_concentration = as_plain(noise_concentration)
+        self.noise_rate = as_plain(noise_rate)
         self.noise_model = noise_model
         self.centered_logits = bool(centered_logits)
         self.include_nugget = bool(include_nugget)
@@ -221,7 +235,7 @@ class Student(PyroModule):
         x = check_design_points(x, "x")
         self.dlf.check_inputs(x, "x")
         mean, loading, L, noise = self._network(x)
-        if self.task == "classification":
+        if self.dlf.multivariate:
             loading = torch.kron(loading, L) if L is not None else loading.flatten(0, 1)
             mean = mean.flatten()
         nugget = self.include_nugget if include_nugget is None else bool(include_nugget)
@@ -235,8 +249,8 @@ class Student(PyroModule):
         mean, loading, L, sigma2 = self._network(x)
         z = pyro.sample(name + "z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
         if self.task == "regression" and self.noise_model is None:
-            a = loading.new_tensor(self.noise_concentration)
-            noise_variance = pyro.sample(name + "noise_variance", dist.InverseGamma(a, loading.new_tensor(self.noise_rate)))
+            prior = dist.InverseGamma(*self._noise_prior(loading))
+            noise_variance = pyro.sample(name + "noise_variance", prior.to_event(1) if dlf.multivariate else prior)
         elif self.task == "regression":
             level = pyro.sample(name + "noise_level", dist.Normal(loading.new_zeros(()), 1.0))
             with poutine.block(hide_types=["param"]) if not self._trainable else contextlib.nullcontext():
@@ -251,7 +265,8 @@ class Student(PyroModule):
                 function = function + pyro.sample(name + "nugget", nugget.to_event(1) if dlf.multivariate else nugget)
             function = pyro.deterministic(name + "function", function, event_dim=1 if dlf.multivariate else 0)
             if self.task == "regression":
-                return pyro.sample(name + "y", dist.Normal(function, noise_variance.sqrt()), obs=y)
+                likelihood = dist.Normal(function, noise_variance.sqrt())
+                return pyro.sample(name + "y", likelihood.to_event(1) if dlf.multivariate else likelihood, obs=y)
             return pyro.sample(name + "y", dist.Categorical(logits=function), obs=y)
 
     def _nugget(self) -> Tensor:
@@ -264,15 +279,21 @@ class Student(PyroModule):
             return values
         return values + self.dlf.noise_variance.detach().sqrt() * torch.randn_like(values)
 
+    def _noise_prior(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a, b)`` of the inverse gamma(s) as tensors like ``like``: ``()`` or ``(d,)`` per output."""
+        return like.new_tensor(self.noise_concentration), like.new_tensor(self.noise_rate)
+
     # ------------------------------------------------------------ summaries
     @property
-    def aleatoric_variance(self) -> float:
-        """``E[σ²] = b/(a − 1)`` (infinite when ``a ≤ 1``); heteroscedastic students vary with x
-        (see :meth:`predict`)."""
+    def aleatoric_variance(self):
+        """``E[σ²] = b/(a − 1)`` (infinite when ``a ≤ 1``); a tuple, one per output, for a
+        multi-output regression; heteroscedastic students vary with x (see :meth:`predict`)."""
         if self.noise_model is not None:
             raise ValueError("aleatoric_variance: this student's noise depends on x; read predict(x).aleatoric_variance")
-        a, b = self.noise_concentration, self.noise_rate
-        return b / (a - 1) if a > 1 else float("inf")
+        mean = lambda a, b: b / (a - 1) if a > 1 else float("inf")  # noqa: E731
+        if isinstance(self.noise_concentration, tuple):
+            return tuple(mean(a, b) for a, b in zip(self.noise_concentration, self.noise_rate))
+        return mean(self.noise_concentration, self.noise_rate)
 
     def predict(self, x: Tensor, num_samples: int = 1000, *, batch_size: int = 4096,
                 return_samples: bool = False) -> Union[RegressionPrediction, ClassificationPrediction]:
@@ -305,11 +326,12 @@ class Student(PyroModule):
                     return_samples or self.task == "classification") else None
                 if self.task == "regression":
                     if self.noise_model is None:
-                        aleatoric, noise_draws = torch.full_like(mean, self.aleatoric_variance), None
+                        aleatoric, noise_draws = torch.zeros_like(mean) + mean.new_tensor(self.aleatoric_variance), None
                     else:
                         aleatoric = self.noise_model.mean(xb)
                         noise_draws = self.noise_model.sample(xb, levels) if return_samples else None
-                    parts.append((mean, loading.pow(2).sum(-1) + self._nugget(), draws, aleatoric, noise_draws))
+                    epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget()
+                    parts.append((mean, epistemic, draws, aleatoric, noise_draws))
                 else:
                     probs = draws.softmax(-1)  # (S, b, c)
                     parts.append((probs.mean(0), *entropy_decomposition(probs), draws if return_samples else None))
@@ -319,8 +341,7 @@ class Student(PyroModule):
             if self.noise_model is not None:
                 noise_samples = cat(4, 1)
             elif return_samples:
-                noise_samples = dist.InverseGamma(torch.tensor(self.noise_concentration, dtype=dtype, device=device),
-                                                  torch.tensor(self.noise_rate, dtype=dtype, device=device)).sample((num_samples,))
+                noise_samples = dist.InverseGamma(*self._noise_prior(z)).sample((num_samples,))
             else:
                 noise_samples = None
             return RegressionPrediction(mean=cat(0), epistemic_variance=cat(1), aleatoric_variance=cat(3),
@@ -344,11 +365,15 @@ class Student(PyroModule):
         self.dlf.check_inputs(x, "x")
         with torch.no_grad():
             mean, loading = self.dlf.mean_and_loading(x)
-            if self.noise_model is None:
-                nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean).unsqueeze(-1)
-            else:
+            if self.noise_model is not None:
                 nodes = self.noise_model.quantiles(x, num_components)
-            variances = loading.pow(2).sum(-1) + self._nugget() + nodes
+            elif isinstance(self.noise_concentration, tuple):  # one inverse gamma per output: (K, 1, d)
+                nodes = torch.stack([inverse_gamma_quantiles(a, b, num_components) for a, b in
+                                     zip(self.noise_concentration, self.noise_rate)], -1).to(mean).unsqueeze(1)
+            else:
+                nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean).unsqueeze(-1)
+            epistemic = self.dlf.function_variance(x) if self.dlf.multivariate else loading.pow(2).sum(-1)
+            variances = epistemic + self._nugget() + nodes
         return mean.expand_as(variances), variances
 
     # -------------------------------------------------------------- saving
@@ -369,7 +394,8 @@ class Student(PyroModule):
             "include_nugget": self.include_nugget,
             "prefix": self.prefix,
             "noise": ({"heteroscedastic": self.noise_model.config()} if self.noise_model is not None
-                      else None if self.noise_concentration is None else [self.noise_concentration, self.noise_rate]),
+                      else None if self.noise_concentration is None
+                      else [_listed(self.noise_concentration), _listed(self.noise_rate)]),
             "model": self.dlf.config(),
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
             "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()}

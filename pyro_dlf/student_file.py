@@ -149,9 +149,12 @@ def _check_config(payload: dict, where: str) -> None:
             raise ValueError(f"{where}: the noise model's hidden must be a list of widths")
         for i, width in enumerate(cfg["hidden"]):
             _positive(width, f"noise hidden[{i}]", where)
-    elif noise is not None and not (isinstance(noise, (list, tuple)) and len(noise) == 2
-                                    and all(isinstance(v, (int, float)) and v > 0 for v in noise)):
-        raise ValueError(f"{where}: the noise prior must be two positive numbers, got {noise!r}")
+    elif noise is not None:
+        positive = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
+        entries = [v for part in noise for v in (part if isinstance(part, (list, tuple)) else [part])] \
+            if isinstance(noise, (list, tuple)) and len(noise) == 2 else None
+        if not entries or not all(positive(v) for v in entries):
+            raise ValueError(f"{where}: the noise prior must be two positive numbers (or two lists, one per output), got {noise!r}")
 
 
 def build_model(payload: dict, body: Optional[nn.Module], where: str):

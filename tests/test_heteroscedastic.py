@@ -73,3 +73,39 @@ def test_arviz_takes_per_input_noise_draws(fitted):
     expected = torch.distributions.Normal(pred.function_samples.double(), pred.noise_variance_samples.double().sqrt()).log_prob(
         means[0].double())
     torch.testing.assert_close(ll, expected)
+
+
+def test_multi_output_regression_teachers_use_one_noise_law_per_output():
+    """(n, m, d) teachers with per-output noise: the predictive at every input and output is
+    N(μ_k(x), Σ_a Φ(x)_{ka}² + σ²_k) with σ²_k from output k's inverse gamma (dense reference)."""
+    from pyro_dlf.noise import inverse_gamma_quantiles
+
+    truth, x, f = synthetic_teachers(30, num_points=25, num_outputs=2, num_factors=2, covariance="full")
+    noise = torch.stack([torch.linspace(0.01, 0.02, 30), torch.linspace(0.5, 0.9, 30)], -1)  # (n, d), very different outputs
+    student = pyro_dlf.distill(x, f, task="regression", covariance="full", num_factors=2, teacher_noise_variances=noise,
+                               hidden=(16,), num_iterations=5, mmd_steps=20, progress=False)
+    assert student.task == "regression" and student.dlf.num_outputs == 2 and len(student.noise_concentration) == 2
+    pred = student.predict(x, 50, return_samples=True)
+    assert pred.mean.shape == pred.epistemic_variance.shape == pred.aleatoric_variance.shape == (25, 2)
+    assert pred.noise_variance_samples.shape == (50, 2) and pred.sample_observations().shape == (50, 25, 2)
+    means, variances = student.predictive_mixture(x, 8)
+    with torch.no_grad():
+        phi = student.dlf.loading(x)  # (m, d, q)
+    for k in range(2):
+        nodes = inverse_gamma_quantiles(student.noise_concentration[k], student.noise_rate[k], 8).float()
+        dense = phi[:, k].pow(2).sum(-1)[None, :] + nodes[:, None]
+        torch.testing.assert_close(variances[..., k], dense)
+    assert float(pred.aleatoric_variance[0, 1]) > 10 * float(pred.aleatoric_variance[0, 0])
+    out = Predictive(student, num_samples=4)(x)
+    assert out["y"].shape == (4, 25, 2) and out["noise_variance"].shape[-1] == 2
+    student2 = Student.load(_saved(student))
+    torch.testing.assert_close(student2.predictive_mixture(x, 8)[1], variances)
+
+
+def _saved(student):
+    import io
+
+    buffer = io.BytesIO()
+    student.save(buffer)
+    buffer.seek(0)
+    return buffer
