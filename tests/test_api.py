@@ -120,7 +120,7 @@ def test_full_covariance_distill_and_its_options():
     with pytest.raises(ValueError, match="centered_loadings=True applies to covariance='full' only"):
         pyro_dlf.distill(x, f, num_factors=2, centered_loadings=True, **FAST)
     xr, fr, v = _regression_data()
-    with pytest.raises(ValueError, match="covariance='full' is a class-covariance structure"):
+    with pytest.raises(ValueError, match="covariance='full' is an output-covariance structure"):
         pyro_dlf.distill(xr, fr, num_factors=2, teacher_noise_variances=v, covariance="full", **FAST)
 
 
