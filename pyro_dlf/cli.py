@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")
     distill.add_argument("--hidden", nargs="+", default=["auto"],
                          help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out marginal likelihood)")
-    distill.add_argument("--covariance", default="separable", choices=("separable", "full"),
-                         help="classification: one class covariance for every input (separable) or one per input (full)")
+    distill.add_argument("--covariance", default=None, choices=("separable", "full"),
+                         help="several outputs: one per input (full, the default for classification) or one shape for "
+                              "every input (separable, the paper's)")
     distill.add_argument("--iterations", type=_POSITIVE, default=100, help="EM iterations")
     distill.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="steps of the MMD-penalized initialization")
     distill.add_argument("--lr", type=_fraction, default=1e-2, help="Adam step size of the M-steps")
