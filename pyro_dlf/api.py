@@ -21,6 +21,7 @@ from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import fit_inverse_gamma
 from pyro_dlf.selection import BODY_FAMILY, select_hidden
 from pyro_dlf.student import Student
+from pyro_dlf.sufficient_statistics import observed_count
 
 __all__ = ["distill", "evaluate_teachers", "scheduled_adam"]
 
@@ -416,7 +417,7 @@ def _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_
     optim = scheduled_adam(lr, lr_decay, warmup, num_iterations)
     em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=steps, batch_size=batch_size, estep=estep, generator=generator)
     history = []
-    count = f.numel() if observed is None else int(observed.sum()) * (f.numel() // observed.numel())
+    count = observed_count(f, observed)
     bar = tqdm(range(num_iterations), desc="EM", disable=not progress, leave=False)
     for _ in bar:
         history.append(em.step(x, f, observed) / count)

@@ -64,6 +64,7 @@ __all__ = [
     "log_marginal_likelihood",
     "combine",
     "expected_squared_error",
+    "observed_count",
 ]
 
 
@@ -267,6 +268,11 @@ def log_marginal_likelihood(stats: FactorStatistics, posterior: FactorPosterior,
     log_variances = post.variances.log()
     logdet = -(log_variances.sum(-1) if stats.masked else log_variances.sum()) + N * noise.log()
     return -0.5 * (N * math.log(2 * math.pi) + logdet + quad)
+
+
+def observed_count(f: Tensor, observed: Optional[Tensor] = None) -> int:
+    """Observed scalars in ``f``: all of them, or those of the ``(n, m)`` mask times the outputs per point."""
+    return f.numel() if observed is None else int(observed.sum()) * (f.numel() // observed.numel())
 
 
 def combine(mean: Tensor, loading: Tensor, z: Tensor, class_factor: Optional[Tensor] = None) -> Tensor:

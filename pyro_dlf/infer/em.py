@@ -19,6 +19,7 @@ from pyro_dlf.sufficient_statistics import (
     batch_statistics,
     expected_squared_error,
     log_marginal_likelihood,
+    observed_count,
 )
 
 __all__ = ["EM", "expected_complete_nll"]
@@ -42,7 +43,7 @@ def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, 
     L = model.separable_class_factor
     noise = model.noise_variance.detach()
     sq = expected_squared_error(mean, loading, f, guide.posterior, L, observed=observed)
-    count = f.numel() if observed is None else max(int(observed.sum()) * (f.numel() // observed.numel()), 1)
+    count = max(observed_count(f, observed), 1)  # a minibatch may hold no observed value
     return 0.5 * torch.log(2 * math.pi * noise) + sq / (2 * noise * count)
 
 
@@ -205,7 +206,7 @@ class EM:
 
     def _count(self, f: Tensor) -> int:
         """Observed scalars: every entry of ``f``, or the masked ones (times the outputs per point)."""
-        return f.numel() if self._observed is None else int(self._observed.sum()) * (f.numel() // self._observed.numel())
+        return observed_count(f, self._observed)
 
     def _batches(self, m: int, count: int):
         """``count`` minibatch index sets, walking shuffled epochs across calls."""
