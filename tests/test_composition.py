@@ -93,3 +93,33 @@ def test_em_refuses_a_frozen_student(regression_student):
     x, student = regression_student
     with pytest.raises(ValueError, match="frozen .* student.unfreeze"):
         EM(student.dlf, ExactFactorPosterior(student.dlf), pyro.optim.Adam({"lr": 1e-2}))
+
+
+def test_training_a_gpytorch_model_built_on_the_student_leaves_it_unchanged(regression_student):
+    import gpytorch
+
+    from pyro_dlf.kernels import DLFKernel, DLFMean
+
+    x, student = regression_student
+
+    class GP(gpytorch.models.ExactGP):
+        def __init__(self, x, y, likelihood):
+            super().__init__(x, y, likelihood)
+            self.mean_module, self.covar_module = DLFMean(student.dlf), gpytorch.kernels.ScaleKernel(DLFKernel(student.dlf))
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+    y = torch.sin(3 * x[:, 0])
+    likelihood = gpytorch.likelihoods.GaussianLikelihood()
+    model = GP(x, y, likelihood)
+    before = {k: v.clone() for k, v in student.dlf.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)  # the wrapping model's parameters, student's included
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+    model.train()
+    for _ in range(20):
+        optimizer.zero_grad()
+        (-mll(model(x), y)).backward()
+        optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in student.dlf.state_dict().items())
+    assert float(model.covar_module.raw_outputscale) != 0.0  # the GP's own hyperparameters did train
