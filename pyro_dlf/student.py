@@ -184,7 +184,10 @@ class Student(PyroModule):
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str such as 'dlf.', got {type(prefix).__name__}")
         self.prefix = prefix
-        self.unfreeze() if trainable else self.freeze()
+        if trainable:
+            self.unfreeze()
+        else:
+            self.freeze()
 
     # ------------------------------------------------------------ training
     @property
