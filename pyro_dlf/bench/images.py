@@ -23,7 +23,9 @@ Protocol (one run = one data seed):
   default ``teachers − 1``, every direction the teachers span; loadings
   projected onto the zero-sum classes), beside it the other structure
   (``"separable"``, ``q = num_factors``), the default with uncentred logits,
-  and, for the full model, the loadings left unprojected (SPEC §1–2).
+  for the full model the loadings left unprojected (SPEC §1–2), and the
+  default fit predicting with its nugget (``DLF + nugget``: a new teacher
+  rather than the smooth process).
   Training budgets are matched in passes over the design
   images: ``student_epochs`` (30) for every rival (Adam, step 1e-3); for the
   DLF ``mmd_steps`` minibatch steps (300 × 128 images ≈ 4 passes) and
@@ -464,7 +466,7 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
     log_probs = teacher_logits.log_softmax(-1)
     mean_log_probs = (log_probs.logsumexp(0) - math.log(config.teachers)).unsqueeze(0)
 
-    rows, reliability, bodies, shift_class_factor = [], {}, {}, None
+    rows, reliability, bodies, shift_class_factor, default_dlf = [], {}, {}, None, None
     teacher_mi = None
     teacher_variance = _centred_logit_variance(teacher_test_logits)
     common = dict(epochs=config.student_epochs, batch_size=config.batch_size, seed=config.seed, progress=config.progress)
@@ -498,7 +500,7 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
     if config.dlf_covariance == "full" or other == "full":
         dlf_variants["DLF full, loadings not projected"] = ("full", True, False)
     plan = ["single CNN"] + [f"KD ({_DIVERGENCE_LABELS[d]})" for d in DIVERGENCES] + [
-        "small-Ens", "Hydra", "BE", "Proxy-EnD²", *dlf_variants]
+        "small-Ens", "Hydra", "BE", "Proxy-EnD²", *dlf_variants, "DLF + nugget"]
     full_q = config.full_num_factors or config.teachers - 1
     for method in tqdm(plan, desc="students", disable=not config.progress):
         if method == "single CNN":
@@ -519,6 +521,20 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
             model, seconds = _timed(BatchEnsembleClassifier(shape, c, config.teachers, *student).distill, x_design, log_probs, **common)
         elif method == "Proxy-EnD²":
             model, seconds = _timed(DirichletClassifier(shape, c, *student).distill, x_design, log_probs, **common)
+        elif method == "DLF + nugget":
+            # The default DLF's fit, predicting new teachers: the nugget σ_f² (teacher variation outside
+            # the q factors) joins the epistemic logit variance. No refit.
+            model = default_dlf
+            model.include_nugget = True
+            record(method, lambda x, s=model: _dlf_predict(s, x), metrics.count_parameters(model), 0.0)
+            variance = _logit_variance(model.dlf, {"test": teacher_test_logits, "design": teacher_logits},
+                                       {"test": x_test, "design": x_design}, True)
+            rows[-1].update({"logit_variance_student": variance["logit_variance_student"] + variance["logit_nugget"],
+                             "logit_variance_teachers": variance["logit_variance_teachers"],
+                             "logit_variance_ratio": (variance["logit_variance_student"] + variance["logit_nugget"])
+                             / variance["logit_variance_teachers"]})
+            model.include_nugget = False
+            continue
         else:
             covariance, centred, projected = dlf_variants[method]
             with torch.random.fork_rng():
@@ -538,6 +554,7 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
 
             if method == "DLF":
                 bodies["DLF"] = _batched(features)
+                default_dlf = model
             if centred and covariance == "separable":
                 shift_class_factor = (method, _batched(features), dlf.class_factor)
             record(method, lambda x, s=model: _dlf_predict(s, x), metrics.count_parameters(model), seconds)

@@ -33,7 +33,7 @@ def test_images_bench_smoke(smoke_run):
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"teacher ensemble", "single CNN", "KD (forward KL)", "KD (reverse KL)", "KD (JS)", "KD (TV)",
                          "small-Ens", "Hydra", "BE", "Proxy-EnD²", "DLF", "DLF separable", "DLF uncentred logits",
-                         "DLF full, loadings not projected"}
+                         "DLF full, loadings not projected", "DLF + nugget"}
     for method, row in rows.items():
         for key in ("accuracy", "nll", "ece", "brier", "auroc_entropy", "epistemic_share"):
             assert math.isfinite(row[key]), (method, key)
@@ -55,6 +55,9 @@ def test_images_bench_smoke(smoke_run):
     assert (rows["DLF separable"]["covariance"], rows["DLF separable"]["num_factors"]) == ("separable", 4)
     for method in ("DLF", "DLF separable"):
         assert 0 < rows[method]["forward_1000_seconds"] < rows[method]["predictive_s1000_1000_seconds"]
+    # The nugget joins the default fit's epistemic variance: a larger ratio, from the same fit.
+    assert rows["DLF + nugget"]["logit_variance_ratio"] > rows["DLF"]["logit_variance_ratio"]
+    assert rows["DLF + nugget"]["mi_test"] >= rows["DLF"]["mi_test"]
     # The teachers came from the cache on a second run: same teacher row.
     shift = result["shift"]
     assert {r["body"] for r in shift} == {"single CNN", "Hydra", "DLF", "DLF separable latent head"}
