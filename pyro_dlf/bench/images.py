@@ -646,7 +646,11 @@ def merge_images_results(results: list[dict]) -> dict:
         merged, se = {}, {}
         for key, value in per_run[0].items():
             values = [row.get(key) for row in per_run]
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and all(isinstance(v, (int, float)) for v in values):
+            if all(v == value for v in values):
+                merged[key] = value  # the same in every run (a setting such as num_factors): kept as it is
+                if key in se_keys and isinstance(value, (int, float)) and len(values) > 1:
+                    se[key] = 0.0
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and all(isinstance(v, (int, float)) for v in values):
                 merged[key], error = _mean_and_se([float(v) for v in values])
                 if key in se_keys and error is not None:
                     se[key] = error
@@ -789,7 +793,8 @@ def write_images_report(result: dict, output_dir: str, name: str = "images") -> 
     lines += ["",
               f"![reliability]({name}_reliability.png)", "", f"![auroc]({name}_auroc.png)", "",
               "## Distribution shift: MNIST-Flip (y → 9 − y), head-only refit on a frozen body", "",
-              f"Mean ± SE over {config['shift_seeds']} draws of the N flipped training examples; flipped test set.", "",
+              f"Mean ± SE over {config['shift_seeds']} draws of the N flipped training examples"
+              + (f" in each of {len(seeds)} data seeds, pooled" if len(seeds) > 1 else "") + "; flipped test set.", "",
               "| body | " + " | ".join(f"N = {n}" for n in config["shift_sizes"]) + " |",
               "|" + "---|" * (len(config["shift_sizes"]) + 1)]
     for metric, index in (("accuracy", 0), ("NLL", 2)):
