@@ -255,10 +255,14 @@ def distill(
     if candidates is not None:
         if body is not None:
             raise ValueError("hidden: choosing among bodies works for the default MLP body; pass one hidden= with body=, or drop body=")
-        f_raw = f
+        m_all = x.shape[0]
 
-        def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...], mask: Optional[Tensor]) -> Student:
-            return distill(xs, fs, **{**call, "hidden": widths, "progress": False, "observed": mask})
+        def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...], mask: Optional[Tensor], idx: Tensor) -> Student:
+            options = {**call, "hidden": widths, "progress": False, "observed": mask}
+            noise = teacher_noise_variances
+            if noise is not None and getattr(noise, "ndim", 0) == 2 and noise.shape[1] == m_all and num_outputs is None:
+                options["teacher_noise_variances"] = noise[:, idx]  # heteroscedastic: the fitting part's columns
+            return distill(xs, fs, **options)
 
         def score(student: Student, xs: Tensor, fs: Tensor, mask: Optional[Tensor]) -> Tensor:
             if student.centered_logits:
@@ -272,7 +276,7 @@ def distill(
             ll[seen] = student.dlf.log_marginal_likelihood(xs.to(dtype_), fs[seen].to(dtype_), observed=mask[seen]) / mask[seen].sum(1)
             return ll
 
-        selection = select_hidden(x, f_raw, candidates, fit, score, validation_fraction=validation_fraction, seed=seed,
+        selection = select_hidden(x, f, candidates, fit, score, validation_fraction=validation_fraction, seed=seed,
                                   observed=observed)
         hidden = selection.chosen
     else:

@@ -81,7 +81,7 @@ def select_hidden(
     x: Tensor,
     f: Tensor,
     candidates: Sequence[Sequence[int]],
-    fit: Callable[[Tensor, Tensor, tuple[int, ...], Optional[Tensor]], object],
+    fit: Callable[[Tensor, Tensor, tuple[int, ...], Optional[Tensor], Tensor], object],
     score: Callable[[object, Tensor, Tensor, Optional[Tensor]], Tensor],
     *,
     validation_fraction: float = 0.2,
@@ -92,7 +92,8 @@ def select_hidden(
 
     :param x: design points ``(m, d)``.
     :param f: teacher values ``(n, m)`` or ``(n, m, c)`` as the caller fits them.
-    :param fit: ``fit(x_fit, f_fit, hidden, observed_fit)`` returns a fitted student.
+    :param fit: ``fit(x_fit, f_fit, hidden, observed_fit, fit_indices)`` returns a fitted student
+        (the indices let the caller slice anything else given per design point).
     :param score: ``score(student, x_val, f_val, observed_val)`` returns each
         teacher's log marginal likelihood per scalar at the validation points,
         ``(n,)``; NaN for a teacher with no observed validation value (left out).
@@ -105,7 +106,7 @@ def select_hidden(
     scores, sizes = [], []
     part = (lambda idx: None) if observed is None else (lambda idx: observed[:, idx])  # noqa: E731
     for hidden in candidates:
-        student = fit(x[fit_idx], f[:, fit_idx], hidden, part(fit_idx))
+        student = fit(x[fit_idx], f[:, fit_idx], hidden, part(fit_idx), fit_idx)
         scores.append(score(student, x[val_idx], f[:, val_idx], part(val_idx)).double())
         sizes.append(sum(p.numel() for p in student.parameters()))
     table = torch.stack(scores)  # (candidates, teachers)

@@ -109,3 +109,12 @@ def _saved(student):
     student.save(buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_body_selection_slices_per_point_noise_variances():
+    """Heteroscedastic (n, m) variances go with the design points into each candidate's fit."""
+    truth, x, means = synthetic_teachers(10, num_points=40, seed=3)
+    variances = (0.05 + 0.1 * torch.sigmoid(x[:, 0])) ** 2 * torch.ones(10, 1)
+    student = pyro_dlf.distill(x, means, num_factors=2, teacher_noise_variances=variances, hidden=[(4,), (8,)],
+                               num_iterations=3, mmd_steps=10, progress=False)
+    assert student.body_selection.chosen in ((4,), (8,)) and student.noise_model is not None

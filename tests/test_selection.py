@@ -47,7 +47,7 @@ def test_one_standard_error_rule():
             self.widths = widths
             self.w = torch.nn.Parameter(torch.zeros(widths[0]))
 
-    select = lambda t: select_hidden(x, f, list(t), lambda xs, fs, h, o: Fake(h), lambda s, xs, fs, o: t[s.widths])  # noqa: E731
+    select = lambda t: select_hidden(x, f, list(t), lambda xs, fs, h, o, i: Fake(h), lambda s, xs, fs, o: t[s.widths])  # noqa: E731
     # Differences are exactly 0.05 for every teacher: SE 0, the bigger body is better: chosen.
     assert select(table).chosen == (2,)
     noisy = {(1,): torch.tensor([0.0, 0.3, -0.3, 0.0]), (2,): torch.tensor([0.05, 0.15, -0.05, 0.05])}
