@@ -69,7 +69,7 @@ class ExactFactorPosterior(PyroModule):
     def update(self, x: Tensor, f: Tensor, batch_size: Optional[int] = None, observed: Optional[Tensor] = None) -> FactorPosterior:
         """Exact E-step from all design points (streamed in batches of ``batch_size``);
         with ``observed`` (``(n, m)`` booleans) each teacher from its observed points only."""
-        x = check_design_points(x, "x")
+        x = check_design_points(x, "x", integer_ok=self.model.custom_body)
         self.model.check_inputs(x, "x")
         f = check_teacher_values(f, x, self.model.num_outputs, "f", min_members=1, observed=observed)
         check_dtype(f, self.model, "f")

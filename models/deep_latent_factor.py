@@ -34,7 +34,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_teacher_values
+from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_teacher_values, is_integer_input
 from pyro_dlf.nn import MLP
 from pyro_dlf.sufficient_statistics import (
     FactorStatistics,
@@ -204,6 +204,8 @@ class DeepLatentFactor(PyroModule):
         """Raise a clear error when ``x`` does not fit the default body or the model's dtype."""
         if not self.custom_body and (x.dim() != 2 or x.shape[1] != self.in_features):
             raise ValueError(f"{name} must have shape (num_points, {self.in_features}) for this model, got {tuple(x.shape)}")
+        if self.custom_body and is_integer_input(x):
+            return  # token ids or codes: the body embeds them
         check_dtype(x, self, name)
 
     def set_noise_variance(self, value: float, floor: float = 1e-6) -> None:
@@ -216,6 +218,8 @@ class DeepLatentFactor(PyroModule):
     # ------------------------------------------------------- the network parts
     def features(self, x: Tensor) -> Tensor:
         """Body features ``h_θ(x)`` of standardized inputs, ``(m, d)``."""
+        if is_integer_input(x):
+            return self.body(x)  # a custom body embedding ids/codes; nothing to standardize
         return self.body((x - self.input_loc) / self.input_scale)
 
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -312,7 +316,7 @@ class DeepLatentFactor(PyroModule):
         ``observed`` (``(n, m)`` booleans) teacher ``i``'s density is that of its
         observed values only (SPEC §4, teachers observed on different points).
         """
-        x = check_design_points(x, "x")
+        x = check_design_points(x, "x", integer_ok=self.custom_body)
         self.check_inputs(x, "x")
         f = check_teacher_values(f, x, self.num_outputs, "f", min_members=1, observed=observed)
         check_dtype(f, self, "f")
@@ -330,7 +334,7 @@ class DeepLatentFactor(PyroModule):
         ``include_noise`` adds the nugget (a draw of a teacher, not of the
         smooth process).
         """
-        x = check_design_points(x, "x")
+        x = check_design_points(x, "x", integer_ok=self.custom_body)
         self.check_inputs(x, "x")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")

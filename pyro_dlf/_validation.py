@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_design_points", "check_teacher_values", "check_observed", "check_num_factors", "check_dtype", "check_batch_size",
+__all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_num_factors", "check_dtype", "check_batch_size",
            "check_magnitude"]
 
 
@@ -35,8 +35,18 @@ def _check_finite(value: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains {count} non-finite value(s) (NaN or Inf), the first at index {first}; remove or impute them before distilling")
 
 
-def check_design_points(x: Tensor, name: str = "x") -> Tensor:
-    """A non-empty, finite, floating-point tensor of inputs ``(m, ...)``."""
+def check_design_points(x: Tensor, name: str = "x", integer_ok: bool = False) -> Tensor:
+    """A non-empty, finite, floating-point tensor of inputs ``(m, ...)``.
+
+    With ``integer_ok`` (a custom body that embeds its inputs, e.g. a text
+    encoder reading token ids ``(m, L)``) integer tensors pass unchanged.
+    """
+    if integer_ok and isinstance(x, np.ndarray) and x.dtype.kind in "iu":
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if integer_ok and isinstance(x, Tensor) and is_integer_input(x):
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"{name} must have a leading dimension of design points, got shape {tuple(x.shape)}")
+        return x
     x = _as_float_tensor(x, name)
     if x.dim() == 0:
         raise ValueError(f"{name} must have a leading dimension of design points, got a scalar")
@@ -44,6 +54,18 @@ def check_design_points(x: Tensor, name: str = "x") -> Tensor:
         raise ValueError(f"{name} is empty: give at least one design point")
     _check_finite(x, name)
     return x
+
+
+def is_integer_input(x: Tensor) -> bool:
+    """Integer inputs (token ids, category codes): never cast to the model's float dtype."""
+    return not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+
+
+def cast_inputs(x: Tensor, dtype: torch.dtype, device=None) -> Tensor:
+    """``x`` in the model's ``dtype`` on ``device``; integer inputs keep their dtype (only moved)."""
+    if is_integer_input(x):
+        return x if device is None else x.to(device)
+    return x.to(dtype=dtype) if device is None else x.to(dtype=dtype, device=device)
 
 
 def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name: str = "f", min_members: int = 2,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_dlf._validation import check_design_points, check_magnitude, check_num_factors, check_teacher_values
+from pyro_dlf._validation import cast_inputs, check_design_points, check_magnitude, check_num_factors, check_teacher_values
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.heteroscedastic import fit_heteroscedastic_noise
 from pyro_dlf.infer.em import EM
@@ -185,7 +185,7 @@ def distill(
         marginal likelihood per observed scalar at each EM iteration.
     """
     call = {k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs")}
-    x = check_design_points(x_design, "x_design")
+    x = check_design_points(x_design, "x_design", integer_ok=body is not None)
     if device is not None:
         x = x.to(device)
     if isinstance(teacher_outputs, np.ndarray):
@@ -315,7 +315,7 @@ def distill(
             f = f - f.mean(-1, keepdim=True)
 
     f = f.to(dtype=dtype, device=x.device)
-    x = x.to(dtype=dtype)
+    x = cast_inputs(x, dtype)
     if observed is not None:
         observed = observed.to(f.device)
         # Unobserved entries are placeholders (never read by the algebra); keep them finite.

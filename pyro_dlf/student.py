@@ -16,7 +16,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_dlf import __version__
-from pyro_dlf._validation import check_batch_size, check_design_points
+from pyro_dlf._validation import cast_inputs, check_batch_size, check_design_points
 from pyro_dlf.metrics import entropy_decomposition
 from pyro_dlf.heteroscedastic import HeteroscedasticNoise
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
@@ -235,7 +235,7 @@ class Student(PyroModule):
         diagonal, so ``D`` is a jitter of ``10⁻⁶ σ_f²`` -- far below anything the
         teachers resolve.
         """
-        x = check_design_points(x, "x")
+        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body)
         self.dlf.check_inputs(x, "x")
         mean, loading, L, noise = self._network(x)
         if self.dlf.multivariate:
@@ -310,13 +310,13 @@ class Student(PyroModule):
             every input, ``(S, m)`` or ``(S, m, c)`` -- kept only when asked, since
             they grow with ``S · m · c`` (16 GB at 200k inputs, 1,000 draws, 10 classes).
         """
-        x = check_design_points(x, "x")
+        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         check_batch_size(batch_size)
         dlf = self.dlf
         dtype, device = dlf.loading_head.weight.dtype, dlf.loading_head.weight.device
-        x = x.to(dtype=dtype, device=device)
+        x = cast_inputs(x, dtype, device)
         dlf.check_inputs(x, "x")
         z = torch.randn((num_samples, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
         levels = torch.randn(num_samples, dtype=dtype, device=device) if self.noise_model is not None else None
@@ -362,9 +362,9 @@ class Student(PyroModule):
         """
         if self.task != "regression":
             raise ValueError("predictive_mixture is for regression students; use predict(x).probs for classification")
-        x = check_design_points(x, "x")
+        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body)
         weight = self.dlf.loading_head.weight
-        x = x.to(dtype=weight.dtype, device=weight.device)
+        x = cast_inputs(x, weight.dtype, weight.device)
         self.dlf.check_inputs(x, "x")
         with torch.no_grad():
             mean, loading = self.dlf.mean_and_loading(x)

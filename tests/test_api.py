@@ -2,6 +2,7 @@
 
 import warnings
 
+import pyro
 import pytest
 import torch
 
@@ -189,3 +190,33 @@ def test_silent_garbage_is_reported():
     pyro_dlf.distill(x.double(), (f * 1e18).double(), num_factors=2, teacher_noise_variances=v, dtype=torch.float64, **FAST)
     with pytest.warns(RuntimeWarning, match="the fit looks diverged"):
         pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, lr=1e6, num_iterations=10, mmd_steps=20, progress=False)
+
+
+def test_integer_design_points_reach_a_custom_body_unchanged():
+    """Token ids (m, L) are the natural input of a text body: integer x passes to a custom body as it is,
+    through distill, the Pyro model, the predictive and save/load; the default MLP body still refuses it."""
+    import io
+
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.EmbeddingBag(40, 6, mode="mean", padding_idx=0)
+
+        def forward(self, ids):
+            assert ids.dtype == torch.long
+            return self.embed(ids)
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 40, (80, 5))
+    logits = torch.randn(4, 80, 3) + torch.nn.functional.one_hot(ids[:, 0] % 3, 3)
+    student = pyro_dlf.distill(ids, logits, num_factors=3, body=Bag(), body_features=6, num_iterations=3, mmd_steps=3, progress=False)
+    assert student.predict(ids[:7]).probs.shape == (7, 3)
+    draws = pyro.infer.Predictive(student, num_samples=4)(ids[:7])["y"]
+    assert draws.shape == (4, 7) and draws.dtype == torch.long
+    buffer = io.BytesIO()
+    student.save(buffer)
+    buffer.seek(0)
+    again = Student.load(buffer, body=Bag())
+    torch.testing.assert_close(again.dlf.mean(ids[:7]), student.dlf.mean(ids[:7]))
+    with pytest.raises(TypeError, match="x_design must have a floating-point dtype"):
+        pyro_dlf.distill(ids, logits, num_factors=3, num_iterations=1, progress=False)

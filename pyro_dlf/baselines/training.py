@@ -80,7 +80,8 @@ def _check_inputs(t: object, name: str, integer_ok: bool = False) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}; wrap it with torch.as_tensor")
     if not t.is_floating_point() and not (integer_ok and t.dtype == torch.long):
-        kind = "a floating dtype (or int64 labels for the cross-entropy)" if integer_ok else "a floating dtype"
+        kind = "a floating dtype" if not integer_ok else (
+            "a floating dtype (or int64 token ids with vectorize=False)" if name == "x" else "a floating dtype (or int64 labels for the cross-entropy)")
         raise TypeError(f"{name} must have {kind}, got {t.dtype}; convert it with {name}.float()")
     if t.dim() == 0 or t.shape[0] == 0:
         raise ValueError(f"{name} must have at least one row, got shape {tuple(t.shape)}")
@@ -104,6 +105,7 @@ def fit_networks(
     progress: bool = False,
     desc: str = "fit_networks",
     eval_batch_size: int = 4096,
+    vectorize: bool = True,
 ) -> list[float]:
     """Train :math:`K` networks of one architecture at once, each on its own targets and rows.
 
@@ -141,6 +143,11 @@ def fit_networks(
     :param progress: show a tqdm bar over epochs (label ``desc``).
     :param eval_batch_size: rows per chunk when the final loss is evaluated
         (bounds memory for image networks).
+    :param vectorize: stack the networks and run them with ``vmap`` (small
+        networks); ``False`` trains them one after the other with plain module
+        calls -- the same minibatches, steps and result, for large modules
+        (transformers) that gain nothing from stacking or do not support
+        ``torch.func``. ``x`` may then be int64 (token ids).
     :returns: each network's final loss on its own rows (no gradients): the
         row-weighted mean of the chunk losses.
     :raises TypeError: on arguments of the wrong type or dtype.
@@ -167,7 +174,8 @@ def fit_networks(
     else:
         raise TypeError(f"loss must be a name in {sorted(LOSSES)} or a callable, got {type(loss).__name__}")
     num = len(nets)
-    x = _check_inputs(x, "x")
+    vectorize = _check_bool(vectorize, "vectorize")
+    x = _check_inputs(x, "x", integer_ok=not vectorize)
     y = _check_inputs(y, "y", integer_ok=loss_fn is label_cross_entropy)
     n = x.shape[0]
     if y.dim() < 2 or y.shape[0] != num or y.shape[1] != n:
@@ -199,6 +207,9 @@ def fit_networks(
     if len(generators) != num or any(g is not None and not isinstance(g, torch.Generator) for g in generators):
         raise TypeError(f"generators must be None or a sequence of {num} torch.Generator (or None entries)")
     progress = _check_bool(progress, "progress")
+
+    if not vectorize:
+        return _fit_one_by_one(nets, x, y, loss_fn, rows, epochs, bs, r, eval_bs, lr, weight_decay, generators, progress, desc)
 
     was_training = [net.training for net in nets]
     params, buffers = torch.func.stack_module_state(list(nets))
@@ -262,3 +273,41 @@ def fit_networks(
                 b.copy_(buffers[name][k])
             net.train(was_training[k])
     return [float(v) for v in final]
+
+
+def _fit_one_by_one(nets, x: Tensor, y: Tensor, loss_fn: LossFn, rows: Tensor | None, epochs: int, bs: int, r: int,
+                    eval_bs: int, lr: float, weight_decay: float, generators, progress: bool, desc: str) -> list[float]:
+    """:func:`fit_networks` without stacking: each network alone, the same permutations and steps."""
+    final = []
+    for k, net in enumerate(nets):
+        own = rows[k] if rows is not None else None
+        was_training = net.training
+        net.train()
+        optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+        g = generators[k]
+        bar = tqdm(range(epochs), desc=desc if len(nets) == 1 else f"{desc} {k + 1}/{len(nets)}", disable=not progress, leave=False)
+        for _ in bar:
+            if bs == r:
+                batches = [own if own is not None else torch.arange(r, device=x.device)]
+            else:
+                perm = torch.randperm(r, generator=g, device=g.device if g is not None else "cpu").to(x.device)
+                batches = list((perm if own is None else own[perm]).split(bs))
+            for idx in batches:
+                optimizer.zero_grad(set_to_none=True)
+                value = loss_fn(net(x[idx]).unsqueeze(0), y[k, idx].unsqueeze(0))
+                value.sum().backward()
+                optimizer.step()
+            loss_value = float(value.detach().sum())
+            if not math.isfinite(loss_value):
+                raise RuntimeError(f"training loss became {loss_value}; lower lr (now {lr:g}) or standardise x and y")
+            if progress:
+                bar.set_postfix(loss=f"{loss_value:.4g}")
+        net.eval()
+        with torch.no_grad():
+            # A mean loss over all rows is the row-weighted mean of chunk means.
+            all_rows = own if own is not None else torch.arange(x.shape[0], device=x.device)
+            total = sum(float(loss_fn(net(x[chunk]).unsqueeze(0), y[k, chunk].unsqueeze(0)).sum()) * len(chunk)
+                        for chunk in all_rows.split(eval_bs))
+        net.train(was_training)
+        final.append(total / r)
+    return final

@@ -1,4 +1,4 @@
-"""Data utilities: standardisation, the random split protocols, design points, the UCI and image loaders."""
+"""Data utilities: standardisation, the random split protocols, design points, the UCI, image and text loaders."""
 
 from pyro_dlf.data.design import gaussian_perturbation, mixup, neighbour_jitter, scott_bandwidth
 from pyro_dlf.data.images import (
@@ -11,6 +11,7 @@ from pyro_dlf.data.images import (
     read_idx,
 )
 from pyro_dlf.data.splits import Standardizer, train_design_test_split, train_test_split
+from pyro_dlf.data.text import TextData, load_rotten_tomatoes
 from pyro_dlf.data.uci import UCI_DATASETS, UCIData, UCISplit, load_uci
 
 __all__ = [
@@ -32,4 +33,6 @@ __all__ = [
     "UCIData",
     "UCISplit",
     "load_uci",
+    "TextData",
+    "load_rotten_tomatoes",
 ]

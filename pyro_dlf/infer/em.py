@@ -3,6 +3,7 @@ r"""Exact (generalized) EM for the deep latent factor model, shaped like :class:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional
 
 import pyro.optim
@@ -185,7 +186,7 @@ class EM:
         data = (x, f) if observed is None else (x, f, observed)
         key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in data)
         if self._checked != key:
-            x = check_design_points(x, "x")
+            x = check_design_points(x, "x", integer_ok=self.model.custom_body)
             self.model.check_inputs(x, "x")
             f = check_teacher_values(f, x, self.model.num_outputs, "f", observed=observed)
             check_dtype(f, self.model, "f")
@@ -334,7 +335,10 @@ class EM:
             # A user loss keeps SVI's four arguments unless the teachers are masked.
             return self.loss(model, self.guide, xb, fb) if ob is None else self.loss(model, self.guide, xb, fb, observed=ob)
 
-        with poutine.trace(param_only=True) as tape:
+        with poutine.trace(param_only=True) as tape, warnings.catch_warnings():
+            # A body with frozen weights (e.g. a LoRA-adapted encoder) is intended: its frozen
+            # parameters are simply not Pyro params, which Pyro warns about once per tensor and step.
+            warnings.filterwarnings("ignore", message=r".*not registered in the param store because requires_grad=False")
             loss = pyro_method(objective)(self.model)
         noise = self.model.noise_variance_unconstrained
         params = [site["value"].unconstrained() for site in tape.trace.nodes.values()]

