@@ -69,11 +69,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_dlf import __version__, metrics
+from pyro_dlf._files import atomic_write
 from pyro_dlf.api import distill
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
 from pyro_dlf.data import UCIData, gaussian_perturbation, load_uci, mixup, neighbour_jitter
 
-__all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition", "ABLATIONS"]
+__all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition",
+           "design_selection", "design_check", "ABLATIONS", "DESIGN_CANDIDATES", "DESIGN_SELECTED"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
 ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment", "oof")
@@ -261,6 +263,9 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 member = student.member_predictions(x_test)
                 record(name, design, means, variances, member.var(0), teacher_test,
                        metrics.count_parameters(student), student.predictive, seconds)
+        # The label-free check of every DLF fit: the teachers' values on the rows each did not train on.
+        oof_mask = teachers.held_out_mask(len(x_fit), _TEACHER_VALIDATION, _teacher_seed(config, split))
+        x_oof, f_oof = x_fit, teachers.member_predictions(x_fit)
         if design == "train":
             variants = [(name, overrides, x_design) for name, overrides in _dlf_variants(config)]
             if "design" in config.ablations:
@@ -268,8 +273,7 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 x_jitter = torch.cat([x_design, neighbour_jitter(x_design, generator=g)])
                 variants.append(("DLF jittered design", {}, x_jitter))
             if "oof" in config.ablations:
-                mask = teachers.held_out_mask(len(split.x_train), _TEACHER_VALIDATION, _teacher_seed(config, split))
-                variants.append(("DLF out-of-fold values", {"observed": mask}, split.x_train))
+                variants.append(("DLF out-of-fold values", {"observed": oof_mask}, split.x_train))
             if "augment" in config.ablations:
                 for label, kind, salt in (("Gaussian", "gaussian", 60_000), ("mixup", "mixup", 70_000)):
                     variants.append((f"DLF {label} design", {}, _augmented(x_design, kind, torch.Generator().manual_seed(salt + seed))))
@@ -293,6 +297,7 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                       "nugget_variance": float(student.dlf.noise_variance.detach())}
             if student.body_selection is not None:
                 spread["body_selection"] = student.body_selection.as_dict()
+            spread["teacher_oof_nll"] = _out_of_sample_nll(student, x_oof, f_oof, oof_mask)
             record(name, design, means, variances, epistemic, teacher_test,
                    metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
                    hidden=list(student.dlf.hidden), **spread)
@@ -304,6 +309,46 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 record("DLF + nugget", design, means, variances, epistemic, teacher_test,
                        metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds)
     return rows
+
+
+def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: torch.Tensor) -> float:
+    r"""The fit's negative log density of the teachers' *out-of-sample* values, per value.
+
+    Teacher :math:`i` did not train on the rows ``observed[i]`` (its own
+    held-out 10 %); its values there vary as a new input's would. Under the
+    DLF each teacher's values are :math:`N(μ, ΦΦ^T + σ_f^2 I)` on those rows
+    (SPEC §3–4, the masked marginal likelihood), so
+    :math:`-\frac{1}{\#\text{obs}} \sum_i \log p(f_i[\text{obs}_i])` measures how well
+    a student reproduces the teachers' disagreement away from their own
+    training data -- from the training inputs and the teachers alone, no labels
+    and no test data.
+    """
+    dtype = student.dlf.loading_head.weight.dtype
+    with torch.no_grad():
+        log_density = student.dlf.log_marginal_likelihood(x.to(dtype), f.to(dtype), batch_size=4096, observed=observed)
+    return float(-log_density.sum() / observed.sum())
+
+
+#: DLF variants the design-selection row chooses among (when a run has them).
+DESIGN_CANDIDATES = ("DLF", "DLF Gaussian design", "DLF mixup design")
+DESIGN_SELECTED = "DLF, design chosen by out-of-sample teacher values"
+
+
+def design_selection(rows: list[dict]) -> list[dict]:
+    """Per (set, split): the row of the :data:`DESIGN_CANDIDATES` variant whose fit gives the teachers'
+    out-of-sample values the highest density (:func:`_out_of_sample_nll`), renamed
+    :data:`DESIGN_SELECTED` and tagged with the chosen variant. Splits lacking a candidate are skipped."""
+    groups: dict = {}
+    for row in rows:
+        if row["method"] in DESIGN_CANDIDATES and "teacher_oof_nll" in row:
+            groups.setdefault((row["dataset"], row["split"]), {})[row["method"]] = row
+    chosen = []
+    for (dataset, split), candidates in groups.items():
+        if len(candidates) < len(DESIGN_CANDIDATES):
+            continue
+        best = min(candidates.values(), key=lambda r: r["teacher_oof_nll"])
+        chosen.append(dict(best, method=DESIGN_SELECTED, chosen_design=best["method"]))
+    return chosen
 
 
 def _datasets(config: UCIBenchConfig) -> list[UCIData]:
@@ -522,6 +567,34 @@ def extrapolation_summary(rows: list[dict], method: str = "DLF") -> list[str]:
     return lines
 
 
+def design_check(rows: list[dict]) -> list[str]:
+    """Markdown lines: the label-free check of every DLF fit (:func:`_out_of_sample_nll`, means over
+    splits) and which design the selection row chose how often."""
+    groups: dict = {}
+    for row in rows:
+        if "teacher_oof_nll" in row:
+            groups.setdefault(row["dataset"], {}).setdefault(row["method"], []).append(row["teacher_oof_nll"])
+    if not groups:
+        return []
+    lines = ["## Label-free check: the teachers' out-of-sample values", "",
+             "Negative log density per value of each teacher's values on the 10 % of training rows it did not train on, "
+             "under each DLF fit (mean over splits; lower is better). It uses the training inputs and the teachers only, "
+             f"so it may choose a design: the row `{DESIGN_SELECTED}` takes, per split, the lowest of "
+             + ", ".join(f"`{c}`" for c in DESIGN_CANDIDATES) + ".", "",
+             "| set | method | n | out-of-sample NLL per value |", "|---|---|---|---|"]
+    for dataset, methods in groups.items():
+        for method, values in methods.items():
+            lines.append(f"| {dataset} | {method} | {len(values)} | {sum(values) / len(values):.3f} |")
+    picks: dict = {}
+    for row in design_selection(rows):
+        picks.setdefault(row["dataset"], []).append(row["chosen_design"])
+    if picks:
+        lines += ["", "Designs chosen: " + "; ".join(
+            f"{dataset}: " + ", ".join(f"{c} ×{chosen.count(c)}" for c in DESIGN_CANDIDATES if chosen.count(c))
+            for dataset, chosen in picks.items()) + "."]
+    return lines + [""]
+
+
 def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str, str]:
     """Write ``{name}.json`` (every row) and ``{name}.md`` (mean ± SE tables) plus one PNG per set.
 
@@ -530,9 +603,10 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     """
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, f"{name}.json")
-    with open(json_path, "w") as fh:
-        json.dump(result, fh, indent=1)
-    summary = summarize(result["rows"])
+    atomic_write(json_path, lambda fh: json.dump(result, fh, indent=1))
+    # The design-selection row is derived from the rows (no refit): it lives in the report, not the JSON.
+    rows = result["rows"] + design_selection(result["rows"])
+    summary = summarize(rows)
     runs = result.get("runs", [result])
     lines = [f"# UCI regression benchmark ({name})", ""]
     for run in runs:
@@ -568,8 +642,9 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     if "bostonHousing" in summary:
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     lines += ["## Targets", ""] + target_summary(summary) + [""]
-    lines += extrapolation_summary(result["rows"])
+    lines += extrapolation_summary(rows)
     lines += variance_decomposition(result["rows"])
+    lines += design_check(result["rows"])
     for dataset, methods in summary.items():
         info = result["datasets"].get(dataset, {})
         lines += [f"## {dataset} (n = {info.get('n')}, d = {info.get('d')})", ""]
@@ -586,8 +661,7 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
         _plot(os.path.join(output_dir, f"{name}_{dataset}.png"), dataset, methods)
         lines += [f"![{dataset}]({name}_{dataset}.png)", ""]
     md_path = os.path.join(output_dir, f"{name}.md")
-    with open(md_path, "w") as fh:
-        fh.write("\n".join(lines))
+    atomic_write(md_path, lambda fh: fh.write("\n".join(lines)))
     return json_path, md_path
 
 

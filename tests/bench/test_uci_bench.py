@@ -132,3 +132,19 @@ def test_extrapolation_split_holds_out_the_far_end_of_the_first_principal_compon
                                split.x_standardizer.inverse(split.x_test[out]).sort(0).values, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="out_fraction"):
         data.extrapolation_split(0, out_fraction=1.2)
+
+
+def test_design_selection_takes_the_fit_that_best_explains_the_teachers_out_of_sample_values():
+    from pyro_dlf.bench.uci import DESIGN_CANDIDATES, DESIGN_SELECTED, design_check, design_selection
+
+    def row(split, method, oof, nll):
+        return {"dataset": "toy", "split": split, "method": method, "teacher_oof_nll": oof, "nll": nll}
+
+    rows = [row(0, "DLF", 1.0, 0.5), row(0, "DLF Gaussian design", 0.7, 0.9), row(0, "DLF mixup design", 0.8, 0.1),
+            row(1, "DLF", 0.2, 0.5), row(1, "DLF Gaussian design", 0.7, 0.4), row(1, "DLF mixup design", 0.8, 0.3),
+            row(2, "DLF", 0.1, 0.5)]  # split 2 lacks candidates: no selection there
+    chosen = design_selection(rows)
+    assert [(r["split"], r["chosen_design"], r["nll"]) for r in chosen] == [(0, "DLF Gaussian design", 0.9), (1, "DLF", 0.5)]
+    assert all(r["method"] == DESIGN_SELECTED for r in chosen) and len(DESIGN_CANDIDATES) == 3
+    text = "\n".join(design_check(rows))
+    assert "DLF Gaussian design ×1" in text and "| toy | DLF | 3 | 0.433 |" in text
