@@ -122,6 +122,7 @@ class TextEncoder(nn.Module):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()  # the unused pooler weights in the file are expected, not news
         model = AutoModel.from_pretrained(minilm_path(path), local_files_only=True, add_pooling_layer=False)
         encoder = cls(model, model.config.pad_token_id or 0)
         return encoder if num_layers is None else encoder.truncated(num_layers)

@@ -116,6 +116,25 @@ def test_batch_ensemble_dense_is_the_pretrained_map_at_unit_fast_weights():
 
 
 @needs_extra
+def test_an_ensemble_trained_in_parts_equals_the_one_trained_at_once():
+    from transformers import BertConfig
+
+    from pyro_dlf.baselines.text import TextEnsemble
+    from pyro_dlf.text_encoder import TextEncoder
+
+    config = BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"})
+    base = TextEncoder.from_config(config, seed=0)
+    factory = lambda k: base.truncated(1).add_lora(rank=2, seed=k)  # noqa: E731
+    torch.manual_seed(0)
+    ids, labels = torch.randint(1, 500, (24, 6)), torch.randint(0, 2, (24,))
+    whole = TextEnsemble(factory, 2, 2).fit(ids, labels, epochs=2, batch_size=8, seed=3)
+    parts = [TextEnsemble(factory, 2, 1, first_member=k).fit(ids, labels, epochs=2, batch_size=8, seed=3) for k in (0, 1)]
+    torch.testing.assert_close(whole.member_logits(ids), torch.cat([p.member_logits(ids) for p in parts]))
+    with pytest.raises(ValueError, match="first_member must be a non-negative int"):
+        TextEnsemble(factory, 2, 1, first_member=-1)
+
+
+@needs_extra
 def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     """Teachers → logits → every student (the DLF on token ids through its encoder body) → metrics → report."""
     from pyro_dlf.bench.text import TextBenchConfig, run_text_benchmark, write_text_report
@@ -142,7 +161,7 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     assert "## Targets" in Path(md_path).read_text()
     assert (tmp_path / "text_reliability.png").stat().st_size > 0 and (tmp_path / "text_ood.png").stat().st_size > 0
     # The teachers' logits were cached: a second run reuses them.
-    assert len(list((tmp_path / "cache").glob("text_teachers_*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("text_teacher*_*.pt"))) == 3  # one file per teacher
     again = run_text_benchmark(config)
     assert again["rows"][0]["nll"] == pytest.approx(result["rows"][0]["nll"], rel=1e-12)
 

@@ -124,23 +124,29 @@ class _TextClassifier(nn.Module):
 class TextEnsemble(_TextClassifier):
     """:math:`K` independent encoder classifiers (``factory(k)`` for member ``k``) with a mixture predictive.
 
-    :param factory: ``k → TextEncoder``, called once per member on every (re)build, under ``seed + k``.
+    :param factory: ``k → TextEncoder``, called once per member on every (re)build, under the seed ``1000·seed + k``.
     :param num_classes: ``c``.
     :param num_members: :math:`K`.
+    :param first_member: the global index of member 0: members ``first_member … first_member + K − 1`` of a
+        larger ensemble, with exactly their initialization and data order (an ensemble trained in parts,
+        e.g. one member per process or per session, equals the one trained at once).
     """
 
-    def __init__(self, factory: EncoderFactory, num_classes: int, num_members: int) -> None:
+    def __init__(self, factory: EncoderFactory, num_classes: int, num_members: int, first_member: int = 0) -> None:
         super().__init__(factory, num_classes, num_members)
+        if isinstance(first_member, bool) or not isinstance(first_member, int) or first_member < 0:
+            raise ValueError(f"first_member must be a non-negative int, got {first_member!r}")
+        self.first_member = first_member
         self.members = nn.ModuleList()
 
     def _reset(self, seed: int, device) -> list[torch.Generator]:
-        members = []
-        for k in range(self.num_members):
+        members, indices = [], range(self.first_member, self.first_member + self.num_members)
+        for k in indices:
             with torch.random.fork_rng():
                 torch.manual_seed(seed * 1000 + k)
                 members.append(EncoderClassifier(self.factory(k), self.num_classes))
         self.members = nn.ModuleList(members).to(device)
-        return [torch.Generator().manual_seed(seed * 1000 + k) for k in range(self.num_members)]
+        return [torch.Generator().manual_seed(seed * 1000 + k) for k in indices]
 
     def fit(self, ids: Tensor, labels: Tensor, *, epochs: int = 2, batch_size: int = 32, lr: float = 1e-3,
             weight_decay: float = 0.0, seed: int = 0, progress: bool = False) -> "TextEnsemble":
@@ -149,10 +155,19 @@ class TextEnsemble(_TextClassifier):
         if not isinstance(labels, Tensor) or labels.dtype != torch.long or labels.shape != (ids.shape[0],):
             raise TypeError(f"labels must be an int64 tensor of shape ({ids.shape[0]},); convert with labels.long()")
         generators = self._reset(seed, ids.device)
-        fit_networks(list(self.members), ids, labels.expand(self.num_members, -1), loss="cross_entropy", epochs=epochs,
-                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, generators=generators, progress=progress,
-                     desc="text ensemble", vectorize=False)
+        self._fit_members(seed, generators, ids, labels.expand(self.num_members, -1), "cross_entropy", epochs, batch_size, lr,
+                          weight_decay, progress, "text ensemble")
         return self
+
+    def _fit_members(self, seed, generators, ids, targets, loss, epochs, batch_size, lr, weight_decay, progress, desc) -> None:
+        """Each member alone, its dropout noise from its own seed: a member trains the same whether the
+        ensemble is trained at once or in parts (``first_member``)."""
+        for j, (member, generator) in enumerate(zip(self.members, generators)):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed * 1000 + self.first_member + j + 500_000)
+                fit_networks([member], ids, targets[j:j + 1], loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, generators=[generator], progress=progress,
+                             desc=desc if self.num_members == 1 else f"{desc} {j + 1}/{self.num_members}", vectorize=False)
 
     def distill(self, ids: Tensor, teacher_log_probs: Tensor, *, divergence: str = "forward_kl", epochs: int = 2,
                 batch_size: int = 32, lr: float = 1e-3, seed: int = 0, progress: bool = False) -> "TextEnsemble":
@@ -160,9 +175,8 @@ class TextEnsemble(_TextClassifier):
         log-probabilities (for one-to-one KD: the log of the ensemble's mean probabilities, ``K = 1``)."""
         t = self._targets(ids, teacher_log_probs, self.num_members)
         generators = self._reset(seed, ids.device)
-        fit_networks(list(self.members), ids, t.to(ids.device), loss=_divergence_loss(divergence), epochs=epochs,
-                     batch_size=batch_size, lr=lr, generators=generators, progress=progress,
-                     desc=f"distill ({divergence})", vectorize=False)
+        self._fit_members(seed, generators, ids, t.to(ids.device), _divergence_loss(divergence), epochs, batch_size, lr, 0.0,
+                          progress, f"distill ({divergence})")
         return self
 
     def _outputs(self, ids: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ Protocol (one run = one seed):
   with its own LoRA adapters (rank ``lora_rank`` on every dense map of the
   transformer layers) and linear head on the mean-pooled features, fine-tuned
   on the labels from its own seed (adapter initialization, head, data order).
-  Their logits on the design, test and OOD texts are cached.
+  Their logits on the design, test and OOD texts are cached per teacher as
+  soon as it is trained (an interrupted run resumes with the next one).
 * **Students**, all with the same smaller encoder -- the teacher's embeddings
   and first ``student_layers`` of its 6 layers, weights copied (DistilBERT-style
   layer dropping), dropout off, LoRA adapters of the same rank trained,
@@ -178,35 +179,43 @@ def _factories(config: TextBenchConfig, base: TextEncoder) -> tuple[Callable[[in
     return teacher, student
 
 
-def _cache_key(config: TextBenchConfig, data: _Data) -> str:
-    fields = {k: getattr(config, k) for k in ("encoder_config", "teachers", "teacher_epochs", "teacher_lr", "lora_rank",
+def _cache_key(config: TextBenchConfig, data: _Data, member: int) -> str:
+    fields = {k: getattr(config, k) for k in ("encoder_config", "teacher_epochs", "teacher_lr", "lora_rank",
                                               "batch_size", "max_length", "design_size", "test_size", "train_limit",
                                               "ood_limit", "seed")}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     for name in sorted(data.ids):
         digest.update(data.ids[name].numpy().tobytes())
-    return f"text_teachers_{digest.hexdigest()[:16]}.pt"
+    return f"text_teacher{member}_{digest.hexdigest()[:16]}.pt"
 
 
 def _teachers(config: TextBenchConfig, data: _Data, factory: Callable[[int], TextEncoder]) -> tuple[dict, TextEnsemble]:
-    """Fit the LoRA teacher ensemble (or load its cached logits); returns the logits and an ensemble
-    of the teachers' shape (its weights matter only when the logits were not cached: for timing)."""
+    """Fit the LoRA teachers one at a time, caching each one's logits as soon as it is trained (an
+    interrupted run resumes with the next teacher); returns the stacked logits, the summed fit time
+    and parameter count, and an ensemble of the teachers' shape for timing (untrained when cached)."""
+    parts, seconds = [], 0.0
+    for k in tqdm(range(config.teachers), desc="teachers", disable=not config.progress):
+        path = os.path.join(config.cache_dir, _cache_key(config, data, k)) if config.cache_dir else None
+        if path and os.path.exists(path):
+            parts.append(torch.load(path, map_location="cpu", weights_only=True))
+            continue
+        member = TextEnsemble(factory, 2, 1, first_member=k)
+        started = time.time()
+        member.fit(data.ids["train"], data.labels["train"], epochs=config.teacher_epochs, batch_size=config.batch_size,
+                   lr=config.teacher_lr, seed=config.seed, progress=config.progress)
+        record = {name: member.member_logits(data.ids[name])[0] for name in ("design", "test", "ood")}
+        record.update({"fit_seconds": torch.tensor(time.time() - started),
+                       "parameters": torch.tensor(metrics.count_parameters(member))})
+        if path:
+            os.makedirs(config.cache_dir, exist_ok=True)
+            atomic_write(path, lambda fh, record=record: torch.save(record, fh), binary=True)
+        parts.append(record)
+    logits = {name: torch.stack([p[name] for p in parts]) for name in ("design", "test", "ood")}
+    logits["fit_seconds"] = sum(float(p["fit_seconds"]) for p in parts)
+    logits["parameters"] = sum(int(p["parameters"]) for p in parts)
     ensemble = TextEnsemble(factory, 2, config.teachers)
-    path = os.path.join(config.cache_dir, _cache_key(config, data)) if config.cache_dir else None
-    if path and os.path.exists(path):
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        ensemble._reset(config.seed, torch.device("cpu"))  # the right architecture, for the timing only
-        return cached, ensemble
-    started = time.time()
-    ensemble.fit(data.ids["train"], data.labels["train"], epochs=config.teacher_epochs, batch_size=config.batch_size,
-                 lr=config.teacher_lr, seed=config.seed, progress=config.progress)
-    seconds = time.time() - started
-    logits = {name: ensemble.member_logits(data.ids[name]) for name in ("design", "test", "ood")}
-    record = {**logits, "fit_seconds": torch.tensor(seconds), "parameters": torch.tensor(metrics.count_parameters(ensemble))}
-    if path:
-        os.makedirs(config.cache_dir, exist_ok=True)
-        atomic_write(path, lambda fh: torch.save(record, fh), binary=True)
-    return record, ensemble
+    ensemble._reset(config.seed, torch.device("cpu"))  # the teachers' architecture, for timing the predictive
+    return logits, ensemble
 
 
 def _per_1000(predict: Callable[[Tensor], object], ids: Tensor) -> float:
@@ -250,8 +259,8 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
     from pyro_dlf.baselines.classifiers import prediction_from_probs
 
     record("teacher ensemble", prediction_from_probs(test_logits.double().softmax(-1)),
-           prediction_from_probs(ood_logits.double().softmax(-1)), int(teacher_record["parameters"]),
-           float(teacher_record["fit_seconds"]), teachers.predict, teacher_variance)
+           prediction_from_probs(ood_logits.double().softmax(-1)), teacher_record["parameters"],
+           teacher_record["fit_seconds"], teachers.predict, teacher_variance)
 
     common = dict(epochs=config.student_epochs, batch_size=config.batch_size, lr=config.student_lr, seed=config.seed,
                   progress=config.progress)
