@@ -19,7 +19,7 @@ from pyro_dlf.infer.em import EM
 from pyro_dlf.infer.mmd import mmd_initialize
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import fit_inverse_gamma
-from pyro_dlf.selection import BODY_FAMILY, select_hidden
+from pyro_dlf.selection import BODY_FAMILY, predictive_log_score, select_hidden
 from pyro_dlf.student import Student
 from pyro_dlf.sufficient_statistics import observed_count
 
@@ -155,8 +155,11 @@ def distill(
         or several candidates (e.g. ``[(50,), (100, 100)]``), or ``"auto"`` for
         :data:`pyro_dlf.selection.BODY_FAMILY` (1 or 2 layers of 50 or 100):
         each candidate is distilled on a random ``1 − validation_fraction`` of
-        the design points and scored by the exact marginal likelihood of the
-        teachers' values at the rest; the smallest body within one standard
+        the design points and scored at the rest -- regression teachers with
+        one noise variance each by the ensemble-predictive log score (the
+        expected log density of each teacher's noisy outputs under the
+        student's predictive), others by the exact marginal likelihood of the
+        teachers' values; the smallest body within one standard
         error of the best is refitted on all design points
         (:func:`pyro_dlf.selection.select_hidden`; ``student.body_selection``
         records the comparison).
@@ -264,7 +267,17 @@ def distill(
                 options["teacher_noise_variances"] = noise[:, idx]  # heteroscedastic: the fitting part's columns
             return distill(xs, fs, **options)
 
+        scalar_noise = None
+        if task == "regression" and num_outputs is None and teacher_noise_variances is not None:
+            v_sel = torch.as_tensor(np.asarray(teacher_noise_variances) if isinstance(teacher_noise_variances, np.ndarray)
+                                    else teacher_noise_variances, dtype=torch.float64)
+            if v_sel.dim() == 1 and v_sel.numel() == f.shape[0]:
+                scalar_noise = v_sel
+
         def score(student: Student, xs: Tensor, fs: Tensor, mask: Optional[Tensor]) -> Tensor:
+            if scalar_noise is not None:
+                # Regression: the ensemble-predictive log score (see pyro_dlf.selection).
+                return predictive_log_score(student, xs, fs, scalar_noise, mask)
             if student.centered_logits:
                 fs = fs - fs.mean(-1, keepdim=True)
             dtype_ = student.dlf.loading_head.weight.dtype

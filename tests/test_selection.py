@@ -75,3 +75,37 @@ def test_split_and_bad_arguments():
         pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=CANDIDATES, body=torch.nn.Linear(1, 3),
                          body_features=3, **FAST)
     assert BODY_FAMILY == ((50,), (100,), (50, 50), (100, 100))
+
+
+def test_predictive_log_score_is_the_expected_log_density_of_the_teachers_noisy_outputs():
+    """Against the closed form for one Gaussian component: E_{y~N(f, s²)} log N(y; m, v)
+    = −½ log(2πv) − ((f − m)² + s²) / (2v); and a two-component mixture against Monte Carlo."""
+    from pyro_dlf.selection import predictive_log_score
+
+    class Fixed:
+        def __init__(self, means, variances):
+            self.means, self.variances = means, variances
+
+        def predictive_mixture(self, x):
+            return self.means, self.variances
+
+    f = torch.tensor([[0.3, -1.0, 2.0], [0.0, 0.5, 1.0]], dtype=torch.float64)
+    noise = torch.tensor([0.2, 1.5], dtype=torch.float64)
+    m, v = torch.tensor([[0.1, -0.5, 1.0]]), torch.tensor([[0.7, 1.2, 2.0]])
+    got = predictive_log_score(Fixed(m, v), None, f, noise)
+    expected = (-0.5 * torch.log(2 * math.pi * v.double()) - ((f - m) ** 2 + noise[:, None]) / (2 * v.double())).mean(1)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    # A mixture (no closed form): Monte Carlo with 400k draws, 5 standard errors.
+    means, variances = torch.tensor([[0.0, 1.0], [2.0, -1.0]]), torch.tensor([[0.5, 0.3], [1.0, 2.0]])
+    got = predictive_log_score(Fixed(means, variances), None, f[:, :2], noise)
+    g = torch.Generator().manual_seed(0)
+    y = f[:, :2].unsqueeze(-1) + noise.sqrt()[:, None, None] * torch.randn(2, 2, 400_000, generator=g, dtype=torch.float64)
+    comp = torch.distributions.Normal(means.double()[:, None, :, None], variances.double().sqrt()[:, None, :, None])
+    log_density = comp.log_prob(y.unsqueeze(0)).logsumexp(0) - math.log(2)
+    mc = log_density.mean(-1).mean(1)
+    se = (log_density.mean(1).std(-1) / math.sqrt(400_000))
+    assert ((got - mc).abs() < 5 * se).all(), (got, mc, se)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    partial = predictive_log_score(Fixed(m, v), None, f, noise, observed=mask)
+    assert math.isnan(float(partial[1])) and float(partial[0]) == pytest.approx(float(expected.new_tensor(
+        [(-0.5 * math.log(2 * math.pi * float(v[0, j])) - ((float(f[0, j] - m[0, j])) ** 2 + 0.2) / (2 * float(v[0, j]))) for j in (0, 2)]).mean()))
