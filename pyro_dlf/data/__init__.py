@@ -11,6 +11,7 @@ from pyro_dlf.data.images import (
     read_idx,
 )
 from pyro_dlf.data.splits import Standardizer, train_design_test_split, train_test_split
+from pyro_dlf.data.streams import NpyStream, TeacherStream, TensorStream
 from pyro_dlf.data.text import TextData, load_rotten_tomatoes
 from pyro_dlf.data.uci import UCI_DATASETS, UCIData, UCISplit, load_uci
 
@@ -34,5 +35,8 @@ __all__ = [
     "UCISplit",
     "load_uci",
     "TextData",
+    "TensorStream",
+    "NpyStream",
+    "TeacherStream",
     "load_rotten_tomatoes",
 ]

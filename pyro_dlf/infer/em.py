@@ -344,9 +344,13 @@ class EM:
         params = [site["value"].unconstrained() for site in tape.trace.nodes.values()]
         params = [p for p in params if p is not noise and p.requires_grad] or self._params()
         loss.backward()
+        self._reduce_gradients(params)
         self.optim(params)
         for p in params:
             p.grad = None
+
+    def _reduce_gradients(self, params: list[Tensor]) -> None:
+        """Hook between the backward pass and the optimizer step (data-parallel subclasses average here)."""
 
     def _linear_heads(self, x: Tensor, f: Tensor) -> None:
         r"""Exact M-step over the linear heads with the body frozen.

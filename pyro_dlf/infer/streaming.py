@@ -1,0 +1,172 @@
+r"""Exact EM over a stream of design-point batches, on one process or sharded over many (torch.distributed).
+
+:class:`StreamingEM` runs the iteration of :class:`~pyro_dlf.infer.EM` on a
+*design stream* (:mod:`pyro_dlf.data.streams`: an iterable of ``(x_b, f_b)``
+batches), so the teacher values never need to exist as one ``(n, m)`` tensor:
+
+1. **E-step**: the sufficient statistics ``Σ_j Φ_j^T Φ_j``, ``Σ_j Φ_j^T r_ij``,
+   ``Σ_j ‖r_ij‖²`` (SPEC §3) are sums over design points, accumulated batch by
+   batch; the posterior of every teacher's factors follows in closed form.
+   (They come from the previous iteration's last pass, as in ``EM``.)
+2. **M-step for θ**: one gradient step per batch of the stream, on the
+   expected complete-data negative log-likelihood (one pass);
+3. **M-step for σ_f²** and the next E-step's statistics: one more pass at the
+   new θ.
+
+So an iteration is two passes over the stream, and memory is that of one
+batch plus ``O(n q²)``.
+
+**Several processes** (``torch.distributed`` initialized, e.g. by ``torchrun``;
+gloo on CPU, NCCL on GPU): each process streams its own shard of the design
+points (:meth:`~pyro_dlf.data.streams.TensorStream.shard`); the statistics and
+the ``σ_f²`` sums are all-reduced, so every process computes the same
+posterior, the same PX-EM step and the same ``σ_f²``; the gradients of each
+M-step batch are averaged over processes before the optimizer step (what
+``DistributedDataParallel`` does), so with equal shard batches the iteration
+is the single-process one on the union of the shards' batches. Parameters are
+broadcast from rank 0 at the first step. Every process must yield the same
+number of batches (checked at the first pass); collective operations time out
+after the process group's ``timeout``, so a crashed process ends the job with
+an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Callable, Optional
+
+import pyro.optim
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from pyro_dlf._validation import check_dtype, check_num_factors, check_teacher_values
+from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
+from pyro_dlf.infer.em import EM
+from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
+from pyro_dlf.sufficient_statistics import FactorStatistics, batch_statistics, expected_squared_error
+
+__all__ = ["StreamingEM"]
+
+
+class StreamingEM(EM):
+    """Exact EM on a design stream, single-process or data-parallel (see the module docstring).
+
+    :param model: a :class:`~pyro_dlf.models.DeepLatentFactor`.
+    :param guide: its :class:`~pyro_dlf.guides.ExactFactorPosterior`.
+    :param optim: a :class:`pyro.optim.PyroOptim`, as for SVI.
+    :param loss: the M-step objective (default :func:`~pyro_dlf.infer.expected_complete_nll`).
+    :param noise_floor: lower bound of ``σ_f²`` relative to ``model.output_scale ** 2``.
+    :param expand: the parameter-expanded EM step after each E-step.
+    :param process_group: the ``torch.distributed`` group (default: the world, when initialized).
+    """
+
+    def __init__(self, model: DeepLatentFactor, guide: ExactFactorPosterior, optim: pyro.optim.PyroOptim,
+                 loss: Optional[Callable[..., Tensor]] = None, *, noise_floor: float = 1e-6, expand: bool = True,
+                 process_group=None) -> None:
+        super().__init__(model, guide, optim, loss, num_m_steps=1, batch_size=None, noise_floor=noise_floor, expand=expand)
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.group = process_group
+        self._stream_stats: Optional[FactorStatistics] = None
+        self._num_batches: Optional[int] = None
+        self._synced = False
+
+    # ---------------------------------------------------------- collectives
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group) if self.distributed else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size(self.group) if self.distributed else 1
+
+    def _sum(self, t: Tensor) -> Tensor:
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return t
+
+    def _reduce_gradients(self, params: list[Tensor]) -> None:
+        if not self.distributed:
+            return
+        for p in params:
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
+            p.grad = grad / self.world_size
+
+    def _broadcast_parameters(self) -> None:
+        if self.distributed and not self._synced:
+            with torch.no_grad():
+                for t in (*self.model.parameters(), *self.model.buffers()):
+                    dist.broadcast(t.data, src=0, group=self.group)
+        self._synced = True
+
+    def _check_batch_count(self, count: int) -> None:
+        if self._num_batches is None:
+            counts = torch.tensor([count, -count], dtype=torch.float64)
+            if self.distributed:
+                dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=self.group)
+            if counts[0] != -counts[1]:
+                raise ValueError(f"stream: the processes yield different numbers of batches (between {int(-counts[1])} "
+                                 f"and {int(counts[0])}); give every process a shard with the same batch count")
+            self._num_batches = count
+        elif count != self._num_batches:
+            raise ValueError(f"stream: this pass yielded {count} batches, the first {self._num_batches}; a design stream "
+                             f"must yield the same batches on every pass")
+
+    # --------------------------------------------------------------- passes
+    def _check_batch(self, xb: Tensor, fb: Tensor) -> Tensor:
+        fb = check_teacher_values(fb, xb, self.model.num_outputs, "f_batch")
+        check_dtype(fb, self.model, "f_batch")
+        return fb
+
+    def _pass(self, stream: Iterable, with_error: bool) -> tuple[FactorStatistics, float, int]:
+        """Statistics (summed over processes), and at the current posterior the summed expected squared
+        residual and observed scalars (for ``σ_f²``)."""
+        model, L = self.model, self.model.separable_class_factor
+        stats, total, count, batches = None, 0.0, 0, 0
+        with torch.no_grad():
+            for xb, fb in stream:
+                fb = self._check_batch(xb, fb)
+                mean, loading = model.mean_and_loading(xb)
+                part = batch_statistics(mean, loading, fb)
+                stats = part if stats is None else stats + part
+                if with_error:
+                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L))
+                count += fb.numel()
+                batches += 1
+        self._check_batch_count(batches)
+        if stats is None:
+            raise ValueError("stream: yielded no batch; a design stream must yield (x_batch, f_batch) pairs")
+        stats.gram, stats.cross, stats.residual_sq = (self._sum(t.clone()) for t in (stats.gram, stats.cross, stats.residual_sq))
+        sums = self._sum(torch.tensor([total, float(count), float(stats.num_points)], dtype=torch.float64))
+        stats.num_points = int(sums[2])
+        check_num_factors(model.num_factors, stats.num_members, model.num_outputs, model.covariance_type)
+        return stats, float(sums[0]), int(sums[1])
+
+    # ------------------------------------------------------------------ API
+    def step(self, stream: Iterable, observed: Optional[Tensor] = None) -> float:  # type: ignore[override]
+        """One EM iteration over ``stream`` (two passes); returns the negative log marginal likelihood
+        (summed over teachers and over all processes' design points) before the update."""
+        if observed is not None:
+            raise NotImplementedError("observed: masked teachers are not streamed yet; use EM with observed=")
+        self._broadcast_parameters()
+        if self._stream_stats is None:
+            self._stream_stats = self._pass(stream, with_error=False)[0]
+        stats = self._stream_stats
+        self.guide.set_statistics(stats)
+        loss = -float(self._log_likelihood(stats).sum())
+        if self.expand:
+            self._expand()
+        for xb, fb in stream:
+            self._gradient_step(xb, self._check_batch(xb, fb))
+        # σ_f² at the new θ and the next E-step's statistics, in one pass.
+        stats, total, count = self._pass(stream, with_error=True)
+        self._set_noise(total / count)
+        self._stream_stats = stats
+        return loss
+
+    def evaluate_loss(self, stream: Iterable) -> float:  # type: ignore[override]
+        """The negative log marginal likelihood at the current parameters (one pass; no update)."""
+        stats = self._pass(stream, with_error=False)[0]
+        self.guide.set_statistics(stats)
+        return -float(self._log_likelihood(stats).sum())
