@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the initialization and the minibatch order")
     distill.add_argument("--out", required=True, help="the student file to write (e.g. student.pt); a fit report PNG goes beside it")
     distill.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    distill.add_argument("--stream", action="store_true",
+                         help="stream .npy files in batches (memory-mapped; no (n, m) array in memory) with StreamingEM; "
+                              "under torchrun every process takes its shard of the batches")
+    distill.add_argument("--batch-size", type=_POSITIVE, default=4096, help="--stream: design points per batch")
+    distill.add_argument("--device", default="cpu", help="--stream: where the model runs (cpu, cuda, cuda:1)")
 
     predict = _parser(sub, "predict", "predict with a saved student at new inputs")
     predict.add_argument("--student", required=True, help="a student file written by 'pyro-dlf distill' or Student.save")

@@ -9,8 +9,7 @@ points in the same order (the exact E-step sums over all of them).
 * :class:`TensorStream` -- in-memory tensors, cut into batches (and into
   equal shards for several processes: :meth:`TensorStream.shard`).
 * :class:`NpyStream` -- two ``.npy`` files read memory-mapped, one batch at a
-  time: ``x`` ``(m, ...)`` and the teacher values ``(m, n)`` (one row per
-  design point, so a batch is one contiguous read).
+  time: ``x`` ``(m, ...)`` and the teacher values ``(n, m[, c])``.
 * :class:`TeacherStream` -- batches of design points (any iterable, e.g. a
   :class:`torch.utils.data.DataLoader`) and the teachers as callables,
   evaluated batch by batch: the values are never stored.
@@ -70,30 +69,43 @@ class TensorStream:
 
 
 class NpyStream:
-    """Batches read from memory-mapped ``.npy`` files: ``x`` ``(m, ...)`` and teacher values ``(m, n[, c])``.
+    """Batches read from memory-mapped ``.npy`` files: ``x`` ``(m, ...)`` and teacher values ``(n, m[, c])``
+    (the layout of :func:`pyro_dlf.distill`); only the current batch is ever in memory.
 
     :param dtype: the dtype of the yielded tensors (the model's).
+    :param rank, world_size: this process's shard for ``world_size`` processes (batch ``k`` of shard ``r``
+        is global batch ``k·world_size + r``; see :meth:`TensorStream.shard`).
     """
 
-    def __init__(self, x_path: str, f_path: str, batch_size: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, x_path: str, f_path: str, batch_size: int, dtype: torch.dtype = torch.float32,
+                 rank: int = 0, world_size: int = 1) -> None:
         for name, path in (("x_path", x_path), ("f_path", f_path)):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{name}: {path} does not exist")
         self.x = np.load(x_path, mmap_mode="r")
         self.f = np.load(f_path, mmap_mode="r")
-        if self.f.ndim < 2 or self.f.shape[0] != self.x.shape[0]:
-            raise ValueError(f"f_path holds shape {self.f.shape}: it must be (num_points, num_teachers[, c]) with "
-                             f"num_points = {self.x.shape[0]} as in x_path (one row per design point)")
+        if self.f.ndim < 2 or self.f.shape[1] != self.x.shape[0]:
+            raise ValueError(f"f_path holds shape {self.f.shape}: it must be (num_teachers, num_points[, c]) with "
+                             f"num_points = {self.x.shape[0]} as in x_path")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank!r}, world_size={world_size!r}")
         self.batch_size, self.dtype = _positive(batch_size, "batch_size"), dtype
+        self.rank, self.world_size = rank, world_size
+        m, b = self.x.shape[0], self.batch_size
+        self.starts = list(range(rank * b, m, b * world_size))
+        if len(self.starts) != -(-m // (b * world_size)):
+            raise ValueError(f"{m} design points in batches of {b} leave shard {rank} of {world_size} with fewer batches "
+                             f"than the others; use a batch size that divides the points evenly over the processes")
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, self.x.shape[0], self.batch_size):
-            xb = torch.from_numpy(np.array(self.x[start:start + self.batch_size])).to(self.dtype)
-            fb = torch.from_numpy(np.array(self.f[start:start + self.batch_size])).to(self.dtype)
-            yield xb, fb.movedim(1, 0)  # (n, b[, c])
+        for start in self.starts:
+            stop = start + self.batch_size
+            xb = torch.from_numpy(np.array(self.x[start:stop])).to(self.dtype)
+            fb = torch.from_numpy(np.array(self.f[:, start:stop])).to(self.dtype)
+            yield xb, fb
 
     def __len__(self) -> int:
-        return -(-self.x.shape[0] // self.batch_size)
+        return len(self.starts)
 
 
 class TeacherStream:

@@ -54,7 +54,7 @@ def test_streams_from_files_and_from_callables_match_the_tensor_stream(tmp_path)
     _, x, f = synthetic_teachers(6, 50, seed=1)
     x, f = x.double(), f.double()
     np.save(tmp_path / "x.npy", x.numpy())
-    np.save(tmp_path / "f.npy", f.T.numpy())  # one row per design point
+    np.save(tmp_path / "f.npy", f.numpy())
     from_files = list(NpyStream(str(tmp_path / "x.npy"), str(tmp_path / "f.npy"), 16, dtype=torch.float64))
     in_memory = list(TensorStream(x, f, 16))
     teachers = [lambda xb, i=i: f[i, :].new_tensor(np.interp(xb[:, 0].numpy(), x[:, 0].numpy(), f[i].numpy())) for i in range(6)]
@@ -65,8 +65,11 @@ def test_streams_from_files_and_from_callables_match_the_tensor_stream(tmp_path)
         torch.testing.assert_close(xa, xb)
         torch.testing.assert_close(fa, fb)
     assert evaluated[0][1].shape == (6, 16)
-    with pytest.raises(ValueError, match=r"must be \(num_points, num_teachers"):
-        np.save(tmp_path / "bad.npy", f.numpy())
+    sharded = [list(NpyStream(str(tmp_path / "x.npy"), str(tmp_path / "f.npy"), 5, dtype=torch.float64, rank=r, world_size=2))
+               for r in (0, 1)]
+    torch.testing.assert_close(torch.cat([sharded[0][1][0], sharded[1][1][0]]), x[10:20])  # global batch 1 = rows 10-19
+    with pytest.raises(ValueError, match=r"must be \(num_teachers, num_points"):
+        np.save(tmp_path / "bad.npy", f.T.numpy())
         NpyStream(str(tmp_path / "x.npy"), str(tmp_path / "bad.npy"), 16)
     with pytest.raises(TypeError, match="re-iterable"):
         TeacherStream(iter([x]), teachers)
