@@ -218,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     seqkd.add_argument("--cache-dir", default="benchmarks/cache", help="the teacher's samples and distributions ('' to disable)")
     seqkd.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the samples and the students")
     seqkd.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    scale = _parser(bench_sub, "scale", "EM iteration time and peak memory against the number of design points (in memory, "
+                    "streamed, 1 vs 2 processes), the machine's bandwidth/flop bound, prediction cost")
+    scale.add_argument("--sizes", type=_POSITIVE, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000],
+                       help="design points m of the in-memory EM")
+    scale.add_argument("--stream-sizes", type=_POSITIVE, nargs="+", default=[10_000, 1_000_000, 10_000_000],
+                       help="design points m of the streamed EM (teachers evaluated per batch)")
+    scale.add_argument("--processes", type=_POSITIVE, default=2, help="processes of the data-parallel run (gloo)")
+    scale.add_argument("--device", default="cpu", help="cpu or cuda for the single-process runs")
+    scale.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
+    scale.add_argument("--name", default="scale", help="file stem of the JSON/Markdown/PNG results")
+    scale.add_argument("--no-progress", action="store_true", help="hide progress bars")
     report = _parser(bench_sub, "report", "merge result files: UCI runs (e.g. one per set and an ablation run) or "
                      "image runs of different data seeds (means ± standard errors)")
     report.add_argument("inputs", nargs="+", help="JSON files written by 'pyro-dlf bench uci' or by 'pyro-dlf bench images' (one kind)")
@@ -342,6 +353,16 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
             command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
         )
         json_path, md_path = write_seqkd_report(run_seqkd_benchmark(config), args.output_dir, args.name)
+        print(f"Wrote {json_path} and {md_path}")
+    elif args.command == "bench" and args.benchmark == "scale":
+        from pyro_dlf.bench.scale import ScaleBenchConfig, run_scale_benchmark, write_scale_report
+
+        if args.device.startswith("cuda") and not __import__("torch").cuda.is_available():
+            raise ValueError(f"--device: {args.device} requested but no CUDA device is available; use --device cpu")
+        config = ScaleBenchConfig(sizes=tuple(args.sizes), stream_sizes=tuple(args.stream_sizes), processes=args.processes,
+                                  device=args.device, progress=not args.no_progress,
+                                  command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]))
+        json_path, md_path = write_scale_report(run_scale_benchmark(config), args.output_dir, args.name)
         print(f"Wrote {json_path} and {md_path}")
     elif args.command == "bench" and args.benchmark == "report":
         import json
