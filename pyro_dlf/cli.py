@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="default: classification for (n, m, c) teachers, else regression")
     distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")
     distill.add_argument("--hidden", nargs="+", default=["auto"],
-                         help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out marginal likelihood)")
+                         help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out scores of the teachers' values)")
     distill.add_argument("--covariance", default=None, choices=("separable", "full"),
                          help="several outputs: one per input (full, the default for classification) or one shape for "
                               "every input (separable, the paper's)")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--max-design", type=_NONNEGATIVE, default=0,
                      help="at most this many training inputs as design points (0: all of them)")
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],
-                     help="body of the row DLF: auto (chosen from 1-2 layers of 50/100 by held-out marginal likelihood) "
+                     help="body of the row DLF: auto (chosen from 1-2 layers of 50/100 by the held-out ensemble-predictive log score) "
                           "or widths such as 100 100")
     uci.add_argument("--design", default="train", choices=("train", "jitter", "gaussian", "mixup"),
                      help="design points of every student: the training inputs, plus one moved copy of each")

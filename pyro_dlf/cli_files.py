@@ -68,7 +68,7 @@ def run_distill(args: argparse.Namespace) -> None:
     dlf = student.dlf
     print(f"Distilled {f.shape[0]} teachers at {x.shape[0]} design points ({student.task}) in {seconds:.1f} s: "
           f"q = {dlf.num_factors}, body {tuple(dlf.hidden) or 'linear'}"
-          + (f" (chosen from {len(student.body_selection.candidates)} by held-out likelihood)" if student.body_selection else "")
+          + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores)" if student.body_selection else "")
           + f", final negative log-likelihood per value {student.history[-1]:.4f}, nugget σ_f² = {float(dlf.noise_variance.detach()):.3g}"
           + (f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})" if student.task == "regression" else "")
           + ".")

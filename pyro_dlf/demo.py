@@ -9,7 +9,7 @@ are every input outside the test part (train and design) plus
 (:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth): more design
 points, and points between and slightly beyond the data, let the student
 follow the ensemble's mean instead of guessing it from 88 points. The
-student's body is chosen by the teachers' held-out marginal likelihood
+student's body is chosen by a held-out score of the teachers' values
 (``student_hidden="auto"``). All three predictives -- the teacher ensemble,
 one teacher, the student -- are scored on the test part with
 :mod:`pyro_dlf.metrics`.

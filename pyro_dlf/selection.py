@@ -105,14 +105,15 @@ def select_hidden(
     seed: int = 0,
     observed: Optional[Tensor] = None,
 ) -> BodySelection:
-    """Compare ``candidates`` by held-out marginal likelihood (see the module docstring).
+    """Compare ``candidates`` by a held-out score of the teachers' values (see the module docstring).
 
     :param x: design points ``(m, d)``.
     :param f: teacher values ``(n, m)`` or ``(n, m, c)`` as the caller fits them.
     :param fit: ``fit(x_fit, f_fit, hidden, observed_fit, fit_indices)`` returns a fitted student
         (the indices let the caller slice anything else given per design point).
     :param score: ``score(student, x_val, f_val, observed_val)`` returns each
-        teacher's log marginal likelihood per scalar at the validation points,
+        teacher's score per scalar at the validation points (higher is better: a log
+        marginal likelihood or :func:`predictive_log_score`),
         ``(n,)``; NaN for a teacher with no observed validation value (left out).
     :param observed: optional ``(n, m)`` mask of observed teacher values, split with the points.
     """

@@ -33,7 +33,7 @@ statistics, metrics reported in the target's original units.
   fitted to the same ``σ²_{ε,i}``). So every method uses exactly the teachers'
   noise information. The row ``DLF`` has the body ``dlf_hidden``: by default
   ``"auto"``, chosen per split from :data:`pyro_dlf.selection.BODY_FAMILY` by
-  the teachers' held-out marginal likelihood on a validation part of the
+  the ensemble-predictive log score on a validation part of the
   design points (never the test data); when that differs from
   ``student_hidden``, the paper-protocol DLF runs beside it as
   ``DLF 1×50`` (the widths of ``student_hidden``).
