@@ -26,6 +26,9 @@ is that configuration's alone), on synthetic teachers with a known truth:
   measured time to that bound is reported.
 * **Prediction**: ``S`` draws of the student at 1,000 inputs against ``n``
   forwards of a teacher ensemble (2 × 100 MLPs).
+* **Covariance race** (:mod:`pyro_dlf.bench.covariance_race`): the DLF,
+  GPyTorch's SVGP (``q`` inducing points) and its exact GP fitting the same
+  teachers' covariance, each for ``race_budget_seconds`` at ``race_sizes``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class ScaleBenchConfig:
     repeats: int = 3
     processes: int = 2
     num_samples: int = 1000
+    race_sizes: tuple = (1_000, 10_000, 100_000)
+    race_budget_seconds: float = 300.0
     device: str = "cpu"
     timeout_seconds: float = 1800.0
     progress: bool = True
@@ -295,8 +300,11 @@ def run_scale_benchmark(config: ScaleBenchConfig) -> dict:
         except Exception as error:  # a failed run is reported, not fatal to the benchmark
             parallel.append({**args, "processes": world, "error": str(error).splitlines()[0][:200]})
     limits = _limits(50, max(config.sizes), 10)
+    from pyro_dlf.bench.covariance_race import covariance_race
+
+    race = [covariance_race(m, budget_seconds=config.race_budget_seconds) for m in config.race_sizes]
     return {"benchmark": "scale", "command": config.command, "config": asdict(config), "rows": rows, "parallel": parallel,
-            "limits": limits, "predictive": [_predictive(n, config.num_samples) for n in config.teachers],
+            "limits": limits, "race": race, "predictive": [_predictive(n, config.num_samples) for n in config.teachers],
             "versions": {"pyro_dlf": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": config.device,
                         "gpu": torch.cuda.get_device_name(0) if config.device.startswith("cuda") else None},
@@ -347,6 +355,23 @@ def write_scale_report(result: dict, output_dir: str, name: str = "scale") -> tu
         lines.append(f"- within 3× of the bandwidth/flop bound at m = {big['m']:,}: {'met' if ratio <= 3 else '**not met**'} "
                      f"({big['seconds']:.3g} s against {limits['bound_seconds']:.3g} s: {ratio:.1f}×; bandwidth "
                      f"{limits['bandwidth_gb_s']:.1f} GB/s, matmul {limits['matmul_gflop_s']:.1f} GFLOP/s)")
+    race = result.get("race", [])
+    if race:
+        lines += ["", "## Fitting the teachers' covariance: DLF against GPyTorch's SVGP and exact GP", "",
+                  f"Relative Frobenius error of each fit's covariance at 200 held-out inputs against the truth, best within "
+                  f"{race[0]['budget_seconds']:.0f} s per method (n = {race[0]['n']} teachers, q = {race[0]['q']} factors = "
+                  "inducing points; exact GP only while its m × m Cholesky fits).", "",
+                  "| m | DLF | SVGP | exact GP | SVGP: s to its best | DLF: s to SVGP's best | speed-up |", "|---|---|---|---|---|---|---|"]
+        for r in race:
+            e = r["best_error"]
+            cell = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"  # noqa: E731
+            lines.append(f"| {r['m']:,} | {cell(e['DLF'])} | {cell(e['SVGP'])} | {cell(e['exact GP'])} | "
+                         f"{cell(r['svgp_seconds_to_its_best'])} | {cell(r['dlf_seconds_to_svgp_best'])} | {cell(r['speedup'])} |")
+        done = [r["speedup"] for r in race if r["speedup"] is not None]
+        if done:
+            lines.append("")
+            lines.append(f"- DLF ≥ 10× faster than SVGP to the same held-out covariance error: "
+                         f"{'met' if min(done) >= 10 else '**not met**'} (speed-ups {', '.join(f'{v:.1f}×' for v in done)})")
     lines += ["", "## Prediction at 1,000 inputs", "", "| teachers n | student S draws (s) | teacher ensemble (s) |", "|---|---|---|"]
     for p in result["predictive"]:
         lines.append(f"| {p['teachers']} | {p['student_seconds']:.4g} ({p['num_samples']} draws) | {p['teacher_seconds']:.4g} |")
