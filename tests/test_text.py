@@ -135,6 +135,21 @@ def test_an_ensemble_trained_in_parts_equals_the_one_trained_at_once():
 
 
 @needs_extra
+def test_batch_ensemble_trains_only_its_fast_weights_and_head():
+    from transformers import BertConfig
+
+    from pyro_dlf.baselines.text import _BatchEnsembleEncoderClassifier
+    from pyro_dlf.text_encoder import TextEncoder
+
+    encoder = TextEncoder.from_config(BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"}), seed=0).truncated(1)
+    net = _BatchEnsembleEncoderClassifier(encoder, 2, 3, fast_weight_std=0.1)
+    trainable = {name for name, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("head.") or name.endswith((".r", ".s", ".bias")) for name in trainable)
+    assert not any("embeddings" in name or "LayerNorm" in name for name in trainable)
+    assert net(torch.randint(1, 100, (4, 5))).shape == (4, 3, 2)
+
+
+@needs_extra
 def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     """Teachers → logits → every student (the DLF on token ids through its encoder body) → metrics → report."""
     from pyro_dlf.bench.text import TextBenchConfig, run_text_benchmark, write_text_report

@@ -21,7 +21,10 @@ transformer at a time, plain module calls).
   :class:`~pyro_dlf.baselines.students.BatchEnsembleLinear`. The fast weights
   start at :math:`\mathcal N(1, 0.1^2)`, close to one: the encoder is
   pretrained, and the random signs used from scratch would scramble its
-  features.
+  features. Only the fast weights, the member biases and the head train (the
+  pretrained weights stay frozen): the rank-1 fast weights are each member's
+  adapter, the BatchEnsemble analogue of the LoRA adapters the other students
+  train. Give it an encoder without LoRA adapters.
 
 The distillation losses are those of the image zoo
 (:mod:`pyro_dlf.baselines.classifiers`): member :math:`k` minimises an
@@ -242,6 +245,10 @@ class _BatchEnsembleEncoderClassifier(nn.Module):
                         setattr(parent, child_name, BatchEnsembleDense(child, num_members, fast_weight_std))
         self.encoder = encoder
         self.head = BatchEnsembleLinear(encoder.features, num_classes, num_members, fast_weight_init="normal")
+        # Each member's adapter: its fast weights and biases (and the head); the pretrained weights stay frozen.
+        for module in self.encoder.modules():
+            for name, p in module.named_parameters(recurse=False):
+                p.requires_grad_(isinstance(module, BatchEnsembleDense) and name != "weight")
 
     def forward(self, ids: Tensor) -> Tensor:
         b = ids.shape[0]
@@ -250,8 +257,9 @@ class _BatchEnsembleEncoderClassifier(nn.Module):
 
 
 class TextBatchEnsemble(_TextClassifier):
-    """BatchEnsemble of one encoder (``factory(0)``): rank-1 fast weights per member in every dense map
-    of its transformer layers and in the head; member :math:`k` distilled from teacher :math:`k`.
+    """BatchEnsemble of one encoder (``factory(0)``, without LoRA adapters): rank-1 fast weights per member
+    in every dense map of its transformer layers (trained; the pretrained weights frozen) and in the head;
+    member :math:`k` distilled from teacher :math:`k`.
 
     :param fast_weight_std: spread of the fast weights around one at initialization.
     """

@@ -24,7 +24,7 @@ Protocol (one run = one seed):
   f-DISTILL divergence (forward KL, reverse KL, Jensen–Shannon, total
   variation), small-Ens (one student encoder per teacher), Hydra (one encoder,
   a head per teacher), BatchEnsemble of the student encoder (rank-1 fast
-  weights in every dense map), and the DLF (full class covariance, the
+  weights in every dense map as each member's adapter, instead of LoRA), and the DLF (full class covariance, the
   classification default: the encoder is the body, its heads give ``μ(x)`` and
   ``Φ(x)``; ``q = teachers − 1``; one pass of MMD initialization, then
   ``student_epochs − 1`` exact EM iterations of one pass each).
@@ -165,8 +165,9 @@ def _no_dropout(encoder: TextEncoder) -> TextEncoder:
     return encoder
 
 
-def _factories(config: TextBenchConfig, base: TextEncoder) -> tuple[Callable[[int], TextEncoder], Callable[[int], TextEncoder]]:
-    """Teacher ``k``: the whole encoder with LoRA adapters seeded by ``k``; student ``k``: its first layers, likewise."""
+def _factories(config: TextBenchConfig, base: TextEncoder):
+    """Teacher ``k``: the whole encoder with LoRA adapters seeded by ``k``; student ``k``: its first layers,
+    likewise; and the plain student encoder (BatchEnsemble brings its own adapters: the fast weights)."""
     student_base = _no_dropout(base.truncated(min(config.student_layers, base.num_layers)))
 
     def teacher(k: int) -> TextEncoder:
@@ -176,7 +177,10 @@ def _factories(config: TextBenchConfig, base: TextEncoder) -> tuple[Callable[[in
         return copy.deepcopy(student_base).add_lora(config.lora_rank, 2.0 * config.lora_rank, _LORA_TARGETS,
                                                     seed=config.seed * 1000 + 500 + k)
 
-    return teacher, student
+    def plain(k: int) -> TextEncoder:
+        return copy.deepcopy(student_base)
+
+    return teacher, student, plain
 
 
 def _cache_key(config: TextBenchConfig, data: _Data, member: int) -> str:
@@ -231,7 +235,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
     torch.manual_seed(config.seed)
     data = _load(config)
     base = _base_encoder(config)
-    teacher_factory, student_factory = _factories(config, base)
+    teacher_factory, student_factory, plain_factory = _factories(config, base)
     teacher_record, teachers = _teachers(config, data, teacher_factory)
     design_logits, test_logits, ood_logits = (teacher_record[k].float() for k in ("design", "test", "ood"))
     ids_design, ids_test, ids_ood, y_test = data.ids["design"], data.ids["test"], data.ids["ood"], data.labels["test"]
@@ -296,7 +300,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
         elif method == "Hydra":
             model = TextHydra(student_factory, 2, config.teachers).distill(ids_design, log_probs, **common)
         else:
-            model = TextBatchEnsemble(student_factory, 2, config.teachers).distill(ids_design, log_probs, **common)
+            model = TextBatchEnsemble(plain_factory, 2, config.teachers).distill(ids_design, log_probs, **common)
         seconds = time.time() - t0
         members = model.member_logits(ids_test)
         variance = _centred_logit_variance(members) if method in ("small-Ens", "Hydra", "BE") else None
