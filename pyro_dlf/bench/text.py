@@ -197,7 +197,7 @@ def _teachers(config: TextBenchConfig, data: _Data, factory: Callable[[int], Tex
     """Fit the LoRA teachers one at a time, caching each one's logits as soon as it is trained (an
     interrupted run resumes with the next teacher); returns the stacked logits, the summed fit time
     and parameter count, and an ensemble of the teachers' shape for timing (untrained when cached)."""
-    parts, seconds = [], 0.0
+    parts = []
     for k in tqdm(range(config.teachers), desc="teachers", disable=not config.progress):
         path = os.path.join(config.cache_dir, _cache_key(config, data, k)) if config.cache_dir else None
         if path and os.path.exists(path):

@@ -1,0 +1,55 @@
+"""Helpers of the multi-process tests, in a module the spawned processes can import by name
+(tests/ is on the path of every test process; a test module's own name is not importable there)."""
+
+import os
+import socket
+from datetime import timedelta
+
+import pyro
+import pyro.optim
+import torch
+import torch.distributed as dist
+
+from pyro_dlf.data import TensorStream
+from pyro_dlf.guides import ExactFactorPosterior
+from pyro_dlf.infer import StreamingEM
+from pyro_dlf.models import DeepLatentFactor
+from synthetic import synthetic_teachers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_model(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return DeepLatentFactor(1, 3, (16,), name=f"stream{seed}").to(dtype)
+
+
+def fit(em_cls, data, steps, seed=0):
+    """``steps`` iterations of ``em_cls`` (EM or StreamingEM) from a seeded model; (model, losses)."""
+    pyro.clear_param_store()
+    model = small_model(seed)
+    em = em_cls(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}))
+    losses = [em.step(*data) if isinstance(data, tuple) else em.step(data) for _ in range(steps)]
+    return model, losses
+
+
+def streaming_worker(rank: int, world: int, port: int, out: str, crash: bool) -> None:
+    """One process of a gloo job: its shard of the synthetic teachers, 4 StreamingEM iterations;
+    rank 0 saves the fit. With ``crash`` rank 1 raises before the first collective."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=20))
+    try:
+        _, x, f = synthetic_teachers(12, 96, seed=3)
+        stream = TensorStream(x.double(), f.double(), 16).shard(rank, world)
+        if crash and rank == 1:
+            raise RuntimeError("rank 1 fails on purpose")
+        model, losses = fit(StreamingEM, stream, 4, seed=rank)  # different seeds: rank 0's parameters are broadcast
+        if rank == 0:
+            torch.save({"state": model.state_dict(), "losses": losses}, out)
+    finally:
+        dist.destroy_process_group()
