@@ -643,6 +643,8 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     lines += ["## Targets", ""] + target_summary(summary) + [""]
     lines += extrapolation_summary(rows)
+    if _auroc_plot(os.path.join(output_dir, f"{name}_auroc.png"), rows):
+        lines += [f"![AUROC of the epistemic variance, out of range against in range]({name}_auroc.png)", ""]
     lines += variance_decomposition(result["rows"])
     lines += design_check(result["rows"])
     for dataset, methods in summary.items():
@@ -663,6 +665,38 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     md_path = os.path.join(output_dir, f"{name}.md")
     atomic_write(md_path, lambda fh: fh.write("\n".join(lines)))
     return json_path, md_path
+
+
+def _auroc_plot(path: str, rows: list[dict]) -> bool:
+    """Bars of each method's out-of-range AUROC per set (extrapolation rows); ``False`` when there are none."""
+    groups: dict = {}
+    for row in rows:
+        if "auroc_epistemic" in row:
+            groups.setdefault(row["dataset"], {}).setdefault(row["method"], []).append(row["auroc_epistemic"])
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in ("teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF Gaussian design", DESIGN_SELECTED)
+               if any(m in g for g in groups.values())]
+    sets = list(groups)
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(sets)), 4.6))
+    for k, method in enumerate(methods):
+        values = [sum(groups[d][method]) / len(groups[d][method]) if method in groups[d] else 0.0 for d in sets]
+        label = "DLF, design chosen" if method == DESIGN_SELECTED else method
+        ax.bar([i + (k - (len(methods) - 1) / 2) * width for i in range(len(sets))], values, width, label=label)
+    ax.set_xticks(range(len(sets)), sets, rotation=20, ha="right")
+    ax.set(ylabel="AUROC (epistemic variance)", ylim=(0.4, 1.0), title="Telling out-of-range from in-range test inputs")
+    ax.axhline(0.5, color="grey", lw=1, ls="--")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"), binary=True)
+    plt.close(fig)
+    return True
 
 
 def _plot(path: str, dataset: str, methods: dict) -> None:
