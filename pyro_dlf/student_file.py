@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import IO, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from pyro_dlf._files import atomic_write
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "checksum", "write_payload", "read_payload", "build_model"]
 
@@ -64,17 +65,7 @@ def write_payload(payload: dict, destination: PathOrFile) -> None:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"path: the folder {folder!r} does not exist; create it first")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".student-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh), binary=True)
 
 
 def read_payload(source: PathOrFile, map_location="cpu") -> dict:

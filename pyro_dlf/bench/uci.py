@@ -265,7 +265,8 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                        metrics.count_parameters(student), student.predictive, seconds)
         # The label-free check of every DLF fit: the teachers' values on the rows each did not train on.
         oof_mask = teachers.held_out_mask(len(x_fit), _TEACHER_VALIDATION, _teacher_seed(config, split))
-        x_oof, f_oof = x_fit, teachers.member_predictions(x_fit)
+        x_oof = x_fit
+        f_oof = f_design if x_design is x_fit else teachers.member_predictions(x_fit)  # one pass where they coincide
         if design == "train":
             variants = [(name, overrides, x_design) for name, overrides in _dlf_variants(config)]
             if "design" in config.ablations:
@@ -280,7 +281,7 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
         else:
             variants = [("DLF held-out design", {}, x_design)]
         for name, overrides, x_dlf in variants:
-            f_dlf = f_design if x_dlf is x_design else teachers.member_predictions(x_dlf)
+            f_dlf = f_design if x_dlf is x_design else f_oof if x_dlf is x_oof else teachers.member_predictions(x_dlf)
             start = time.perf_counter()
             options = dict(num_factors=config.num_factors, teacher_noise_variances=noise, hidden=config.student_hidden,
                            num_iterations=config.dlf_iterations, mmd_steps=config.mmd_steps, seed=seed, progress=False)
