@@ -87,6 +87,6 @@ def test_a_crashed_process_ends_the_job_with_its_error_instead_of_a_hang(tmp_pat
     import time
 
     start = time.perf_counter()
-    with pytest.raises(mp.ProcessRaisedException, match="rank 1 fails on purpose|remote worker crashing|Connection closed"):
+    with pytest.raises(mp.ProcessRaisedException, match="rank 1 fails on purpose|remote worker|Connection (closed|reset) by peer"):
         mp.spawn(streaming_worker, args=(2, free_port(), str(tmp_path / "x.pt"), True), nprocs=2, join=True)
     assert time.perf_counter() - start < 60
