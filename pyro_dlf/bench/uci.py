@@ -15,7 +15,12 @@ statistics, metrics reported in the target's original units.
   (:func:`pyro_dlf.data.neighbour_jitter`), ``"gaussian"``
   (:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth) or
   ``"mixup"`` (:func:`pyro_dlf.data.mixup`); the teachers are evaluated there.
-  The ``augment`` ablation adds DLF variants on the Gaussian and mixup designs.
+  The ``augment`` ablation adds DLF variants on the Gaussian and mixup designs,
+  each with the DLF row's body rule (``dlf_hidden``; with ``"auto"`` the body
+  is chosen on that design's own points), so that the design-selection row
+  chooses body and design together: the body per design by the
+  ensemble-predictive log score, the design by the teachers' out-of-sample
+  values.
   The ``oof`` ablation adds "DLF out-of-fold values": design points the
   training inputs, each teacher observed only on the 10 % of them it held out
   from its own fit (:meth:`~pyro_dlf.baselines.DeepEnsembleRegressor.held_out_mask`),
@@ -199,8 +204,9 @@ def _augmented(x: torch.Tensor, design: str, generator: torch.Generator) -> torc
 def _dlf_variants(config: UCIBenchConfig) -> list[tuple[str, dict]]:
     """(method name, distill overrides) for the default DLF and the requested ablations.
 
-    Ablation variants keep the students' widths (``student_hidden``), so they
-    compare with the paper-protocol DLF.
+    The estep, init and q ablations keep the students' widths (``student_hidden``), so
+    they compare with the paper-protocol DLF; the design variants (``augment``) take
+    the DLF row's body rule, set in :func:`_run_split`.
     """
     variants = [("DLF", {"hidden": config.dlf_hidden})]
     if config.dlf_hidden != tuple(config.student_hidden):
@@ -277,7 +283,9 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 variants.append(("DLF out-of-fold values", {"observed": oof_mask}, split.x_train))
             if "augment" in config.ablations:
                 for label, kind, salt in (("Gaussian", "gaussian", 60_000), ("mixup", "mixup", 70_000)):
-                    variants.append((f"DLF {label} design", {}, _augmented(x_design, kind, torch.Generator().manual_seed(salt + seed))))
+                    # The DLF row's body rule: body and design are chosen together (design_selection).
+                    variants.append((f"DLF {label} design", {"hidden": config.dlf_hidden},
+                                     _augmented(x_design, kind, torch.Generator().manual_seed(salt + seed))))
         else:
             variants = [("DLF held-out design", {}, x_design)]
         for name, overrides, x_dlf in variants:

@@ -153,27 +153,41 @@ class EM:
         noise = self.model.noise_variance_unconstrained
         return [p for p in self.model.parameters() if p.requires_grad and p is not noise]
 
-    def _fingerprint(self, x: Tensor, f: Tensor) -> tuple:
-        """What the cached statistics depend on, checked by value so that no edit escapes.
+    def _checksums(self, x: Tensor, f: Tensor) -> list[float]:
+        """A checksum of each data tensor: ``Σ_j w_j Σ_k t_{jk} u_k`` with fixed random weights.
 
-        Version counters miss edits made through ``.data`` or a NumPy view, so
-        θ (small) is compared entry by entry against a copy, and the data by a
-        checksum: ``Σ_j w_j Σ_k f_{ijk} u_k`` per teacher and likewise for ``x``,
-        with fixed random weights drawn once. Any change of values or order
-        moves it (with probability one); it costs one read of the data, not a
-        pass of the network.
+        Any change of values or order moves it (with probability one). It is
+        accumulated in float64 over blocks of at most 2¹⁸ entries, so it costs
+        one read of the data and no float64 copy of it.
         """
-        def checksum(t: Tensor) -> Tensor:
+        def checksum(t: Tensor) -> float:
             flat = t.detach().reshape(t.shape[0], -1)
             if flat.shape not in self._weights:
                 g = torch.Generator().manual_seed(1234)
                 self._weights[flat.shape] = tuple(torch.rand(k, generator=g, dtype=torch.float64) + 0.5 for k in flat.shape)
             w, u = (v.to(flat.device) for v in self._weights[flat.shape])
-            return w @ (flat.double() @ u)
+            rows, cols = flat.shape
+            step_c = min(cols, 1 << 18) or 1
+            step_r = max(1, (1 << 18) // step_c)
+            total = torch.zeros((), dtype=torch.float64, device=flat.device)
+            for r in range(0, rows, step_r):
+                for c in range(0, cols, step_c):
+                    block = flat[r:r + step_r, c:c + step_c].double()
+                    total = total + w[r:r + step_r] @ (block @ u[c:c + step_c])
+            return total
 
         data = [x, f] + ([] if self._observed is None else [self._observed])
-        shapes = tuple(tuple(t.shape) for t in data)
-        sums = torch.stack([checksum(t) for t in data]).tolist()
+        return torch.stack([checksum(t) for t in data]).tolist()
+
+    def _fingerprint(self, x: Tensor, f: Tensor, sums: Optional[list[float]] = None) -> tuple:
+        """What the cached statistics depend on, checked by value so that no edit escapes.
+
+        Version counters miss edits made through ``.data`` or a NumPy view, so
+        θ (small) is compared entry by entry against a copy, and the data by
+        :meth:`_checksums` (``sums``, when the caller has them for the same data).
+        """
+        shapes = tuple(tuple(t.shape) for t in [x, f] + ([] if self._observed is None else [self._observed]))
+        sums = self._checksums(x, f) if sums is None else sums
         state = [t.detach().clone() for t in (*self.model.parameters(), *self.model.buffers())]
         return shapes, sums, state
 
@@ -220,8 +234,8 @@ class EM:
             yield self._order[self._cursor:self._cursor + size]
             self._cursor += size
 
-    def _statistics(self, x: Tensor, f: Tensor) -> FactorStatistics:
-        key = self._fingerprint(x, f)
+    def _statistics(self, x: Tensor, f: Tensor, sums: Optional[list[float]] = None) -> FactorStatistics:
+        key = self._fingerprint(x, f, sums)
         if self._cache is not None and self._same(self._cache[0], key):
             return self._cache[1]
         stats = self.model.statistics(x, f, self.batch_size, self._mask())
@@ -235,8 +249,9 @@ class EM:
     def _set_noise(self, value: float) -> None:
         self.model.set_noise_variance(value, self.noise_floor)
 
-    def _noise_update(self, x: Tensor, f: Tensor) -> None:
-        """Closed-form ``σ_f^2``: mean expected squared residual at the new θ."""
+    def _noise_update(self, x: Tensor, f: Tensor, sums: Optional[list[float]] = None) -> None:
+        """Closed-form ``σ_f^2``: mean expected squared residual at the new θ (``sums``: the
+        data's checksums, when the caller has them)."""
         model, size = self.model, self.batch_size or x.shape[0]
         total = 0.0
         with torch.no_grad():
@@ -251,7 +266,7 @@ class EM:
                     part = batch_statistics(mean, loading, fb, observed=ob)
                     stats = part if stats is None else stats + part
                 self._set_noise(total / self._count(f))
-                self._cache = (self._fingerprint(x, f), stats)
+                self._cache = (self._fingerprint(x, f, sums), stats)
             else:
                 for start in range(0, x.shape[0], size):
                     xb, fb, ob = x[start:start + size], f[:, start:start + size], self._mask(slice(start, start + size))
@@ -410,8 +425,10 @@ class EM:
             posterior; call ``guide.update(x, f)`` for the exact one.
         """
         x, f = self._check(x, f, observed)
+        # One read of the data for the cache's checksums per iteration: x and f do not change within it.
+        sums = self._checksums(x, f) if self.estep == "exact" else None
         if self.estep == "exact":
-            stats = self._statistics(x, f)
+            stats = self._statistics(x, f, sums)
             self.guide.set_statistics(stats)
             loss = -float(self._log_likelihood(stats).sum())
             if self.expand:
@@ -431,7 +448,7 @@ class EM:
                 if self.expand:
                     self._expand()
                 self._gradient_step(xb, fb, ob)
-        self._noise_update(x, f)
+        self._noise_update(x, f, sums)
         return loss
 
     def evaluate_loss(self, x: Tensor, f: Tensor, observed: Optional[Tensor] = None) -> float:

@@ -88,10 +88,17 @@ class StreamingEM(EM):
     def _reduce_gradients(self, params: list[Tensor]) -> None:
         if not self.distributed:
             return
+        # One all-reduce per dtype (as DDP buckets them): a collective's latency, not its size,
+        # dominates at these parameter counts, and there is one per minibatch.
+        buckets: dict = {}
         for p in params:
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
-            p.grad = grad / self.world_size
+            buckets.setdefault((p.dtype, p.device), []).append(p)
+        for group in buckets.values():
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            flat /= self.world_size
+            for p, part in zip(group, flat.split([p.numel() for p in group])):
+                p.grad = part.view_as(p)
 
     def _broadcast_parameters(self) -> None:
         if self.distributed and not self._synced:

@@ -92,15 +92,17 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     metrics and the AUROC of the epistemic variance for every method; the report's extrapolation section."""
     out = tmp_path / "results"
     argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "1", "--teachers", "4", "--teacher-epochs", "100",
-            "--student-epochs", "100", "--student-hidden", "32", "--dlf-hidden", "32", "--dlf-iterations", "10", "--mmd-steps", "30",
+            "--student-epochs", "100", "--student-hidden", "32", "--dlf-hidden", "24", "--dlf-iterations", "10", "--mmd-steps", "30",
             "--num-factors", "2", "--design", "gaussian", "--ablations", "augment", "oof", "--extrapolation", "--output-dir", str(out),
             "--cache-dir", "", "--no-progress"]
     assert main(argv) == 0
     result = json.loads((out / "uci_extrapolation.json").read_text())
     assert result["config"]["extrapolation"] and result["config"]["design"] == "gaussian"
     methods = {r["method"] for r in result["rows"]}
-    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF Gaussian design", "DLF mixup design",
+    assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×32", "DLF Gaussian design", "DLF mixup design",
                        "DLF out-of-fold values"}
+    # The design variants take the DLF row's body rule (here a fixed 1 × 24), not the students' widths (1 × 32).
+    assert {tuple(r["hidden"]) for r in result["rows"] if r["method"].endswith("design")} == {(24,)}
     for row in result["rows"]:
         for key in ("nll_in", "nll_out", "crps_in", "crps_out", "rmse_out"):
             assert math.isfinite(row[key]), (row["method"], key)
