@@ -45,6 +45,7 @@ __all__ = [
     "brier_score",
     "expected_calibration_error",
     "reliability_bins",
+    "calibrated_ece_floor",
     "entropy_decomposition",
     "auroc",
     "count_parameters",
@@ -723,6 +724,44 @@ def reliability_bins(probs: Tensor, labels: Tensor, num_bins: int = 15) -> dict:
     accuracy = torch.bincount(idx, weights=correct.double(), minlength=num_bins) / safe
     confidence = torch.bincount(idx, weights=conf.double(), minlength=num_bins) / safe
     return {"confidence": confidence.tolist(), "accuracy": accuracy.tolist(), "count": count.tolist()}
+
+
+def calibrated_ece_floor(bins: dict) -> float:
+    r"""The ECE a perfectly calibrated classifier would show on the same bins, from sampling alone.
+
+    With :math:`n_b` inputs in bin ``b``, all of confidence :math:`c_b` (the
+    bin's mean) and each correct with probability :math:`c_b`, the bin's
+    accuracy is :math:`X_b / n_b` with :math:`X_b \sim \mathrm{Binomial}(n_b, c_b)`, so
+
+    .. math::
+        E[\mathrm{ECE}] = \sum_b \frac{n_b}{m}\, E\left|\frac{X_b}{n_b} - c_b\right|,
+
+    computed exactly from the binomial probabilities. It is the scale below
+    which ECE differences on this test set are sampling noise (about
+    :math:`\sqrt{2 c (1 - c) / (\pi n_b)}` per bin).
+
+    :param bins: :func:`reliability_bins` output (``confidence`` and ``count`` per bin).
+    :return: the expected ECE, a float.
+    """
+    if not isinstance(bins, dict) or "confidence" not in bins or "count" not in bins:
+        raise ValueError("bins: expected the dictionary of reliability_bins (with 'confidence' and 'count')")
+    confidence = torch.as_tensor(bins["confidence"], dtype=torch.float64)
+    count = torch.as_tensor(bins["count"], dtype=torch.float64)
+    if confidence.shape != count.shape or bool((count < 0).any()) or bool(((confidence < 0) | (confidence > 1)).any()):
+        raise ValueError("bins: 'confidence' must lie in [0, 1] and 'count' be non-negative, one of each per bin")
+    total = float(count.sum())
+    if total <= 0:
+        raise ValueError("bins: every bin is empty; pass the bins of at least one input")
+    expected = 0.0
+    for c, n in zip(confidence.tolist(), count.tolist()):
+        n = int(round(n))
+        if n == 0 or c in (0.0, 1.0):
+            continue
+        k = torch.arange(n + 1, dtype=torch.float64)
+        log_pmf = (math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+                   + k * math.log(c) + (n - k) * math.log1p(-c))
+        expected += n / total * float((log_pmf.exp() * (k / n - c).abs()).sum())
+    return expected
 
 
 def entropy_decomposition(sample_probs: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

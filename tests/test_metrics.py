@@ -463,3 +463,22 @@ def test_reliability_bins_are_the_bins_behind_the_ece():
     # A confidence in (b/B, (b+1)/B] lands in bin b.
     one = M.reliability_bins(torch.tensor([[0.7, 0.3]], dtype=torch.float64), torch.tensor([0]), num_bins=10)
     assert one["count"][6] == 1 and one["accuracy"][6] == 1.0 and one["confidence"][6] == pytest.approx(0.7)
+
+
+def test_calibrated_ece_floor_is_the_expected_ece_of_a_calibrated_classifier():
+    """Exact binomial expectation against 40,000 simulated calibrated test sets (within 5 standard errors)."""
+    bins = {"confidence": [0.0, 0.62, 0.9, 0.99], "accuracy": [0.0, 0.6, 0.9, 1.0], "count": [0.0, 40.0, 200.0, 60.0]}
+    floor = M.calibrated_ece_floor(bins)
+    g = torch.Generator().manual_seed(0)
+    conf = torch.tensor([0.62, 0.9, 0.99], dtype=torch.float64)
+    n = torch.tensor([40.0, 200.0, 60.0], dtype=torch.float64)
+    hits = torch.binomial(n.expand(40_000, 3), conf.expand(40_000, 3), generator=g)
+    ece = ((hits / n - conf).abs() * n / n.sum()).sum(1)
+    assert abs(float(ece.mean()) - floor) < 5 * float(ece.std()) / 40_000 ** 0.5
+    # One bin: the normal approximation sqrt(2 c (1 - c) / (π n)) to within a few per cent.
+    one = M.calibrated_ece_floor({"confidence": [0.7], "count": [2000.0]})
+    assert one == pytest.approx((2 * 0.7 * 0.3 / (math.pi * 2000)) ** 0.5, rel=0.03)
+    with pytest.raises(ValueError, match="bins:"):
+        M.calibrated_ece_floor({"confidence": [0.5], "count": [0.0]})
+    with pytest.raises(ValueError, match="bins:"):
+        M.calibrated_ece_floor([0.5])

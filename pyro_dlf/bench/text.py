@@ -343,6 +343,11 @@ def text_targets(result: dict) -> list[str]:
             worst = min(others, key=lambda m: others[m][key])
             lines.append(f"- DLF {label} ≤ every other student's: {verdict(all(dlf[key] <= r[key] for r in others.values()))} "
                          f"(DLF {dlf[key]:.4f}, best other {worst} {others[worst][key]:.4f})")
+        bins = result.get("reliability", {}).get("DLF")
+        if bins:
+            # The sampling scale of ECE on this test set: differences below it are not resolved.
+            lines.append(f"  - a perfectly calibrated classifier with the DLF's bin confidences and counts would show ECE "
+                         f"{metrics.calibrated_ece_floor(bins):.4f} on average from sampling alone")
     if dlf.get("auroc_mi") is not None and teach.get("auroc_mi") is not None:
         lines.append(f"- OOD AUROC (mutual information) ≥ 0.95 × teachers': {verdict(dlf['auroc_mi'] >= 0.95 * teach['auroc_mi'])} "
                      f"(DLF {dlf['auroc_mi']:.4f}, teachers {teach['auroc_mi']:.4f}, ratio {dlf['auroc_mi'] / teach['auroc_mi']:.3f})")
