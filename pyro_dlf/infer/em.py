@@ -160,7 +160,7 @@ class EM:
         accumulated in float64 over blocks of at most 2¹⁸ entries, so it costs
         one read of the data and no float64 copy of it.
         """
-        def checksum(t: Tensor) -> float:
+        def checksum(t: Tensor) -> Tensor:
             flat = t.detach().reshape(t.shape[0], -1)
             if flat.shape not in self._weights:
                 g = torch.Generator().manual_seed(1234)
