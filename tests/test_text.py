@@ -2,6 +2,7 @@
 
 import bz2
 import csv
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -174,12 +175,29 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     assert rows["DLF"]["auroc_mi"] is not None and rows["DLF"]["logit_variance_ratio"] > 0
     # A smaller student: fewer parameters than the teacher ensemble.
     assert rows["DLF"]["parameters"] < rows["teacher ensemble"]["parameters"]
+    # Per-review NLLs average to the table's NLL (stored to 6 decimals); the paired differences are the NLL gaps.
+    for method, nll in result["per_review_nll"].items():
+        assert len(nll) == 40 and sum(nll) / 40 == pytest.approx(rows[method]["nll"], abs=1e-6)
+        if method != "DLF":
+            assert rows[method]["nll_minus_dlf"] == pytest.approx(rows[method]["nll"] - rows["DLF"]["nll"], abs=1e-12)
+            assert rows[method]["nll_minus_dlf_se"] > 0
+    assert rows["DLF"]["nll_mean_logits"] > 0
+    # The spread diagnostic with all of the teachers' variance is the teacher ensemble itself.
+    spread = result["diagnostics"]["nll_by_spread_share"]
+    assert spread["1"] == pytest.approx(rows["teacher ensemble"]["nll"], rel=1e-12)
+    assert any(label.startswith("DLF (") for label in spread)
     json_path, md_path = write_text_report(result, str(tmp_path), "text")
-    assert "## Targets" in Path(md_path).read_text()
+    report = Path(md_path).read_text()
+    assert "## Targets" in report and "## NLL against the DLF, review by review" in report and "## Where the DLF's NLL goes" in report
     assert (tmp_path / "text_reliability.png").stat().st_size > 0 and (tmp_path / "text_ood.png").stat().st_size > 0
-    # The teachers' logits were cached: a second run reuses them.
-    assert len(list((tmp_path / "cache").glob("text_teacher*_*.pt"))) == 3  # one file per teacher
-    again = run_text_benchmark(config)
+    # The teachers' logits were cached, one file per teacher. A second run with two worker processes
+    # reuses two of them and fine-tunes the third in a worker: the same logits as in-process.
+    cached = sorted((tmp_path / "cache").glob("text_teacher*_*.pt"))
+    assert len(cached) == 3
+    first = torch.load(cached[0], weights_only=True)
+    cached[0].unlink()
+    again = run_text_benchmark(dataclasses.replace(config, jobs=2))
+    assert torch.equal(torch.load(cached[0], weights_only=True)["test"], first["test"])
     assert again["rows"][0]["nll"] == pytest.approx(result["rows"][0]["nll"], rel=1e-12)
 
 

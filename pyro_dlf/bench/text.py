@@ -33,7 +33,13 @@ Protocol (one run = one seed):
   mutual information for test reviews against plot synopses; the epistemic
   logit-variance ratio where a method has one; parameters; CPU time to predict
   1,000 texts (measured on ``timing_texts`` test texts and scaled; one thread
-  per process as run), fit time.
+  per process as run), fit time; every review's NLL per method, each method's
+  NLL minus the DLF's with its paired standard error, the NLL of the DLF's
+  mean logits alone, and the NLL the teachers' own logits reach with their
+  mean kept and only a share of their spread (:func:`_spread_diagnostics`).
+* ``jobs > 1`` fine-tunes the teachers in that many worker processes, one
+  thread each (each teacher's seeds are its own, so the logits are those of
+  the one-process run); the students are fitted and timed in the main process.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class TextBenchConfig:
     timing_texts: int = 256
     seed: int = 0
     cache_dir: Optional[str] = "benchmarks/cache"
+    jobs: int = 1
     progress: bool = True
     command: str = field(default_factory=lambda: " ".join(["pyro-dlf"] + sys.argv[1:]))
 
@@ -111,7 +118,7 @@ _LORA_TARGETS = ("query", "key", "value", "dense")
 
 def _check_config(config: TextBenchConfig) -> None:
     for name in ("teachers", "teacher_epochs", "lora_rank", "student_layers", "student_epochs", "batch_size", "num_samples",
-                 "timing_texts"):
+                 "timing_texts", "jobs"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -194,27 +201,54 @@ def _cache_key(config: TextBenchConfig, data: _Data, member: int) -> str:
     return f"text_teacher{member}_{digest.hexdigest()[:16]}.pt"
 
 
+def _fit_teacher(config: TextBenchConfig, data: _Data, factory: Callable[[int], TextEncoder], k: int) -> dict:
+    """Fine-tune teacher ``k`` and return its logits on the design, test and OOD texts, its fit time and
+    parameter count; cached under ``cache_dir`` as soon as it is trained (an interrupted run resumes)."""
+    path = os.path.join(config.cache_dir, _cache_key(config, data, k)) if config.cache_dir else None
+    if path and os.path.exists(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    member = TextEnsemble(factory, 2, 1, first_member=k)
+    started = time.time()
+    member.fit(data.ids["train"], data.labels["train"], epochs=config.teacher_epochs, batch_size=config.batch_size,
+               lr=config.teacher_lr, seed=config.seed, progress=config.progress)
+    record = {name: member.member_logits(data.ids[name])[0] for name in ("design", "test", "ood")}
+    record.update({"fit_seconds": torch.tensor(time.time() - started),
+                   "parameters": torch.tensor(metrics.count_parameters(member))})
+    if path:
+        os.makedirs(config.cache_dir, exist_ok=True)
+        atomic_write(path, lambda fh: torch.save(record, fh), binary=True)
+    return record
+
+
+def _teacher_worker(config: TextBenchConfig, k: int) -> dict:
+    """Teacher ``k`` in a worker process of ``jobs > 1``: one thread, its own copy of the data and encoder.
+    Every teacher's seeds are its own (adapters, head, data order), so it equals the in-process fit."""
+    torch.set_num_threads(1)
+    config = copy.copy(config)
+    config.progress = False
+    data = _load(config)
+    return _fit_teacher(config, data, _factories(config, _base_encoder(config))[0], k)
+
+
 def _teachers(config: TextBenchConfig, data: _Data, factory: Callable[[int], TextEncoder]) -> tuple[dict, TextEnsemble]:
-    """Fit the LoRA teachers one at a time, caching each one's logits as soon as it is trained (an
-    interrupted run resumes with the next teacher); returns the stacked logits, the summed fit time
-    and parameter count, and an ensemble of the teachers' shape for timing (untrained when cached)."""
-    parts = []
-    for k in tqdm(range(config.teachers), desc="teachers", disable=not config.progress):
-        path = os.path.join(config.cache_dir, _cache_key(config, data, k)) if config.cache_dir else None
-        if path and os.path.exists(path):
-            parts.append(torch.load(path, map_location="cpu", weights_only=True))
-            continue
-        member = TextEnsemble(factory, 2, 1, first_member=k)
-        started = time.time()
-        member.fit(data.ids["train"], data.labels["train"], epochs=config.teacher_epochs, batch_size=config.batch_size,
-                   lr=config.teacher_lr, seed=config.seed, progress=config.progress)
-        record = {name: member.member_logits(data.ids[name])[0] for name in ("design", "test", "ood")}
-        record.update({"fit_seconds": torch.tensor(time.time() - started),
-                       "parameters": torch.tensor(metrics.count_parameters(member))})
-        if path:
-            os.makedirs(config.cache_dir, exist_ok=True)
-            atomic_write(path, lambda fh, record=record: torch.save(record, fh), binary=True)
-        parts.append(record)
+    """Fit the LoRA teachers (``jobs`` at a time in worker processes when ``jobs > 1``), caching each one's
+    logits as soon as it is trained; returns the stacked logits, the summed fit time and parameter count,
+    and an ensemble of the teachers' shape for timing (untrained)."""
+    records: dict[int, dict] = {}
+    if config.jobs > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(min(config.jobs, config.teachers),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_teacher_worker, config, k): k for k in range(config.teachers)}
+            for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="teachers",
+                               disable=not config.progress):
+                records[futures[future]] = future.result()
+    else:
+        for k in tqdm(range(config.teachers), desc="teachers", disable=not config.progress):
+            records[k] = _fit_teacher(config, data, factory, k)
+    parts = [records[k] for k in range(config.teachers)]
     logits = {name: torch.stack([p[name] for p in parts]) for name in ("design", "test", "ood")}
     logits["fit_seconds"] = sum(float(p["fit_seconds"]) for p in parts)
     logits["parameters"] = sum(int(p["parameters"]) for p in parts)
@@ -226,6 +260,43 @@ def _teachers(config: TextBenchConfig, data: _Data, factory: Callable[[int], Tex
 def _per_1000(predict: Callable[[Tensor], object], ids: Tensor) -> float:
     """Median seconds to predict ``ids``, scaled to 1,000 texts."""
     return metrics.time_call(predict, ids, repeats=3) * 1000.0 / ids.shape[0]
+
+
+def _review_nll(probs: Tensor, labels: Tensor) -> Tensor:
+    """Per-review NLL in float64 (rows renormalized, as :func:`~pyro_dlf.bench.images._score` scores them)."""
+    probs = probs.double()
+    return metrics.categorical_nll((probs / probs.sum(-1, keepdim=True)).clamp_min(1e-300), labels, reduction="none")
+
+
+def _paired_nll(rows: list[dict], per_review_nll: dict[str, Tensor]) -> None:
+    """Every row's NLL minus the DLF's on the same reviews, with the paired standard error
+    (:func:`pyro_dlf.metrics.paired_difference`): whether an NLL gap exceeds the test set's sampling noise."""
+    if "DLF" not in per_review_nll:
+        return
+    for row in rows:
+        if row["method"] != "DLF":
+            diff, se = metrics.paired_difference(per_review_nll[row["method"]], per_review_nll["DLF"])
+            row.update({"nll_minus_dlf": diff, "nll_minus_dlf_se": se})
+
+
+def _spread_diagnostics(test_logits: Tensor, y_test: Tensor, rows: list[dict]) -> dict:
+    """What the teachers' own logits say a student would score with their mean and less of their spread.
+
+    Teacher ``k``'s centred-logit deviation from the ensemble's mean logits is scaled by ``sqrt(r)``
+    (``r`` = 0 the softmax of the mean logits, 1 the ensemble itself) and the members' probabilities are
+    averaged: the test NLL a student that matches the mean logits exactly but carries a share ``r`` of the
+    teachers' logit variance would reach. ``r`` runs over a grid and every student's own variance ratio."""
+    t = test_logits.double()
+    centre = t.mean(0)
+    ratios = {f"{r:g}": r for r in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    for row in rows:
+        if row.get("logit_variance_ratio") is not None and row["method"] != "teacher ensemble":
+            ratios[f"{row['method']} ({row['logit_variance_ratio']:.2f})"] = row["logit_variance_ratio"]
+    nll = {}
+    for label, r in ratios.items():
+        probs = (centre + math.sqrt(r) * (t - centre)).softmax(-1).mean(0)
+        nll[label] = float(_review_nll(probs, y_test).mean())
+    return {"nll_by_spread_share": nll}
 
 
 def run_text_benchmark(config: TextBenchConfig) -> dict:
@@ -245,7 +316,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
     mean_log_probs = (log_probs.logsumexp(0) - math.log(config.teachers)).unsqueeze(0)
     teacher_variance = _centred_logit_variance(test_logits)
 
-    rows, reliability, teacher_mi = [], {}, None
+    rows, reliability, per_review_nll, teacher_mi = [], {}, {}, None
 
     def record(method: str, test: ClassificationPrediction, ood: ClassificationPrediction, params: int, fit_seconds: float,
                predict: Callable[[Tensor], object], student_variance: Optional[float] = None) -> None:
@@ -260,6 +331,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
             row["mi_ratio_test"] = row["mi_ratio_ood"] = 1.0
         rows.append(row)
         reliability[method] = metrics.reliability_bins(test.probs.double(), y_test)
+        per_review_nll[method] = _review_nll(test.probs, y_test)
 
     record("teacher ensemble", prediction_from_probs(test_logits.double().softmax(-1)),
            prediction_from_probs(ood_logits.double().softmax(-1)), teacher_record["parameters"],
@@ -289,7 +361,11 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
             # The DLF's epistemic variance of the (already centred) logits, summed over classes.
             variance = float(loading.double().pow(2).sum((-2, -1)).mean())
             record(method, predict(ids_test), predict(ids_ood), metrics.count_parameters(model), seconds, predict, variance)
-            rows[-1].update({"num_factors": q, "final_nll_per_scalar": model.history[-1]})
+            with torch.no_grad():
+                mean_logits = torch.cat([model.dlf.mean(ids_test[s:s + 256]) for s in range(0, ids_test.shape[0], 256)])
+            # NLL of softmax(μ(x)) alone: how much the factor draws' averaging adds to the mean's own fit.
+            rows[-1].update({"num_factors": q, "final_nll_per_scalar": model.history[-1],
+                             "nll_mean_logits": float(_review_nll(mean_logits.double().softmax(-1), y_test).mean())})
             continue
         if method.startswith("KD"):
             divergence = next(d for d in DIVERGENCES if method == f"KD ({_DIVERGENCE_LABELS[d]})")
@@ -306,6 +382,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
         test = prediction_from_probs(members.double().softmax(-1))
         record(method, test, model.predict(ids_ood), metrics.count_parameters(model), seconds, model.predict, variance)
 
+    _paired_nll(rows, per_review_nll)
     sizes = {name: int(t.shape[0]) for name, t in data.ids.items()}
     return {
         "benchmark": "text",
@@ -316,6 +393,8 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
                  "encoder": "random (encoder_config)" if config.encoder_config else minilm_path(config.encoder_path)},
         "rows": rows,
         "reliability": reliability,
+        "diagnostics": _spread_diagnostics(test_logits, y_test, rows),
+        "per_review_nll": {m: [round(v, 6) for v in nll.tolist()] for m, nll in per_review_nll.items()},
         "versions": {"pyro_dlf": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"},
@@ -391,10 +470,38 @@ def write_text_report(result: dict, output_dir: str, name: str = "text") -> tupl
     for row in result["rows"]:
         lines.append(f"| {row['method']} | " + " | ".join(_fmt(row.get(key), fmt) for key, _, fmt in _COLUMNS)
                      + f" | {row['parameters']:,} | {row['fit_seconds'] / 60:.1f} | {row['predict_1000_seconds']:.2f} |")
+    lines += _nll_section(result)
     lines += ["", f"![reliability]({name}_reliability.png)", "", f"![OOD]({name}_ood.png)", ""]
     atomic_write(md_path, lambda fh: fh.write("\n".join(lines)))
     _plots(output_dir, name, result)
     return json_path, md_path
+
+
+def _nll_section(result: dict) -> list[str]:
+    """The paired NLL comparison with the DLF and the spread diagnostics (runs that stored them)."""
+    rows = [r for r in result["rows"] if "nll_minus_dlf" in r]
+    lines = []
+    if rows:
+        m = result["data"]["sizes"]["test"]
+        lines += ["", "## NLL against the DLF, review by review", "",
+                  f"Each method's NLL minus the DLF's on the same {m:,} test reviews, with the paired standard error "
+                  "(sd of the per-review differences / √m); |z| < 2 is not resolved by this test set.", "",
+                  "| method | NLL − DLF's | SE | z |", "|---|---|---|---|"]
+        for r in rows:
+            z = r["nll_minus_dlf"] / r["nll_minus_dlf_se"] if r["nll_minus_dlf_se"] > 0 else float("nan")
+            lines.append(f"| {r['method']} | {r['nll_minus_dlf']:+.4f} | {r['nll_minus_dlf_se']:.4f} | {z:+.1f} |")
+    dlf = next((r for r in result["rows"] if r["method"] == "DLF" and "nll_mean_logits" in r), None)
+    spread = result.get("diagnostics", {}).get("nll_by_spread_share")
+    if dlf is not None and spread:
+        lines += ["", "## Where the DLF's NLL goes", "",
+                  f"The DLF's predictive (softmax averaged over {result['config']['num_samples']} factor draws) scores NLL "
+                  f"{dlf['nll']:.4f}; the softmax of its mean logits μ(x) alone {dlf['nll_mean_logits']:.4f}.", "",
+                  "The teachers' test logits with their mean kept and a share r of their logit variance (each member's "
+                  "deviation from the mean logits scaled by √r, probabilities averaged): the NLL a student that matched "
+                  "the teachers' mean exactly would reach with that much of their spread.", "",
+                  "| share r of the teachers' logit variance | NLL |", "|---|---|"]
+        lines += [f"| {label} | {value:.4f} |" for label, value in spread.items()]
+    return lines
 
 
 def _plots(output_dir: str, name: str, result: dict) -> None:
