@@ -166,7 +166,7 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     result = run_text_benchmark(config)
     methods = [row["method"] for row in result["rows"]]
     assert methods == ["teacher ensemble", "KD (forward KL)", "KD (reverse KL)", "KD (JS)", "KD (TV)", "small-Ens", "Hydra",
-                       "BE", "DLF"]
+                       "BE", "DLF", "DLF + nugget"]
     for row in result["rows"]:
         assert 0 <= row["accuracy"] <= 1 and row["nll"] > 0 and 0 <= row["auroc_entropy"] <= 1
         assert row["predict_1000_seconds"] > 0 and row["parameters"] > 0
@@ -182,6 +182,10 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
             assert rows[method]["nll_minus_dlf"] == pytest.approx(rows[method]["nll"] - rows["DLF"]["nll"], abs=1e-12)
             assert rows[method]["nll_minus_dlf_se"] > 0
     assert rows["DLF"]["nll_mean_logits"] > 0
+    # The nugget joins the DLF's variance without a refit.
+    nugget = rows["DLF + nugget"]
+    assert nugget["fit_seconds"] == 0.0 and nugget["parameters"] == rows["DLF"]["parameters"]
+    assert nugget["logit_variance_student"] == pytest.approx(rows["DLF"]["logit_variance_student"] + rows["DLF"]["logit_nugget"])
     # The spread diagnostic with all of the teachers' variance is the teacher ensemble itself.
     spread = result["diagnostics"]["nll_by_spread_share"]
     assert spread["1"] == pytest.approx(rows["teacher ensemble"]["nll"], rel=1e-12)
