@@ -33,6 +33,10 @@ def _count(minimum: int):
 _POSITIVE, _NONNEGATIVE = _count(1), _count(0)
 
 
+# The keys of pyro_dlf.bench.text.STUDENT_METHODS (kept literal so the parser imports no model code; a test compares).
+_TEXT_STUDENTS = ("kd-forward-kl", "kd-reverse-kl", "kd-js", "kd-tv", "small-ens", "hydra", "be", "dlf")
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -203,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--name", default="text", help="file stem of the JSON/Markdown/PNG results")
     text.add_argument("--cache-dir", default="benchmarks/cache", help="the teachers' logits ('' to disable)")
     text.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the split, the teachers and the students")
+    text.add_argument("--student-seed", type=_NONNEGATIVE, default=None,
+                      help="seed of the students alone (default --seed): same split and cached teachers, new student draws")
+    text.add_argument("--methods", nargs="+", default=None, choices=_TEXT_STUDENTS,
+                      help="fit only these students (default all; the teacher ensemble is always scored)")
     text.add_argument("--jobs", type=_POSITIVE, default=1,
                       help="worker processes (one thread each) fine-tuning the teachers at once; the logits do not depend on it")
     text.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -343,6 +351,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
             data_dir=args.data_dir, encoder_path=args.encoder_path, teachers=args.teachers, teacher_epochs=args.teacher_epochs,
             student_layers=args.student_layers, student_epochs=args.student_epochs, batch_size=args.batch_size,
             max_length=args.max_length, train_limit=args.train_limit, seed=args.seed, cache_dir=args.cache_dir or None,
+            student_seed=args.student_seed, methods=None if args.methods is None else tuple(args.methods),
             jobs=args.jobs, progress=not args.no_progress,
             command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
         )

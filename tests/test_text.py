@@ -205,6 +205,28 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     assert again["rows"][0]["nll"] == pytest.approx(result["rows"][0]["nll"], rel=1e-12)
 
 
+def test_student_seed_and_methods_refit_only_the_students(tmp_path):
+    """A run with another student seed and a subset of students reuses the cached teachers (same teacher row)
+    and gives those students new draws; the CLI offers exactly the bench's student keys."""
+    from pyro_dlf.bench.text import STUDENT_METHODS, TextBenchConfig, run_text_benchmark
+    from pyro_dlf.cli import _TEXT_STUDENTS
+
+    assert _TEXT_STUDENTS == tuple(STUDENT_METHODS)
+    if not SHARED_TEXT.is_dir():
+        pytest.skip("../shared/data/text is not beside the repository")
+    config = TextBenchConfig(data_dir=str(SHARED_TEXT.parent), encoder_config=TINY_BERT, teachers=2, teacher_epochs=1,
+                             student_layers=1, student_epochs=2, batch_size=16, max_length=16, design_size=32, test_size=24,
+                             train_limit=32, ood_limit=16, num_samples=20, timing_texts=8, cache_dir=str(tmp_path),
+                             methods=("kd-forward-kl", "dlf"), progress=False, command="test")
+    first = run_text_benchmark(config)
+    second = run_text_benchmark(dataclasses.replace(config, student_seed=1))
+    assert [r["method"] for r in first["rows"]] == ["teacher ensemble", "KD (forward KL)", "DLF", "DLF + nugget"]
+    assert first["rows"][0]["nll"] == second["rows"][0]["nll"]  # the same cached teachers
+    assert first["rows"][1]["nll"] != second["rows"][1]["nll"]  # new student draws
+    with pytest.raises(ValueError, match="methods: expected"):
+        run_text_benchmark(dataclasses.replace(config, methods=("dlf", "gp")))
+
+
 def test_bench_text_user_mistakes_end_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pyro_dlf.cli", "bench", "text", "--data-dir", str(tmp_path / "nowhere"),
                           "--output-dir", str(tmp_path / "out")], capture_output=True, text=True,

@@ -72,7 +72,7 @@ from pyro_dlf.data.text import TextData, load_rotten_tomatoes
 from pyro_dlf.student import ClassificationPrediction
 from pyro_dlf.text_encoder import TextEncoder, load_tokenizer, minilm_path, require_text_extra, tokenize
 
-__all__ = ["TextBenchConfig", "run_text_benchmark", "write_text_report", "text_targets"]
+__all__ = ["TextBenchConfig", "STUDENT_METHODS", "run_text_benchmark", "write_text_report", "text_targets"]
 
 _DIVERGENCE_LABELS = {"forward_kl": "forward KL", "reverse_kl": "reverse KL", "js": "JS", "tv": "TV"}
 _COLUMNS = (("accuracy", "acc", "{:.4f}"), ("nll", "NLL", "{:.4f}"), ("ece", "ECE", "{:.4f}"), ("brier", "Brier", "{:.4f}"),
@@ -86,7 +86,12 @@ class TextBenchConfig:
     ``encoder_config`` (a ``transformers`` config as a dict, e.g. a tiny BERT)
     replaces the pretrained weights with random ones of that shape -- for
     quick checks of the pipeline, not of the method; the tokenizer still comes
-    from ``encoder_path``.
+    from ``encoder_path``. ``seed`` fixes the split and the teachers;
+    ``student_seed`` (default ``seed``) the students' adapters, heads and data
+    order, so runs that differ only in it share the cached teachers and measure
+    the students' spread over training seeds. ``methods`` (keys of
+    :data:`STUDENT_METHODS`; default all) restricts the students fitted; the
+    teacher ensemble is always scored, and ``"dlf"`` brings ``DLF + nugget``.
     """
 
     data_dir: Optional[str] = None
@@ -109,6 +114,8 @@ class TextBenchConfig:
     ood_limit: Optional[int] = None
     timing_texts: int = 256
     seed: int = 0
+    student_seed: Optional[int] = None
+    methods: Optional[tuple] = None
     cache_dir: Optional[str] = "benchmarks/cache"
     jobs: int = 1
     progress: bool = True
@@ -116,6 +123,14 @@ class TextBenchConfig:
 
 
 _LORA_TARGETS = ("query", "key", "value", "dense")
+
+#: The students of one run, by the key ``methods`` takes (``--methods``) and their row labels.
+STUDENT_METHODS = {"kd-forward-kl": "KD (forward KL)", "kd-reverse-kl": "KD (reverse KL)", "kd-js": "KD (JS)",
+                   "kd-tv": "KD (TV)", "small-ens": "small-Ens", "hydra": "Hydra", "be": "BE", "dlf": "DLF"}
+
+
+def _student_seed(config: TextBenchConfig) -> int:
+    return config.seed if config.student_seed is None else config.student_seed
 
 
 def _check_config(config: TextBenchConfig) -> None:
@@ -130,10 +145,16 @@ def _check_config(config: TextBenchConfig) -> None:
         raise ValueError("student_epochs must be >= 2: the DLF spends one pass on its initialization and the rest on EM")
     if config.max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {config.max_length}")
-    for name in ("train_limit", "ood_limit", "num_factors"):
+    if config.methods is not None:
+        unknown = [m for m in config.methods if m not in STUDENT_METHODS]
+        if unknown or not config.methods:
+            raise ValueError(f"methods: expected a non-empty list of {', '.join(STUDENT_METHODS)}, got {list(config.methods)}")
+    for name in ("train_limit", "ood_limit", "num_factors", "student_seed"):
         value = getattr(config, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        least = 0 if name == "student_seed" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            kind = "a non-negative" if least == 0 else "a positive"
+            raise ValueError(f"{name} must be {kind} int or None, got {value!r}")
 
 
 class _Data:
@@ -185,7 +206,7 @@ def _factories(config: TextBenchConfig, base: TextEncoder):
 
     def student(k: int) -> TextEncoder:
         return copy.deepcopy(student_base).add_lora(config.lora_rank, 2.0 * config.lora_rank, _LORA_TARGETS,
-                                                    seed=config.seed * 1000 + 500 + k)
+                                                    seed=_student_seed(config) * 1000 + 500 + k)
 
     def plain(k: int) -> TextEncoder:
         return copy.deepcopy(student_base)
@@ -340,9 +361,11 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
            prediction_from_probs(ood_logits.double().softmax(-1)), teacher_record["parameters"],
            teacher_record["fit_seconds"], teachers.predict, teacher_variance)
 
-    common = dict(epochs=config.student_epochs, batch_size=config.batch_size, lr=config.student_lr, seed=config.seed,
+    student_seed = _student_seed(config)
+    common = dict(epochs=config.student_epochs, batch_size=config.batch_size, lr=config.student_lr, seed=student_seed,
                   progress=config.progress)
-    plan = [f"KD ({_DIVERGENCE_LABELS[d]})" for d in DIVERGENCES] + ["small-Ens", "Hydra", "BE", "DLF", "DLF + nugget"]
+    plan = [label for key, label in STUDENT_METHODS.items() if config.methods is None or key in config.methods]
+    plan += ["DLF + nugget"] if "DLF" in plan else []
     steps_per_pass = math.ceil(ids_design.shape[0] / config.batch_size)
     q = config.num_factors or config.teachers - 1
     for method in tqdm(plan, desc="students", disable=not config.progress):
@@ -359,11 +382,11 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
             continue
         if method == "DLF":
             with torch.random.fork_rng():
-                torch.manual_seed(config.seed)
+                torch.manual_seed(student_seed)
                 body = student_factory(0)
             model = distill(ids_design, design_logits, num_factors=q, covariance="full", body=body, body_features=body.features,
                             num_iterations=config.student_epochs - 1, mmd_steps=steps_per_pass, batch_size=config.batch_size,
-                            lr=config.student_lr, seed=config.seed, progress=config.progress)
+                            lr=config.student_lr, seed=student_seed, progress=config.progress)
             seconds = time.time() - t0
 
             def predict(ids: Tensor, s=model) -> ClassificationPrediction:
@@ -474,7 +497,8 @@ def write_text_report(result: dict, output_dir: str, name: str = "text") -> tupl
         f"{config['teacher_epochs']} epochs, step {config['teacher_lr']:g}. Students: its first {config['student_layers']} layers, "
         f"LoRA rank {config['lora_rank']}, {config['student_epochs']} passes over the design texts, step {config['student_lr']:g}; "
         f"DLF full class covariance, q = {config['num_factors'] or config['teachers'] - 1}, {config['num_samples']} draws.", "",
-        "One seed: the figures are one run. AUROC H / MI: test reviews against plot synopses by total entropy / mutual "
+        f"Seed {config['seed']} (split and teachers), student seed "
+        f"{config['seed'] if config.get('student_seed') is None else config['student_seed']}: the figures are one run. AUROC H / MI: test reviews against plot synopses by total entropy / mutual "
         "information; var. ratio: epistemic variance of the centred logits at the test inputs over the teachers' sample "
         "variance; predict: CPU seconds per 1,000 texts.", "",
         "## Targets", "", *text_targets(result), "",
