@@ -212,7 +212,7 @@ def test_student_seed_and_methods_refit_only_the_students(tmp_path):
     from pyro_dlf.cli import _TEXT_STUDENTS
 
     assert _TEXT_STUDENTS == tuple(STUDENT_METHODS)
-    if not SHARED_TEXT.is_dir():
+    if not SHARED_TEXT.is_dir():  # the corpus is beside the repository in CI; elsewhere say why nothing ran
         pytest.skip("../shared/data/text is not beside the repository")
     config = TextBenchConfig(data_dir=str(SHARED_TEXT.parent), encoder_config=TINY_BERT, teachers=2, teacher_epochs=1,
                              student_layers=1, student_epochs=2, batch_size=16, max_length=16, design_size=32, test_size=24,
