@@ -376,7 +376,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
             # what changes the probabilities, so that is its share of the centred-logit variance.
             model, predict, variance = dlf_fit
             model.include_nugget = True
-            nugget = float(model.dlf.noise_variance) * (design_logits.shape[-1] - 1)
+            nugget = next(r["logit_nugget"] for r in rows if r["method"] == "DLF")
             record(method, predict(ids_test), predict(ids_ood), metrics.count_parameters(model), 0.0, predict, variance + nugget)
             model.include_nugget = False
             continue
