@@ -77,10 +77,11 @@ from pyro_dlf import __version__, metrics
 from pyro_dlf._files import atomic_write
 from pyro_dlf.api import distill
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
-from pyro_dlf.data import UCIData, gaussian_perturbation, load_uci, mixup, neighbour_jitter
+from pyro_dlf.data import UCIData, gaussian_perturbation, load_uci, mixup, neighbour_jitter, outward_probes
 
 __all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition",
-           "design_selection", "design_check", "ABLATIONS", "DESIGN_CANDIDATES", "DESIGN_SELECTED"]
+           "design_selection", "design_check", "ABLATIONS", "DESIGN_CANDIDATES", "DESIGN_SELECTED",
+           "DESIGN_SELECTED_BEYOND"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
 ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment", "oof")
@@ -273,6 +274,9 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
         oof_mask = teachers.held_out_mask(len(x_fit), _TEACHER_VALIDATION, _teacher_seed(config, split))
         x_oof = x_fit
         f_oof = f_design if x_design is x_fit else teachers.member_predictions(x_fit)  # one pass where they coincide
+        # ... and beyond the data: the teachers at outward probes (a draw no fit sees).
+        x_probe = outward_probes(x_fit, generator=torch.Generator().manual_seed(80_000 + seed))
+        f_probe = teachers.member_predictions(x_probe)
         if design == "train":
             variants = [(name, overrides, x_design) for name, overrides in _dlf_variants(config)]
             if "design" in config.ablations:
@@ -307,6 +311,7 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
             if student.body_selection is not None:
                 spread["body_selection"] = student.body_selection.as_dict()
             spread["teacher_oof_nll"] = _out_of_sample_nll(student, x_oof, f_oof, oof_mask)
+            spread["teacher_probe_nll"] = _out_of_sample_nll(student, x_probe, f_probe, None)
             record(name, design, means, variances, epistemic, teacher_test,
                    metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
                    hidden=list(student.dlf.hidden), **spread)
@@ -320,7 +325,7 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
     return rows
 
 
-def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: torch.Tensor) -> float:
+def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: Optional[torch.Tensor]) -> float:
     r"""The fit's negative log density of the teachers' *out-of-sample* values, per value.
 
     Teacher :math:`i` did not train on the rows ``observed[i]`` (its own
@@ -330,33 +335,52 @@ def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: torc
     :math:`-\frac{1}{\#\text{obs}} \sum_i \log p(f_i[\text{obs}_i])` measures how well
     a student reproduces the teachers' disagreement away from their own
     training data -- from the training inputs and the teachers alone, no labels
-    and no test data.
+    and no test data. With ``observed=None`` every value counts: at points no
+    teacher trained on (:func:`pyro_dlf.data.outward_probes`, beyond the data)
+    all of them are out of sample.
     """
     dtype = student.dlf.loading_head.weight.dtype
     with torch.no_grad():
         log_density = student.dlf.log_marginal_likelihood(x.to(dtype), f.to(dtype), batch_size=4096, observed=observed)
-    return float(-log_density.sum() / observed.sum())
+    count = observed.sum() if observed is not None else f.numel()
+    return float(-log_density.sum() / count)
 
 
-#: DLF variants the design-selection row chooses among (when a run has them).
+#: DLF variants the design-selection rows choose among (when a run has them).
 DESIGN_CANDIDATES = ("DLF", "DLF Gaussian design", "DLF mixup design")
 DESIGN_SELECTED = "DLF, design chosen by out-of-sample teacher values"
+DESIGN_SELECTED_BEYOND = "DLF, design chosen in and beyond the data"
+
+#: The label-free scores of each selection row: the per-value NLL of the teachers' held-out values (in range)
+#: and, for the second, its mean with the per-value NLL at the outward probes (beyond the data).
+_SELECTION_SCORES = (
+    (DESIGN_SELECTED, ("teacher_oof_nll",)),
+    (DESIGN_SELECTED_BEYOND, ("teacher_oof_nll", "teacher_probe_nll")),
+)
 
 
 def design_selection(rows: list[dict]) -> list[dict]:
-    """Per (set, split): the row of the :data:`DESIGN_CANDIDATES` variant whose fit gives the teachers'
-    out-of-sample values the highest density (:func:`_out_of_sample_nll`), renamed
-    :data:`DESIGN_SELECTED` and tagged with the chosen variant. Splits lacking a candidate are skipped."""
+    """Per (set, split) and selection rule: the row of the :data:`DESIGN_CANDIDATES` variant that scores best.
+
+    :data:`DESIGN_SELECTED` takes the fit that gives the teachers' out-of-sample
+    values on the training rows the highest density (:func:`_out_of_sample_nll`);
+    :data:`DESIGN_SELECTED_BEYOND` the lowest mean of that score and the same
+    score at the outward probes (:func:`pyro_dlf.data.outward_probes`), so that
+    what the teachers do beyond the data counts as much as what they do within
+    it. Each chosen row is copied, renamed and tagged with the chosen variant;
+    splits lacking a candidate or a score are skipped. No labels, no test data.
+    """
     groups: dict = {}
     for row in rows:
         if row["method"] in DESIGN_CANDIDATES and "teacher_oof_nll" in row:
             groups.setdefault((row["dataset"], row["split"]), {})[row["method"]] = row
     chosen = []
-    for (dataset, split), candidates in groups.items():
-        if len(candidates) < len(DESIGN_CANDIDATES):
-            continue
-        best = min(candidates.values(), key=lambda r: r["teacher_oof_nll"])
-        chosen.append(dict(best, method=DESIGN_SELECTED, chosen_design=best["method"]))
+    for name, keys in _SELECTION_SCORES:
+        for candidates in groups.values():
+            if len(candidates) < len(DESIGN_CANDIDATES) or not all(k in r for r in candidates.values() for k in keys):
+                continue
+            best = min(candidates.values(), key=lambda r: sum(r[k] for k in keys) / len(keys))
+            chosen.append(dict(best, method=name, chosen_design=best["method"]))
     return chosen
 
 
@@ -577,30 +601,39 @@ def extrapolation_summary(rows: list[dict], method: str = "DLF") -> list[str]:
 
 
 def design_check(rows: list[dict]) -> list[str]:
-    """Markdown lines: the label-free check of every DLF fit (:func:`_out_of_sample_nll`, means over
-    splits) and which design the selection row chose how often."""
+    """Markdown lines: the label-free checks of every DLF fit (:func:`_out_of_sample_nll` on the
+    teachers' held-out rows and at the outward probes, means over splits) and which design each
+    selection row chose how often."""
     groups: dict = {}
     for row in rows:
         if "teacher_oof_nll" in row:
-            groups.setdefault(row["dataset"], {}).setdefault(row["method"], []).append(row["teacher_oof_nll"])
+            groups.setdefault(row["dataset"], {}).setdefault(row["method"], []).append(row)
     if not groups:
         return []
     lines = ["## Label-free check: the teachers' out-of-sample values", "",
-             "Negative log density per value of each teacher's values on the 10 % of training rows it did not train on, "
-             "under each DLF fit (mean over splits; lower is better). It uses the training inputs and the teachers only, "
-             f"so it may choose a design: the row `{DESIGN_SELECTED}` takes, per split, the lowest of "
-             + ", ".join(f"`{c}`" for c in DESIGN_CANDIDATES) + ".", "",
-             "| set | method | n | out-of-sample NLL per value |", "|---|---|---|---|"]
+             "Negative log density per value, under each DLF fit, of each teacher's values on the 10 % of training rows "
+             "it did not train on (in range) and of every teacher's values at outward probes (each training input pushed "
+             "away from the centroid by up to half its distance from it, in standardized coordinates: beyond the data). "
+             "Means over splits; lower is better. Both use the training inputs and the teachers only, so they may choose "
+             f"a design: per split, `{DESIGN_SELECTED}` takes the lowest in-range score and `{DESIGN_SELECTED_BEYOND}` "
+             "the lowest mean of the two, among " + ", ".join(f"`{c}`" for c in DESIGN_CANDIDATES) + ".", "",
+             "| set | method | n | in range | beyond the data |", "|---|---|---|---|---|"]
+
+    def mean(items, key):
+        values = [r[key] for r in items if key in r]
+        return f"{sum(values) / len(values):.3f}" if values else "–"
+
     for dataset, methods in groups.items():
-        for method, values in methods.items():
-            lines.append(f"| {dataset} | {method} | {len(values)} | {sum(values) / len(values):.3f} |")
+        for method, items in methods.items():
+            lines.append(f"| {dataset} | {method} | {len(items)} | {mean(items, 'teacher_oof_nll')} | "
+                         f"{mean(items, 'teacher_probe_nll')} |")
     picks: dict = {}
     for row in design_selection(rows):
-        picks.setdefault(row["dataset"], []).append(row["chosen_design"])
-    if picks:
-        lines += ["", "Designs chosen: " + "; ".join(
+        picks.setdefault(row["method"], {}).setdefault(row["dataset"], []).append(row["chosen_design"])
+    for name, by_set in picks.items():
+        lines += ["", f"Designs chosen by `{name}`: " + "; ".join(
             f"{dataset}: " + ", ".join(f"{c} ×{chosen.count(c)}" for c in DESIGN_CANDIDATES if chosen.count(c))
-            for dataset, chosen in picks.items()) + "."]
+            for dataset, chosen in by_set.items()) + "."]
     return lines + [""]
 
 
@@ -689,14 +722,15 @@ def _auroc_plot(path: str, rows: list[dict]) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in ("teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF Gaussian design", DESIGN_SELECTED)
+    short = {DESIGN_SELECTED: "DLF, design chosen in range", DESIGN_SELECTED_BEYOND: "DLF, design chosen in and beyond"}
+    methods = [m for m in ("teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF Gaussian design", *short)
                if any(m in g for g in groups.values())]
     sets = list(groups)
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(sets)), 4.6))
     for k, method in enumerate(methods):
         values = [sum(groups[d][method]) / len(groups[d][method]) if method in groups[d] else 0.0 for d in sets]
-        label = "DLF, design chosen" if method == DESIGN_SELECTED else method
+        label = short.get(method, method)
         ax.bar([i + (k - (len(methods) - 1) / 2) * width for i in range(len(sets))], values, width, label=label)
     ax.set_xticks(range(len(sets)), sets, rotation=20, ha="right")
     ax.set(ylabel="AUROC (epistemic variance)", ylim=(0.4, 1.0), title="Telling out-of-range from in-range test inputs")

@@ -1,6 +1,6 @@
 """Data utilities: standardisation, the random split protocols, design points, the UCI, image and text loaders."""
 
-from pyro_dlf.data.design import gaussian_perturbation, mixup, neighbour_jitter, scott_bandwidth
+from pyro_dlf.data.design import gaussian_perturbation, mixup, neighbour_jitter, outward_probes, scott_bandwidth
 from pyro_dlf.data.images import (
     ImageData,
     flip_labels,
@@ -26,6 +26,7 @@ __all__ = [
     "neighbour_jitter",
     "gaussian_perturbation",
     "mixup",
+    "outward_probes",
     "scott_bandwidth",
     "Standardizer",
     "train_design_test_split",

@@ -1,4 +1,4 @@
-r"""Design points off the training inputs: neighbour-distance jitter, Gaussian perturbation, mixup.
+r"""Design points off the training inputs: neighbour-distance jitter, Gaussian perturbation, mixup, outward probes.
 
 Teachers are usually fitted to their training inputs and agree most there, so
 their spread at the training inputs under-states their spread at new inputs.
@@ -30,6 +30,16 @@ data, where teachers begin to disagree.
 (Zhang et al., 2018): inputs between the data, inside their convex hull.
 
 All three need no labels: the teachers are evaluated at the new points.
+
+:func:`outward_probes` reaches *beyond* the data: in standardized
+coordinates (the data's centroid at the origin) each row is pushed away from
+the centroid, :math:`\tilde x_i = (1 + ρ u_i)\, x_i`,
+:math:`u_i \sim \mathrm{Uniform}(0, 1)`, so the probes fill the shell from the
+data out to :math:`1 + ρ` times each row's distance from the centre, in every
+direction the data extend. The default :math:`ρ = 1/2` asks for half the
+data's own reach beyond it. Teachers' values there are all out of sample, so
+they can check (without labels) whether a student keeps the teachers'
+disagreement where the data end.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from torch import Tensor
 from pyro_dlf.data.splits import Standardizer
 from pyro_dlf.nn import _positive_int
 
-__all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "scott_bandwidth"]
+__all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "outward_probes", "scott_bandwidth"]
 
 
 def _check_inputs(x: Tensor) -> None:
@@ -126,3 +136,23 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
     jittered = xs + distance.unsqueeze(-1) * direction
     return standardizer.inverse(jittered.reshape(-1, x.shape[1]))
+
+
+def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""Rows pushed away from the data's centroid by a random share of their own distance from it.
+
+    In standardized coordinates :math:`\tilde x = (1 + ρ u) x`, :math:`u \sim \mathrm{Uniform}(0, 1)`
+    (see the module docstring): points beyond the data in every direction the data extend.
+
+    :param x: inputs ``(n, D)``, ``n >= 2``, in original units.
+    :param reach: ``ρ > 0``, how far beyond each row the probes may go, as a share of its distance from the centroid.
+    :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
+    """
+    _check_inputs(x)
+    copies = _positive_int(copies, "copies")
+    if not (isinstance(reach, (int, float)) and reach > 0 and reach < float("inf")):
+        raise ValueError(f"reach must be a positive number (e.g. 0.5: up to half the data's reach beyond it), got {reach!r}")
+    standardizer = Standardizer.fit(x, dim=0)
+    xs = standardizer.transform(x)
+    u = torch.rand(copies, x.shape[0], 1, generator=generator, dtype=x.dtype).to(x.device)
+    return standardizer.inverse(((1 + reach * u) * xs.unsqueeze(0)).reshape(-1, x.shape[1]))

@@ -107,8 +107,12 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
         for key in ("nll_in", "nll_out", "crps_in", "crps_out", "rmse_out"):
             assert math.isfinite(row[key]), (row["method"], key)
         assert 0 <= row["auroc_epistemic"] <= 1
+        if row["method"].startswith("DLF"):  # both label-free checks, in range and beyond the data
+            assert math.isfinite(row["teacher_oof_nll"]) and math.isfinite(row["teacher_probe_nll"])
     md = (out / "uci_extrapolation.md").read_text()
     assert "## Extrapolation" in md and "AUROC epistemic" in md and "extrapolation splits" in md
+    assert "Designs chosen by `DLF, design chosen in and beyond the data`: yacht:" in md
+    assert "| DLF, design chosen in and beyond the data | 1 |" in md
     assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--output-dir", str(out),
                  "--no-progress"]) == 2
     assert "--dlf-hidden: widths must be positive" in capsys.readouterr().err
@@ -137,16 +141,25 @@ def test_extrapolation_split_holds_out_the_far_end_of_the_first_principal_compon
 
 
 def test_design_selection_takes_the_fit_that_best_explains_the_teachers_out_of_sample_values():
-    from pyro_dlf.bench.uci import DESIGN_CANDIDATES, DESIGN_SELECTED, design_check, design_selection
+    from pyro_dlf.bench.uci import (DESIGN_CANDIDATES, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND, design_check,
+                                    design_selection)
 
-    def row(split, method, oof, nll):
-        return {"dataset": "toy", "split": split, "method": method, "teacher_oof_nll": oof, "nll": nll}
+    def row(split, method, oof, nll, probe=None):
+        out = {"dataset": "toy", "split": split, "method": method, "teacher_oof_nll": oof, "nll": nll}
+        return out if probe is None else dict(out, teacher_probe_nll=probe)
 
-    rows = [row(0, "DLF", 1.0, 0.5), row(0, "DLF Gaussian design", 0.7, 0.9), row(0, "DLF mixup design", 0.8, 0.1),
-            row(1, "DLF", 0.2, 0.5), row(1, "DLF Gaussian design", 0.7, 0.4), row(1, "DLF mixup design", 0.8, 0.3),
+    rows = [row(0, "DLF", 1.0, 0.5, 3.0), row(0, "DLF Gaussian design", 0.7, 0.9, 2.0), row(0, "DLF mixup design", 0.8, 0.1, 4.0),
+            row(1, "DLF", 0.2, 0.5, 3.0), row(1, "DLF Gaussian design", 0.7, 0.4, 2.0), row(1, "DLF mixup design", 0.8, 0.3, 4.0),
             row(2, "DLF", 0.1, 0.5)]  # split 2 lacks candidates: no selection there
     chosen = design_selection(rows)
-    assert [(r["split"], r["chosen_design"], r["nll"]) for r in chosen] == [(0, "DLF Gaussian design", 0.9), (1, "DLF", 0.5)]
-    assert all(r["method"] == DESIGN_SELECTED for r in chosen) and len(DESIGN_CANDIDATES) == 3
+    in_range = [(r["split"], r["chosen_design"], r["nll"]) for r in chosen if r["method"] == DESIGN_SELECTED]
+    beyond = [(r["split"], r["chosen_design"]) for r in chosen if r["method"] == DESIGN_SELECTED_BEYOND]
+    assert in_range == [(0, "DLF Gaussian design", 0.9), (1, "DLF", 0.5)]
+    # Split 1: the training-input fit wins in range (0.2) but the Gaussian design's mean score is lower (1.35 < 1.6).
+    assert beyond == [(0, "DLF Gaussian design"), (1, "DLF Gaussian design")] and len(DESIGN_CANDIDATES) == 3
+    # Rows without the probe score (older runs) get the in-range selection only.
+    old = [{k: v for k, v in r.items() if k != "teacher_probe_nll"} for r in rows]
+    assert {r["method"] for r in design_selection(old)} == {DESIGN_SELECTED}
     text = "\n".join(design_check(rows))
-    assert "DLF Gaussian design ×1" in text and "| toy | DLF | 3 | 0.433 |" in text
+    assert "DLF Gaussian design ×1" in text and "| toy | DLF | 3 | 0.433 | 3.000 |" in text
+    assert f"Designs chosen by `{DESIGN_SELECTED_BEYOND}`: toy: DLF Gaussian design ×2." in text

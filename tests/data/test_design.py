@@ -76,3 +76,28 @@ def test_mixup_stays_on_segments_between_rows():
     assert abs(float(ts.mean()) - 0.5) < 5 * (0.125 / len(ts)) ** 0.5
     with pytest.raises(ValueError, match="alpha"):
         mixup(x, alpha=0.0)
+
+
+def test_outward_probes_push_each_row_away_from_the_centroid_by_up_to_reach():
+    """In standardized coordinates each probe is (1 + ρu) x_i: on the ray from the centroid through x_i,
+    between 1 and 1 + ρ times as far out, with u uniform (mean 1/2, variance 1/12; 5 standard errors)."""
+    from pyro_dlf.data import outward_probes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1, 3.0], dtype=torch.float64) - 2
+    out = outward_probes(x, copies=4, reach=0.5, generator=torch.Generator().manual_seed(3))
+    assert out.shape == (1200, 4)
+    std = Standardizer.fit(x, dim=0)
+    xs = std.transform(x).repeat(4, 1)
+    factor = (std.transform(out) * xs).sum(1) / xs.pow(2).sum(1)  # projection on the ray
+    residual = (std.transform(out) - factor[:, None] * xs).norm(dim=1)
+    assert float(residual.max()) < 1e-9
+    u = (factor - 1) / 0.5
+    assert float(u.min()) >= 0 and float(u.max()) <= 1
+    N = u.numel()
+    assert abs(float(u.mean()) - 0.5) < 5 * (1 / 12 / N) ** 0.5
+    # The probes reach beyond the data: the farthest lies beyond every training row.
+    assert float(std.transform(out).norm(dim=1).max()) > float(std.transform(x).norm(dim=1).max())
+    for bad in (0.0, -1.0, float("inf"), "far"):
+        with pytest.raises(ValueError, match="reach"):
+            outward_probes(x, reach=bad)
