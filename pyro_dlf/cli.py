@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("inputs", nargs="+", help="JSON files written by 'pyro-dlf bench uci' or by 'pyro-dlf bench images' (one kind)")
     report.add_argument("--output-dir", default="benchmarks/results", help="where the merged results go")
     report.add_argument("--name", default=None, help="file stem of the merged JSON/Markdown (default: uci or images)")
+    report.add_argument("--methods", nargs="+", default=None,
+                        help="UCI only: keep only these methods' rows (quote names with spaces, e.g. 'teacher ensemble')")
     return parser
 
 
@@ -393,12 +395,14 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
                 raise ValueError(f"inputs: cannot read {path} as a benchmark result ({error})") from None
         kinds = {r.get("benchmark", "uci") if isinstance(r, dict) else None for r in results}
         if kinds == {"images"}:
+            if args.methods:
+                raise ValueError("--methods: only UCI results can be filtered by method; leave it out for image runs")
             merged = merge_images_results(results)
             json_path, md_path = write_images_report(merged, args.output_dir, args.name or "images")
         elif "images" in kinds:
             raise ValueError("inputs: mix of image and UCI results; merge one kind at a time")
         else:
-            json_path, md_path = write_report(merge_results(results), args.output_dir, args.name or "uci")
+            json_path, md_path = write_report(merge_results(results, args.methods), args.output_dir, args.name or "uci")
         print(f"Wrote {json_path} and {md_path}")
 
 

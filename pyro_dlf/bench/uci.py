@@ -68,7 +68,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -450,7 +450,7 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def merge_results(results: list[dict]) -> dict:
+def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None) -> dict:
     """Combine benchmark results (e.g. one run per set plus an ablation run) into one.
 
     Rows are keyed by ``(dataset, split, method)``; the first result that has a
@@ -460,9 +460,18 @@ def merge_results(results: list[dict]) -> dict:
     ``repeat_max_nll_difference`` (0 when runs are reproducible).
     Every source run's command, configuration, versions, machine and wall time
     are kept under ``runs``; each row gets the index of its run.
+
+    :param methods: keep only these methods' rows (e.g. to leave out variants
+        whose protocol changed between the runs); every name must occur in the
+        inputs. Stored as ``methods`` in the result.
     """
     if not results:
         raise ValueError("results: give at least one benchmark result to merge")
+    if methods is not None:
+        present = {row["method"] for result in results for row in result.get("rows", ())}
+        missing = [m for m in methods if m not in present]
+        if missing or not methods:
+            raise ValueError(f"methods: {missing or 'none given'} not among the inputs' methods; choose from {sorted(present)}")
     runs, rows, datasets, seen = [], [], {}, {}
     difference = 0.0
     for result in results:
@@ -473,6 +482,8 @@ def merge_results(results: list[dict]) -> dict:
             runs.append({key: run[key] for key in ("command", "config", "versions", "machine", "wall_seconds")})
         datasets.update(result["datasets"])
         for row in result["rows"]:
+            if methods is not None and row["method"] not in methods:
+                continue
             key = (row["dataset"], row["split"], row["method"])
             if key in seen:
                 difference = max(difference, abs(seen[key]["nll"] - row["nll"]))
@@ -480,8 +491,11 @@ def merge_results(results: list[dict]) -> dict:
             row = dict(row, run=offset + row.get("run", 0))
             seen[key] = row
             rows.append(row)
-    return {"benchmark": "uci", "runs": runs, "rows": rows, "datasets": datasets,
-            "repeat_max_nll_difference": difference}
+    merged = {"benchmark": "uci", "runs": runs, "rows": rows, "datasets": datasets,
+              "repeat_max_nll_difference": difference}
+    if methods is not None:
+        merged["methods"] = list(methods)
+    return merged
 
 
 _TARGET_METRICS = (("rmse", "RMSE"), ("nll", "NLL"), ("crps", "CRPS"))
@@ -670,6 +684,8 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
                 "mixup": " plus a mixup copy of each"}[config.get("design", "train")]) + ".",
             "",
         ]
+    if result.get("methods"):
+        lines += ["Methods kept from these runs: " + ", ".join(f"`{m}`" for m in result["methods"]) + ".", ""]
     if len(runs) > 1:
         lines += [f"Rows repeated across runs (same set, split and method) are kept once; their largest NLL "
                   f"difference is {result.get('repeat_max_nll_difference', float('nan')):.2g}.", ""]

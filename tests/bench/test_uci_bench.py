@@ -70,6 +70,13 @@ def test_uci_bench_smoke(tmp_path, capsys):
     merged_md = (out / "merged.md").read_text()
     assert "## Targets" in merged_md and "(set, metric, rival) cells" in merged_md
     assert "## Where the variance goes" in merged_md
+    # Keeping some methods only (e.g. variants whose protocol changed between runs are left out).
+    assert main(["bench", "report", str(out / "smoke.json"), "--output-dir", str(out), "--name", "kept",
+                 "--methods", "teacher ensemble", "DLF"]) == 0
+    kept = json.loads((out / "kept.json").read_text())
+    assert {r["method"] for r in kept["rows"]} == {"teacher ensemble", "DLF"} and kept["methods"] == ["teacher ensemble", "DLF"]
+    assert "Methods kept from these runs: `teacher ensemble`, `DLF`." in (out / "kept.md").read_text()
+    assert main(["bench", "report", str(out / "smoke.json"), "--output-dir", str(out), "--methods", "DLF 9×9"]) == 2
     dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] != "DLF + nugget"]
     for row in dlf_rows:
         assert row["teacher_spread_design"] > 0 and row["student_variance_design"] >= 0 and row["nugget_variance"] > 0
