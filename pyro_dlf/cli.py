@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],
                      help="body of the row DLF: auto (chosen from 1-2 layers of 50/100 by the held-out ensemble-predictive log score) "
                           "or widths such as 100 100")
-    uci.add_argument("--design", default="train", choices=("train", "jitter", "gaussian", "mixup"),
+    uci.add_argument("--design", default="train", choices=("train", "jitter", "gaussian", "mixup", "outward"),
                      help="design points of every student: the training inputs, plus one moved copy of each")
     uci.add_argument("--extrapolation", action="store_true",
                      help="hold out the 10%% of rows with the largest first-principal-component projection as "

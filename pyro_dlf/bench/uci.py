@@ -13,14 +13,16 @@ statistics, metrics reported in the target's original units.
   ``max_design`` caps them at a random subset), optionally with one
   unlabeled copy of each moved off the data: ``"jitter"``
   (:func:`pyro_dlf.data.neighbour_jitter`), ``"gaussian"``
-  (:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth) or
-  ``"mixup"`` (:func:`pyro_dlf.data.mixup`); the teachers are evaluated there.
-  The ``augment`` ablation adds DLF variants on the Gaussian and mixup designs,
+  (:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth),
+  ``"mixup"`` (:func:`pyro_dlf.data.mixup`) or ``"outward"``
+  (:func:`pyro_dlf.data.outward_probes`: beyond the data); the teachers are
+  evaluated there.
+  The ``augment`` ablation adds DLF variants on the Gaussian, mixup and outward designs,
   each with the DLF row's body rule (``dlf_hidden``; with ``"auto"`` the body
   is chosen on that design's own points), so that the design-selection row
   chooses body and design together: the body per design by the
   ensemble-predictive log score, the design by the teachers' out-of-sample
-  values.
+  values (in range, and in range and beyond the data: :func:`design_selection`).
   The ``oof`` ablation adds "DLF out-of-fold values": design points the
   training inputs, each teacher observed only on the 10 % of them it held out
   from its own fit (:meth:`~pyro_dlf.baselines.DeepEnsembleRegressor.held_out_mask`),
@@ -90,7 +92,7 @@ ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment", "oof")
 _TEACHER_VALIDATION = 0.1
 
 #: Design sets every student of a run is distilled on (see the module docstring).
-DESIGNS = ("train", "jitter", "gaussian", "mixup")
+DESIGNS = ("train", "jitter", "gaussian", "mixup", "outward")
 
 
 @dataclass
@@ -198,7 +200,7 @@ def _augmented(x: torch.Tensor, design: str, generator: torch.Generator) -> torc
     """The design inputs ``x`` plus one unlabeled copy of each moved off the data by ``design``."""
     if design == "train":
         return x
-    move = {"jitter": neighbour_jitter, "gaussian": gaussian_perturbation, "mixup": mixup}[design]
+    move = {"jitter": neighbour_jitter, "gaussian": gaussian_perturbation, "mixup": mixup, "outward": outward_probes}[design]
     return torch.cat([x, move(x, generator=generator)])
 
 
@@ -286,7 +288,7 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
             if "oof" in config.ablations:
                 variants.append(("DLF out-of-fold values", {"observed": oof_mask}, split.x_train))
             if "augment" in config.ablations:
-                for label, kind, salt in (("Gaussian", "gaussian", 60_000), ("mixup", "mixup", 70_000)):
+                for label, kind, salt in (("Gaussian", "gaussian", 60_000), ("mixup", "mixup", 70_000), ("outward", "outward", 90_000)):
                     # The DLF row's body rule: body and design are chosen together (design_selection).
                     variants.append((f"DLF {label} design", {"hidden": config.dlf_hidden},
                                      _augmented(x_design, kind, torch.Generator().manual_seed(salt + seed))))
@@ -347,7 +349,7 @@ def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: Opti
 
 
 #: DLF variants the design-selection rows choose among (when a run has them).
-DESIGN_CANDIDATES = ("DLF", "DLF Gaussian design", "DLF mixup design")
+DESIGN_CANDIDATES = ("DLF", "DLF Gaussian design", "DLF mixup design", "DLF outward design")
 DESIGN_SELECTED = "DLF, design chosen by out-of-sample teacher values"
 DESIGN_SELECTED_BEYOND = "DLF, design chosen in and beyond the data"
 
@@ -681,7 +683,7 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
             f"{config['num_factors']}; design points of every student: the training inputs"
             + (f" (a random {config['max_design']} where there are more)" if config.get("max_design") else "")
             + ({"train": "", "jitter": " plus a neighbour-jittered copy of each", "gaussian": " plus a Gaussian-perturbed copy of each (Scott's bandwidth)",
-                "mixup": " plus a mixup copy of each"}[config.get("design", "train")]) + ".",
+                "mixup": " plus a mixup copy of each", "outward": " plus an outward-probe copy of each"}[config.get("design", "train")]) + ".",
             "",
         ]
     if result.get("methods"):

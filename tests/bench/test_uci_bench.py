@@ -107,7 +107,7 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert result["config"]["extrapolation"] and result["config"]["design"] == "gaussian"
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×32", "DLF Gaussian design", "DLF mixup design",
-                       "DLF out-of-fold values"}
+                       "DLF outward design", "DLF out-of-fold values"}
     # The design variants take the DLF row's body rule (here a fixed 1 × 24), not the students' widths (1 × 32).
     assert {tuple(r["hidden"]) for r in result["rows"] if r["method"].endswith("design")} == {(24,)}
     for row in result["rows"]:
@@ -156,14 +156,16 @@ def test_design_selection_takes_the_fit_that_best_explains_the_teachers_out_of_s
         return out if probe is None else dict(out, teacher_probe_nll=probe)
 
     rows = [row(0, "DLF", 1.0, 0.5, 3.0), row(0, "DLF Gaussian design", 0.7, 0.9, 2.0), row(0, "DLF mixup design", 0.8, 0.1, 4.0),
+            row(0, "DLF outward design", 0.9, 0.2, 2.5),
             row(1, "DLF", 0.2, 0.5, 3.0), row(1, "DLF Gaussian design", 0.7, 0.4, 2.0), row(1, "DLF mixup design", 0.8, 0.3, 4.0),
+            row(1, "DLF outward design", 0.9, 0.3, 2.1),
             row(2, "DLF", 0.1, 0.5)]  # split 2 lacks candidates: no selection there
     chosen = design_selection(rows)
     in_range = [(r["split"], r["chosen_design"], r["nll"]) for r in chosen if r["method"] == DESIGN_SELECTED]
     beyond = [(r["split"], r["chosen_design"]) for r in chosen if r["method"] == DESIGN_SELECTED_BEYOND]
     assert in_range == [(0, "DLF Gaussian design", 0.9), (1, "DLF", 0.5)]
     # Split 1: the training-input fit wins in range (0.2) but the Gaussian design's mean score is lower (1.35 < 1.6).
-    assert beyond == [(0, "DLF Gaussian design"), (1, "DLF Gaussian design")] and len(DESIGN_CANDIDATES) == 3
+    assert beyond == [(0, "DLF Gaussian design"), (1, "DLF Gaussian design")] and len(DESIGN_CANDIDATES) == 4
     # Rows without the probe score (older runs) get the in-range selection only.
     old = [{k: v for k, v in r.items() if k != "teacher_probe_nll"} for r in rows]
     assert {r["method"] for r in design_selection(old)} == {DESIGN_SELECTED}
