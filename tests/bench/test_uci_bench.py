@@ -172,3 +172,12 @@ def test_design_selection_takes_the_fit_that_best_explains_the_teachers_out_of_s
     text = "\n".join(design_check(rows))
     assert "DLF Gaussian design ×1" in text and "| toy | DLF | 3 | 0.433 | 3.000 |" in text
     assert f"Designs chosen by `{DESIGN_SELECTED_BEYOND}`: toy: DLF Gaussian design ×2." in text
+
+
+def test_baseline_students_take_minibatches_only_on_large_design_sets():
+    from pyro_dlf.bench.uci import _student_schedule
+
+    assert _student_schedule(2000, 1000) == (1000, None)  # full batch: 1,000 steps
+    epochs, batch = _student_schedule(10_000, 1000)  # 40 batches per epoch: 100 epochs = 4,000 steps
+    assert batch == 256 and epochs * math.ceil(10_000 / 256) == 4000
+    assert _student_schedule(10**6, 1000) == (20, 256)  # at least 20 passes
