@@ -120,6 +120,10 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert "## Extrapolation" in md and "AUROC epistemic" in md and "extrapolation splits" in md
     assert "Designs chosen by `DLF, design chosen in and beyond the data`: yacht:" in md
     assert "| DLF, design chosen in and beyond the data | 1 |" in md
+    # The extrapolation target is checked for the DLF and for both design-chosen rows.
+    for method in ("DLF", "DLF, design chosen by out-of-sample teacher values", "DLF, design chosen in and beyond the data"):
+        assert f"Target for `{method}` (AUROC ≥ 0.95 × teachers' and ≥ every other student's): met on" in md
+    assert "The same for `DLF, design chosen in and beyond the data`:" in md
     assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--output-dir", str(out),
                  "--no-progress"]) == 2
     assert "--dlf-hidden: widths must be positive" in capsys.readouterr().err
