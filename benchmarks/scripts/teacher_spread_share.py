@@ -69,7 +69,11 @@ def main() -> int:
         best = min(SHARES, key=mean.get)
         lines.append(f"| {name} | {count} | " + " | ".join(f"{mean[r]:.3f}" for r in SHARES) + f" | {best:g} | "
                      f"{sum(coverage[0.0]) / count:.3f} | {sum(coverage[1.0]) / count:.3f} |")
-    text = "\n".join(["Command: `python " + " ".join(sys.argv) + "`  ",
+    text = "\n".join(["# Test-label NLL of the teacher ensemble with a share r of its spread", "",
+                      "Each member's deviation from the ensemble mean scaled by sqrt(r), its noise variance kept; "
+                      "mean over the cached splits, original units (r = 1: the ensemble; r = 0: its mean with the "
+                      "members' noise). A description of the trade-off, not a choice.", "",
+                      "Command: `python " + " ".join(sys.argv) + "`  ",
                       f"Machine: {platform.platform()}, torch {torch.__version__}.", ""] + lines) + "\n"
     print(text)
     if args.out:

@@ -1,0 +1,34 @@
+"""Write scikit-learn's diabetes data (442 × 10, shipped with scikit-learn) in the UCI layout.
+
+A regression set outside the seven shipped UCI folders, for checking that
+``pyro-dlf bench uci --data-path FOLDER`` needs nothing but the folder:
+
+    python benchmarks/scripts/write_diabetes_uci_layout.py /tmp/uci_extra/diabetes
+    pyro-dlf bench uci --data-path /tmp/uci_extra/diabetes --splits 3 --name uci_diabetes
+
+The folder gets ``data.txt`` (features then target, whitespace-separated),
+``index_features.txt`` (0-based feature columns) and ``index_target.txt``.
+"""
+import os
+import sys
+
+import numpy as np
+from sklearn.datasets import load_diabetes
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python benchmarks/scripts/write_diabetes_uci_layout.py FOLDER", file=sys.stderr)
+        return 2
+    folder = sys.argv[1]
+    os.makedirs(folder, exist_ok=True)
+    x, y = load_diabetes(return_X_y=True, scaled=False)
+    np.savetxt(os.path.join(folder, "data.txt"), np.column_stack([x, y]), fmt="%.10g")
+    np.savetxt(os.path.join(folder, "index_features.txt"), np.arange(x.shape[1]), fmt="%d")
+    np.savetxt(os.path.join(folder, "index_target.txt"), [x.shape[1]], fmt="%d")
+    print(f"wrote {x.shape[0]} rows x {x.shape[1]} features to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
