@@ -10,9 +10,10 @@ r = 1 is the ensemble itself, r = 0 its mean with the members' noise. A student 
 variance is a share r of the teachers' (its variance ratio) and that matches their mean and noise
 predicts about p_r, so the NLL-optimal r says which variance ratio the NLL target rewards. Also
 prints the 95 % coverage at r = 0 and 1, and the NLL at r = 1 with each member's noise variance
-replaced by the inverse gamma fitted to all of them (50 equal-probability nodes, every member with
-every node), the aleatoric law the DLF's predictive uses (SPEC §2). Test labels are used only to describe this trade-off, never to
-choose anything. Needs the cached teachers of `pyro-dlf bench uci` (benchmarks/cache).
+replaced by the inverse gamma fitted to all of them (50 equal-probability nodes, every member
+with every node): the aleatoric law the DLF's predictive uses. Test labels are used only to
+describe this trade-off, never to choose anything. Needs the cached teachers of
+`pyro-dlf bench uci` (benchmarks/cache).
 
     python benchmarks/scripts/teacher_spread_share.py [--cache-dir benchmarks/cache] [--out FILE.md] SET [SET ...]
 """
