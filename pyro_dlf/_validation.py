@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_num_factors", "check_dtype", "check_batch_size",
+__all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_held_out", "check_num_factors", "check_dtype", "check_batch_size",
            "check_magnitude"]
 
 
@@ -110,6 +110,26 @@ def check_observed(observed, f: Tensor, name: str = "observed") -> Optional[Tens
     if empty.numel():
         raise ValueError(f"{name}: teacher {int(empty[0])} is observed at no design point; drop it or mark where it is observed")
     return observed
+
+
+def check_held_out(held_out, f: Tensor, name: str = "held_out") -> Tensor:
+    """A boolean mask ``(n, m)`` of the design points each teacher did not train on, with at
+    least one point held out by two or more teachers (a spread needs two values)."""
+    if isinstance(held_out, np.ndarray) and held_out.dtype == np.bool_:
+        held_out = torch.from_numpy(held_out)
+    if not isinstance(held_out, Tensor) or held_out.dtype != torch.bool:
+        raise TypeError(f"{name} must be a boolean torch.Tensor of shape (num_teachers, num_points), got "
+                        f"{getattr(held_out, 'dtype', type(held_out).__name__)}; mark each teacher's held-out rows with True")
+    if tuple(held_out.shape) != tuple(f.shape[:2]):
+        raise ValueError(f"{name} must have shape {tuple(f.shape[:2])} (teachers, design points), got {tuple(held_out.shape)}")
+    if held_out.device != f.device:
+        raise ValueError(f"{name} is on {held_out.device} but the teacher values are on {f.device}; move it with .to({str(f.device)!r})")
+    if not bool((held_out.sum(0) >= 2).any()):
+        raise ValueError(f"{name}: no design point is held out by two or more teachers, so their out-of-sample spread "
+                         "cannot be measured; hold out overlapping rows (e.g. a random 10 % per teacher)")
+    if not bool(torch.isfinite(f[held_out]).all()):
+        raise ValueError(f"{name}: some held-out teacher values are NaN or Inf; mark only finite values as held out")
+    return held_out
 
 
 def check_num_factors(num_factors: int, num_teachers: int, num_outputs: Optional[int] = None,

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_dlf._validation import cast_inputs, check_design_points, check_magnitude, check_num_factors, check_teacher_values
+from pyro_dlf._validation import cast_inputs, check_design_points, check_held_out, check_magnitude, check_num_factors, check_teacher_values
+from pyro_dlf.calibration import calibrate_spread
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.heteroscedastic import fit_heteroscedastic_noise
 from pyro_dlf.infer.em import EM
@@ -78,6 +79,7 @@ def distill(
     num_factors: int,
     teacher_noise_variances: Optional[Tensor] = None,
     observed: Optional[Tensor] = None,
+    held_out: Optional[Tensor] = None,
     task: Optional[str] = None,
     covariance: Optional[str] = None,
     centered_loadings: Optional[bool] = None,
@@ -130,6 +132,16 @@ def distill(
         each observed only on the design points it was not trained on). Exact
         EM then runs each teacher's E-step on its observed points (SPEC §4);
         values elsewhere are ignored and may be NaN.
+    :param held_out: regression with one output only: ``(n, m)`` booleans, true
+        where teacher ``i`` did not train on design point ``j`` (e.g. the 10 %
+        of training rows each ensemble member held out to estimate its noise).
+        After the fit, the loadings are rescaled once so that the student's
+        epistemic variance ``‖Φ(x)‖²``, averaged over those points, equals the
+        teachers' pooled spread among their held-out values there -- the spread
+        a new input meets, which the teachers' values at their own training
+        inputs understate (:func:`pyro_dlf.calibration.calibrate_spread`;
+        ``student.spread_calibration`` records it). No labels are used. Default:
+        no calibration, the maximum-likelihood fit (SPEC §3--§4).
     :param task: ``"regression"`` or ``"classification"``; inferred from the shape
         (``(n, m, c)`` is read as logits: pass ``task="regression"`` for teachers
         with several regression outputs, which get a multivariate DLF -- with
@@ -185,7 +197,10 @@ def distill(
     :param include_nugget: predict new teachers, nugget included (see :class:`~pyro_dlf.student.Student`).
     :param seed: seeds the network initialization, the minibatch order and the codes.
     :returns: the fitted student; ``student.history`` holds the negative log
-        marginal likelihood per observed scalar at each EM iteration.
+        marginal likelihood per observed scalar at each EM iteration (before any
+        calibration), ``student.spread_calibration`` the
+        :class:`~pyro_dlf.calibration.SpreadCalibration` (or ``None``); the scale
+        itself lives in the loading weights, so a saved student keeps it.
     """
     call = {k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs")}
     x = check_design_points(x_design, "x_design", integer_ok=body is not None)
@@ -234,6 +249,12 @@ def distill(
     # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
     centred = task == "classification" and center_logits
     check_num_factors(num_factors, n, None if num_outputs is None else num_outputs - (1 if centred else 0), covariance)
+    if held_out is not None:
+        if task != "regression" or num_outputs is not None:
+            raise ValueError("held_out: spread calibration is for teachers with one regression output; drop held_out=")
+        held_out = check_held_out(torch.from_numpy(held_out) if isinstance(held_out, np.ndarray) else held_out, f)
+        if observed is not None and bool((held_out & ~observed).any()):
+            raise ValueError("held_out marks values that observed leaves out; mark as held out only observed values")
     if observed is not None and num_outputs is not None:
         raise ValueError("observed: masks are supported for one regression output; drop observed= for (n, m, d) teachers")
     if dtype not in (torch.float32, torch.float64):
@@ -261,7 +282,8 @@ def distill(
         m_all = x.shape[0]
 
         def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...], mask: Optional[Tensor], idx: Tensor) -> Student:
-            options = {**call, "hidden": widths, "progress": False, "observed": mask}
+            # Candidates are compared as fitted; the chosen body is calibrated after its refit.
+            options = {**call, "hidden": widths, "progress": False, "observed": mask, "held_out": None}
             noise = teacher_noise_variances
             if noise is not None and getattr(noise, "ndim", 0) == 2 and noise.shape[1] == m_all and num_outputs is None:
                 options["teacher_noise_variances"] = noise[:, idx]  # heteroscedastic: the fitting part's columns
@@ -328,6 +350,7 @@ def distill(
             f = f - f.mean(-1, keepdim=True)
 
     f = f.to(dtype=dtype, device=x.device)
+    f_values = f  # before placeholders fill unobserved entries (the calibration reads held-out values)
     x = cast_inputs(x, dtype)
     if observed is not None:
         observed = observed.to(f.device)
@@ -371,6 +394,9 @@ def distill(
                       include_nugget=include_nugget, noise_model=noise_model)
     student.history = history
     student.body_selection = selection
+    student.spread_calibration = None
+    if held_out is not None:
+        calibrate_spread(student, x, f_values, held_out.to(f_values.device))
     return student
 
 

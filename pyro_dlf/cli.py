@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="regression: each teacher's noise variance, n values (.npy or .csv); required for regression")
     distill.add_argument("--observed", default=None,
                          help="regression: (n, m) 0/1 mask of the values that count (e.g. out-of-fold values); others are ignored")
+    distill.add_argument("--held-out", default=None,
+                         help="regression: (n, m) 0/1 mask, 1 where the teacher did not train on the point; the loadings are "
+                              "scaled to the teachers' spread there")
     distill.add_argument("--task", default=None, choices=("regression", "classification"),
                          help="default: classification for (n, m, c) teachers, else regression")
     distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")

@@ -48,16 +48,13 @@ def run_distill(args: argparse.Namespace) -> None:
     if x.ndim == 1:
         x = x[:, None]
     noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
-    observed = None
-    if args.observed is not None:
-        mask = load_array(args.observed, "--observed")
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError("--observed: the mask must hold only 0 and 1 (or booleans)")
-        observed = torch.as_tensor(mask.astype(bool))
+    observed, held_out = (None if path is None else _load_mask(path, flag)
+                          for path, flag in ((args.observed, "--observed"), (args.held_out, "--held-out")))
     hidden = parse_widths(args.hidden, "--hidden")
     started = time.perf_counter()
     student = distill(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(f, dtype=torch.float32),
-                      num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, task=args.task,
+                      num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, held_out=held_out,
+                      task=args.task,
                       covariance=args.covariance,
                       hidden=hidden, num_iterations=args.iterations, mmd_steps=args.mmd_steps, lr=args.lr, seed=args.seed,
                       progress=not args.no_progress)
@@ -71,8 +68,18 @@ def run_distill(args: argparse.Namespace) -> None:
           + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores)" if student.body_selection else "")
           + f", final negative log-likelihood per value {student.history[-1]:.4f}, nugget σ_f² = {float(dlf.noise_variance.detach()):.3g}"
           + (f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})" if student.task == "regression" else "")
+          + (f", loadings scaled to the teachers' held-out spread (‖Φ‖² × {student.spread_calibration.scale:.3g})"
+             if student.spread_calibration is not None else "")
           + ".")
     print(f"Wrote {args.out} and {report}")
+
+
+def _load_mask(path: str, flag: str) -> torch.Tensor:
+    """A 0/1 (or boolean) mask file as a boolean tensor."""
+    mask = load_array(path, flag)
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"{flag}: the mask must hold only 0 and 1 (or booleans)")
+    return torch.as_tensor(mask.astype(bool))
 
 
 def run_distill_stream(args: argparse.Namespace) -> None:
@@ -86,8 +93,9 @@ def run_distill_stream(args: argparse.Namespace) -> None:
     for name, path in (("--x", args.x), ("--teachers", args.teachers)):
         if not path.lower().endswith(".npy"):
             raise ValueError(f"{name}: --stream reads .npy files (memory-mapped), got {path!r}")
-    if args.observed is not None:
-        raise ValueError("--observed: masks are not streamed; drop --stream or the mask")
+    for path, flag in ((args.observed, "--observed"), (args.held_out, "--held-out")):
+        if path is not None:
+            raise ValueError(f"{flag}: masks are not streamed; drop --stream or the mask")
     hidden = parse_widths(args.hidden, "--hidden")
     if isinstance(hidden, str):
         raise ValueError("--hidden: --stream fits one body; give widths such as 50 50 (auto needs the design points in memory)")

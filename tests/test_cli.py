@@ -35,6 +35,7 @@ def _files(tmp_path, classification=False):
     np.save(tmp_path / "f.npy", f.numpy())
     np.savetxt(tmp_path / "x.csv", x.numpy(), delimiter=",")
     np.save(tmp_path / "s2.npy", np.linspace(0.01, 0.02, 6))
+    np.save(tmp_path / "held.npy", (np.random.default_rng(0).random((6, 40)) < 0.5).astype(np.int8))
     return x, f
 
 
@@ -60,6 +61,18 @@ def test_distill_and_predict_from_files(tmp_path, capsys):
     assert main(["predict", "--student", str(out), "--x", str(tmp_path / "x.npy"), "--out", str(tmp_path / "pred.csv")]) == 0
     header = (tmp_path / "pred.csv").read_text().splitlines()[0]
     assert header == "mean,epistemic_variance,aleatoric_variance,total_variance"
+    # A held-out mask: the loadings are scaled to the teachers' spread on their held-out points.
+    calibrated = tmp_path / "calibrated.pt"
+    assert main(["distill", "--x", str(tmp_path / "x.npy"), "--teachers", str(tmp_path / "f.npy"), "--noise-variances",
+                 str(tmp_path / "s2.npy"), "--num-factors", "2", "--hidden", "16", "--iterations", "5", "--mmd-steps", "20",
+                 "--held-out", str(tmp_path / "held.npy"), "--out", str(calibrated), "--no-progress"]) == 0
+    assert "loadings scaled to the teachers' held-out spread" in capsys.readouterr().out
+    from pyro_dlf.calibration import out_of_sample_spread
+
+    held = torch.as_tensor(np.load(tmp_path / "held.npy").astype(bool))
+    spread, weight = out_of_sample_spread(f, held)
+    variance = Student.load(calibrated).predict(x, 1).epistemic_variance.double()
+    assert float((weight * variance).sum() / weight.sum()) == pytest.approx(spread, rel=1e-5)
 
 
 def test_classification_from_files_to_csv(tmp_path):
@@ -79,6 +92,7 @@ def _bad_cases(tmp_path):
     distill = ["distill", "--x", x, "--teachers", f, "--noise-variances", s2, "--num-factors", "2", "--iterations", "2",
                "--mmd-steps", "2", "--no-progress"]
     (tmp_path / "words.csv").write_text("a,b\nc,d\n")
+    np.save(tmp_path / "held_short.npy", np.ones((6, 39), dtype=bool))
     (tmp_path / "data.json").write_text("{}")
     blocked = tmp_path / "x.npy"  # a file where a folder would have to be: cannot be written into, even by root
     return [
@@ -91,6 +105,8 @@ def _bad_cases(tmp_path):
         (distill + ["--out", str(tmp_path / "s.pt"), "--num-factors", "0"], "argument --num-factors: must be at least 1"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--teachers", s2], "teacher_outputs"),
         (["distill", "--x", x, "--teachers", f, "--num-factors", "2", "--out", str(tmp_path / "s.pt")], "teacher_noise_variances"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", str(tmp_path / "held_short.npy")], "held_out must have shape (6, 40)"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", f], "--held-out: the mask must hold only 0 and 1"),
         (["predict", "--student", str(tmp_path / "none.pt"), "--x", x, "--out", str(tmp_path / "p.npz")], "path: no file at"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.npz")], "not a readable pyro_dlf student file"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.csv"), "--samples"], "--samples: draws need an .npz"),

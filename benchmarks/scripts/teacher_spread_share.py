@@ -11,7 +11,10 @@ variance is a share r of the teachers' (its variance ratio) and that matches the
 predicts about p_r, so the NLL-optimal r says which variance ratio the NLL target rewards. Also
 prints the 95 % coverage at r = 0 and 1, and the NLL at r = 1 with each member's noise variance
 replaced by the inverse gamma fitted to all of them (50 equal-probability nodes, every member
-with every node): the aleatoric law the DLF's predictive uses. Test labels are used only to
+with every node): the aleatoric law the DLF's predictive uses; and the NLL at r = 1 with every
+member paired with every member's own noise variance (the teachers' noise variances kept, their
+pairing with the members' functions dropped, as in any predictive that draws the noise
+independently of the function). Test labels are used only to
 describe this trade-off, never to choose anything. Needs the cached teachers of
 `pyro-dlf bench uci` (benchmarks/cache).
 
@@ -42,13 +45,13 @@ def main() -> int:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--out", default=None, help="write the Markdown table here (atomically)")
     args = parser.parse_args()
-    lines = ["| set | splits | " + " | ".join(f"NLL r={r:g}" for r in SHARES) + " | best r | cov95 r=0 | cov95 r=1 | NLL r=1, IG noise |",
-             "|---|---|" + "---|" * (len(SHARES) + 4)]
+    lines = ["| set | splits | " + " | ".join(f"NLL r={r:g}" for r in SHARES) + " | best r | cov95 r=0 | cov95 r=1 | NLL r=1, IG noise | NLL r=1, unpaired noise |",
+             "|---|---|" + "---|" * (len(SHARES) + 5)]
     for name in args.sets:
         data = load_uci(os.path.join(args.data_dir, name))
         nll = {r: [] for r in SHARES}
         coverage = {0.0: [], 1.0: []}
-        ig_nll = []
+        ig_nll, unpaired_nll = [], []
         for seed in range(args.splits):
             path = os.path.join(args.cache_dir, f"{name}_s{seed}_train_n50_100x100.pt")
             if not os.path.exists(path):
@@ -71,6 +74,10 @@ def main() -> int:
             means = ys.inverse(f).repeat_interleave(len(nodes), 0)  # every member with every node
             variances = ys.inverse_variance(nodes.repeat(f.shape[0]).unsqueeze(1).expand(-1, f.shape[1]))
             ig_nll.append(float(metrics.mixture_nll(means, variances, y)))
+            v = ensemble.noise_variances.to(f.dtype)
+            means = ys.inverse(f).repeat_interleave(len(v), 0)  # every member with every member's variance
+            variances = ys.inverse_variance(v.repeat(f.shape[0]).unsqueeze(1).expand(-1, f.shape[1]))
+            unpaired_nll.append(float(metrics.mixture_nll(means, variances, y)))
         count = len(nll[1.0])
         if not count:
             print(f"{name}: no cached teachers under {args.cache_dir}", file=sys.stderr)
@@ -78,7 +85,8 @@ def main() -> int:
         mean = {r: sum(v) / count for r, v in nll.items()}
         best = min(SHARES, key=mean.get)
         lines.append(f"| {name} | {count} | " + " | ".join(f"{mean[r]:.3f}" for r in SHARES) + f" | {best:g} | "
-                     f"{sum(coverage[0.0]) / count:.3f} | {sum(coverage[1.0]) / count:.3f} | {sum(ig_nll) / count:.3f} |")
+                     f"{sum(coverage[0.0]) / count:.3f} | {sum(coverage[1.0]) / count:.3f} | {sum(ig_nll) / count:.3f} | "
+                     f"{sum(unpaired_nll) / count:.3f} |")
     text = "\n".join(["# Test-label NLL of the teacher ensemble with a share r of its spread", "",
                       "Each member's deviation from the ensemble mean scaled by sqrt(r), its noise variance kept; "
                       "mean over the cached splits, original units (r = 1: the ensemble; r = 0: its mean with the "

@@ -26,7 +26,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert result["config"]["student_hidden"] == [48]
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
-                       "DLF held-out design", "DLF jittered design"}
+                       "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread"}
     # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
     from pyro_dlf.selection import BODY_FAMILY
 
@@ -35,6 +35,14 @@ def test_uci_bench_smoke(tmp_path, capsys):
             assert tuple(row["hidden"]) in BODY_FAMILY and row["body_selection"]["chosen"] == row["hidden"]
         elif row["method"] == "DLF 1×48":
             assert row["hidden"] == [48] and "body_selection" not in row
+    # The calibrated row is the DLF's own fit, rescaled: same mean, same body, the scale recorded.
+    by_key = {(r["method"], r["split"]): r for r in result["rows"]}
+    for seed in range(2):
+        plain, calibrated = by_key[("DLF", seed)], by_key[("DLF, out-of-sample spread", seed)]
+        assert calibrated["rmse"] == pytest.approx(plain["rmse"], rel=1e-6) and calibrated["hidden"] == plain["hidden"]
+        record = calibrated["spread_calibration"]
+        assert record["scale"] > 0 and record["points"] > 0
+        assert calibrated["variance_ratio"] == pytest.approx(plain["variance_ratio"] * record["scale"], rel=1e-4)
     assert len(result["rows"]) == 2 * len(methods)
     for row in result["rows"]:
         for key in ("rmse", "nll", "crps", "coverage95", "variance_ratio", "predict_1000_seconds"):
@@ -107,7 +115,7 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert result["config"]["extrapolation"] and result["config"]["design"] == "gaussian"
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×32", "DLF Gaussian design", "DLF mixup design",
-                       "DLF outward design", "DLF out-of-fold values"}
+                       "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread"}
     # The design variants take the DLF row's body rule (here a fixed 1 × 24), not the students' widths (1 × 32).
     assert {tuple(r["hidden"]) for r in result["rows"] if r["method"].endswith("design")} == {(24,)}
     for row in result["rows"]:
@@ -121,7 +129,8 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert "Designs chosen by `DLF, design chosen in and beyond the data`: yacht:" in md
     assert "| DLF, design chosen in and beyond the data | 1 |" in md
     # The extrapolation target is checked for the DLF and for both design-chosen rows.
-    for method in ("DLF", "DLF, design chosen by out-of-sample teacher values", "DLF, design chosen in and beyond the data"):
+    for method in ("DLF", "DLF, out-of-sample spread", "DLF, design chosen by out-of-sample teacher values",
+                   "DLF, design chosen in and beyond the data"):
         assert f"Target for `{method}` (AUROC ≥ 0.95 × teachers' and ≥ every other student's): met on" in md
     assert "The same for `DLF, design chosen in and beyond the data`:" in md
     assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--output-dir", str(out),
