@@ -301,7 +301,8 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
         result = run_demo(config)
         print(f"Diabetes (442 x 10): {config.num_teachers} teachers trained in {result['teacher_fit_seconds']:.1f} s, "
               f"distilled in {result['distill_seconds']:.1f} s on {result['design_points']} design points "
-              f"(q = {config.num_factors}, body {tuple(result['student_hidden'])}).")
+              f"(q = {config.num_factors}, body {tuple(result['student_hidden'])}; loadings scaled to the teachers' "
+              f"out-of-sample spread: ‖Φ‖² × {result['spread_calibration']['scale']:.3g}).")
         print(format_table(result["rows"]))
         fid = result["fidelity"]
         print(f"Student vs ensemble at the test inputs: RMS mean difference {fid['rms_mean_difference']:.1f} "

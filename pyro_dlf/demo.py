@@ -10,7 +10,10 @@ are every input outside the test part (train and design) plus
 points, and points between and slightly beyond the data, let the student
 follow the ensemble's mean instead of guessing it from 88 points. The
 student's body is chosen by a held-out score of the teachers' values
-(``student_hidden="auto"``). All three predictives -- the teacher ensemble,
+(``student_hidden="auto"``), and its loadings are scaled to the teachers'
+spread where their values are out of sample -- the training rows each member
+held out, and the design part -- (``distill(held_out=...)``,
+:mod:`pyro_dlf.calibration`). All three predictives -- the teacher ensemble,
 one teacher, the student -- are scored on the test part with
 :mod:`pyro_dlf.metrics`.
 """
@@ -101,9 +104,14 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
         g = torch.Generator().manual_seed(config.seed)
         unlabeled = torch.cat([unlabeled, gaussian_perturbation(unlabeled, config.design_copies, generator=g)])
     teacher_design = ensemble.member_predictions(unlabeled)
+    # Where each teacher's value is out of sample: the training rows it held out, and the design
+    # part (no teacher trained on it); the perturbed copies count as neither.
+    held_out = torch.zeros(teacher_design.shape, dtype=torch.bool)
+    held_out[:, :len(x_train)] = ensemble.held_out_mask(len(x_train), 0.2, config.seed)
+    held_out[:, len(x_train):len(x_train) + len(x_design)] = True
     student = distill(
         unlabeled, teacher_design, num_factors=config.num_factors,
-        teacher_noise_variances=ensemble.noise_variances, hidden=config.student_hidden,
+        teacher_noise_variances=ensemble.noise_variances, hidden=config.student_hidden, held_out=held_out,
         num_iterations=config.num_iterations, mmd_steps=config.mmd_steps, seed=config.seed, progress=config.progress,
     )
     student_seconds = time.perf_counter() - start
@@ -133,6 +141,7 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
         "distill_seconds": student_seconds,
         "design_points": int(unlabeled.shape[0]),
         "student_hidden": list(student.dlf.hidden),
+        "spread_calibration": student.spread_calibration.as_dict(),
         "body_selection": None if student.body_selection is None else student.body_selection.as_dict(),
         # Fidelity to the teachers at test inputs: how far the student's mean is from the
         # ensemble mean, against the teachers' own spread there.

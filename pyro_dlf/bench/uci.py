@@ -651,6 +651,13 @@ def extrapolation_summary(rows: list[dict], targets: Sequence[str] = ("DLF",)) -
             teachers = stat(methods["teacher ensemble"], "auroc_epistemic")[0]
             rivals = {m: stat(items, "auroc_epistemic")[0] for m, items in methods.items()
                       if m != "teacher ensemble" and not m.startswith("DLF")}
+            if not rivals:
+                # A run without the other students (--no-baselines) cannot decide the target.
+                target_lines.setdefault(method, []).append(
+                    f"- {dataset}: {method} AUROC {ours:.3f}, teachers {teachers:.3f} (ratio {ours / teachers:.2f}); "
+                    "no other student in these rows: not decided")
+                tally.setdefault(method, (0, 0))
+                continue
             ok = ours >= 0.95 * teachers and all(ours >= v for v in rivals.values())
             met, total = tally.get(method, (0, 0))
             tally[method] = (met + ok, total + 1)
@@ -658,7 +665,8 @@ def extrapolation_summary(rows: list[dict], targets: Sequence[str] = ("DLF",)) -
                 f"- {dataset}: {method} AUROC {ours:.3f}, teachers {teachers:.3f} (ratio {ours / teachers:.2f}); "
                 + ", ".join(f"{m} {v:.3f}" for m, v in rivals.items()) + (": met" if ok else ": **not met**"))
     for method, (met, total) in tally.items():
-        lines += [f"Target for `{method}` (AUROC ≥ 0.95 × teachers' and ≥ every other student's): met on {met} of {total} sets.",
+        verdict = f"met on {met} of {total} sets" if total else "not decided (no other student in these rows)"
+        lines += [f"Target for `{method}` (AUROC ≥ 0.95 × teachers' and ≥ every other student's): {verdict}.",
                   ""] + target_lines[method] + [""]
     return lines
 

@@ -194,3 +194,18 @@ def test_baseline_students_take_minibatches_only_on_large_design_sets():
     epochs, batch = _student_schedule(10_000, 1000)  # 40 batches per epoch: 100 epochs = 4,000 steps
     assert batch == 256 and epochs * math.ceil(10_000 / 256) == 4000
     assert _student_schedule(10**6, 1000) == (20, 256)  # at least 20 passes
+
+
+def test_extrapolation_target_is_not_decided_without_other_students():
+    from pyro_dlf.bench.uci import extrapolation_summary
+
+    def row(method, split, auroc):
+        return {"dataset": "toy", "split": split, "method": method, "auroc_epistemic": auroc,
+                **{key: 0.0 for key in ("nll_in", "nll_out", "crps_in", "crps_out")}}
+
+    alone = [row("teacher ensemble", s, 0.9) for s in range(2)] + [row("DLF", s, 0.95) for s in range(2)]
+    text = "\n".join(extrapolation_summary(alone))
+    assert "not decided (no other student in these rows)" in text and "met on" not in text
+    rivals = alone + [row("small-Ens", s, 0.97) for s in range(2)]
+    text = "\n".join(extrapolation_summary(rivals))
+    assert "met on 0 of 1 sets" in text and "small-Ens 0.970: **not met**" in text
