@@ -14,7 +14,9 @@ replaced by the inverse gamma fitted to all of them (50 equal-probability nodes,
 with every node): the aleatoric law the DLF's predictive uses; and the NLL at r = 1 with every
 member paired with every member's own noise variance (the teachers' noise variances kept, their
 pairing with the members' functions dropped, as in any predictive that draws the noise
-independently of the function). Test labels are used only to
+independently of the function); and the rank correlation (Spearman) between each member's mean
+squared deviation from the ensemble mean at the training inputs and its noise variance, mean
+over splits: how strongly a member's noise goes with how far its function strays. Test labels are used only to
 describe this trade-off, never to choose anything. Needs the cached teachers of
 `pyro-dlf bench uci` (benchmarks/cache).
 
@@ -45,13 +47,14 @@ def main() -> int:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--out", default=None, help="write the Markdown table here (atomically)")
     args = parser.parse_args()
-    lines = ["| set | splits | " + " | ".join(f"NLL r={r:g}" for r in SHARES) + " | best r | cov95 r=0 | cov95 r=1 | NLL r=1, IG noise | NLL r=1, unpaired noise |",
-             "|---|---|" + "---|" * (len(SHARES) + 5)]
+    lines = ["| set | splits | " + " | ".join(f"NLL r={r:g}" for r in SHARES) + " | best r | cov95 r=0 | cov95 r=1 | NLL r=1, IG noise | NLL r=1, unpaired noise "
+             "| rank corr. (deviation, noise) |",
+             "|---|---|" + "---|" * (len(SHARES) + 6)]
     for name in args.sets:
         data = load_uci(os.path.join(args.data_dir, name))
         nll = {r: [] for r in SHARES}
         coverage = {0.0: [], 1.0: []}
-        ig_nll, unpaired_nll = [], []
+        ig_nll, unpaired_nll, rank_corr = [], [], []
         for seed in range(args.splits):
             path = os.path.join(args.cache_dir, f"{name}_s{seed}_train_n50_100x100.pt")
             if not os.path.exists(path):
@@ -78,6 +81,11 @@ def main() -> int:
             means = ys.inverse(f).repeat_interleave(len(v), 0)  # every member with every member's variance
             variances = ys.inverse_variance(v.repeat(f.shape[0]).unsqueeze(1).expand(-1, f.shape[1]))
             unpaired_nll.append(float(metrics.mixture_nll(means, variances, y)))
+            with torch.no_grad():
+                train = ensemble.member_predictions(split.x_train)
+            deviation = (train - train.mean(0)).pow(2).mean(1)
+            ranks = torch.stack([deviation.argsort().argsort(), v.argsort().argsort()]).double()
+            rank_corr.append(float(torch.corrcoef(ranks)[0, 1]))
         count = len(nll[1.0])
         if not count:
             print(f"{name}: no cached teachers under {args.cache_dir}", file=sys.stderr)
@@ -86,7 +94,7 @@ def main() -> int:
         best = min(SHARES, key=mean.get)
         lines.append(f"| {name} | {count} | " + " | ".join(f"{mean[r]:.3f}" for r in SHARES) + f" | {best:g} | "
                      f"{sum(coverage[0.0]) / count:.3f} | {sum(coverage[1.0]) / count:.3f} | {sum(ig_nll) / count:.3f} | "
-                     f"{sum(unpaired_nll) / count:.3f} |")
+                     f"{sum(unpaired_nll) / count:.3f} | {sum(rank_corr) / count:.2f} |")
     text = "\n".join(["# Test-label NLL of the teacher ensemble with a share r of its spread", "",
                       "Each member's deviation from the ensemble mean scaled by sqrt(r), its noise variance kept; "
                       "mean over the cached splits, original units (r = 1: the ensemble; r = 0: its mean with the "

@@ -599,14 +599,19 @@ def variance_decomposition(rows: list[dict]) -> list[str]:
         return []
     lines = ["## Where the variance goes", "",
              "Share of the teachers' spread at the design points held by ‖Φ‖² and by the nugget σ_f², and the "
-             "teachers' spread at the design points relative to the test inputs (means over splits).", "",
-             "| set | method | n | ‖Φ‖² share | nugget share | design / test spread |", "|---|---|---|---|---|---|"]
+             "teachers' spread at the design points relative to the test inputs (means over splits). For the "
+             "calibrated fit, also the teachers' pooled spread among their held-out values (each teacher's values "
+             "on the training rows it did not train on; no labels) relative to their spread at the test inputs.", "",
+             "| set | method | n | ‖Φ‖² share | nugget share | design / test spread | held-out / test spread |",
+             "|---|---|---|---|---|---|---|"]
     for (dataset, method), items in groups.items():
         mean = lambda key: sum(key(r) for r in items) / len(items)  # noqa: E731
+        held_out = (f"{mean(lambda r: r['spread_calibration']['teacher_spread'] / r['teacher_spread_test']):.2f}"
+                    if all("spread_calibration" in r for r in items) else "–")
         lines.append(f"| {dataset} | {method} | {len(items)} | "
                      f"{mean(lambda r: r['student_variance_design'] / r['teacher_spread_design']):.2f} | "
                      f"{mean(lambda r: r['nugget_variance'] / r['teacher_spread_design']):.2f} | "
-                     f"{mean(lambda r: r['teacher_spread_design'] / r['teacher_spread_test']):.2f} |")
+                     f"{mean(lambda r: r['teacher_spread_design'] / r['teacher_spread_test']):.2f} | {held_out} |")
     return lines + [""]
 
 

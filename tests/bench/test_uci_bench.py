@@ -78,6 +78,11 @@ def test_uci_bench_smoke(tmp_path, capsys):
     merged_md = (out / "merged.md").read_text()
     assert "## Targets" in merged_md and "(set, metric, rival) cells" in merged_md
     assert "## Where the variance goes" in merged_md
+    # The calibrated fit's line carries the teachers' held-out spread against their test spread.
+    line = next(l for l in merged_md.splitlines() if l.startswith("| yacht | DLF, out-of-sample spread |"))
+    expected = sum(r["spread_calibration"]["teacher_spread"] / r["teacher_spread_test"] for r in result["rows"]
+                   if r["method"] == "DLF, out-of-sample spread") / 2
+    assert line.rstrip(" |").endswith(f"{expected:.2f}")
     # Keeping some methods only (e.g. variants whose protocol changed between runs are left out).
     assert main(["bench", "report", str(out / "smoke.json"), "--output-dir", str(out), "--name", "kept",
                  "--methods", "teacher ensemble", "DLF"]) == 0
