@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_held_out
+from pyro_dlf._validation import cast_inputs, check_held_out
 
 __all__ = ["SpreadCalibration", "out_of_sample_spread", "calibrate_spread"]
 
@@ -111,9 +111,10 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
         if target <= 0:
             raise ValueError("held_out: the nugget σ_f² alone exceeds the teachers' out-of-sample spread, so no loading "
                              "scale matches it; distill with include_nugget=False")
-    dtype = dlf.loading_head.weight.dtype
+    weights = dlf.loading_head.weight
     points = weight > 0
-    xs = x[points].to(device=dlf.loading_head.weight.device, dtype=dtype)
+    # Token ids or category codes reach a custom body unchanged; float inputs take the model's dtype.
+    xs = cast_inputs(x[points.to(x.device)], weights.dtype, weights.device)
     with torch.no_grad():
         variance = torch.cat([dlf.loading(xs[s:s + batch_size]).double().pow(2).sum(-1)
                               for s in range(0, xs.shape[0], batch_size)])

@@ -77,6 +77,10 @@ def _score(name: str, means: torch.Tensor, variances: torch.Tensor, y: torch.Ten
     }
 
 
+#: Each teacher holds out this share of the training rows (its noise variance is its error there).
+_TEACHER_VALIDATION = 0.2
+
+
 def run_demo(config: Optional[DemoConfig] = None) -> dict:
     """Run the demo; returns the results (also written to ``output_dir``).
 
@@ -95,7 +99,7 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
     start = time.perf_counter()
     ensemble = DeepEnsembleRegressor(x.shape[1], num_members=config.num_teachers, hidden=config.teacher_hidden)
     ensemble.fit(x_train, y_train, epochs=config.teacher_epochs, weight_decay=1e-4, seed=config.seed,
-                 progress=config.progress, validation_fraction=0.2)
+                 progress=config.progress, validation_fraction=_TEACHER_VALIDATION)
     teacher_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -105,9 +109,9 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
         unlabeled = torch.cat([unlabeled, gaussian_perturbation(unlabeled, config.design_copies, generator=g)])
     teacher_design = ensemble.member_predictions(unlabeled)
     # Where each teacher's value is out of sample: the training rows it held out, and the design
-    # part (no teacher trained on it); the perturbed copies count as neither.
+    # part (no teacher trained on it); the perturbed copies are left unmarked.
     held_out = torch.zeros(teacher_design.shape, dtype=torch.bool)
-    held_out[:, :len(x_train)] = ensemble.held_out_mask(len(x_train), 0.2, config.seed)
+    held_out[:, :len(x_train)] = ensemble.held_out_mask(len(x_train), _TEACHER_VALIDATION, config.seed)
     held_out[:, len(x_train):len(x_train) + len(x_design)] = True
     student = distill(
         unlabeled, teacher_design, num_factors=config.num_factors,
