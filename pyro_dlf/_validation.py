@@ -92,20 +92,27 @@ def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name:
     return f
 
 
+def _teacher_mask(mask, f: Tensor, name: str, hint: str) -> Tensor:
+    """A boolean ``(n, m)`` mask over the teachers' values ``f`` (a NumPy bool array is accepted),
+    on ``f``'s device; ``hint`` says how to build one."""
+    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_:
+        mask = torch.from_numpy(mask)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a boolean torch.Tensor of shape (num_teachers, num_points), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}; {hint}")
+    if tuple(mask.shape) != tuple(f.shape[:2]):
+        raise ValueError(f"{name} must have shape {tuple(f.shape[:2])} (teachers, design points), got {tuple(mask.shape)}")
+    if mask.device != f.device:
+        raise ValueError(f"{name} is on {mask.device} but the teacher values are on {f.device}; move it with .to({str(f.device)!r})")
+    return mask
+
+
 def check_observed(observed, f: Tensor, name: str = "observed") -> Optional[Tensor]:
     """``None``, or a boolean mask ``(n, m)`` of where each teacher is observed, with at least one
     observed point per teacher (values elsewhere are ignored and may be NaN)."""
     if observed is None:
         return None
-    if isinstance(observed, np.ndarray) and observed.dtype == np.bool_:
-        observed = torch.from_numpy(observed)
-    if not isinstance(observed, Tensor) or observed.dtype != torch.bool:
-        raise TypeError(f"{name} must be a boolean torch.Tensor of shape (num_teachers, num_points), got "
-                        f"{getattr(observed, 'dtype', type(observed).__name__)}; build it with (values == values) or a comparison")
-    if tuple(observed.shape) != tuple(f.shape[:2]):
-        raise ValueError(f"{name} must have shape {tuple(f.shape[:2])} (teachers, design points), got {tuple(observed.shape)}")
-    if observed.device != f.device:
-        raise ValueError(f"{name} is on {observed.device} but the teacher values are on {f.device}; move it with .to({str(f.device)!r})")
+    observed = _teacher_mask(observed, f, name, "build it with (values == values) or a comparison")
     empty = (~observed.any(1)).nonzero().flatten()
     if empty.numel():
         raise ValueError(f"{name}: teacher {int(empty[0])} is observed at no design point; drop it or mark where it is observed")
@@ -115,15 +122,7 @@ def check_observed(observed, f: Tensor, name: str = "observed") -> Optional[Tens
 def check_held_out(held_out, f: Tensor, name: str = "held_out") -> Tensor:
     """A boolean mask ``(n, m)`` of the design points each teacher did not train on, with at
     least one point held out by two or more teachers (a spread needs two values)."""
-    if isinstance(held_out, np.ndarray) and held_out.dtype == np.bool_:
-        held_out = torch.from_numpy(held_out)
-    if not isinstance(held_out, Tensor) or held_out.dtype != torch.bool:
-        raise TypeError(f"{name} must be a boolean torch.Tensor of shape (num_teachers, num_points), got "
-                        f"{getattr(held_out, 'dtype', type(held_out).__name__)}; mark each teacher's held-out rows with True")
-    if tuple(held_out.shape) != tuple(f.shape[:2]):
-        raise ValueError(f"{name} must have shape {tuple(f.shape[:2])} (teachers, design points), got {tuple(held_out.shape)}")
-    if held_out.device != f.device:
-        raise ValueError(f"{name} is on {held_out.device} but the teacher values are on {f.device}; move it with .to({str(f.device)!r})")
+    held_out = _teacher_mask(held_out, f, name, "mark each teacher's held-out rows with True")
     if not bool((held_out.sum(0) >= 2).any()):
         raise ValueError(f"{name}: no design point is held out by two or more teachers, so their out-of-sample spread "
                          "cannot be measured; hold out overlapping rows (e.g. a random 10 % per teacher)")
