@@ -85,10 +85,8 @@ def _load_mask(path: str, flag: str) -> torch.Tensor:
 def run_distill_stream(args: argparse.Namespace) -> None:
     """``distill --stream``: memory-mapped ``.npy`` batches through :func:`pyro_dlf.distributed.distill_stream`;
     under ``torchrun`` each process streams its shard and rank 0 writes the student."""
-    import torch.distributed as dist
-
     from pyro_dlf.data.streams import NpyStream
-    from pyro_dlf.distributed import distill_stream, init_distributed, is_main_process
+    from pyro_dlf.distributed import close_distributed, distill_stream, init_distributed, is_main_process
 
     for name, path in (("--x", args.x), ("--teachers", args.teachers)):
         if not path.lower().endswith(".npy"):
@@ -105,6 +103,7 @@ def run_distill_stream(args: argparse.Namespace) -> None:
     rank, world = init_distributed()
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    completed = False
     try:
         if is_main_process():
             check_writable(args.out, "--out")
@@ -124,9 +123,10 @@ def run_distill_stream(args: argparse.Namespace) -> None:
             print(f"Distilled {stream.f.shape[0]} teachers at {stream.x.shape[0]} design points ({task}) streamed in batches of "
                   f"{args.batch_size} over {world} process(es) in {seconds:.1f} s: final negative log-likelihood per value "
                   f"{student.history[-1]:.4f}. Wrote {args.out} and {report}")
+        completed = True
     finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        if world > 1:
+            close_distributed(completed)
 
 
 def run_predict(args: argparse.Namespace) -> None:

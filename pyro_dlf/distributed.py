@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Optional, Union
@@ -39,7 +40,10 @@ from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import fit_inverse_gamma
 from pyro_dlf.student import Student
 
-__all__ = ["distill_stream", "init_distributed", "is_main_process"]
+#: How long :func:`close_distributed` lets gloo's worker threads release their last tensors.
+_RELEASE_PAUSE_SECONDS = 0.2
+
+__all__ = ["close_distributed", "distill_stream", "init_distributed", "is_main_process"]
 
 
 def init_distributed(backend: Optional[str] = None, timeout_seconds: float = 300.0) -> tuple[int, int]:
@@ -55,6 +59,30 @@ def init_distributed(backend: Optional[str] = None, timeout_seconds: float = 300
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
     return dist.get_rank(), dist.get_world_size()
+
+
+def close_distributed(completed: bool = True) -> None:
+    """Leave the process group: a barrier and a short pause (when this process ``completed``
+    its work), then :func:`torch.distributed.destroy_process_group`; nothing outside a process group.
+
+    Why: gloo runs each collective on a worker thread that lets go of the collective's
+    tensors only *after* the caller has been told it finished. A tensor whose Python object
+    is gone by then needs the interpreter lock to be freed; if the process has meanwhile
+    reached interpreter shutdown, the worker thread cannot take the lock and the process
+    aborts (``terminate called without an active exception``, SIGABRT) although its work
+    was done and its files written. The barrier makes every process reach the end
+    together; the pause (0.2 s, once per job) gives the worker threads time to let go while
+    the interpreter is alive. After a failure (``completed=False``) the other processes
+    may be gone, so there is no barrier: the group is only destroyed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if completed:
+            dist.barrier()
+            time.sleep(_RELEASE_PAUSE_SECONDS)
+    finally:
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from pyro_dlf.data import TensorStream
+from pyro_dlf.distributed import close_distributed
 from pyro_dlf.guides import ExactFactorPosterior
 from pyro_dlf.infer import StreamingEM
 from pyro_dlf.models import DeepLatentFactor
@@ -43,6 +44,7 @@ def streaming_worker(rank: int, world: int, port: int, out: str, crash: bool) ->
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=20))
+    completed = False
     try:
         _, x, f = synthetic_teachers(12, 96, seed=3)
         stream = TensorStream(x.double(), f.double(), 16).shard(rank, world)
@@ -51,5 +53,6 @@ def streaming_worker(rank: int, world: int, port: int, out: str, crash: bool) ->
         model, losses = fit(StreamingEM, stream, 4, seed=rank)  # different seeds: rank 0's parameters are broadcast
         if rank == 0:
             torch.save({"state": model.state_dict(), "losses": losses}, out)
+        completed = True
     finally:
-        dist.destroy_process_group()
+        close_distributed(completed)

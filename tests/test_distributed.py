@@ -89,3 +89,12 @@ def test_the_streamed_fit_runs_on_the_gpu_and_matches_the_cpu():
     gpu = distill_stream(TensorStream(x, f, 50), device="cuda", **options)
     assert next(gpu.dlf.parameters()).device.type == "cuda"
     assert gpu.history == pytest.approx(cpu.history, rel=1e-6)
+
+
+def test_close_distributed_outside_a_process_group_does_nothing():
+    from pyro_dlf.distributed import close_distributed
+
+    assert not torch.distributed.is_initialized()
+    close_distributed()
+    close_distributed(completed=False)
+    assert not torch.distributed.is_initialized()

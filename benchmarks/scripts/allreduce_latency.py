@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pyro_dlf.bench import scale
+from pyro_dlf.distributed import close_distributed
 
 
 def _size() -> int:
@@ -44,7 +45,7 @@ def _worker(rank: int, port: int, size: int, out: str) -> None:
     if rank == 0:
         with open(out, "w") as fh:
             fh.write(f"{results[0] * 1e3:.3f} {results[1] * 1e3:.3f}")
-    dist.destroy_process_group()
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -208,18 +208,23 @@ def _subprocess(args: dict, timeout: float) -> dict:
 
 
 def _two_process_worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
-    import torch.distributed as dist
     from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from pyro_dlf.distributed import close_distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=600))
+    completed = False
     try:
         result = measure(**args, rank=rank, world_size=world)
         if rank == 0:
             with open(out, "w") as fh:
                 json.dump(result, fh)
+        completed = True
     finally:
-        dist.destroy_process_group()
+        close_distributed(completed)
 
 
 def _processes(args: dict, world: int) -> dict:
