@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--held-out", default=None,
                          help="regression: (n, m) 0/1 mask, 1 where the teacher did not train on the point; the loadings are "
                               "scaled to the teachers' spread there")
+    distill.add_argument("--noise-given-factors", default="auto", choices=("auto", "yes", "no"),
+                         help="regression: let the noise variance follow each draw's factors (auto: only when a likelihood-ratio "
+                              "test on the teachers' noise variances rejects i.i.d. noise at 1%%)")
     distill.add_argument("--task", default=None, choices=("regression", "classification"),
                          help="default: classification for (n, m, c) teachers, else regression")
     distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")
@@ -251,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--name", default=None, help="file stem of the merged JSON/Markdown (default: uci or images)")
     report.add_argument("--methods", nargs="+", default=None,
                         help="UCI only: keep only these methods' rows (quote names with spaces, e.g. 'teacher ensemble')")
+    report.add_argument("--recomputed", nargs="+", default=None,
+                        help="UCI only: methods whose definition changed; list the new run first: its rows win and "
+                             "their differences from older runs are not counted as irreproducibility")
     return parser
 
 
@@ -401,12 +407,15 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
         if kinds == {"images"}:
             if args.methods:
                 raise ValueError("--methods: only UCI results can be filtered by method; leave it out for image runs")
+            if args.recomputed:
+                raise ValueError("--recomputed: only UCI results take it; leave it out for image runs")
             merged = merge_images_results(results)
             json_path, md_path = write_images_report(merged, args.output_dir, args.name or "images")
         elif "images" in kinds:
             raise ValueError("inputs: mix of image and UCI results; merge one kind at a time")
         else:
-            json_path, md_path = write_report(merge_results(results, args.methods), args.output_dir, args.name or "uci")
+            json_path, md_path = write_report(merge_results(results, args.methods, args.recomputed), args.output_dir,
+                                              args.name or "uci")
         print(f"Wrote {json_path} and {md_path}")
 
 

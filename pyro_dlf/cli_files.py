@@ -54,7 +54,7 @@ def run_distill(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     student = distill(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(f, dtype=torch.float32),
                       num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, held_out=held_out,
-                      task=args.task,
+                      task=args.task, noise_given_factors={"auto": "auto", "yes": True, "no": False}[args.noise_given_factors],
                       covariance=args.covariance,
                       hidden=hidden, num_iterations=args.iterations, mmd_steps=args.mmd_steps, lr=args.lr, seed=args.seed,
                       progress=not args.no_progress)
@@ -68,6 +68,8 @@ def run_distill(args: argparse.Namespace) -> None:
           + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores)" if student.body_selection else "")
           + f", final negative log-likelihood per value {student.history[-1]:.4f}, nugget σ_f² = {float(dlf.noise_variance.detach()):.3g}"
           + (f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})" if student.task == "regression" else "")
+          + (f" × u(z)^{student.noise_factor_exponent:.3g} (the teachers' noise follows their factors: likelihood-ratio "
+             f"p = {student.noise_fit.p_value:.2g})" if getattr(student, "noise_factor_exponent", 0.0) else "")
           + (f", loadings scaled to the teachers' held-out spread (‖Φ‖² × {student.spread_calibration.scale:.3g})"
              if student.spread_calibration is not None else "")
           + ".")
@@ -94,6 +96,8 @@ def run_distill_stream(args: argparse.Namespace) -> None:
     for path, flag in ((args.observed, "--observed"), (args.held_out, "--held-out")):
         if path is not None:
             raise ValueError(f"{flag}: masks are not streamed; drop --stream or the mask")
+    if args.noise_given_factors == "yes":
+        raise ValueError("--noise-given-factors: a streamed fit keeps the i.i.d. noise law; drop --stream or the option")
     hidden = parse_widths(args.hidden, "--hidden")
     if isinstance(hidden, str):
         raise ValueError("--hidden: --stream fits one body; give widths such as 50 50 (auto needs the design points in memory)")

@@ -3,6 +3,7 @@ r"""The distilled student: a deep latent factor process as a Pyro posterior pred
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from pyro_dlf.student_file import FORMAT_NAME, FORMAT_VERSION, build_model, read
 from pyro_dlf.sufficient_statistics import combine
 
 __all__ = ["Student", "RegressionPrediction", "ClassificationPrediction", "FORMAT_VERSION"]
+
+#: Quasi-random draws of z that average a factor-dependent noise law (aleatoric_variance).
+_FACTOR_NODES = 4096
 
 #: State-dict prefix of a heteroscedastic noise model in a student file.
 _NOISE_PREFIX = "noise_model."
@@ -99,7 +103,11 @@ class Student(PyroModule):
     * ``function = μ(x) + Φ(x)^T z`` (separable ``μ(x) + L Z Φ(x)``, full
       ``μ(x) + Φ(x) z`` with ``Φ(x) ∈ R^{c×q}``; site ``function``),
     * regression: ``noise_variance ~ IG(a, b)`` (the fitted law of the teachers'
-      noise variances) and ``y ~ N(function, noise_variance)``; heteroscedastic
+      noise variances) and ``y ~ N(function, noise_variance)``; with a
+      factor-dependent noise law (:meth:`set_noise_law`, ``β ≠ 0``) the rate is
+      ``b · u(z)^β``, ``u(z) = z^T \hat G z``: a draw whose function strays
+      further from the mean draws a larger (``β > 0``) noise variance, as the
+      teachers that stray further are noisier (:func:`pyro_dlf.noise.fit_factor_inverse_gamma`); heteroscedastic
       teachers (``noise_model``, :mod:`pyro_dlf.heteroscedastic`):
       ``noise_level ~ N(0, 1)`` and ``noise_variance(x) = exp(g(x) + τ · noise_level)``;
       classification: ``y ~ Categorical(logits=function)``; both in the plate
@@ -133,6 +141,9 @@ class Student(PyroModule):
     :param task: ``"regression"`` (univariate DLF) or ``"classification"`` (multivariate).
     :param noise_concentration: ``a`` of the regression noise prior.
     :param noise_rate: ``b`` of the regression noise prior.
+    :param noise_factor_exponent: ``β`` of a factor-dependent noise law (default 0: SPEC's
+        i.i.d. inverse gamma); needs ``noise_factor_gram``.
+    :param noise_factor_gram: ``\hat G`` (``q×q``, trace 1) of that law.
     :param noise_model: regression with heteroscedastic teachers: the fitted
         :class:`~pyro_dlf.heteroscedastic.HeteroscedasticNoise` (replaces ``a, b``).
     :param include_nugget: add the nugget ``σ_f²`` to the predictive draws
@@ -150,7 +161,8 @@ class Student(PyroModule):
 
     def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None,
                  centered_logits: bool = False, include_nugget: bool = False, *, trainable: bool = False, prefix: str = "",
-                 noise_model: Optional[HeteroscedasticNoise] = None) -> None:
+                 noise_model: Optional[HeteroscedasticNoise] = None, noise_factor_exponent: float = 0.0,
+                 noise_factor_gram: Optional[Tensor] = None) -> None:
         # Unique Pyro name: see DeepLatentFactor (param-store names never collide).
         super().__init__(f"student_{uuid.uuid4().hex[:8]}")
         if task not in ("regression", "classification"):
@@ -179,6 +191,10 @@ class Student(PyroModule):
         self.noise_concentration = as_plain(noise_concentration)
         self.noise_rate = as_plain(noise_rate)
         self.noise_model = noise_model
+        self.noise_factor_exponent = 0.0
+        self.register_buffer("noise_factor_gram", None, persistent=False)
+        if noise_factor_exponent or noise_factor_gram is not None:
+            self.set_noise_law(self.noise_concentration, self.noise_rate, noise_factor_exponent, noise_factor_gram)
         self.centered_logits = bool(centered_logits)
         self.include_nugget = bool(include_nugget)
         if not isinstance(prefix, str):
@@ -252,7 +268,7 @@ class Student(PyroModule):
         mean, loading, L, sigma2 = self._network(x)
         z = pyro.sample(name + "z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
         if self.task == "regression" and self.noise_model is None:
-            prior = dist.InverseGamma(*self._noise_prior(loading))
+            prior = dist.InverseGamma(*self._noise_prior(loading, z))
             noise_variance = pyro.sample(name + "noise_variance", prior.to_event(1) if dlf.multivariate else prior)
         elif self.task == "regression":
             level = pyro.sample(name + "noise_level", dist.Normal(loading.new_zeros(()), 1.0))
@@ -282,9 +298,62 @@ class Student(PyroModule):
             return values
         return values + self.dlf.noise_variance.detach().sqrt() * torch.randn_like(values)
 
-    def _noise_prior(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``(a, b)`` of the inverse gamma(s) as tensors like ``like``: ``()`` or ``(d,)`` per output."""
-        return like.new_tensor(self.noise_concentration), like.new_tensor(self.noise_rate)
+    def set_noise_law(self, concentration: float, rate: float, exponent: float = 0.0, gram: Optional[Tensor] = None) -> "Student":
+        r"""Replace the regression noise law by ``IG(a, b · u(z)^β)``, ``u(z) = z^T \hat G z``.
+
+        ``β = 0`` (and no ``gram``) is SPEC's i.i.d. law ``IG(a, b)``. Fit ``(a, b, β, \hat G)``
+        with :func:`pyro_dlf.noise.fit_factor_inverse_gamma` (``distill`` does, see its
+        ``noise_given_factors``). One-output regression students with a scalar inverse gamma only.
+        """
+        if self.task != "regression" or self.noise_model is not None or self.dlf.multivariate:
+            raise ValueError("set_noise_law: a noise law is for one-output regression students with an inverse-gamma noise prior")
+        a, b = (torch.as_tensor(v, dtype=torch.float64) for v in (concentration, rate))
+        if a.dim() or b.dim() or not (float(a) > 0 and float(b) > 0 and math.isfinite(float(a)) and math.isfinite(float(b))):
+            raise ValueError(f"set_noise_law: concentration and rate must be positive finite numbers, got {concentration!r}, {rate!r}")
+        exponent = float(exponent)
+        if not math.isfinite(exponent):
+            raise ValueError(f"set_noise_law: exponent must be finite, got {exponent!r}")
+        q = self.dlf.num_factors
+        if exponent != 0.0:
+            g = None if gram is None else torch.as_tensor(gram, dtype=torch.float64)
+            if g is None or tuple(g.shape) != (q, q) or not torch.isfinite(g).all() or not torch.allclose(g, g.T, atol=1e-8) \
+                    or abs(float(g.trace()) - 1.0) > 1e-6 or float(torch.linalg.eigvalsh(g).min()) < -1e-8:
+                raise ValueError(f"set_noise_law: exponent {exponent:g} needs gram, a symmetric positive semi-definite ({q}, {q}) "
+                                 "matrix of trace 1 (pyro_dlf.noise.fit_factor_inverse_gamma gives it)")
+            weight = self.dlf.loading_head.weight
+            self.noise_factor_gram = g.to(dtype=weight.dtype, device=weight.device)
+        else:
+            self.noise_factor_gram = None
+        self.noise_concentration, self.noise_rate, self.noise_factor_exponent = float(a), float(b), exponent
+        return self
+
+    def _deviation_size(self, z: Tensor) -> Tensor:
+        r"""``u(z) = z^T \hat G z`` over the last dimension of ``z``."""
+        gram = self.noise_factor_gram.to(z)
+        return ((z @ gram) * z).sum(-1).clamp_min(torch.finfo(z.dtype).tiny)
+
+    def _noise_prior(self, like: Tensor, z: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``(a, b)`` of the inverse gamma(s) as tensors like ``like``: ``()`` or ``(d,)`` per output;
+        with a factor-dependent law the rate ``b u(z)^β`` has ``z``'s batch shape."""
+        a, b = like.new_tensor(self.noise_concentration), like.new_tensor(self.noise_rate)
+        if self.noise_factor_exponent and z is not None:
+            b = b * self._deviation_size(z.to(like)).pow(self.noise_factor_exponent)
+        return a, b
+
+    def _factor_nodes(self, num: int, with_levels: bool = False):
+        """``num`` (even) fixed quasi-random draws of ``z ~ N(0, I)``: ``num / 2`` scrambled Sobol
+        points (seed 0) and their mirror images ``−z``, so the nodes average to exactly zero and
+        a mixture over them has mean ``μ(x)`` (``u(−z) = u(z)``). With ``with_levels`` the Sobol
+        points have one more coordinate, a probability level per node (shared by ``z`` and
+        ``−z``) at which to read the noise law's quantile: one low-discrepancy set over
+        ``(z, σ²)`` jointly, so the noise law's tail is sampled as finely as ``z``."""
+        weight = self.dlf.loading_head.weight
+        q = self.dlf.num_factors
+        engine = torch.quasirandom.SobolEngine(q + int(with_levels), scramble=True, seed=0)
+        uniform = engine.draw(num // 2, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        half = torch.special.ndtri(uniform[:, :q])
+        z = torch.cat([half, -half]).to(dtype=weight.dtype, device=weight.device)
+        return (z, uniform[:, q].repeat(2)) if with_levels else z
 
     # ------------------------------------------------------------ summaries
     @property
@@ -294,6 +363,10 @@ class Student(PyroModule):
         if self.noise_model is not None:
             raise ValueError("aleatoric_variance: this student's noise depends on x; read predict(x).aleatoric_variance")
         mean = lambda a, b: b / (a - 1) if a > 1 else float("inf")  # noqa: E731
+        if self.noise_factor_exponent:
+            # E[σ²] = E_z[b u(z)^β] / (a − 1), the z-average by the fixed quadrature nodes.
+            average = float(self._deviation_size(self._factor_nodes(_FACTOR_NODES).double()).pow(self.noise_factor_exponent).mean())
+            return mean(self.noise_concentration, self.noise_rate * average)
         if isinstance(self.noise_concentration, tuple):
             return tuple(mean(a, b) for a, b in zip(self.noise_concentration, self.noise_rate))
         return mean(self.noise_concentration, self.noise_rate)
@@ -343,6 +416,8 @@ class Student(PyroModule):
                 return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))
             if self.noise_model is not None:
                 noise_samples = cat(4, 1)
+            elif return_samples and self.noise_factor_exponent:
+                noise_samples = dist.InverseGamma(*self._noise_prior(z, z.squeeze(-2))).sample()  # one per draw of z
             elif return_samples:
                 noise_samples = dist.InverseGamma(*self._noise_prior(z)).sample((num_samples,))
             else:
@@ -357,6 +432,16 @@ class Student(PyroModule):
         integrated over ``IG(a, b)`` (heteroscedastic: over the log-normal law of
         ``σ²(x)`` at each input) with ``num_components`` equal-probability
         quantile nodes (deterministic quadrature).
+
+        With a factor-dependent noise law (``β ≠ 0``) ``σ²`` and the function are no
+        longer independent, so ``z`` is integrated too: ``K = 16 · num_components``
+        (1,024 by default, kept small because the mixture's CRPS costs ``O(K²)``)
+        components ``N(μ(x) + Φ(x)^T z_k, σ²_k)``, where ``(z_k, σ²_k)`` run over one
+        low-discrepancy set: scrambled Sobol points (seed 0) in ``q + 1`` dimensions
+        give ``z_k`` (mirrored, ``±z``) and a probability level at which ``σ²_k`` is the
+        quantile of ``IG(a, b u(z_k)^β)``. Against a brute-force average over 10⁵ draws
+        of ``z`` (``σ²`` integrated exactly) this quadrature is within 0.03 nats per point
+        on the synthetic teachers of ``tests/test_noise_given_factors.py``.
 
         :returns: ``(means, variances)`` of shape ``(K, m)``, for :mod:`pyro_dlf.metrics`.
         """
@@ -375,6 +460,16 @@ class Student(PyroModule):
                                      zip(self.noise_concentration, self.noise_rate)], -1).to(mean).unsqueeze(1)
             else:
                 nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean).unsqueeze(-1)
+            if self.noise_factor_exponent:
+                from scipy.stats import invgamma
+
+                z, levels = self._factor_nodes(16 * num_components, with_levels=True)
+                z = z.to(mean)
+                # IG(a, s b) quantiles are s × IG(a, b) quantiles.
+                unit = torch.as_tensor(invgamma.ppf(levels.numpy(), self.noise_concentration, scale=self.noise_rate)).to(mean)
+                noise = (unit * self._deviation_size(z).pow(self.noise_factor_exponent)).unsqueeze(-1)  # (K, 1)
+                means = combine(mean, loading, z.unsqueeze(-2))  # (K, m)
+                return means, (noise + self._nugget()).expand_as(means).clone()
             epistemic = self.dlf.function_variance(x) if self.dlf.multivariate else loading.pow(2).sum(-1)
             variances = epistemic + self._nugget() + nodes
         return mean.expand_as(variances), variances
@@ -396,6 +491,8 @@ class Student(PyroModule):
             "centered_logits": self.centered_logits,
             "include_nugget": self.include_nugget,
             "prefix": self.prefix,
+            "noise_factors": (None if not self.noise_factor_exponent else
+                              {"exponent": self.noise_factor_exponent, "gram": self.noise_factor_gram.double().cpu().tolist()}),
             "noise": ({"heteroscedastic": self.noise_model.config()} if self.noise_model is not None
                       else None if self.noise_concentration is None
                       else [_listed(self.noise_concentration), _listed(self.noise_rate)]),
@@ -434,6 +531,13 @@ class Student(PyroModule):
                 raise ValueError(f"{where}: the saved noise model does not fit its configuration: {err}") from err
             noise_model.to(map_location)
         noise = payload["noise"] if isinstance(payload["noise"], list) else [None, None]
-        return cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
-                   include_nugget=payload.get("include_nugget", False), prefix=str(payload.get("prefix", "")),
-                   noise_model=noise_model)
+        student = cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
+                      include_nugget=payload.get("include_nugget", False), prefix=str(payload.get("prefix", "")),
+                      noise_model=noise_model)
+        factors = payload.get("noise_factors")
+        if factors:
+            try:
+                student.set_noise_law(student.noise_concentration, student.noise_rate, factors["exponent"], factors["gram"])
+            except ValueError as err:
+                raise ValueError(f"{where}: the saved noise law is invalid ({err}); the file is corrupted") from err
+        return student

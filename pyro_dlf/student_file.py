@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import IO, Optional, Union
 
@@ -146,6 +147,13 @@ def _check_config(payload: dict, where: str) -> None:
             if isinstance(noise, (list, tuple)) and len(noise) == 2 else None
         if not entries or not all(positive(v) for v in entries):
             raise ValueError(f"{where}: the noise prior must be two positive numbers (or two lists, one per output), got {noise!r}")
+    factors = payload.get("noise_factors")
+    if factors is not None:
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+        gram = factors.get("gram") if isinstance(factors, dict) else None
+        if not (isinstance(factors, dict) and number(factors.get("exponent")) and isinstance(gram, list) and gram
+                and all(isinstance(row, list) and len(row) == len(gram) and all(number(v) for v in row) for row in gram)):
+            raise ValueError(f"{where}: the noise law must be an exponent and a square gram of finite numbers; the file is corrupted")
 
 
 def build_model(payload: dict, body: Optional[nn.Module], where: str):

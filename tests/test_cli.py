@@ -73,6 +73,13 @@ def test_distill_and_predict_from_files(tmp_path, capsys):
     spread, weight = out_of_sample_spread(f, held)
     variance = Student.load(calibrated).predict(x, 1).epistemic_variance.double()
     assert float((weight * variance).sum() / weight.sum()) == pytest.approx(spread, rel=1e-5)
+    # The factor-dependent noise law, forced on: fitted, saved and said.
+    law = tmp_path / "law.pt"
+    assert main(["distill", "--x", str(tmp_path / "x.npy"), "--teachers", str(tmp_path / "f.npy"), "--noise-variances",
+                 str(tmp_path / "s2.npy"), "--num-factors", "2", "--hidden", "16", "--iterations", "5", "--mmd-steps", "20",
+                 "--noise-given-factors", "yes", "--out", str(law), "--no-progress"]) == 0
+    assert "the teachers' noise follows their factors" in capsys.readouterr().out
+    assert Student.load(law).noise_factor_exponent != 0.0
 
 
 def test_classification_from_files_to_csv(tmp_path):
@@ -107,6 +114,7 @@ def _bad_cases(tmp_path):
         (["distill", "--x", x, "--teachers", f, "--num-factors", "2", "--out", str(tmp_path / "s.pt")], "teacher_noise_variances"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", str(tmp_path / "held_short.npy")], "held_out must have shape (6, 40)"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", f], "--held-out: the mask must hold only 0 and 1"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--noise-given-factors", "maybe"], "argument --noise-given-factors: invalid choice"),
         (["predict", "--student", str(tmp_path / "none.pt"), "--x", x, "--out", str(tmp_path / "p.npz")], "path: no file at"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.npz")], "not a readable pyro_dlf student file"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.csv"), "--samples"], "--samples: draws need an .npz"),

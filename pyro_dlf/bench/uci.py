@@ -77,6 +77,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -89,10 +90,11 @@ from pyro_dlf.api import distill
 from pyro_dlf.calibration import calibrate_spread
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
 from pyro_dlf.data import UCIData, gaussian_perturbation, load_uci, mixup, neighbour_jitter, outward_probes
+from pyro_dlf.noise import fit_inverse_gamma
 
 __all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition",
            "design_selection", "design_check", "ABLATIONS", "DESIGN_CANDIDATES", "DESIGN_SELECTED",
-           "DESIGN_SELECTED_BEYOND", "CALIBRATED"]
+           "DESIGN_SELECTED_BEYOND", "CALIBRATED", "IID_NOISE", "noise_law_summary"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
 ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment", "oof")
@@ -335,11 +337,25 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                       "nugget_variance": float(student.dlf.noise_variance.detach())}
             if student.body_selection is not None:
                 spread["body_selection"] = student.body_selection.as_dict()
+            if student.noise_fit is not None:
+                spread["noise_fit"] = dict(student.noise_fit.as_dict(), adopted=bool(student.noise_factor_exponent))
             spread["teacher_oof_nll"] = _out_of_sample_nll(student, x_oof, f_oof, oof_mask)
             spread["teacher_probe_nll"] = _out_of_sample_nll(student, x_probe, f_probe, None)
             record(name, design, means, variances, epistemic, teacher_test,
                    metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
                    hidden=list(student.dlf.hidden), **spread)
+            if name == "DLF":
+                # The same fit with SPEC's i.i.d. inverse-gamma noise (what the noise law replaced, if it did).
+                law = (student.noise_concentration, student.noise_rate, student.noise_factor_exponent, student.noise_factor_gram)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # distill has already said it, if anything
+                    student.set_noise_law(*fit_inverse_gamma(noise))
+                means, variances = student.predictive_mixture(x_test)
+                record(IID_NOISE, design, means, variances, epistemic, teacher_test,
+                       metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
+                       hidden=list(student.dlf.hidden),  # the label-free checks score the function process: the same fit's
+                       teacher_oof_nll=spread["teacher_oof_nll"], teacher_probe_nll=spread["teacher_probe_nll"])
+                student.set_noise_law(*law)
             if name == "DLF" and "nugget" in config.ablations:
                 # The same fit, predicting new teachers (nugget included): no refit needed.
                 student.include_nugget = True
@@ -390,6 +406,8 @@ def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: Opti
 
 #: The default DLF's fit with its loadings calibrated to the teachers' out-of-sample spread.
 CALIBRATED = "DLF, out-of-sample spread"
+#: The DLF row's fit with SPEC's i.i.d. noise law (distill's noise_given_factors=False).
+IID_NOISE = "DLF, i.i.d. noise"
 
 #: DLF variants the design-selection rows choose among (when a run has them).
 DESIGN_CANDIDATES = ("DLF", "DLF Gaussian design", "DLF mixup design", "DLF outward design")
@@ -495,7 +513,8 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None) -> dict:
+def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None,
+                  recomputed: Optional[Sequence[str]] = None) -> dict:
     """Combine benchmark results (e.g. one run per set plus an ablation run) into one.
 
     Rows are keyed by ``(dataset, split, method)``; the first result that has a
@@ -509,6 +528,11 @@ def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None) 
     :param methods: keep only these methods' rows (e.g. to leave out variants
         whose protocol changed between the runs); every name must occur in the
         inputs. Stored as ``methods`` in the result.
+    :param recomputed: methods whose definition changed since the later inputs
+        were run: the first input that has a (set, split, method) key still wins
+        (list the new run first), but those repeats are left out of
+        ``repeat_max_nll_difference`` -- they are expected to differ -- and the
+        names are stored as ``recomputed`` for the report to say so.
     """
     if not results:
         raise ValueError("results: give at least one benchmark result to merge")
@@ -517,6 +541,11 @@ def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None) 
         missing = [m for m in methods if m not in present]
         if missing or not methods:
             raise ValueError(f"methods: {missing or 'none given'} not among the inputs' methods; choose from {sorted(present)}")
+    recomputed = list(recomputed or ())
+    present = {row["method"] for result in results for row in result.get("rows", ())}
+    if any(m not in present or (methods is not None and m not in methods) for m in recomputed):
+        raise ValueError(f"recomputed: {[m for m in recomputed if m not in present or (methods is not None and m not in methods)]} "
+                         f"are not among the kept methods; choose from {sorted(present if methods is None else methods)}")
     runs, rows, datasets, seen = [], [], {}, {}
     difference = 0.0
     for result in results:
@@ -531,7 +560,8 @@ def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None) 
                 continue
             key = (row["dataset"], row["split"], row["method"])
             if key in seen:
-                difference = max(difference, abs(seen[key]["nll"] - row["nll"]))
+                if row["method"] not in recomputed:
+                    difference = max(difference, abs(seen[key]["nll"] - row["nll"]))
                 continue
             row = dict(row, run=offset + row.get("run", 0))
             seen[key] = row
@@ -540,6 +570,8 @@ def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None) 
               "repeat_max_nll_difference": difference}
     if methods is not None:
         merged["methods"] = list(methods)
+    if recomputed:
+        merged["recomputed"] = recomputed
     return merged
 
 
@@ -581,6 +613,32 @@ def target_summary(summary: dict, method: str = "DLF") -> list[str]:
         lines += ["", f"{method} has the lower mean in {wins} of {cells} (set, metric, rival) cells "
                       f"({100 * wins / cells:.0f} %) against Hydra and BE."]
     return lines
+
+
+def noise_law_summary(rows: list[dict]) -> list[str]:
+    """Per set: how often ``distill`` replaced the i.i.d. noise law by the factor-dependent one
+    (likelihood-ratio test on the teachers' noise variances at 1 %), its exponent ``β``, the test
+    statistic, and the test NLL of the ``DLF`` row against the same fit with i.i.d. noise."""
+    fits = [r for r in rows if r["method"] == "DLF" and "noise_fit" in r]
+    if not fits:
+        return []
+    iid = {(r["dataset"], r["split"]): r["nll"] for r in rows if r["method"] == IID_NOISE}
+    lines = ["## The noise law", "",
+             "`distill` lets the teachers' noise variance follow each draw's factors, σ² | z ~ IG(a, b u(z)^β) with u(z) the size "
+             "of the draw's deviation from the mean function, when a likelihood-ratio test on the teachers' own noise "
+             "variances rejects β = 0 (SPEC's i.i.d. law) at 1 %; no labels are used. `DLF, i.i.d. noise` is the same fit "
+             "with the i.i.d. law.", "",
+             "| set | splits | law adopted | β (mean) | LR statistic (median) | NLL `DLF` | NLL `DLF, i.i.d. noise` |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(r["dataset"] for r in fits):
+        mine = [r for r in fits if r["dataset"] == dataset]
+        paired = [(r["nll"], iid[(dataset, r["split"])]) for r in mine if (dataset, r["split"]) in iid]
+        stats = sorted(r["noise_fit"]["statistic"] for r in mine)
+        nll = (f"{sum(a for a, _ in paired) / len(paired):.3f} | {sum(b for _, b in paired) / len(paired):.3f}"
+               if paired else "– | –")
+        lines.append(f"| {dataset} | {len(mine)} | {sum(r['noise_fit']['adopted'] for r in mine)} of {len(mine)} | "
+                     f"{sum(r['noise_fit']['exponent'] for r in mine) / len(mine):.2f} | {stats[len(stats) // 2]:.1f} | {nll} |")
+    return lines + [""]
 
 
 def variance_decomposition(rows: list[dict]) -> list[str]:
@@ -751,7 +809,10 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
         lines += ["Methods kept from these runs: " + ", ".join(f"`{m}`" for m in result["methods"]) + ".", ""]
     if len(runs) > 1:
         lines += [f"Rows repeated across runs (same set, split and method) are kept once; their largest NLL "
-                  f"difference is {result.get('repeat_max_nll_difference', float('nan')):.2g}.", ""]
+                  f"difference is {result.get('repeat_max_nll_difference', float('nan')):.2g}"
+                  + (" (leaving out the recomputed methods: " + ", ".join(f"`{m}`" for m in result["recomputed"])
+                     + ", whose rows come from the first run that has them, with the current code)"
+                     if result.get("recomputed") else "") + ".", ""]
     lines += [
         "Mean ± standard error over splits (n = number of splits); metrics in original units; NLL and CRPS of "
         "the full predictive; lower is better except coverage (target 0.95) and the variance ratio (target 1).",
@@ -763,12 +824,13 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     if "bostonHousing" in summary:
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     lines += ["## Targets", ""] + target_summary(summary) + [""]
-    for selected in (CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND):
+    for selected in (IID_NOISE, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND):
         if any(selected in methods for methods in summary.values()):
             lines += [f"The same for `{selected}`:", ""] + target_summary(summary, selected) + [""]
     lines += extrapolation_summary(rows, ("DLF", CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND))
     if _auroc_plot(os.path.join(output_dir, f"{name}_auroc.png"), rows):
         lines += [f"![AUROC of the epistemic variance, out of range against in range]({name}_auroc.png)", ""]
+    lines += noise_law_summary(result["rows"])
     lines += variance_decomposition(result["rows"])
     lines += design_check(result["rows"])
     for dataset, methods in summary.items():

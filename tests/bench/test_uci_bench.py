@@ -26,7 +26,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert result["config"]["student_hidden"] == [48]
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
-                       "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread"}
+                       "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, i.i.d. noise"}
     # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
     from pyro_dlf.selection import BODY_FAMILY
 
@@ -43,6 +43,14 @@ def test_uci_bench_smoke(tmp_path, capsys):
         record = calibrated["spread_calibration"]
         assert record["scale"] > 0 and record["points"] > 0
         assert calibrated["variance_ratio"] == pytest.approx(plain["variance_ratio"] * record["scale"], rel=1e-4)
+        # The i.i.d.-noise row is the same fit with SPEC's noise law: the same mean; the same
+        # predictive when the teachers gave no evidence against it (the test is recorded).
+        iid = by_key[("DLF, i.i.d. noise", seed)]
+        assert iid["rmse"] == pytest.approx(plain["rmse"], rel=1e-6) and iid["hidden"] == plain["hidden"]
+        law = plain["noise_fit"]
+        assert law["statistic"] >= 0 and 0 <= law["p_value"] <= 1 and law["adopted"] == (law["p_value"] < 0.01)
+        if not law["adopted"]:
+            assert iid["nll"] == pytest.approx(plain["nll"], rel=1e-6)
     assert len(result["rows"]) == 2 * len(methods)
     for row in result["rows"]:
         for key in ("rmse", "nll", "crps", "coverage95", "variance_ratio", "predict_1000_seconds"):
@@ -90,7 +98,24 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert {r["method"] for r in kept["rows"]} == {"teacher ensemble", "DLF"} and kept["methods"] == ["teacher ensemble", "DLF"]
     assert "Methods kept from these runs: `teacher ensemble`, `DLF`." in (out / "kept.md").read_text()
     assert main(["bench", "report", str(out / "smoke.json"), "--output-dir", str(out), "--methods", "DLF 9×9"]) == 2
-    dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] != "DLF + nugget"]
+    # A method recomputed with changed code: the first file's rows win and their differences from an older
+    # run are not counted as irreproducibility (here an older run whose DLF rows differ).
+    older = json.loads((out / "smoke.json").read_text())
+    for row in older["rows"]:
+        if row["method"] == "DLF":
+            row["nll"] += 1.0
+    (out / "older.json").write_text(json.dumps(older))
+    assert main(["bench", "report", str(out / "smoke.json"), str(out / "older.json"), "--output-dir", str(out),
+                 "--name", "recomputed", "--recomputed", "DLF"]) == 0
+    recomputed = json.loads((out / "recomputed.json").read_text())
+    assert recomputed["repeat_max_nll_difference"] == 0.0 and recomputed["recomputed"] == ["DLF"]
+    assert {r["nll"] for r in recomputed["rows"] if r["method"] == "DLF"} == {r["nll"] for r in result["rows"] if r["method"] == "DLF"}
+    assert "leaving out the recomputed methods: `DLF`" in (out / "recomputed.md").read_text()
+    assert main(["bench", "report", str(out / "smoke.json"), str(out / "older.json"), "--output-dir", str(out),
+                 "--name", "counted"]) == 0
+    assert json.loads((out / "counted.json").read_text())["repeat_max_nll_difference"] == pytest.approx(1.0)
+    assert main(["bench", "report", str(out / "smoke.json"), "--output-dir", str(out), "--recomputed", "DLF 9×9"]) == 2
+    dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] not in ("DLF + nugget", "DLF, i.i.d. noise")]
     for row in dlf_rows:
         assert row["teacher_spread_design"] > 0 and row["student_variance_design"] >= 0 and row["nugget_variance"] > 0
 
@@ -120,7 +145,7 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert result["config"]["extrapolation"] and result["config"]["design"] == "gaussian"
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×32", "DLF Gaussian design", "DLF mixup design",
-                       "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread"}
+                       "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread", "DLF, i.i.d. noise"}
     # The design variants take the DLF row's body rule (here a fixed 1 × 24), not the students' widths (1 × 32).
     assert {tuple(r["hidden"]) for r in result["rows"] if r["method"].endswith("design")} == {(24,)}
     for row in result["rows"]:
