@@ -334,7 +334,7 @@ def distill(
     else:
         selection = None
 
-    noise_prior, noise_model = (None, None), None
+    noise_prior, noise_model, iid_warnings = (None, None), None, []
     if task == "regression":
         if teacher_noise_variances is None:
             raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n positive values), e.g. its held-out mean squared error")
@@ -359,7 +359,10 @@ def distill(
             v = v.reshape(-1)
             if v.numel() != n:
                 raise ValueError(f"teacher_noise_variances has {v.numel()} values for {n} teachers")
-            noise_prior = fit_inverse_gamma(v)
+            # Its warnings (a heavy tail) are said once the law is decided: the factor law may replace it.
+            with warnings.catch_warnings(record=True) as iid_warnings:
+                warnings.simplefilter("always")
+                noise_prior = fit_inverse_gamma(v)
     else:
         if teacher_noise_variances is not None:
             raise ValueError("teacher_noise_variances is for regression teachers; classification teachers give logits only (drop the argument)")
@@ -416,6 +419,9 @@ def distill(
         if noise_given_factors is True or student.noise_fit.p_value < FACTOR_NOISE_TEST_LEVEL:
             fit_ = student.noise_fit
             student.set_noise_law(fit_.concentration, fit_.rate, fit_.exponent, fit_.gram)
+            iid_warnings = []
+    for caught in iid_warnings:
+        warnings.warn(caught.message, caught.category, stacklevel=2)
     student.body_selection = selection
     student.spread_calibration = None
     if held_out is not None:

@@ -154,3 +154,19 @@ def test_set_noise_law_checks_its_arguments(dependent):
     classifier = Student(DeepLatentFactor(2, 2, (4,), num_outputs=3), "classification")
     with pytest.raises(ValueError, match="one-output regression"):
         classifier.set_noise_law(2.0, 1.0)
+
+
+def test_the_heavy_tail_warning_speaks_of_the_law_that_is_used():
+    """The dependent teachers' variances, pooled, look heavy-tailed to the i.i.d. law (a < 1);
+    given the factors they are not (a > 1): the warning comes only with the i.i.d. law."""
+    import warnings
+
+    torch.manual_seed(0)
+    x, f, v = _teachers(True)
+    with pytest.warns(UserWarning, match=r"shape a = \S+ <= 1"):
+        _fit(x, f, v, noise_given_factors=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        student = _fit(x, f, v)
+    assert student.noise_factor_exponent != 0.0 and student.noise_concentration > 1
+    assert not [w for w in caught if "shape a" in str(w.message)]
