@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--held-out", default=None,
                          help="regression: (n, m) 0/1 mask, 1 where the teacher did not train on the point; the loadings are "
                               "scaled to the teachers' spread there")
-    distill.add_argument("--noise-given-factors", default="auto", choices=("auto", "yes", "no"),
+    distill.add_argument("--noise-given-factors", default="no", choices=("no", "auto", "yes"),
                          help="regression: let the noise variance follow each draw's factors (auto: only when a likelihood-ratio "
-                              "test on the teachers' noise variances rejects i.i.d. noise at 1%%)")
+                              "test on the teachers' noise variances rejects i.i.d. noise at 1%%; no: SPEC's i.i.d. law)")
     distill.add_argument("--task", default=None, choices=("regression", "classification"),
                          help="default: classification for (n, m, c) teachers, else regression")
     distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")

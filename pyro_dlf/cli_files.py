@@ -96,7 +96,7 @@ def run_distill_stream(args: argparse.Namespace) -> None:
     for path, flag in ((args.observed, "--observed"), (args.held_out, "--held-out")):
         if path is not None:
             raise ValueError(f"{flag}: masks are not streamed; drop --stream or the mask")
-    if args.noise_given_factors == "yes":
+    if args.noise_given_factors != "no":
         raise ValueError("--noise-given-factors: a streamed fit keeps the i.i.d. noise law; drop --stream or the option")
     hidden = parse_widths(args.hidden, "--hidden")
     if isinstance(hidden, str):

@@ -14,11 +14,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["FACTOR_NOISE_TEST_LEVEL", "FactorNoiseFit", "fit_factor_inverse_gamma", "fit_inverse_gamma", "inverse_gamma_quantiles"]
+from pyro_dlf.sufficient_statistics import factor_posterior
+
+__all__ = ["FACTOR_NOISE_TEST_LEVEL", "FactorNoiseFit", "fit_factor_inverse_gamma", "fit_inverse_gamma", "fit_noise_given_factors",
+           "inverse_gamma_quantiles"]
 
 #: Concentration used when all variances are equal (the MLE is a point mass).
 POINT_MASS_CONCENTRATION = 1e6
@@ -164,3 +168,24 @@ def fit_factor_inverse_gamma(variances: Tensor, deviations: Tensor, gram: Tensor
     ll, b = _inverse_gamma_loglik(a, (beta * log_u).exp(), tau)
     statistic = max(2.0 * (ll - base), 0.0)
     return FactorNoiseFit(a, b, beta, gram.detach().double().cpu(), statistic, float(chi2.sf(statistic, 1)))
+
+
+def fit_noise_given_factors(model, x: Tensor, f: Tensor, variances: Tensor, observed: Optional[Tensor] = None,
+                            batch_size: Optional[int] = None) -> FactorNoiseFit:
+    r"""The teachers' noise variances against their factors under a fitted one-output
+    :class:`~pyro_dlf.models.DeepLatentFactor`: ``u_i = E[z_i^T \hat G z_i | f_i]`` under the exact
+    factor posterior (mean ``m_i``, covariance ``C_i``: ``u_i = m_i^T \hat G m_i + tr(\hat G C_i)``),
+    ``\hat G = Φ^T Φ / tr(Φ^T Φ)`` over all design points, then :func:`fit_factor_inverse_gamma`.
+
+    :param model: the fitted model (``student.dlf``).
+    :param x: its design points; ``f``: the teachers' values there ``(n, m)``;
+        ``observed``: their observation mask, as in the fit.
+    :param variances: the ``n`` teacher noise variances.
+    """
+    stats = model.statistics(x, f, batch_size, observed)
+    posterior = factor_posterior(stats, model.noise_variance.detach())
+    gram = (stats.gram.sum(0) if stats.masked else stats.gram).double()  # the loadings over all design points
+    gram = gram / gram.trace().clamp_min(torch.finfo(torch.float64).tiny)
+    mean, covariance = posterior.mean.double(), posterior.covariance.double()
+    deviations = ((mean @ gram) * mean).sum(-1) + (gram * covariance).sum((-2, -1))
+    return fit_factor_inverse_gamma(torch.as_tensor(variances, dtype=torch.float64), deviations, gram)

@@ -68,7 +68,7 @@ def _fit(x, f, v, **kwargs):
 def dependent():
     torch.manual_seed(0)
     x, f, v = _teachers(True)
-    return x, f, v, _fit(x, f, v)
+    return x, f, v, _fit(x, f, v, noise_given_factors="auto")
 
 
 def test_auto_adopts_the_law_when_the_teachers_reject_iid_noise_and_keeps_spec_otherwise(dependent):
@@ -77,11 +77,13 @@ def test_auto_adopts_the_law_when_the_teachers_reject_iid_noise_and_keeps_spec_o
     assert torch.allclose(student.noise_factor_gram.trace(), torch.tensor(1.0, dtype=torch.float64))
     torch.manual_seed(0)
     x, f, v = _teachers(False)
-    plain = _fit(x, f, v)
+    plain = _fit(x, f, v, noise_given_factors="auto")
     # "auto" follows the recorded test: SPEC's i.i.d. law unless it is rejected at 1 %.
     assert (plain.noise_factor_exponent == 0.0) == (plain.noise_fit.p_value >= 0.01)
-    never = _fit(x, f, v, noise_given_factors=False)
+    never = _fit(x, f, v)  # the default: SPEC's law, no fit made
     assert never.noise_fit is None and never.noise_factor_exponent == 0.0 and never.noise_factor_gram is None
+    forced = _fit(x, f, v, noise_given_factors=True)
+    assert forced.noise_factor_exponent == forced.noise_fit.exponent != 0.0
     with pytest.raises(ValueError, match="noise_given_factors must be 'auto', True or False"):
         _fit(x, f, v, noise_given_factors="yes")
 
@@ -164,9 +166,9 @@ def test_the_heavy_tail_warning_speaks_of_the_law_that_is_used():
     torch.manual_seed(0)
     x, f, v = _teachers(True)
     with pytest.warns(UserWarning, match=r"shape a = \S+ <= 1"):
-        _fit(x, f, v, noise_given_factors=False)
+        _fit(x, f, v)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        student = _fit(x, f, v)
+        student = _fit(x, f, v, noise_given_factors="auto")
     assert student.noise_factor_exponent != 0.0 and student.noise_concentration > 1
     assert not [w for w in caught if "shape a" in str(w.message)]

@@ -26,7 +26,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert result["config"]["student_hidden"] == [48]
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
-                       "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, i.i.d. noise"}
+                       "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, noise given factors"}
     # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
     from pyro_dlf.selection import BODY_FAMILY
 
@@ -43,14 +43,15 @@ def test_uci_bench_smoke(tmp_path, capsys):
         record = calibrated["spread_calibration"]
         assert record["scale"] > 0 and record["points"] > 0
         assert calibrated["variance_ratio"] == pytest.approx(plain["variance_ratio"] * record["scale"], rel=1e-4)
-        # The i.i.d.-noise row is the same fit with SPEC's noise law: the same mean; the same
-        # predictive when the teachers gave no evidence against it (the test is recorded).
-        iid = by_key[("DLF, i.i.d. noise", seed)]
-        assert iid["rmse"] == pytest.approx(plain["rmse"], rel=1e-6) and iid["hidden"] == plain["hidden"]
-        law = plain["noise_fit"]
+        # The factor-noise row is the same fit with the law that follows the factors: the same mean;
+        # the same predictive when the teachers gave no evidence against SPEC's law (the test is recorded).
+        factor = by_key[("DLF, noise given factors", seed)]
+        assert factor["rmse"] == pytest.approx(plain["rmse"], rel=1e-6) and factor["hidden"] == plain["hidden"]
+        law = factor["noise_fit"]
         assert law["statistic"] >= 0 and 0 <= law["p_value"] <= 1 and law["adopted"] == (law["p_value"] < 0.01)
         if not law["adopted"]:
-            assert iid["nll"] == pytest.approx(plain["nll"], rel=1e-6)
+            assert factor["nll"] == pytest.approx(plain["nll"], rel=1e-6)
+    assert "## The noise law" in (out / "smoke.md").read_text()
     assert len(result["rows"]) == 2 * len(methods)
     for row in result["rows"]:
         for key in ("rmse", "nll", "crps", "coverage95", "variance_ratio", "predict_1000_seconds"):
@@ -115,7 +116,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
                  "--name", "counted"]) == 0
     assert json.loads((out / "counted.json").read_text())["repeat_max_nll_difference"] == pytest.approx(1.0)
     assert main(["bench", "report", str(out / "smoke.json"), "--output-dir", str(out), "--recomputed", "DLF 9×9"]) == 2
-    dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] not in ("DLF + nugget", "DLF, i.i.d. noise")]
+    dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] not in ("DLF + nugget", "DLF, noise given factors")]
     for row in dlf_rows:
         assert row["teacher_spread_design"] > 0 and row["student_variance_design"] >= 0 and row["nugget_variance"] > 0
 
@@ -145,7 +146,7 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert result["config"]["extrapolation"] and result["config"]["design"] == "gaussian"
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×32", "DLF Gaussian design", "DLF mixup design",
-                       "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread", "DLF, i.i.d. noise"}
+                       "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread", "DLF, noise given factors"}
     # The design variants take the DLF row's body rule (here a fixed 1 × 24), not the students' widths (1 × 32).
     assert {tuple(r["hidden"]) for r in result["rows"] if r["method"].endswith("design")} == {(24,)}
     for row in result["rows"]:
