@@ -159,19 +159,24 @@ def predictive_log_score(student, x: Tensor, f: Tensor, noise_variances: Tensor,
     nodes = torch.as_tensor(nodes, dtype=torch.float64, device=means.device)
     weights = torch.as_tensor(weights, dtype=torch.float64, device=means.device) / math.sqrt(math.pi)
     f = f.double().to(means.device)
-    sd = noise_variances.double().to(means.device).sqrt().reshape(-1, 1, 1)
-    parts = []
-    for start in range(0, f.shape[1], 256):  # bounded memory: (K, n, 256, nodes)
-        cols = slice(start, start + 256)
-        y = f[:, cols].unsqueeze(-1) + math.sqrt(2.0) * sd * nodes  # (n, b, nodes)
-        m_, v_ = means[:, None, cols, None], variances[:, None, cols, None]
-        log_components = -0.5 * ((y.unsqueeze(0) - m_) ** 2 / v_ + torch.log(2 * math.pi * v_))
-        log_density = torch.logsumexp(log_components, 0) - math.log(means.shape[0])  # the mixture, (n, b, nodes)
-        parts.append((log_density * weights).sum(-1))
-    expected = torch.cat(parts, 1)  # (n, m)
+    sd = noise_variances.double().to(means.device).sqrt()
+    num_teachers = f.shape[0]
     if observed is None:
-        return expected.mean(1)
-    keep = observed.to(expected.device)
-    counts = keep.sum(1)
-    score = torch.where(keep, expected, torch.zeros_like(expected)).sum(1) / counts.clamp_min(1)
+        teacher = torch.arange(num_teachers, device=means.device).repeat_interleave(f.shape[1])
+        point = torch.arange(f.shape[1], device=means.device).repeat(num_teachers)
+    else:
+        # Only the observed (teacher, point) pairs: a held-out mask keeps about a tenth of them.
+        teacher, point = observed.to(means.device).nonzero(as_tuple=True)
+    total = torch.zeros(num_teachers, dtype=torch.float64, device=means.device)
+    # Bounded memory: K x chunk x nodes of at most 2^23 doubles (64 MiB) per step.
+    chunk = max(1, (1 << 23) // (means.shape[0] * num_nodes))
+    for start in range(0, teacher.numel(), chunk):
+        t, j = teacher[start:start + chunk], point[start:start + chunk]
+        y = f[t, j].unsqueeze(-1) + math.sqrt(2.0) * sd[t].unsqueeze(-1) * nodes  # (b, nodes)
+        m_, v_ = means[:, j, None], variances[:, j, None]  # (K, b, 1)
+        log_components = -0.5 * ((y - m_) ** 2 / v_ + torch.log(2 * math.pi * v_))
+        log_density = torch.logsumexp(log_components, 0) - math.log(means.shape[0])  # the mixture, (b, nodes)
+        total.index_add_(0, t, (log_density * weights).sum(-1))
+    counts = torch.bincount(teacher, minlength=num_teachers).to(total)
+    score = total / counts.clamp_min(1)
     return torch.where(counts > 0, score, torch.full_like(score, float("nan")))

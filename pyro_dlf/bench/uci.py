@@ -54,6 +54,15 @@ statistics, metrics reported in the target's original units.
   (:func:`pyro_dlf.calibration.calibrate_spread`): the teachers agree at the
   inputs they all trained on far more than at new inputs, and the held-out
   values show by how much. No refit, no labels, no test data.
+  The rows ``DLF, noise given factors`` and ``DLF, noise law by held-out check``
+  are the same fit as ``DLF`` with the noise law that follows the factors,
+  ``σ² | z ~ IG(a, b u(z)^β)`` (:func:`pyro_dlf.noise.fit_noise_given_factors`),
+  adopted per split by one of two label-free rules: the likelihood-ratio test
+  of ``β = 0`` on the teachers' noise variances at 1 % (``distill``'s
+  ``noise_given_factors="auto"``), or a predictive check -- the law raises the
+  expected log density of each teacher's noisy outputs on the rows it held
+  out (:func:`pyro_dlf.selection.predictive_log_score`) by more than one
+  standard error over teachers. Otherwise SPEC's i.i.d. law, as ``DLF``.
 
 Metrics (:mod:`pyro_dlf.metrics`): RMSE of the predictive mean, NLL and CRPS of
 the predictive mixture, 95 % interval coverage, the variance ratio (student
@@ -90,10 +99,11 @@ from pyro_dlf.calibration import calibrate_spread
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
 from pyro_dlf.data import UCIData, gaussian_perturbation, load_uci, mixup, neighbour_jitter, outward_probes
 from pyro_dlf.noise import FACTOR_NOISE_TEST_LEVEL, fit_noise_given_factors
+from pyro_dlf.selection import predictive_log_score
 
 __all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition",
            "design_selection", "design_check", "ABLATIONS", "DESIGN_CANDIDATES", "DESIGN_SELECTED",
-           "DESIGN_SELECTED_BEYOND", "CALIBRATED", "FACTOR_NOISE", "noise_law_summary"]
+           "DESIGN_SELECTED_BEYOND", "CALIBRATED", "FACTOR_NOISE", "NOISE_CHECKED", "noise_law_summary"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
 ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment", "oof")
@@ -348,14 +358,25 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 fit = fit_noise_given_factors(student.dlf, x_dlf.to(student.dlf.loading_head.weight.dtype),
                                               f_dlf.to(student.dlf.loading_head.weight.dtype), noise)
                 adopted = fit.p_value < FACTOR_NOISE_TEST_LEVEL
-                if adopted:
-                    student.set_noise_law(fit.concentration, fit.rate, fit.exponent, fit.gram)
-                means, variances = student.predictive_mixture(x_test)
-                record(FACTOR_NOISE, design, means, variances, epistemic, teacher_test,
-                       metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
-                       hidden=list(student.dlf.hidden), noise_fit=dict(fit.as_dict(), adopted=adopted),
-                       # the label-free checks score the function process: the same fit's
-                       teacher_oof_nll=spread["teacher_oof_nll"], teacher_probe_nll=spread["teacher_probe_nll"])
+                # A second, predictive check: each teacher's noisy outputs on the rows it held out,
+                # scored under each law's predictive (one-standard-error rule over teachers).
+                check_iid = predictive_log_score(student, x_oof, f_oof, noise, oof_mask)
+                student.set_noise_law(fit.concentration, fit.rate, fit.exponent, fit.gram)
+                check_law = predictive_log_score(student, x_oof, f_oof, noise, oof_mask)
+                gain = check_law - check_iid
+                gain = gain[~torch.isnan(gain)]
+                check = {"heldout_score_iid": float(check_iid.nanmean()), "heldout_score_law": float(check_law.nanmean()),
+                         "heldout_gain_se": float(gain.std() / math.sqrt(gain.numel()))}
+                preferred = float(gain.mean()) > check["heldout_gain_se"]
+                noise_fit = dict(fit.as_dict(), adopted=adopted, heldout_adopted=preferred, **check)
+                for method, use in ((FACTOR_NOISE, adopted), (NOISE_CHECKED, preferred)):
+                    student.set_noise_law(*((fit.concentration, fit.rate, fit.exponent, fit.gram) if use else law))
+                    means, variances = student.predictive_mixture(x_test)
+                    record(method, design, means, variances, epistemic, teacher_test,
+                           metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
+                           hidden=list(student.dlf.hidden), noise_fit=noise_fit,
+                           # the label-free checks score the function process: the same fit's
+                           teacher_oof_nll=spread["teacher_oof_nll"], teacher_probe_nll=spread["teacher_probe_nll"])
                 student.set_noise_law(*law)
             if name == "DLF" and "nugget" in config.ablations:
                 # The same fit, predicting new teachers (nugget included): no refit needed.
@@ -409,6 +430,8 @@ def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: Opti
 CALIBRATED = "DLF, out-of-sample spread"
 #: The DLF row's fit with the noise law that follows the factors (distill's noise_given_factors="auto").
 FACTOR_NOISE = "DLF, noise given factors"
+#: The same, the law adopted by the predictive check on the teachers' held-out rows instead of the test.
+NOISE_CHECKED = "DLF, noise law by held-out check"
 
 #: DLF variants the design-selection rows choose among (when a run has them).
 DESIGN_CANDIDATES = ("DLF", "DLF Gaussian design", "DLF mixup design", "DLF outward design")
@@ -617,28 +640,39 @@ def target_summary(summary: dict, method: str = "DLF") -> list[str]:
 
 
 def noise_law_summary(rows: list[dict]) -> list[str]:
-    """Per set: how often the noise law that follows the factors was adopted (likelihood-ratio test
-    on the teachers' noise variances at 1 %), its exponent ``β``, the test statistic, and the test
-    NLL of ``DLF`` (SPEC's i.i.d. law) against the same fit with that law."""
+    """Per set: how often the noise law that follows the factors was adopted by each rule, its
+    exponent ``β``, the likelihood-ratio statistic, the held-out predictive check, and the test
+    NLL of ``DLF`` (SPEC's i.i.d. law) against the same fit with the law chosen by each rule."""
     fits = [r for r in rows if r["method"] == FACTOR_NOISE and "noise_fit" in r]
     if not fits:
         return []
-    plain = {(r["dataset"], r["split"]): r["nll"] for r in rows if r["method"] == "DLF"}
+    nll = {(r["dataset"], r["split"], r["method"]): r["nll"] for r in rows if r["method"] in ("DLF", NOISE_CHECKED)}
     lines = ["## The noise law", "",
              f"`{FACTOR_NOISE}` is the `DLF` fit with the teachers' noise variance following each draw's factors, "
              "σ² | z ~ IG(a, b u(z)^β) with u(z) the size of the draw's deviation from the mean function, adopted when a "
              "likelihood-ratio test on the teachers' own noise variances rejects β = 0 (SPEC's i.i.d. law, the `DLF` row) "
-             "at 1 % (`distill(noise_given_factors=\"auto\")`); no labels are used.", "",
-             f"| set | splits | law adopted | β (mean) | LR statistic (median) | NLL `DLF` | NLL `{FACTOR_NOISE}` |",
-             "|---|---|---|---|---|---|---|"]
+             f"at 1 % (`distill(noise_given_factors=\"auto\")`). `{NOISE_CHECKED}` adopts the same fitted law when it "
+             "gives each teacher's noisy outputs on the training rows that teacher held out a higher expected log "
+             "predictive density than the i.i.d. law, by more than one standard error over teachers (the check's gain "
+             "is in nats per value). No labels are used by either rule.", "",
+             "| set | splits | adopted (LR test) | β (mean) | LR statistic (median) | adopted (held-out check) | "
+             f"check gain (mean) | NLL `DLF` | NLL `{FACTOR_NOISE}` | NLL `{NOISE_CHECKED}` |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def mean(values: list) -> str:
+        return f"{sum(values) / len(values):.3f}" if values else "–"
+
     for dataset in dict.fromkeys(r["dataset"] for r in fits):
         mine = [r for r in fits if r["dataset"] == dataset]
-        paired = [(plain[(dataset, r["split"])], r["nll"]) for r in mine if (dataset, r["split"]) in plain]
         stats = sorted(r["noise_fit"]["statistic"] for r in mine)
-        nll = (f"{sum(a for a, _ in paired) / len(paired):.3f} | {sum(b for _, b in paired) / len(paired):.3f}"
-               if paired else "– | –")
+        checked = [r for r in mine if "heldout_adopted" in r["noise_fit"]]
+        gains = [r["noise_fit"]["heldout_score_law"] - r["noise_fit"]["heldout_score_iid"] for r in checked]
+        plain = [nll[(dataset, r["split"], "DLF")] for r in mine if (dataset, r["split"], "DLF") in nll]
+        by_check = [nll[(dataset, r["split"], NOISE_CHECKED)] for r in mine if (dataset, r["split"], NOISE_CHECKED) in nll]
         lines.append(f"| {dataset} | {len(mine)} | {sum(r['noise_fit']['adopted'] for r in mine)} of {len(mine)} | "
-                     f"{sum(r['noise_fit']['exponent'] for r in mine) / len(mine):.2f} | {stats[len(stats) // 2]:.1f} | {nll} |")
+                     f"{sum(r['noise_fit']['exponent'] for r in mine) / len(mine):.2f} | {stats[len(stats) // 2]:.1f} | "
+                     + (f"{sum(r['noise_fit']['heldout_adopted'] for r in checked)} of {len(checked)}" if checked else "–")
+                     + f" | {mean(gains)} | {mean(plain)} | {mean([r['nll'] for r in mine])} | {mean(by_check)} |")
     return lines + [""]
 
 
@@ -825,7 +859,7 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     if "bostonHousing" in summary:
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     lines += ["## Targets", ""] + target_summary(summary) + [""]
-    for selected in (FACTOR_NOISE, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND):
+    for selected in (FACTOR_NOISE, NOISE_CHECKED, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND):
         if any(selected in methods for methods in summary.values()):
             lines += [f"The same for `{selected}`:", ""] + target_summary(summary, selected) + [""]
     lines += extrapolation_summary(rows, ("DLF", CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND))

@@ -26,7 +26,8 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert result["config"]["student_hidden"] == [48]
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
-                       "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, noise given factors"}
+                       "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, noise given factors",
+                       "DLF, noise law by held-out check"}
     # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
     from pyro_dlf.selection import BODY_FAMILY
 
@@ -51,6 +52,15 @@ def test_uci_bench_smoke(tmp_path, capsys):
         assert law["statistic"] >= 0 and 0 <= law["p_value"] <= 1 and law["adopted"] == (law["p_value"] < 0.01)
         if not law["adopted"]:
             assert factor["nll"] == pytest.approx(plain["nll"], rel=1e-6)
+        # The held-out check scores both laws on the teachers' held-out rows; its row takes the law it prefers.
+        checked = by_key[("DLF, noise law by held-out check", seed)]
+        assert checked["noise_fit"] is not None and math.isfinite(law["heldout_score_iid"]) and math.isfinite(law["heldout_score_law"])
+        gain = law["heldout_score_law"] - law["heldout_score_iid"]
+        assert law["heldout_adopted"] == (gain > law["heldout_gain_se"])
+        if not law["heldout_adopted"]:
+            assert checked["nll"] == pytest.approx(plain["nll"], rel=1e-6)
+        elif law["adopted"]:
+            assert checked["nll"] == pytest.approx(factor["nll"], rel=1e-6)
     assert "## The noise law" in (out / "smoke.md").read_text()
     assert len(result["rows"]) == 2 * len(methods)
     for row in result["rows"]:
@@ -116,7 +126,8 @@ def test_uci_bench_smoke(tmp_path, capsys):
                  "--name", "counted"]) == 0
     assert json.loads((out / "counted.json").read_text())["repeat_max_nll_difference"] == pytest.approx(1.0)
     assert main(["bench", "report", str(out / "smoke.json"), "--output-dir", str(out), "--recomputed", "DLF 9×9"]) == 2
-    dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] not in ("DLF + nugget", "DLF, noise given factors")]
+    dlf_rows = [r for r in result["rows"] if r["method"].startswith("DLF") and r["method"] not in ("DLF + nugget", "DLF, noise given factors",
+                                                                                             "DLF, noise law by held-out check")]
     for row in dlf_rows:
         assert row["teacher_spread_design"] > 0 and row["student_variance_design"] >= 0 and row["nugget_variance"] > 0
 
@@ -146,7 +157,8 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert result["config"]["extrapolation"] and result["config"]["design"] == "gaussian"
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×32", "DLF Gaussian design", "DLF mixup design",
-                       "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread", "DLF, noise given factors"}
+                       "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread", "DLF, noise given factors",
+                       "DLF, noise law by held-out check"}
     # The design variants take the DLF row's body rule (here a fixed 1 × 24), not the students' widths (1 × 32).
     assert {tuple(r["hidden"]) for r in result["rows"] if r["method"].endswith("design")} == {(24,)}
     for row in result["rows"]:
