@@ -95,6 +95,10 @@ def test_predictive_log_score_is_the_expected_log_density_of_the_teachers_noisy_
     got = predictive_log_score(Fixed(m, v), None, f, noise)
     expected = (-0.5 * torch.log(2 * math.pi * v.double()) - ((f - m) ** 2 + noise[:, None]) / (2 * v.double())).mean(1)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    # Many identical components: the same density, scored one (teacher, point) pair per memory chunk.
+    many = 1 << 19
+    got = predictive_log_score(Fixed(m.expand(many, -1), v.expand(many, -1)), None, f, noise)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     # A mixture (no closed form): Monte Carlo with 400k draws, 5 standard errors.
     means, variances = torch.tensor([[0.0, 1.0], [2.0, -1.0]]), torch.tensor([[0.5, 0.3], [1.0, 2.0]])
     got = predictive_log_score(Fixed(means, variances), None, f[:, :2], noise)
