@@ -369,9 +369,12 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                          "heldout_gain_se": float(gain.std() / math.sqrt(gain.numel()))}
                 preferred = float(gain.mean()) > check["heldout_gain_se"]
                 noise_fit = dict(fit.as_dict(), adopted=adopted, heldout_adopted=preferred, **check)
+                predictives = {}  # one test-input pass per law, whichever rules adopt it
                 for method, use in ((FACTOR_NOISE, adopted), (NOISE_CHECKED, preferred)):
                     student.set_noise_law(*((fit.concentration, fit.rate, fit.exponent, fit.gram) if use else law))
-                    means, variances = student.predictive_mixture(x_test)
+                    if use not in predictives:
+                        predictives[use] = student.predictive_mixture(x_test)
+                    means, variances = predictives[use]
                     record(method, design, means, variances, epistemic, teacher_test,
                            metrics.count_parameters(student.dlf), lambda x: student.predict(x, 1000, return_samples=False), seconds,
                            hidden=list(student.dlf.hidden), noise_fit=noise_fit,
