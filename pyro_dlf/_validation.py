@@ -6,13 +6,13 @@ Every check names the offending argument and says how to fix it.
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_held_out", "check_num_factors", "check_dtype", "check_batch_size",
+__all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_held_out", "check_num_factors", "check_dtype", "check_batch_size", "check_training_length",
            "check_magnitude"]
 
 
@@ -186,3 +186,14 @@ def check_batch_size(batch_size, name: str = "batch_size") -> None:
     """``None`` (everything at once) or a positive int."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"{name} must be None or a positive int, got {batch_size!r}")
+
+
+def check_training_length(value, family: Sequence[float]) -> list[float]:
+    """The training lengths to compare: ``[value]`` for one fraction in ``(0, 1]``, ``family`` for ``"auto"``."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"training_length must be a fraction in (0, 1] of the schedule or 'auto', got {value!r}")
+        return [float(v) for v in family]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
+        raise ValueError(f"training_length must be a fraction in (0, 1] of the schedule or 'auto', got {value!r}")
+    return [float(value)]

@@ -47,6 +47,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _training_length(text: str):
+    if text == "auto":
+        return text
+    value = _fraction(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] of the schedule or auto, got {value}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error: the message and where to find the usage."""
 
@@ -98,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "every input (separable, the paper's)")
     distill.add_argument("--iterations", type=_POSITIVE, default=100, help="EM iterations")
     distill.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="steps of the MMD-penalized initialization")
+    distill.add_argument("--training-length", type=_training_length, default=1.0,
+                         help="fraction of --mmd-steps and --iterations to run, or auto (chosen with the body on held-out "
+                              "design points: early stopping, no labels)")
     distill.add_argument("--lr", type=_fraction, default=1e-2, help="Adam step size of the M-steps")
     distill.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the initialization and the minibatch order")
     distill.add_argument("--out", required=True, help="the student file to write (e.g. student.pt); a fit report PNG goes beside it")
@@ -136,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--dlf-iterations", type=_POSITIVE, default=150, help="EM iterations of every DLF")
     uci.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="MMD initialization steps of every DLF")
     uci.add_argument("--num-factors", type=_POSITIVE, default=10, help="q of every DLF")
-    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof"),
+    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof", "length"),
                      help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out and jittered design "
-                          "points, nugget in the predictive, Gaussian/mixup-augmented design points, out-of-fold teacher values")
+                          "points, nugget in the predictive, Gaussian/mixup-augmented design points, out-of-fold teacher values, "
+                          "training length chosen on held-out design points")
     uci.add_argument("--max-design", type=_NONNEGATIVE, default=0,
                      help="at most this many training inputs as design points (0: all of them)")
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],

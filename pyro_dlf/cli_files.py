@@ -57,7 +57,7 @@ def run_distill(args: argparse.Namespace) -> None:
                       task=args.task, noise_given_factors={"auto": "auto", "yes": True, "no": False}[args.noise_given_factors],
                       covariance=args.covariance,
                       hidden=hidden, num_iterations=args.iterations, mmd_steps=args.mmd_steps, lr=args.lr, seed=args.seed,
-                      progress=not args.no_progress)
+                      training_length=args.training_length, progress=not args.no_progress)
     seconds = time.perf_counter() - started
     student.save(args.out)
     report = os.path.splitext(args.out)[0] + "_fit.png"
@@ -65,7 +65,9 @@ def run_distill(args: argparse.Namespace) -> None:
     dlf = student.dlf
     print(f"Distilled {f.shape[0]} teachers at {x.shape[0]} design points ({student.task}) in {seconds:.1f} s: "
           f"q = {dlf.num_factors}, body {tuple(dlf.hidden) or 'linear'}"
-          + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores)" if student.body_selection else "")
+          + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores"
+             + (f"; training length {student.body_selection.chosen_length:g} of the schedule" if len(set(student.body_selection.lengths)) > 1 else "")
+             + ")" if student.body_selection else "")
           + f", final negative log-likelihood per value {student.history[-1]:.4f}, nugget σ_f² = {float(dlf.noise_variance.detach()):.3g}"
           + (f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})" if student.task == "regression" else "")
           + (f" × u(z)^{student.noise_factor_exponent:.3g} (the teachers' noise follows their factors: likelihood-ratio "
@@ -98,6 +100,8 @@ def run_distill_stream(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: masks are not streamed; drop --stream or the mask")
     if args.noise_given_factors != "no":
         raise ValueError("--noise-given-factors: a streamed fit keeps the i.i.d. noise law; drop --stream or the option")
+    if args.training_length != 1.0:
+        raise ValueError("--training-length: a streamed fit runs the whole schedule (--iterations); drop --stream or the option")
     hidden = parse_widths(args.hidden, "--hidden")
     if isinstance(hidden, str):
         raise ValueError("--hidden: --stream fits one body; give widths such as 50 50 (auto needs the design points in memory)")

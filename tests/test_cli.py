@@ -80,6 +80,11 @@ def test_distill_and_predict_from_files(tmp_path, capsys):
                  "--noise-given-factors", "yes", "--out", str(law), "--no-progress"]) == 0
     assert "the teachers' noise follows their factors" in capsys.readouterr().out
     assert Student.load(law).noise_factor_exponent != 0.0
+    # The training length chosen with the body on held-out design points: said.
+    assert main(["distill", "--x", str(tmp_path / "x.npy"), "--teachers", str(tmp_path / "f.npy"), "--noise-variances",
+                 str(tmp_path / "s2.npy"), "--num-factors", "2", "--hidden", "16", "--iterations", "5", "--mmd-steps", "20",
+                 "--training-length", "auto", "--out", str(tmp_path / "short.pt"), "--no-progress"]) == 0
+    assert "(chosen from 3 by held-out scores; training length " in capsys.readouterr().out
 
 
 def test_classification_from_files_to_csv(tmp_path):
@@ -115,6 +120,8 @@ def _bad_cases(tmp_path):
         (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", str(tmp_path / "held_short.npy")], "held_out must have shape (6, 40)"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", f], "--held-out: the mask must hold only 0 and 1"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--noise-given-factors", "maybe"], "argument --noise-given-factors: invalid choice"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--training-length", "2"], "argument --training-length: must be a fraction in (0, 1]"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--training-length", "long"], "argument --training-length: expected a number"),
         (["predict", "--student", str(tmp_path / "none.pt"), "--x", x, "--out", str(tmp_path / "p.npz")], "path: no file at"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.npz")], "not a readable pyro_dlf student file"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.csv"), "--samples"], "--samples: draws need an .npz"),

@@ -74,8 +74,10 @@ def test_stream_mistakes_end_in_one_line(tmp_path):
     env = {**os.environ, "PYRO_DLF_DEBUG": ""}
     auto = _command(paths, str(tmp_path / "s.pt"), sys.executable)
     auto[auto.index("--hidden") + 1] = "auto"
+    short = _command(paths, str(tmp_path / "s.pt"), sys.executable) + ["--training-length", "auto"]
     for command, message in ((auto, "--hidden: --stream fits one body"),
-                             ([c if c != paths["x"] else paths["x"].replace(".npy", ".csv") for c in auto], "--x: --stream reads .npy files")):
+                             ([c if c != paths["x"] else paths["x"].replace(".npy", ".csv") for c in auto], "--x: --stream reads .npy files"),
+                             (short, "--training-length: a streamed fit runs the whole schedule")):
         run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyro_dlf
-from pyro_dlf.selection import BODY_FAMILY, select_hidden, split_design
+from pyro_dlf.selection import BODY_FAMILY, TRAINING_FAMILY, select_hidden, split_design
 
 CANDIDATES = [(4,), (64, 64)]
 FAST = dict(num_iterations=200, mmd_steps=300, progress=False, activation="Tanh", lr=1e-2, batch_size=64)
@@ -47,7 +47,7 @@ def test_one_standard_error_rule():
             self.widths = widths
             self.w = torch.nn.Parameter(torch.zeros(widths[0]))
 
-    select = lambda t: select_hidden(x, f, list(t), lambda xs, fs, h, o, i: Fake(h), lambda s, xs, fs, o: t[s.widths])  # noqa: E731
+    select = lambda t: select_hidden(x, f, list(t), lambda xs, fs, h, o, i, length: Fake(h), lambda s, xs, fs, o: t[s.widths])  # noqa: E731
     # Differences are exactly 0.05 for every teacher: SE 0, the bigger body is better: chosen.
     assert select(table).chosen == (2,)
     noisy = {(1,): torch.tensor([0.0, 0.3, -0.3, 0.0]), (2,): torch.tensor([0.05, 0.15, -0.05, 0.05])}
@@ -56,6 +56,81 @@ def test_one_standard_error_rule():
     assert sel.chosen == (1,)
     diffs = torch.tensor([0.05, -0.15, 0.25, 0.05], dtype=torch.float64)
     assert sel.standard_error[0] == pytest.approx(float(diffs.std() / math.sqrt(4)))
+
+
+def _memorizing_teachers(rough: bool, memorized: float, n=20, m=300, seed=0):
+    """Teachers as in :func:`_teachers` plus a value ``memorized · e_j`` shared by every teacher at design
+    point ``j``: the label noise an ensemble trained on the same rows has partly memorized there."""
+    x, f, v = _teachers(rough, n, m, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    return x, f + memorized * torch.randn(m, generator=g), v
+
+
+def test_training_length_selection_stops_early_on_memorized_values_and_trains_fully_on_a_rough_mean():
+    # A rough mean needs the whole schedule: the held-out score says so, by far more than one SE.
+    x, f, v = _memorizing_teachers(rough=True, memorized=0.0)
+    student = pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=(64, 64), training_length="auto", seed=0, **FAST)
+    sel = student.body_selection
+    print(f"\nrough: lengths {sel.lengths}, validation NLL {sel.validation_nll}, SE {sel.standard_error}")
+    assert sel.lengths == list(TRAINING_FAMILY) and sel.candidates == [(64, 64)] * 3  # one body: lengths only
+    assert sel.chosen_length == 1.0 and len(student.history) == FAST["num_iterations"] + 1
+    # A smooth mean under shared memorized noise: a long fit follows the noise, held-out points see it.
+    x, f, v = _memorizing_teachers(rough=False, memorized=0.5)
+    student = pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=(64, 64), training_length="auto", seed=0, **FAST)
+    sel = student.body_selection
+    print(f"memorized: lengths {sel.lengths}, validation NLL {sel.validation_nll}, SE {sel.standard_error}")
+    assert sel.chosen_length < 1.0
+    assert sel.validation_nll[sel.lengths.index(sel.chosen_length)] < sel.validation_nll[0] - sel.standard_error[0]
+    # The refit ran the shortened schedule, and its mean is nearer the teachers' smooth function than the full fit's.
+    assert len(student.history) == max(1, round(sel.chosen_length * FAST["num_iterations"])) + 1
+    full = pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=(64, 64), seed=0, **FAST)
+    truth = 0.5 * torch.tanh(x.squeeze(-1))
+    with torch.no_grad():
+        error_short = float((student.dlf.mean(x) - truth).pow(2).mean().sqrt())
+        error_full = float((full.dlf.mean(x) - truth).pow(2).mean().sqrt())
+    print(f"mean error: chosen length {error_short:.4f}, full schedule {error_full:.4f}")
+    assert error_short < error_full
+
+
+def test_the_rule_prefers_the_shorter_schedule_within_one_standard_error():
+    x, f = torch.zeros(10, 1), torch.zeros(4, 10)
+
+    class Fake(torch.nn.Module):
+        def __init__(self, widths, length):
+            super().__init__()
+            self.key = (widths, length)
+            self.w = torch.nn.Parameter(torch.zeros(widths[0]))
+
+    def select(table):
+        return select_hidden(x, f, [(1,), (2,)], lambda xs, fs, h, o, i, length: Fake(h, length),
+                             lambda s, xs, fs, o: table[s.key], lengths=(1.0, 0.5))
+
+    same = torch.tensor([0.0, 0.1, -0.1, 0.0])
+    # Equal scores everywhere: the smallest body, then the shortest schedule.
+    sel = select({(b, ell): same for b in [(1,), (2,)] for ell in (1.0, 0.5)})
+    assert (sel.chosen, sel.chosen_length) == ((1,), 0.5) and sel.lengths == [1.0, 0.5, 1.0, 0.5]
+    # The full schedule of the small body better by 0.05 on every teacher (SE 0): chosen over the short one.
+    table = {(b, ell): same for b in [(1,), (2,)] for ell in (1.0, 0.5)}
+    table[((1,), 1.0)] = same + 0.05
+    sel = select(table)
+    assert (sel.chosen, sel.chosen_length) == ((1,), 1.0)
+    assert sel.as_dict()["chosen_length"] == 1.0 and sel.as_dict()["lengths"] == [1.0, 0.5, 1.0, 0.5]
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1.5, -0.2, "long", True, None])
+def test_bad_training_length(value):
+    x, f, v = _teachers(False, m=30)
+    with pytest.raises(ValueError, match="training_length must be a fraction in \\(0, 1\\]"):
+        pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, training_length=value, **FAST)
+
+
+def test_training_length_fraction_shortens_both_phases_and_auto_needs_the_mlp_body():
+    x, f, v = _teachers(False, m=30)
+    student = pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, training_length=0.35, seed=0, **FAST)
+    assert len(student.history) == round(0.35 * FAST["num_iterations"]) + 1 and student.body_selection is None
+    with pytest.raises(ValueError, match="training_length='auto'.*body="):
+        pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, training_length="auto",
+                         body=torch.nn.Linear(1, 3), body_features=3, **FAST)
 
 
 def test_split_and_bad_arguments():

@@ -19,7 +19,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     out = tmp_path / "results"
     argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "2", "--teachers", "5",
             "--teacher-epochs", "150", "--student-epochs", "150", "--student-hidden", "48", "--dlf-iterations", "20", "--mmd-steps", "50",
-            "--num-factors", "3", "--ablations", "estep", "design", "nugget", "--output-dir", str(out), "--name", "smoke",
+            "--num-factors", "3", "--ablations", "estep", "design", "nugget", "length", "--output-dir", str(out), "--name", "smoke",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0
     result = json.loads((out / "smoke.json").read_text())
@@ -27,7 +27,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
                        "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, noise given factors",
-                       "DLF, noise law by held-out check"}
+                       "DLF, noise law by held-out check", "DLF, training length chosen"}
     # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
     from pyro_dlf.selection import BODY_FAMILY
 
@@ -36,6 +36,18 @@ def test_uci_bench_smoke(tmp_path, capsys):
             assert tuple(row["hidden"]) in BODY_FAMILY and row["body_selection"]["chosen"] == row["hidden"]
         elif row["method"] == "DLF 1×48":
             assert row["hidden"] == [48] and "body_selection" not in row
+    # Body and training length chosen together on the same held-out design points; with the full
+    # schedule and the DLF row's body it is the DLF row's own fit.
+    from pyro_dlf.selection import TRAINING_FAMILY
+
+    for seed in range(2):
+        plain = next(r for r in result["rows"] if r["method"] == "DLF" and r["split"] == seed)
+        chosen = next(r for r in result["rows"] if r["method"] == "DLF, training length chosen" and r["split"] == seed)
+        record = chosen["body_selection"]
+        assert record["lengths"] == [ell for _ in BODY_FAMILY for ell in TRAINING_FAMILY] and record["chosen_length"] in TRAINING_FAMILY
+        assert record["chosen"] == chosen["hidden"] and plain["body_selection"]["lengths"] == [1.0] * len(BODY_FAMILY)
+        if record["chosen_length"] == 1.0 and chosen["hidden"] == plain["hidden"]:
+            assert chosen["nll"] == pytest.approx(plain["nll"], rel=1e-6)
     # The calibrated row is the DLF's own fit, rescaled: same mean, same body, the scale recorded.
     by_key = {(r["method"], r["split"]): r for r in result["rows"]}
     for seed in range(2):
@@ -252,3 +264,19 @@ def test_extrapolation_target_is_not_decided_without_other_students():
     rivals = alone + [row("small-Ens", s, 0.97) for s in range(2)]
     text = "\n".join(extrapolation_summary(rivals))
     assert "met on 0 of 1 sets" in text and "small-Ens 0.970: **not met**" in text
+
+
+def test_a_variant_on_fewer_splits_is_compared_on_its_own_splits():
+    from pyro_dlf.bench.uci import targets_on_own_splits
+
+    def row(method, split, nll):
+        return {"dataset": "toy", "split": split, "method": method, "nll": nll, "rmse": 1.0, "crps": 1.0, "coverage95": 0.95,
+                "variance_ratio": 1.0, "parameters": 1, "predict_1000_seconds": 0.0, "fit_seconds": 0.0}
+
+    # The ensemble's NLL is 1.0 on split 0 and 3.0 on splits 1 and 2; the variant ran on split 0 only.
+    rows = [row("teacher ensemble", s, nll) for s, nll in enumerate((1.0, 3.0, 3.0))] + [row("variant", 0, 1.1)]
+    text = "\n".join(targets_on_own_splits(rows, "variant"))
+    assert "The same for `variant` (compared on the splits it has: toy 1):" in text
+    assert "| toy | +0.1 | +10.0 % |" in text  # 1.1 against 1.0 on split 0, not against the mean 2.33 over three
+    assert targets_on_own_splits(rows, "absent") == []
+
