@@ -6,7 +6,7 @@ For each length: the held-out score that `distill(training_length="auto")` compa
 of the training inputs, scored on the rest, as `select_hidden` does), then the fit on all training
 inputs -- the RMS gap between its mean and the ensemble mean at the training inputs and at the test
 inputs (in standard deviations of the training targets) and, for reference only, its test NLL and
-RMSE. Needs the split's cached teachers (run `pyro-dlf bench uci` first).
+RMSE. The teachers are the benchmark's (loaded from its cache, or trained as `pyro-dlf bench uci` does).
 
     python benchmarks/scripts/training_length_check.py wine-quality-red 0 --hidden 100 100
 """
@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from pyro_dlf import distill, metrics
-from pyro_dlf.baselines import DeepEnsembleRegressor
+from pyro_dlf.bench.uci import UCIBenchConfig, _teachers
 from pyro_dlf.data import load_uci
 from pyro_dlf.selection import TRAINING_FAMILY, predictive_log_score, split_design
 
@@ -33,9 +33,7 @@ torch.set_num_threads(1)
 
 data = load_uci(os.path.join(args.data_dir, args.dataset))
 split = data.split(args.split)
-ensemble = DeepEnsembleRegressor(split.x_train.shape[1], num_members=50, hidden=(100, 100))
-cache = os.path.join(args.cache_dir, f"{args.dataset}_s{args.split}_train_n50_100x100.pt")
-ensemble.load_state_dict(torch.load(cache, weights_only=True))
+ensemble = _teachers(UCIBenchConfig(cache_dir=args.cache_dir or None), data, split, split.x_train, split.y_train, "train")
 x, x_test = split.x_train, split.x_test
 f, noise = ensemble.member_predictions(x), ensemble.noise_variances
 f_test = ensemble.member_predictions(x_test)

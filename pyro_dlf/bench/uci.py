@@ -376,7 +376,8 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                          "heldout_gain_se": float(gain.std() / math.sqrt(gain.numel()))}
                 preferred = float(gain.mean()) > check["heldout_gain_se"]
                 noise_fit = dict(fit.as_dict(), adopted=adopted, heldout_adopted=preferred, **check)
-                predictives = {}  # one test-input pass per law, whichever rules adopt it
+                # One test-input pass per law, whichever rules adopt it; the i.i.d. one is the DLF row's.
+                predictives = {False: (means, variances)}
                 for method, use in ((FACTOR_NOISE, adopted), (NOISE_CHECKED, preferred)):
                     student.set_noise_law(*((fit.concentration, fit.rate, fit.exponent, fit.gram) if use else law))
                     if use not in predictives:
