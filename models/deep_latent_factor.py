@@ -6,6 +6,9 @@ head -- defines a Gaussian process (SPEC §1):
 * univariate (``num_outputs=None``, ``q + 1`` head outputs):
   ``f(x) = μ_θ(x) + Φ_θ(x)^T z``, ``z ~ N(0, I_q)``, so
   ``Cov(f(x), f(x')) = Φ_θ(x)^T Φ_θ(x')``;
+* with ``loading_hidden``, the loadings get a body of their own,
+  ``Φ_θ(x) = W g_θ(x) + b``, and the mean reads both bodies,
+  ``μ_θ(x) = a^T [h_θ(x); g_θ(x)] + c``;
 * multivariate separable (``num_outputs=c``, ``covariance="separable"``,
   ``c + q`` head outputs): ``f(x) = μ_θ(x) + L Z Φ_θ(x)``,
   ``Z ~ MN_{c,q}(0, I_c, I_q)``, ``L`` lower-triangular, so
@@ -34,7 +37,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_teacher_values, is_integer_input
+from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_loading_hidden, check_teacher_values, is_integer_input
 from pyro_dlf.nn import MLP
 from pyro_dlf.sufficient_statistics import (
     FactorStatistics,
@@ -72,6 +75,15 @@ class DeepLatentFactor(PyroModule):
         teacher logits centred per input the residuals lie in that subspace,
         so the projection keeps the fitted covariance off the all-ones
         direction that softmax ignores (SPEC §1).
+    :param loading_hidden: hidden widths of a separate MLP body for the
+        loadings (default ``None``: one body for both heads). The mean head then
+        reads both bodies' features, so the parameter-expansion step of EM
+        (``μ ← μ + Φ η``) stays exact; the loading head reads the loading
+        body's only. With one shared body the features are shaped mostly by
+        the mean, which carries most of the likelihood; a small body of its
+        own lets the loadings vary off the data as a small network's do while
+        the mean keeps the capacity it needs (measured in
+        :func:`pyro_dlf.distill`'s ``loading_hidden``). Default MLP body only.
     :param body: a user-supplied ``nn.Module`` mapping ``(m, *input)`` to
         ``(m, body_features)``; replaces the default MLP.
     :param body_features: output width of ``body`` (required with ``body``).
@@ -104,6 +116,7 @@ class DeepLatentFactor(PyroModule):
         name: Optional[str] = None,
         covariance: str = "separable",
         centered_loadings: bool = False,
+        loading_hidden: Optional[Sequence[int]] = None,
     ) -> None:
         # A unique Pyro name per instance: under a Pyro handler PyroModule
         # parameters live in the global param store by name, and two models
@@ -141,6 +154,10 @@ class DeepLatentFactor(PyroModule):
                 raise ValueError("body_features: give the output width of the custom body")
             hidden = ()
             self.custom_body = True
+        loading_hidden = check_loading_hidden(loading_hidden, self.custom_body)
+        if loading_hidden is not None:
+            self.loading_body = MLP(in_features, loading_hidden[:-1], loading_hidden[-1], ACTIVATIONS[activation])
+            self.loading_body.append(ACTIVATIONS[activation]())
         self.in_features = in_features
         self.num_factors = num_factors
         self.hidden = tuple(hidden)
@@ -149,11 +166,15 @@ class DeepLatentFactor(PyroModule):
         self.centered_loadings = bool(centered_loadings)
         self.body_features = int(body_features)
         self.activation = activation
+        self.loading_hidden = loading_hidden
 
         self.body = body
-        self.mean_head = nn.Linear(self.body_features, num_outputs or 1)
+        # The mean reads every feature, [h; g] with a loading body; the loadings read g (else h).
+        loading_in = loading_hidden[-1] if loading_hidden is not None else self.body_features
+        mean_in = self.body_features + (loading_in if loading_hidden is not None else 0)
+        self.mean_head = nn.Linear(mean_in, num_outputs or 1)
         loadings_out = num_factors * (num_outputs if self.covariance_type == "full" else 1)
-        self.loading_head = nn.Linear(self.body_features, loadings_out)
+        self.loading_head = nn.Linear(loading_in, loadings_out)
         self.noise_variance = PyroParam(torch.tensor(float(noise_variance)), constraints.positive)
         if self.covariance_type == "separable":
             # L: class-to-class factor of the separable covariance (Cholesky-type,
@@ -198,6 +219,7 @@ class DeepLatentFactor(PyroModule):
             "custom_body": self.custom_body,
             "covariance": self.covariance_type,
             "centered_loadings": self.centered_loadings,
+            "loading_hidden": None if self.loading_hidden is None else list(self.loading_hidden),
         }
 
     def check_inputs(self, x: Tensor, name: str = "x") -> None:
@@ -216,18 +238,26 @@ class DeepLatentFactor(PyroModule):
             param.copy_(torch.tensor(max(float(value), lower), dtype=param.dtype, device=param.device).log())
 
     # ------------------------------------------------------- the network parts
+    @property
+    def loading_features(self) -> slice:
+        """The columns of :meth:`features` that the loading head reads (all of them without a loading body)."""
+        return slice(self.body_features, None) if self.loading_hidden is not None else slice(None)
+
     def features(self, x: Tensor) -> Tensor:
-        """Body features ``h_θ(x)`` of standardized inputs, ``(m, d)``."""
+        """Body features of standardized inputs, ``(m, d)``: ``h_θ(x)``, or ``[h_θ(x); g_θ(x)]`` with a loading body."""
         if is_integer_input(x):
             return self.body(x)  # a custom body embedding ids/codes; nothing to standardize
-        return self.body((x - self.input_loc) / self.input_scale)
+        x = (x - self.input_loc) / self.input_scale
+        if self.loading_hidden is None:
+            return self.body(x)
+        return torch.cat([self.body(x), self.loading_body(x)], -1)
 
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and loadings from body features (in the teachers' units)."""
         mean = self.output_loc + self.output_scale * self.mean_head(h)
         if not self.multivariate:
             mean = mean.squeeze(-1)
-        loading = self.output_scale * self.loading_head(h)
+        loading = self.output_scale * self.loading_head(h[..., self.loading_features])
         if self.covariance_type == "full":
             loading = loading.unflatten(-1, (self.num_outputs, self.num_factors))
             if self.centered_loadings:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_held_out", "check_num_factors", "check_dtype", "check_batch_size", "check_training_length",
-           "check_magnitude"]
+           "check_magnitude", "check_loading_hidden"]
 
 
 def _as_float_tensor(value, name: str) -> Tensor:
@@ -197,3 +197,15 @@ def check_training_length(value, family: Sequence[float]) -> list[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
         raise ValueError(f"training_length must be a fraction in (0, 1] of the schedule or 'auto', got {value!r}")
     return [float(value)]
+
+
+def check_loading_hidden(value, custom_body: bool) -> Optional[tuple[int, ...]]:
+    """``None`` (one body for mean and loadings) or the widths of a separate loading body, as a tuple."""
+    if value is None:
+        return None
+    if custom_body:
+        raise ValueError("loading_hidden: a separate loading body works with the default MLP body; drop loading_hidden= or body=")
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not len(value) \
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
+        raise ValueError(f"loading_hidden must be None or positive widths such as (50,), got {value!r}")
+    return tuple(int(h) for h in value)

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")
     distill.add_argument("--hidden", nargs="+", default=["auto"],
                          help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out scores of the teachers' values)")
+    distill.add_argument("--loading-hidden", type=_POSITIVE, nargs="+", default=None,
+                         help="widths of a separate body for the factor loadings, such as 50 (default: one body for mean and loadings)")
     distill.add_argument("--covariance", default=None, choices=("separable", "full"),
                          help="several outputs: one per input (full, the default for classification) or one shape for "
                               "every input (separable, the paper's)")
@@ -148,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--dlf-iterations", type=_POSITIVE, default=150, help="EM iterations of every DLF")
     uci.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="MMD initialization steps of every DLF")
     uci.add_argument("--num-factors", type=_POSITIVE, default=10, help="q of every DLF")
-    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof", "length"),
+    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof", "length", "loadings"),
                      help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out and jittered design "
                           "points, nugget in the predictive, Gaussian/mixup-augmented design points, out-of-fold teacher values, "
-                          "training length chosen on held-out design points")
+                          "training length chosen on held-out design points, a separate loading body of the --student-hidden widths")
     uci.add_argument("--max-design", type=_NONNEGATIVE, default=0,
                      help="at most this many training inputs as design points (0: all of them)")
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],

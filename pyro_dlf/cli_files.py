@@ -36,6 +36,11 @@ def parse_widths(values, name: str):
     return widths
 
 
+def _loading_hidden(args: argparse.Namespace):
+    """``--loading-hidden``: ``None`` (one body for mean and loadings) or the widths as a tuple."""
+    return None if args.loading_hidden is None else tuple(args.loading_hidden)
+
+
 def run_distill(args: argparse.Namespace) -> None:
     from pyro_dlf.api import distill
 
@@ -56,8 +61,8 @@ def run_distill(args: argparse.Namespace) -> None:
                       num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, held_out=held_out,
                       task=args.task, noise_given_factors={"auto": "auto", "yes": True, "no": False}[args.noise_given_factors],
                       covariance=args.covariance,
-                      hidden=hidden, num_iterations=args.iterations, mmd_steps=args.mmd_steps, lr=args.lr, seed=args.seed,
-                      training_length=args.training_length, progress=not args.no_progress)
+                      hidden=hidden, loading_hidden=_loading_hidden(args), num_iterations=args.iterations, mmd_steps=args.mmd_steps,
+                      lr=args.lr, seed=args.seed, training_length=args.training_length, progress=not args.no_progress)
     seconds = time.perf_counter() - started
     student.save(args.out)
     report = os.path.splitext(args.out)[0] + "_fit.png"
@@ -65,6 +70,7 @@ def run_distill(args: argparse.Namespace) -> None:
     dlf = student.dlf
     print(f"Distilled {f.shape[0]} teachers at {x.shape[0]} design points ({student.task}) in {seconds:.1f} s: "
           f"q = {dlf.num_factors}, body {tuple(dlf.hidden) or 'linear'}"
+          + (f", loadings from a body {dlf.loading_hidden}" if dlf.loading_hidden is not None else "")
           + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores"
              + (f"; training length {student.body_selection.chosen_length:g} of the schedule" if len(set(student.body_selection.lengths)) > 1 else "")
              + ")" if student.body_selection else "")
@@ -120,7 +126,8 @@ def run_distill_stream(args: argparse.Namespace) -> None:
         noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
         started = time.perf_counter()
         student = distill_stream(stream, num_factors=args.num_factors, teacher_noise_variances=noise, task=task,
-                                 covariance=args.covariance, hidden=hidden, num_iterations=args.iterations, lr=args.lr,
+                                 covariance=args.covariance, hidden=hidden, loading_hidden=_loading_hidden(args),
+                                 num_iterations=args.iterations, lr=args.lr,
                                  seed=args.seed, progress=not args.no_progress, device=device)
         seconds = time.perf_counter() - started
         if is_main_process():

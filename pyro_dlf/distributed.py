@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_dlf._validation import check_loading_hidden
 from pyro_dlf.api import scheduled_adam
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.streaming import StreamingEM
@@ -138,6 +139,7 @@ def distill_stream(
     task: str = "regression",
     covariance: Optional[str] = None,
     hidden: Sequence[int] = (50,),
+    loading_hidden: Optional[Sequence[int]] = None,
     num_iterations: int = 100,
     lr: float = 1e-2,
     lr_decay: float = 0.1,
@@ -156,6 +158,7 @@ def distill_stream(
     :param task: ``"regression"`` or ``"classification"`` (logits, centred per point).
     :param covariance: classification: ``"full"`` (default) or ``"separable"``.
     :param hidden: widths of the MLP body.
+    :param loading_hidden: widths of a separate body for the loadings (as :func:`~pyro_dlf.distill`).
     :param num_iterations: EM iterations (each: two passes over the stream).
     :param lr, lr_decay, warmup: Adam's step size and its schedule (as :func:`~pyro_dlf.distill`).
     :param seed: seeds the network initialization (identical on every process).
@@ -167,6 +170,7 @@ def distill_stream(
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
     if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 1:
         raise ValueError(f"num_iterations must be a positive int, got {num_iterations!r}")
+    loading_hidden = check_loading_hidden(loading_hidden, False)
     device = torch.device(device) if device is not None else torch.device("cpu")
     source = _Centred(stream) if task == "classification" else stream
     moved = _OnDevice(source, device, dtype)
@@ -189,7 +193,8 @@ def distill_stream(
         torch.manual_seed(seed)
         model = DeepLatentFactor(first_x.shape[1], num_factors, tuple(hidden), num_outputs,
                                  covariance=covariance if multivariate else "separable",
-                                 centered_loadings=task == "classification" and covariance == "full").to(dtype=dtype, device=device)
+                                 centered_loadings=task == "classification" and covariance == "full",
+                                 loading_hidden=loading_hidden).to(dtype=dtype, device=device)
     with torch.no_grad():
         model.input_loc.copy_(x_mean)
         model.input_scale.copy_(x_sd)

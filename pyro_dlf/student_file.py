@@ -125,6 +125,12 @@ def _check_config(payload: dict, where: str) -> None:
             raise ValueError(f"{where}: configuration field hidden must be a list of widths, got {hidden!r}")
         for i, width in enumerate(hidden):
             _positive(width, f"hidden[{i}]", where)
+        loading = cfg.get("loading_hidden")
+        if loading is not None:
+            if not isinstance(loading, (list, tuple)) or not loading:
+                raise ValueError(f"{where}: configuration field loading_hidden must be null or a list of widths, got {loading!r}")
+            for i, width in enumerate(loading):
+                _positive(width, f"loading_hidden[{i}]", where)
     else:
         _positive(cfg.get("body_features"), "body_features", where)
     if cfg.get("activation") not in ACTIVATIONS:
@@ -177,6 +183,8 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
             activation=cfg["activation"],
             # Files written before the full multivariate model have no covariance keys: separable.
             covariance=cfg.get("covariance") or "separable", centered_loadings=bool(cfg.get("centered_loadings", False)),
+            # Files written before separate loading bodies have none.
+            loading_hidden=None if custom or cfg.get("loading_hidden") is None else tuple(cfg["loading_hidden"]),
         )
 
     # A heteroscedastic noise model's weights travel in the same state dict under their own prefix.

@@ -85,6 +85,13 @@ def test_distill_and_predict_from_files(tmp_path, capsys):
                  str(tmp_path / "s2.npy"), "--num-factors", "2", "--hidden", "16", "--iterations", "5", "--mmd-steps", "20",
                  "--training-length", "auto", "--out", str(tmp_path / "short.pt"), "--no-progress"]) == 0
     assert "(chosen from 3 by held-out scores; training length " in capsys.readouterr().out
+    # A separate loading body: fitted, saved and said.
+    two = tmp_path / "two.pt"
+    assert main(["distill", "--x", str(tmp_path / "x.npy"), "--teachers", str(tmp_path / "f.npy"), "--noise-variances",
+                 str(tmp_path / "s2.npy"), "--num-factors", "2", "--hidden", "16", "--loading-hidden", "4", "--iterations", "5",
+                 "--mmd-steps", "20", "--out", str(two), "--no-progress"]) == 0
+    assert "loadings from a body (4,)" in capsys.readouterr().out
+    assert Student.load(two).dlf.loading_hidden == (4,)
 
 
 def test_classification_from_files_to_csv(tmp_path):
@@ -114,6 +121,7 @@ def _bad_cases(tmp_path):
         (distill + ["--out", str(blocked / "s.pt")], "--out: cannot write"),
         (distill + ["--out", str(tmp_path)], "is a folder"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--hidden", "0"], "--hidden: widths must be positive"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--loading-hidden", "0"], "argument --loading-hidden: must be at least 1"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--num-factors", "0"], "argument --num-factors: must be at least 1"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--teachers", s2], "teacher_outputs"),
         (["distill", "--x", x, "--teachers", f, "--num-factors", "2", "--out", str(tmp_path / "s.pt")], "teacher_noise_variances"),

@@ -34,6 +34,10 @@ def test_a_streamed_fit_follows_the_teachers():
     assert classifier.predict(x[:4]).probs.shape == (4, 3)
     with pytest.raises(ValueError, match="teacher_noise_variances: regression needs"):
         distill_stream(TensorStream(x, f, 50), num_factors=3, num_iterations=1)
+    # A separate loading body streams too.
+    two = distill_stream(TensorStream(x, f, 50), num_factors=3, teacher_noise_variances=v, loading_hidden=(8,), num_iterations=20,
+                         progress=False)
+    assert two.dlf.loading_hidden == (8,) and two.history[-1] < two.history[0] - 1
 
 
 def _write(tmp_path):

@@ -188,3 +188,22 @@ def test_predictive_log_score_is_the_expected_log_density_of_the_teachers_noisy_
     partial = predictive_log_score(Fixed(m, v), None, f, noise, observed=mask)
     assert math.isnan(float(partial[1])) and float(partial[0]) == pytest.approx(float(expected.new_tensor(
         [(-0.5 * math.log(2 * math.pi * float(v[0, j])) - ((float(f[0, j] - m[0, j])) ** 2 + 0.2) / (2 * float(v[0, j]))) for j in (0, 2)]).mean()))
+
+
+def test_a_separate_loading_body_reaches_every_candidate_and_carries_the_teachers_spread():
+    """hidden= candidates each get the loading body; the fitted ‖Φ(x)‖ follows the teachers' factor 0.3 cos(x/2).
+
+    Twenty teachers estimate the factor's variance with relative standard error √(2/19) ≈ 0.32, so the
+    fitted epistemic sd must lie within a factor 2 of the truth (variance within 4×), ~4 standard errors."""
+    x, f, v = _teachers(rough=False)
+    student = pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=CANDIDATES, loading_hidden=(8,), seed=0, **FAST)
+    from pyro_dlf.models import DeepLatentFactor
+
+    expected = [sum(p.numel() for p in DeepLatentFactor(1, 1, c, loading_hidden=(8,)).parameters()) for c in CANDIDATES]
+    assert student.body_selection.parameters == expected and student.dlf.loading_hidden == (8,)
+    truth = 0.3 * torch.cos(x.squeeze(-1) / 2)
+    sd = student.predict(x, 1).epistemic_variance.sqrt()
+    assert 0.5 < float(sd.mean() / truth.mean()) < 2.0
+    with pytest.raises(ValueError, match="loading_hidden: a separate loading body works with the default MLP body"):
+        pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, body=torch.nn.Linear(1, 4), body_features=4,
+                         loading_hidden=(8,), **FAST)

@@ -24,6 +24,10 @@ def _full_classification_student():
     return Student(random_dlf(num_outputs="full", dtype=torch.float32), "classification")
 
 
+def _loading_body_student():
+    return Student(random_dlf(dtype=torch.float32, loading_hidden=(6,)), "regression", 5.0, 4.0)
+
+
 def test_full_student_draws_have_the_per_input_class_covariance():
     """Predictive / predict draws of the full model: mean μ(x), covariance of the (point, class) pairs
     Φ_stacked Φ_stackedᵀ; 5 standard errors per entry, as for the regression student."""
@@ -121,7 +125,7 @@ def test_classification_prediction():
     assert out["y"].shape == (10, 6)
 
 
-@pytest.mark.parametrize("make", [_regression_student, _classification_student, _full_classification_student])
+@pytest.mark.parametrize("make", [_regression_student, _classification_student, _full_classification_student, _loading_body_student])
 def test_save_load_round_trip_is_exact(tmp_path, make):
     student = make()
     path = tmp_path / "student.pt"
@@ -213,10 +217,27 @@ def test_damaged_files_are_reported_not_loaded(tmp_path):
     with pytest.raises(ValueError, match="non-finite weights in 'mean_head.bias'"):
         Student.load(nan)
     for field, value, match in (("num_factors", 0, "num_factors must be a positive int"),
-                                ("activation", "Swish", "unknown activation"), ("hidden", "50", "hidden must be a list")):
+                                ("activation", "Swish", "unknown activation"), ("hidden", "50", "hidden must be a list"),
+                                ("loading_hidden", [0], r"loading_hidden\[0\] must be a positive int"),
+                                ("loading_hidden", [], "loading_hidden must be null or a list of widths")):
         bad = rewritten(f"{field}.pt", lambda p, f=field, v=value: p["model"].update({f: v}))
         with pytest.raises(ValueError, match=match):
             Student.load(bad)
+
+
+def test_files_without_a_loading_body_key_load_with_one_shared_body(tmp_path):
+    """Students saved before separate loading bodies existed carry no loading_hidden: one body for both heads."""
+    student = _regression_student()
+    student.save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    del payload["model"]["loading_hidden"]
+    from pyro_dlf.student_file import checksum
+
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = Student.load(tmp_path / "old.pt")
+    x = torch.randn(4, 2)
+    assert loaded.dlf.loading_hidden is None and torch.equal(loaded.dlf.loading(x), student.dlf.loading(x))
 
 
 def test_custom_body_round_trip_needs_the_body(tmp_path):

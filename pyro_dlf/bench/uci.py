@@ -67,6 +67,10 @@ statistics, metrics reported in the target's original units.
   training length chosen together (``distill(hidden=dlf_hidden,
   training_length="auto")``) on the same validation part of the design points
   -- early stopping on held-out teacher values, no labels.
+  The ``loadings`` ablation adds ``DLF, loading body 1×50``: the ``DLF`` row's
+  body rule for the mean, the loadings from a separate body of the
+  paper-protocol widths (``distill(hidden=dlf_hidden,
+  loading_hidden=student_hidden)``).
 
 Metrics (:mod:`pyro_dlf.metrics`): RMSE of the predictive mean, NLL and CRPS of
 the predictive mixture, 95 % interval coverage, the variance ratio (student
@@ -107,11 +111,11 @@ from pyro_dlf.selection import predictive_log_score
 
 __all__ = ["UCIBenchConfig", "run_uci_benchmark", "write_report", "merge_results", "target_summary", "variance_decomposition",
            "design_selection", "design_check", "ABLATIONS", "DESIGN_CANDIDATES", "DESIGN_SELECTED",
-           "DESIGN_SELECTED_BEYOND", "CALIBRATED", "FACTOR_NOISE", "NOISE_CHECKED", "LENGTH_CHOSEN", "noise_law_summary",
+           "DESIGN_SELECTED_BEYOND", "CALIBRATED", "FACTOR_NOISE", "NOISE_CHECKED", "LENGTH_CHOSEN", "LOADING_BODY", "noise_law_summary",
            "targets_on_own_splits"]
 
 #: Ablation groups: each adds DLF variants beside the default DLF.
-ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment", "oof", "length")
+ABLATIONS = ("estep", "init", "q", "design", "nugget", "augment", "oof", "length", "loadings")
 
 #: Each teacher holds out this share of the training rows from its fit (its noise variance is its MSE there).
 _TEACHER_VALIDATION = 0.1
@@ -254,6 +258,8 @@ def _dlf_variants(config: UCIBenchConfig) -> list[tuple[str, dict]]:
         variants.append((_widths_name(config.student_hidden), {}))
     if "length" in config.ablations:
         variants.append((LENGTH_CHOSEN, {"hidden": config.dlf_hidden, "training_length": "auto"}))
+    if "loadings" in config.ablations:
+        variants.append((loading_body_name(config.student_hidden), {"hidden": config.dlf_hidden, "loading_hidden": tuple(config.student_hidden)}))
     if "estep" in config.ablations:
         variants.append(("DLF minibatch E-step", {"estep": "minibatch"}))
     if "init" in config.ablations:
@@ -353,6 +359,8 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                       "nugget_variance": float(student.dlf.noise_variance.detach())}
             if student.body_selection is not None:
                 spread["body_selection"] = student.body_selection.as_dict()
+            if student.dlf.loading_hidden is not None:
+                spread["loading_hidden"] = list(student.dlf.loading_hidden)
             spread["teacher_oof_nll"] = _out_of_sample_nll(student, x_oof, f_oof, oof_mask)
             spread["teacher_probe_nll"] = _out_of_sample_nll(student, x_probe, f_probe, None)
             record(name, design, means, variances, epistemic, teacher_test,
@@ -451,6 +459,15 @@ DESIGN_SELECTED_BEYOND = "DLF, design chosen in and beyond the data"
 
 #: Body and training length chosen together on held-out design points (the ``length`` ablation).
 LENGTH_CHOSEN = "DLF, training length chosen"
+
+#: The ``DLF`` row's body for the mean and a separate loading body of the paper-protocol widths (``loadings``).
+LOADING_BODY = "DLF, loading body 1×50"
+
+
+def loading_body_name(widths) -> str:
+    """``DLF, loading body 1×50`` for the default widths; the row's name for others (see :func:`_widths_name`)."""
+    return "DLF, loading body " + _widths_name(widths)[len("DLF "):]
+
 
 #: The label-free scores of each selection row: the per-value NLL of the teachers' held-out values (in range)
 #: and, for the second, its mean with the per-value NLL at the outward probes (beyond the data).
@@ -893,9 +910,10 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
     if "bostonHousing" in summary:
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     lines += ["## Targets", ""] + target_summary(summary) + [""]
-    for selected in (LENGTH_CHOSEN, FACTOR_NOISE, NOISE_CHECKED, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND):
+    loading_rows = sorted({r["method"] for r in rows if r["method"].startswith("DLF, loading body ")})
+    for selected in (LENGTH_CHOSEN, *loading_rows, FACTOR_NOISE, NOISE_CHECKED, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND):
         lines += targets_on_own_splits(rows, selected)
-    lines += extrapolation_summary(rows, ("DLF", LENGTH_CHOSEN, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND))
+    lines += extrapolation_summary(rows, ("DLF", LENGTH_CHOSEN, *loading_rows, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND))
     if _auroc_plot(os.path.join(output_dir, f"{name}_auroc.png"), rows):
         lines += [f"![AUROC of the epistemic variance, out of range against in range]({name}_auroc.png)", ""]
     lines += noise_law_summary(result["rows"])

@@ -120,6 +120,9 @@ class EM:
                 raise NotImplementedError("mstep='linear_heads' is implemented for the univariate model only; use mstep='gradient'")
             if estep != "exact":
                 raise ValueError("mstep='linear_heads' needs estep='exact'")
+            if model.loading_hidden is not None:
+                raise NotImplementedError("mstep='linear_heads' solves heads that read the same features; with a separate loading body "
+                                          "(loading_hidden) use mstep='gradient'")
         if not isinstance(num_m_steps, int) or num_m_steps < 0:
             raise ValueError(f"num_m_steps must be a non-negative int, got {num_m_steps!r}")
         check_batch_size(batch_size)
@@ -293,7 +296,9 @@ class EM:
         * the posterior moments are mapped to ``z'`` (``E z' = C^{-1}(E z − η̂)``,
           ``Cov z' = C^{-1} S C^{-T}``).
 
-        Both maps are exact because the heads are linear in the body features,
+        Both maps are exact because the heads are linear in the body features
+        (with a separate loading body the mean head reads its features too, so
+        ``Φ η`` is a change of the mean head's weights on them),
         every teacher's complete-data fit ``μ + Φ^T E[z_i]`` is unchanged, and
         the iteration stays monotone (the full model's loading projection acts
         on the class index, so it commutes with both maps). The separable model
@@ -311,13 +316,14 @@ class EM:
                 shift_w, shift_b = torch.einsum("cqd,q->cd", Wc, eta.to(W.dtype)), bc @ eta.to(W.dtype)
                 if model.centered_loadings:
                     shift_w, shift_b = shift_w - shift_w.mean(0), shift_b - shift_b.mean()
-                model.mean_head.weight.add_(shift_w)
+                model.mean_head.weight[:, model.loading_features].add_(shift_w)
                 model.mean_head.bias.add_(shift_b)
             else:
                 shift = eta.to(W.dtype) if not model.multivariate else model.class_factor @ eta.to(W.dtype)
                 if not model.multivariate:
                     shift = shift.unsqueeze(0)
-                model.mean_head.weight.add_(shift @ W)
+                # The mean head reads the loading features too (all of them without a loading body).
+                model.mean_head.weight[:, model.loading_features].add_(shift @ W)
                 model.mean_head.bias.add_(shift @ b)
         centred = post.mean - eta
         if model.separable:

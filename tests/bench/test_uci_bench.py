@@ -19,7 +19,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     out = tmp_path / "results"
     argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "2", "--teachers", "5",
             "--teacher-epochs", "150", "--student-epochs", "150", "--student-hidden", "48", "--dlf-iterations", "20", "--mmd-steps", "50",
-            "--num-factors", "3", "--ablations", "estep", "design", "nugget", "length", "--output-dir", str(out), "--name", "smoke",
+            "--num-factors", "3", "--ablations", "estep", "design", "nugget", "length", "loadings", "--output-dir", str(out), "--name", "smoke",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0
     result = json.loads((out / "smoke.json").read_text())
@@ -27,7 +27,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
                        "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, noise given factors",
-                       "DLF, noise law by held-out check", "DLF, training length chosen"}
+                       "DLF, noise law by held-out check", "DLF, training length chosen", "DLF, loading body 1×48"}
     # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
     from pyro_dlf.selection import BODY_FAMILY
 
@@ -36,6 +36,13 @@ def test_uci_bench_smoke(tmp_path, capsys):
             assert tuple(row["hidden"]) in BODY_FAMILY and row["body_selection"]["chosen"] == row["hidden"]
         elif row["method"] == "DLF 1×48":
             assert row["hidden"] == [48] and "body_selection" not in row
+        elif row["method"] == "DLF, loading body 1×48":
+            # The DLF row's body rule for the mean; the loadings from their own body of the students' widths.
+            assert tuple(row["hidden"]) in BODY_FAMILY and row["loading_hidden"] == [48]
+            from pyro_dlf.models import DeepLatentFactor
+
+            network = DeepLatentFactor(6, 3, tuple(row["hidden"]), loading_hidden=(48,))  # yacht: 6 inputs; q = 3
+            assert row["body_selection"]["chosen"] == row["hidden"] and row["parameters"] == sum(p.numel() for p in network.parameters())
     # Body and training length chosen together on the same held-out design points; with the full
     # schedule and the DLF row's body it is the DLF row's own fit.
     from pyro_dlf.selection import TRAINING_FAMILY

@@ -216,6 +216,9 @@ def test_bad_arguments():
     mv = DeepLatentFactor(1, 2, (4,), 3)
     with pytest.raises(NotImplementedError, match="univariate"):
         EM(mv, ExactFactorPosterior(mv), None, mstep="linear_heads")
+    two = DeepLatentFactor(1, 2, (4,), loading_hidden=(3,))
+    with pytest.raises(NotImplementedError, match="separate loading body"):
+        EM(two, ExactFactorPosterior(two), None, mstep="linear_heads")
     em = EM(model, guide, adam)
     x = torch.randn(10, 1)
     with pytest.raises(ValueError, match="at least 2"):
@@ -232,17 +235,22 @@ def test_bad_arguments():
         em.step(x, torch.randn(3, 10))
 
 
-@pytest.mark.parametrize("num_outputs", [None, 3, "full", "full centred"])
+@pytest.mark.parametrize("num_outputs", [None, 3, "full", "full centred", "loading body", "full, loading body"])
 def test_parameter_expansion_keeps_each_teachers_fit_and_centres_the_codes(num_outputs):
-    """After the expansion step: mean_i E[z_i] = 0 and μ + Φ E[z_i] is unchanged for every teacher (exact)."""
+    """After the expansion step: mean_i E[z_i] = 0 and μ + Φ E[z_i] is unchanged for every teacher (exact);
+    with a separate loading body too, since the mean head reads the loading features."""
     centred = num_outputs == "full centred"
+    loading_hidden = (5,) if isinstance(num_outputs, str) and "loading body" in num_outputs else None
+    if loading_hidden:
+        num_outputs = "full" if num_outputs.startswith("full") else None
     c, covariance = _kind("full" if centred else num_outputs)
     truth, x, f = synthetic_teachers(12, num_points=25, num_outputs=c, num_factors=2)
     x, f = x.double(), f.double() + 0.7  # a shared offset the initial mean does not have
     if centred:
         f = f - f.mean(-1, keepdim=True)
     torch.manual_seed(0)
-    model = DeepLatentFactor(1, 2, (8,), c, activation="Tanh", covariance=covariance, centered_loadings=centred).double()
+    model = DeepLatentFactor(1, 2, (8,), c, activation="Tanh", covariance=covariance, centered_loadings=centred,
+                             loading_hidden=loading_hidden).double()
     guide = ExactFactorPosterior(model)
     em = EM(model, guide, pyro.optim.Adam({"lr": 1e-2}))
     guide.update(x, f)

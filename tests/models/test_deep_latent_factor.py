@@ -110,6 +110,27 @@ def test_custom_body():
     assert model.config()["custom_body"] is True
 
 
+@pytest.mark.parametrize("num_outputs", [None, "full"])
+def test_separate_loading_body(num_outputs):
+    """With loading_hidden the loadings come from their own body alone; the mean reads both bodies."""
+    model = random_dlf(num_outputs=num_outputs, hidden=(8, 8), loading_hidden=(5,))
+    x = torch.randn(7, 2, dtype=torch.float64)
+    assert model.mean_head.in_features == 8 + 5 and model.loading_head.in_features == 5
+    assert model.features(x).shape == (7, 13) and model.config()["loading_hidden"] == [5]
+    mean, loading = model.mean_and_loading(x)
+    with torch.no_grad():
+        model.body[0].weight.add_(1.0)  # the mean body only
+    new_mean, new_loading = model.mean_and_loading(x)
+    assert torch.equal(new_loading, loading) and not torch.allclose(new_mean, mean)
+    with torch.no_grad():
+        model.loading_body[0].weight.add_(1.0)  # the loading body moves both heads
+    again_mean, again_loading = model.mean_and_loading(x)
+    assert not torch.allclose(again_loading, loading) and not torch.allclose(again_mean, new_mean)
+    # The noise-free covariance is still Φ(x)Φ(x')ᵀ, whatever body gives Φ.
+    phi = model.loading(x).flatten(1) if num_outputs is None else model.loading(x).flatten(0, 1)
+    torch.testing.assert_close(model.covariance(x), phi @ phi.T)
+
+
 def test_log_marginal_likelihood_checks_inputs():
     model = random_dlf()
     x = torch.randn(5, 2, dtype=torch.float64)
@@ -132,6 +153,10 @@ def test_log_marginal_likelihood_checks_inputs():
         (dict(in_features=2, num_factors=2, covariance="full"), "needs num_outputs"),
         (dict(in_features=2, num_factors=2, num_outputs=1, covariance="full"), "num_outputs=1 with covariance='full'"),
         (dict(in_features=2, num_factors=2, num_outputs=3, centered_loadings=True), "centered_loadings"),
+        (dict(in_features=2, num_factors=2, loading_hidden=()), "loading_hidden must be None or positive widths"),
+        (dict(in_features=2, num_factors=2, loading_hidden=(0,)), "loading_hidden must be None or positive widths"),
+        (dict(in_features=2, num_factors=2, loading_hidden=50), "loading_hidden must be None or positive widths"),
+        (dict(num_factors=2, body=nn.Linear(2, 3), body_features=3, loading_hidden=(4,)), "loading_hidden: a separate loading body"),
     ],
 )
 def test_bad_construction(kwargs, match):
