@@ -460,13 +460,13 @@ DESIGN_SELECTED_BEYOND = "DLF, design chosen in and beyond the data"
 #: Body and training length chosen together on held-out design points (the ``length`` ablation).
 LENGTH_CHOSEN = "DLF, training length chosen"
 
-#: The ``DLF`` row's body for the mean and a separate loading body of the paper-protocol widths (``loadings``).
-LOADING_BODY = "DLF, loading body 1×50"
-
-
 def loading_body_name(widths) -> str:
-    """``DLF, loading body 1×50`` for the default widths; the row's name for others (see :func:`_widths_name`)."""
+    """The ``loadings`` row: ``DLF, loading body 1×50`` for the default widths (see :func:`_widths_name`)."""
     return "DLF, loading body " + _widths_name(widths)[len("DLF "):]
+
+
+#: The ``DLF`` row's body for the mean and a separate loading body of the paper-protocol widths (``loadings``).
+LOADING_BODY = loading_body_name((50,))
 
 
 #: The label-free scores of each selection row: the per-value NLL of the teachers' held-out values (in range)
