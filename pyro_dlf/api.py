@@ -208,7 +208,9 @@ def distill(
         the held-out score of the teachers' values preferred it on 35 of the 50
         standard splits of the five small sets, though not on naval (2 of 10),
         where it costs the mean (``benchmarks/results/uci_loading_body.md``).
-        Default ``None``: one body for both heads, the paper's network.
+        Default ``None``: one body for both heads, the paper's network; the UCI
+        benchmark's ``DLF`` row and ``pyro-dlf demo`` use ``(50,)`` with
+        ``hidden="auto"``.
     :param body: a custom body module ``(m, ...) → (m, body_features)``.
     :param num_iterations: EM iterations.
     :param num_m_steps: gradient steps per iteration (default: one pass over the design points).

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--hidden", nargs="+", default=["auto"],
                          help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out scores of the teachers' values)")
     distill.add_argument("--loading-hidden", type=_POSITIVE, nargs="+", default=None,
-                         help="widths of a separate body for the factor loadings, such as 50 (default: one body for mean and loadings)")
+                         help="widths of a separate body for the factor loadings, such as 50 (the UCI benchmark's DLF row uses 50; "
+                              "default: one body for mean and loadings)")
     distill.add_argument("--covariance", default=None, choices=("separable", "full"),
                          help="several outputs: one per input (full, the default for classification) or one shape for "
                               "every input (separable, the paper's)")
@@ -153,12 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof", "length", "loadings"),
                      help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out and jittered design "
                           "points, nugget in the predictive, Gaussian/mixup-augmented design points, out-of-fold teacher values, "
-                          "training length chosen on held-out design points, a separate loading body of the --student-hidden widths")
+                          "training length chosen on held-out design points, the other network (one shared body, or with "
+                          "--dlf-loading-hidden none a separate loading body of the --student-hidden widths)")
     uci.add_argument("--max-design", type=_NONNEGATIVE, default=0,
                      help="at most this many training inputs as design points (0: all of them)")
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],
                      help="body of the row DLF: auto (chosen from 1-2 layers of 50/100 by the held-out ensemble-predictive log score) "
                           "or widths such as 100 100")
+    uci.add_argument("--dlf-loading-hidden", nargs="+", default=None,
+                     help="widths of the row DLF's separate loading body (default: the --student-hidden widths), "
+                          "or none for one body shared by the mean and the loadings")
     uci.add_argument("--design", default="train", choices=("train", "jitter", "gaussian", "mixup", "outward"),
                      help="design points of every student: the training inputs, plus one moved copy of each")
     uci.add_argument("--extrapolation", action="store_true",
@@ -322,7 +327,9 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
         result = run_demo(config)
         print(f"Diabetes (442 x 10): {config.num_teachers} teachers trained in {result['teacher_fit_seconds']:.1f} s, "
               f"distilled in {result['distill_seconds']:.1f} s on {result['design_points']} design points "
-              f"(q = {config.num_factors}, body {tuple(result['student_hidden'])}; loadings scaled to the teachers' "
+              f"(q = {config.num_factors}, body {tuple(result['student_hidden'])}"
+              + (f", loading body {tuple(result['loading_hidden'])}" if result["loading_hidden"] else "")
+              + f"; loadings scaled to the teachers' "
               f"out-of-sample spread: ‖Φ‖² × {result['spread_calibration']['scale']:.3g}).")
         print(format_table(result["rows"]))
         fid = result["fidelity"]
@@ -332,7 +339,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
         print(f"Wrote {result['png']} and {config.output_dir}/results.json")
     elif args.command == "bench" and args.benchmark == "uci":
         from pyro_dlf.bench import UCIBenchConfig, run_uci_benchmark, write_report
-        from pyro_dlf.cli_files import parse_widths
+        from pyro_dlf.cli_files import parse_loading_widths, parse_widths
 
         config = UCIBenchConfig(
             data_dir=args.data_dir, data_path=args.data_path, datasets=tuple(args.datasets), splits=args.splits, first_split=args.first_split,
@@ -342,7 +349,9 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
             ablations=tuple(args.ablations), output_dir=args.output_dir, name=args.name or ("uci_extrapolation" if args.extrapolation else "uci"),
             cache_dir=args.cache_dir or None, seed=args.seed, progress=not args.no_progress,
             max_design=args.max_design or None, baselines=not args.no_baselines,
-            dlf_hidden=parse_widths(args.dlf_hidden, "--dlf-hidden"), design=args.design, extrapolation=args.extrapolation,
+            dlf_hidden=parse_widths(args.dlf_hidden, "--dlf-hidden"),
+            dlf_loading_hidden=(tuple(args.student_hidden) if args.dlf_loading_hidden is None
+                                else parse_loading_widths(args.dlf_loading_hidden, "--dlf-loading-hidden")), design=args.design, extrapolation=args.extrapolation,
         )
         json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
         print(f"Wrote {json_path} and {md_path}")

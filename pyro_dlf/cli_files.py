@@ -20,7 +20,7 @@ import torch
 
 from pyro_dlf.arrays import check_writable, load_array, save_arrays
 
-__all__ = ["run_distill", "run_predict", "parse_widths"]
+__all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths"]
 
 
 def parse_widths(values, name: str):
@@ -31,6 +31,19 @@ def parse_widths(values, name: str):
         widths = tuple(int(v) for v in values)
     except ValueError:
         raise ValueError(f"{name}: give auto or positive widths such as 100 100, got {' '.join(values)}") from None
+    if any(w < 1 for w in widths):
+        raise ValueError(f"{name}: widths must be positive, got {' '.join(values)}")
+    return widths
+
+
+def parse_loading_widths(values, name: str):
+    """``["none"]`` → ``None`` (one body for mean and loadings); otherwise positive widths as a tuple of ints."""
+    if list(values) == ["none"]:
+        return None
+    try:
+        widths = tuple(int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"{name}: give none or positive widths such as 50, got {' '.join(values)}") from None
     if any(w < 1 for w in widths):
         raise ValueError(f"{name}: widths must be positive, got {' '.join(values)}")
     return widths

@@ -9,9 +9,10 @@ are every input outside the test part (train and design) plus
 (:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth): more design
 points, and points between and slightly beyond the data, let the student
 follow the ensemble's mean instead of guessing it from 88 points. The
-student's body is chosen by a held-out score of the teachers' values
-(``student_hidden="auto"``), and its loadings are scaled to the teachers'
-spread where their values are out of sample -- the training rows each member
+student's body for the mean is chosen by a held-out score of the teachers'
+values (``student_hidden="auto"``), its loadings come from a 1 × 50 body of
+their own (``loading_hidden``, the UCI benchmark's ``DLF`` network), and they are
+scaled to the teachers' spread where their values are out of sample -- the training rows each member
 held out, and the design part -- (``distill(held_out=...)``,
 :mod:`pyro_dlf.calibration`). All three predictives -- the teacher ensemble,
 one teacher, the student -- are scored on the test part with
@@ -46,6 +47,7 @@ class DemoConfig:
     teacher_epochs: int = 300
     num_factors: int = 5
     student_hidden: object = "auto"
+    loading_hidden: Optional[tuple] = (50,)
     design_copies: int = 4
     num_iterations: int = 150
     mmd_steps: int = 500
@@ -58,7 +60,7 @@ class DemoConfig:
     def smoke(cls, **overrides) -> "DemoConfig":
         """A seconds-long configuration that exercises every step (for tests)."""
         settings = dict(num_teachers=4, teacher_hidden=(16,), teacher_epochs=30, num_factors=2,
-                        student_hidden=(16,), design_copies=1, num_iterations=5, mmd_steps=20, num_samples=100)
+                        student_hidden=(16,), loading_hidden=(8,), design_copies=1, num_iterations=5, mmd_steps=20, num_samples=100)
         settings.update(overrides)
         return cls(**settings)
 
@@ -115,7 +117,8 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
     held_out[:, len(x_train):len(x_train) + len(x_design)] = True
     student = distill(
         unlabeled, teacher_design, num_factors=config.num_factors,
-        teacher_noise_variances=ensemble.noise_variances, hidden=config.student_hidden, held_out=held_out,
+        teacher_noise_variances=ensemble.noise_variances, hidden=config.student_hidden,
+        loading_hidden=config.loading_hidden, held_out=held_out,
         num_iterations=config.num_iterations, mmd_steps=config.mmd_steps, seed=config.seed, progress=config.progress,
     )
     student_seconds = time.perf_counter() - start
@@ -145,6 +148,7 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
         "distill_seconds": student_seconds,
         "design_points": int(unlabeled.shape[0]),
         "student_hidden": list(student.dlf.hidden),
+        "loading_hidden": None if student.dlf.loading_hidden is None else list(student.dlf.loading_hidden),
         "spread_calibration": student.spread_calibration.as_dict(),
         "body_selection": None if student.body_selection is None else student.body_selection.as_dict(),
         # Fidelity to the teachers at test inputs: how far the student's mean is from the

@@ -18,8 +18,9 @@ def test_demo_smoke_writes_table_png_and_json(tmp_path, capsys):
     for row in rows.values():
         assert all(v == v and abs(v) != float("inf") for k, v in row.items() if k != "method")
         assert 0.0 <= row["coverage95"] <= 1.0
-    # The student is smaller than the ensemble it distils.
+    # The student is smaller than the ensemble it distils; its loadings have their own body.
     assert rows["DLF student"]["parameters"] < rows["teacher ensemble"]["parameters"]
+    assert result["loading_hidden"] == [8] and "loading body (8,)" in printed
 
 
 import numpy as np

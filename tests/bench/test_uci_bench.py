@@ -27,21 +27,25 @@ def test_uci_bench_smoke(tmp_path, capsys):
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×48", "DLF + nugget", "DLF minibatch E-step",
                        "DLF held-out design", "DLF jittered design", "DLF, out-of-sample spread", "DLF, noise given factors",
-                       "DLF, noise law by held-out check", "DLF, training length chosen", "DLF, loading body 1×48"}
+                       "DLF, noise law by held-out check", "DLF, training length chosen", "DLF, shared body"}
     # The default DLF's body is chosen per split from the family by held-out likelihood; DLF 1×48 keeps the students' width.
     from pyro_dlf.selection import BODY_FAMILY
 
+    from pyro_dlf.models import DeepLatentFactor
+
     for row in result["rows"]:
         if row["method"] == "DLF":
+            # The body for the mean chosen by the rule; the loadings from their own body of the students' widths.
             assert tuple(row["hidden"]) in BODY_FAMILY and row["body_selection"]["chosen"] == row["hidden"]
-        elif row["method"] == "DLF 1×48":
-            assert row["hidden"] == [48] and "body_selection" not in row
-        elif row["method"] == "DLF, loading body 1×48":
-            # The DLF row's body rule for the mean; the loadings from their own body of the students' widths.
-            assert tuple(row["hidden"]) in BODY_FAMILY and row["loading_hidden"] == [48]
-            from pyro_dlf.models import DeepLatentFactor
-
+            assert row["loading_hidden"] == [48]
             network = DeepLatentFactor(6, 3, tuple(row["hidden"]), loading_hidden=(48,))  # yacht: 6 inputs; q = 3
+            assert row["parameters"] == sum(p.numel() for p in network.parameters())
+        elif row["method"] == "DLF 1×48":
+            assert row["hidden"] == [48] and "body_selection" not in row and "loading_hidden" not in row
+        elif row["method"] == "DLF, shared body":
+            # The loadings ablation beside a loading-body DLF: the same body rule, one body for both heads.
+            assert tuple(row["hidden"]) in BODY_FAMILY and "loading_hidden" not in row
+            network = DeepLatentFactor(6, 3, tuple(row["hidden"]))
             assert row["body_selection"]["chosen"] == row["hidden"] and row["parameters"] == sum(p.numel() for p in network.parameters())
     # Body and training length chosen together on the same held-out design points; with the full
     # schedule and the DLF row's body it is the DLF row's own fit.
@@ -141,6 +145,18 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert recomputed["repeat_max_nll_difference"] == 0.0 and recomputed["recomputed"] == ["DLF"]
     assert {r["nll"] for r in recomputed["rows"] if r["method"] == "DLF"} == {r["nll"] for r in result["rows"] if r["method"] == "DLF"}
     assert "leaving out the recomputed methods: `DLF`" in (out / "recomputed.md").read_text()
+    # An older run with more splits: its extra rows of the recomputed method follow the old
+    # definition and are left out too (no set mixes the two); the other methods keep every split.
+    for row in [r for r in older["rows"] if r["split"] == 1]:
+        older["rows"].append(dict(row, split=7))
+    (out / "older.json").write_text(json.dumps(older))
+    assert main(["bench", "report", str(out / "smoke.json"), str(out / "older.json"), "--output-dir", str(out),
+                 "--name", "recomputed", "--recomputed", "DLF"]) == 0
+    recomputed = json.loads((out / "recomputed.json").read_text())
+    assert {r["split"] for r in recomputed["rows"] if r["method"] == "DLF"} == {0, 1}
+    assert {r["split"] for r in recomputed["rows"] if r["method"] == "BE"} == {0, 1, 7}
+    # The targets compare DLF with the others on the splits DLF has.
+    assert "Compared on the splits `DLF` has: yacht 2." in (out / "recomputed.md").read_text()
     assert main(["bench", "report", str(out / "smoke.json"), str(out / "older.json"), "--output-dir", str(out),
                  "--name", "counted"]) == 0
     assert json.loads((out / "counted.json").read_text())["repeat_max_nll_difference"] == pytest.approx(1.0)
@@ -178,8 +194,10 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert methods == {"teacher ensemble", "small-Ens", "Hydra", "BE", "DLF", "DLF 1×32", "DLF Gaussian design", "DLF mixup design",
                        "DLF outward design", "DLF out-of-fold values", "DLF, out-of-sample spread", "DLF, noise given factors",
                        "DLF, noise law by held-out check"}
-    # The design variants take the DLF row's body rule (here a fixed 1 × 24), not the students' widths (1 × 32).
+    # The design variants take the DLF row's network (here a fixed 1 × 24 body for the mean and the
+    # default loading body of the students' widths, 1 × 32), not the paper-protocol network.
     assert {tuple(r["hidden"]) for r in result["rows"] if r["method"].endswith("design")} == {(24,)}
+    assert {tuple(r["loading_hidden"]) for r in result["rows"] if r["method"].endswith("design") or r["method"] == "DLF"} == {(32,)}
     for row in result["rows"]:
         for key in ("nll_in", "nll_out", "crps_in", "crps_out", "rmse_out"):
             assert math.isfinite(row[key]), (row["method"], key)
@@ -198,6 +216,12 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
     assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--output-dir", str(out),
                  "--no-progress"]) == 2
     assert "--dlf-hidden: widths must be positive" in capsys.readouterr().err
+    for bad, message in ((["auto"], "--dlf-loading-hidden: give none or positive widths such as 50, got auto"),
+                         (["0"], "--dlf-loading-hidden: widths must be positive, got 0")):
+        assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-loading-hidden", *bad, "--output-dir", str(out),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
 
 
 def test_extrapolation_split_holds_out_the_far_end_of_the_first_principal_component():
