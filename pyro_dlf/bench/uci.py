@@ -72,8 +72,9 @@ statistics, metrics reported in the target's original units.
   loading_hidden=dlf_loading_hidden)``), and the mean head reads both bodies.
   Why by default: the validation score that chooses the body (the
   ensemble-predictive log score on held-out design points, no labels)
-  preferred a loading body on 37 of 63 standard splits of the UCI sets (35 of
-  50 on the five small sets, 2 of 3 on protein, 2 of 10 on naval), and
+  preferred a loading body on 39 of 63 standard splits of the UCI sets (35 of
+  50 on the five small sets, 2 of 3 on protein, 2 of 10 on naval) and on
+  average over splits on six of the seven sets (all but naval), and
   separate features let ‖Φ(x)‖² grow beyond the data as the teachers' spread
   does rather than as the mean's wider body does
   (``benchmarks/results/uci_loading_body.md``). The ``loadings`` ablation adds the
