@@ -267,7 +267,7 @@ def _dlf_variants(config: UCIBenchConfig) -> list[tuple[str, dict]]:
 
     The estep, init and q ablations keep the students' widths (``student_hidden``), so
     they compare with the paper-protocol DLF; the design variants (``augment``) take
-    the DLF row's body rule, set in :func:`_run_split`.
+    the DLF row's network (:func:`_dlf_rule`), set in :func:`_run_split`.
     """
     rule = _dlf_rule(config)
     variants = [("DLF", rule)]
@@ -709,24 +709,24 @@ def targets_on_own_splits(rows: list[dict], method: str) -> list[str]:
     the split-to-split variation into the gap. The caption names the sets where splits were left out.
     No lines when ``method`` has no rows.
     """
-    same_splits, note = _on_own_splits(rows, method)
+    same_splits, fewer = _on_own_splits(rows, method)
     if same_splits is None:
         return []
+    note = f" (compared on the splits it has: {fewer})" if fewer else ""
     return [f"The same for `{method}`{note}:", ""] + target_summary(same_splits, method) + [""]
 
 
 def _on_own_splits(rows: list[dict], method: str) -> tuple[Optional[dict], str]:
-    """The summary of every method on the (set, split) pairs ``method`` has, and a caption naming
-    the sets where it has fewer splits than some other method (``(None, "")`` without rows)."""
+    """The summary of every method on the (set, split) pairs ``method`` has, and the sets where it
+    has fewer splits than some other method with its count (``"protein 3"``; ``(None, "")`` without rows)."""
     present = {(r["dataset"], r["split"]) for r in rows if r["method"] == method}
     if not present:
         return None, ""
     summary = summarize(rows)
     fewer = [dataset for dataset, methods in summary.items()
              if method in methods and methods[method]["nll"][2] < max(m["nll"][2] for m in methods.values())]
-    note = (" (compared on the splits it has: " + ", ".join(f"{d} {summary[d][method]['nll'][2]}" for d in fewer) + ")"
-            if fewer else "")
-    return summarize([r for r in rows if (r["dataset"], r["split"]) in present]), note
+    return (summarize([r for r in rows if (r["dataset"], r["split"]) in present]),
+            ", ".join(f"{d} {summary[d][method]['nll'][2]}" for d in fewer))
 
 
 def noise_law_summary(rows: list[dict]) -> list[str]:
@@ -952,8 +952,8 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
         lines += ["Boston housing carries an ethically problematic feature (\"B\"); it is kept only for comparability with the literature.", ""]
     # The default DLF against the others on the splits it has (a set rerun on fewer splits is
     # compared there, not against the others' means over splits it lacks).
-    own, note = _on_own_splits(rows, "DLF")
-    lines += ["## Targets", ""] + ([f"Compared on the splits `DLF` has{note[len(' (compared on the splits it has'):-1]}.", ""] if note else [])
+    own, fewer = _on_own_splits(rows, "DLF")
+    lines += ["## Targets", ""] + ([f"Compared on the splits `DLF` has: {fewer}.", ""] if fewer else [])
     lines += target_summary(own if own is not None else summary) + [""]
     loading_rows = sorted({r["method"] for r in rows if r["method"].startswith("DLF, loading body ")})
     for selected in (LENGTH_CHOSEN, *loading_rows, SHARED_BODY, FACTOR_NOISE, NOISE_CHECKED, CALIBRATED, DESIGN_SELECTED, DESIGN_SELECTED_BEYOND):
