@@ -23,30 +23,29 @@ from pyro_dlf.arrays import check_writable, load_array, save_arrays
 __all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths"]
 
 
+def _positive_widths(values, name: str, expected: str) -> tuple[int, ...]:
+    """Positive widths as a tuple of ints, or a one-line error naming ``name`` and what it takes."""
+    try:
+        widths = tuple(int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"{name}: give {expected}, got {' '.join(values)}") from None
+    if any(w < 1 for w in widths):
+        raise ValueError(f"{name}: widths must be positive, got {' '.join(values)}")
+    return widths
+
+
 def parse_widths(values, name: str):
     """``["auto"]`` → ``"auto"``; otherwise positive widths as a tuple of ints (argparse has no union types)."""
     if list(values) == ["auto"]:
         return "auto"
-    try:
-        widths = tuple(int(v) for v in values)
-    except ValueError:
-        raise ValueError(f"{name}: give auto or positive widths such as 100 100, got {' '.join(values)}") from None
-    if any(w < 1 for w in widths):
-        raise ValueError(f"{name}: widths must be positive, got {' '.join(values)}")
-    return widths
+    return _positive_widths(values, name, "auto or positive widths such as 100 100")
 
 
 def parse_loading_widths(values, name: str):
     """``["none"]`` → ``None`` (one body for mean and loadings); otherwise positive widths as a tuple of ints."""
     if list(values) == ["none"]:
         return None
-    try:
-        widths = tuple(int(v) for v in values)
-    except ValueError:
-        raise ValueError(f"{name}: give none or positive widths such as 50, got {' '.join(values)}") from None
-    if any(w < 1 for w in widths):
-        raise ValueError(f"{name}: widths must be positive, got {' '.join(values)}")
-    return widths
+    return _positive_widths(values, name, "none or positive widths such as 50")
 
 
 def _loading_hidden(args: argparse.Namespace):
