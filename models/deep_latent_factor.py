@@ -37,7 +37,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_loading_hidden, check_teacher_values, is_integer_input
+from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_loading_hidden, check_real, check_teacher_values,
+                                  is_integer_input)
 from pyro_dlf.nn import MLP
 from pyro_dlf.sufficient_statistics import (
     FactorStatistics,
@@ -136,8 +137,7 @@ class DeepLatentFactor(PyroModule):
             raise ValueError("centered_loadings applies to the full multivariate model only (num_outputs=c, covariance='full')")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if not noise_variance > 0:
-            raise ValueError(f"noise_variance must be positive, got {noise_variance!r}")
+        check_real(noise_variance, "noise_variance", 0, fix="the initial nugget σ_f², e.g. noise_variance=1.0")
         if body is None:
             if in_features is None:
                 raise ValueError("in_features is required when no body is given (or pass body= and body_features=)")

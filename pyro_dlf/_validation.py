@@ -5,41 +5,73 @@ Every check names the offending argument and says how to fix it.
 
 from __future__ import annotations
 
+import io
+import math
+import numbers
+import os
 import warnings
-from typing import Optional, Sequence
+from numbers import Integral, Real
+from typing import IO, Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_held_out", "check_num_factors", "check_dtype", "check_batch_size", "check_training_length",
-           "check_magnitude", "check_loading_hidden"]
+           "check_magnitude", "check_loading_hidden", "check_real", "check_int", "check_flag", "check_choice", "check_device",
+           "check_float_dtype", "check_widths", "check_noise_variances", "check_num_points", "check_value_scale",
+           "check_num_factors_option", "check_teacher_output", "check_magnitude_value", "check_spread", "MIN_DESIGN_POINTS",
+           "DISTILL_FIX", "PREDICT_FIX", "check_noise_prior", "check_noise_law", "check_finite_outputs", "check_path",
+           "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes"]
+
+#: Design points a fit needs: the inputs are standardized by their spread, and a covariance across inputs needs two.
+MIN_DESIGN_POINTS = 2
+
+
+def _complex_error(name: str, dtype) -> TypeError:
+    return TypeError(f"{name} holds complex values ({dtype}); the model is for real values and would drop the imaginary parts: "
+                     f"pass {name}.real if they are zero, or the real quantity the teachers predict")
 
 
 def _as_float_tensor(value, name: str) -> Tensor:
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "c":
+            raise _complex_error(name, value.dtype)
+        if value.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers, got a NumPy array of dtype {value.dtype}; convert with "
+                            f"np.asarray({name}, dtype=np.float32)")
         # NumPy arrays are accepted wherever tensors are (shared memory where the dtype allows).
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; convert with torch.as_tensor(..., dtype=torch.float32)")
+    if value.is_complex():
+        raise _complex_error(name, value.dtype)
     if not value.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}; convert with {name}.float()")
     return value
 
 
-def _check_finite(value: Tensor, name: str) -> None:
+#: What a non-finite design point asks of the user.
+DISTILL_FIX = "remove or impute them before distilling"
+#: What a non-finite prediction input asks of the user.
+PREDICT_FIX = "the student predicts at finite inputs only: drop or impute those rows"
+
+
+def _check_finite(value: Tensor, name: str, fix: str = DISTILL_FIX) -> None:
     bad = ~torch.isfinite(value)
     if bad.any():
         count = int(bad.sum())
         first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} contains {count} non-finite value(s) (NaN or Inf), the first at index {first}; remove or impute them before distilling")
+        raise ValueError(f"{name} contains {count} non-finite value(s) (NaN or Inf), the first at index {first}; {fix}")
 
 
-def check_design_points(x: Tensor, name: str = "x", integer_ok: bool = False) -> Tensor:
+def check_design_points(x: Tensor, name: str = "x", integer_ok: bool = False, fix: str = DISTILL_FIX) -> Tensor:
     """A non-empty, finite, floating-point tensor of inputs ``(m, ...)``.
 
     With ``integer_ok`` (a custom body that embeds its inputs, e.g. a text
     encoder reading token ids ``(m, L)``) integer tensors pass unchanged.
+    ``fix`` ends the message about non-finite values (:data:`DISTILL_FIX`,
+    :data:`PREDICT_FIX`).
     """
     if integer_ok and isinstance(x, np.ndarray) and x.dtype.kind in "iu":
         x = torch.from_numpy(np.ascontiguousarray(x))
@@ -52,7 +84,7 @@ def check_design_points(x: Tensor, name: str = "x", integer_ok: bool = False) ->
         raise ValueError(f"{name} must have a leading dimension of design points, got a scalar")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty: give at least one design point")
-    _check_finite(x, name)
+    _check_finite(x, name, fix)
     return x
 
 
@@ -69,16 +101,17 @@ def cast_inputs(x: Tensor, dtype: torch.dtype, device=None) -> Tensor:
 
 
 def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name: str = "f", min_members: int = 2,
-                         observed: Optional[Tensor] = None) -> Tensor:
-    """Teacher values ``(n, m)`` (univariate) or ``(n, m, c)`` (multivariate), matching ``x``;
-    finite wherever ``observed`` (a checked mask, see :func:`check_observed`) is true."""
+                         observed: Optional[Tensor] = None, x_name: str = "x") -> Tensor:
+    """Teacher values ``(n, m)`` (univariate) or ``(n, m, c)`` (multivariate), matching ``x`` (called ``x_name``
+    in messages); finite wherever ``observed`` (a checked mask, see :func:`check_observed`) is true."""
     f = _as_float_tensor(f, name)
     expected = 2 if num_outputs is None else 3
     layout = "(num_teachers, num_points)" if num_outputs is None else f"(num_teachers, num_points, {num_outputs})"
     if f.dim() != expected:
         raise ValueError(f"{name} must have shape {layout}, got {tuple(f.shape)}")
     if f.shape[1] != x.shape[0]:
-        raise ValueError(f"{name} has values at {f.shape[1]} design points but x has {x.shape[0]}: the second dimension of {name} must match the first of x")
+        raise ValueError(f"{name} has values at {f.shape[1]} design points but {x_name} has {x.shape[0]}: the second dimension of "
+                         f"{name} must match the first of {x_name}")
     if num_outputs is not None and f.shape[2] != num_outputs:
         raise ValueError(f"{name} has {f.shape[2]} outputs per point but the model has num_outputs={num_outputs}")
     if f.shape[0] < min_members:
@@ -143,7 +176,7 @@ def check_num_factors(num_factors: int, num_teachers: int, num_outputs: Optional
     is one vector ``Φ z_i`` of the stacked loadings, so ``q ≤ n − 1`` as in the
     univariate model.
     """
-    if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors < 1:
+    if not isinstance(num_factors, numbers.Integral) or isinstance(num_factors, (bool, np.bool_)) or num_factors < 1:
         raise ValueError(f"num_factors must be a positive int, got {num_factors!r}")
     per_teacher = 1 if num_outputs is None or covariance == "full" else num_outputs
     limit = (num_teachers - 1) * per_teacher
@@ -166,11 +199,15 @@ def check_magnitude(t: Tensor, dtype: torch.dtype, name: str) -> None:
     """
     if t.numel() == 0 or not t.is_floating_point():
         return
-    largest = float(t.detach().abs().max())
-    limit = (torch.finfo(dtype).max / (10 * t.numel())) ** 0.5
+    check_magnitude_value(float(t.detach().abs().max()), t.numel(), dtype, name)
+
+
+def check_magnitude_value(largest: float, count: int, dtype: torch.dtype, name: str) -> None:
+    """:func:`check_magnitude` from the largest absolute value and the number of values (e.g. over a stream)."""
+    limit = (torch.finfo(dtype).max / (10 * max(count, 1))) ** 0.5
     if largest > limit:
         raise ValueError(f"{name} has values up to {largest:.3g}: their sums of squares overflow {str(dtype).replace('torch.', '')} "
-                         f"(the limit for {t.numel()} values is {limit:.3g}); rescale them (e.g. to standard units) or pass "
+                         f"(the limit for {count} values is {limit:.3g}); rescale them (e.g. to standard units) or pass "
                          f"dtype=torch.float64")
 
 
@@ -184,7 +221,7 @@ def check_dtype(t: Tensor, module, name: str) -> None:
 
 def check_batch_size(batch_size, name: str = "batch_size") -> None:
     """``None`` (everything at once) or a positive int."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise ValueError(f"{name} must be None or a positive int, got {batch_size!r}")
 
 
@@ -209,3 +246,440 @@ def check_loading_hidden(value, custom_body: bool) -> Optional[tuple[int, ...]]:
             or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
         raise ValueError(f"loading_hidden must be None or positive widths such as (50,), got {value!r}")
     return tuple(int(h) for h in value)
+
+
+# ------------------------------------------------------------------ options
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_real(value: Any, name: str, low: Optional[float] = None, high: Optional[float] = None, *,
+               low_open: bool = True, high_open: bool = False, fix: str = "") -> float:
+    """A finite real number (not a bool) in the interval ``low..high`` (open or closed ends), as a float.
+
+    :param fix: what to pass instead, appended to the error (e.g. ``"e.g. lr=1e-2"``).
+    """
+    left = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    right = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+    what = ("a finite number" if low is None and high is None
+            else f"a number in {left}, {right}" if low is not None and high is not None
+            else f"a finite number {'>' if low_open else '>='} {low:g}" if low is not None
+            else f"a finite number {'<' if high_open else '<='} {high:g}")
+    tail = f"; {fix}" if fix else ""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point():
+        value = float(value)  # a 0-dimensional real tensor is a number
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {value!r}{tail}")
+    number = float(value)
+    if not np.isfinite(number) or (low is not None and (number <= low if low_open else number < low)) \
+            or (high is not None and (number >= high if high_open else number > high)):
+        raise ValueError(f"{name} must be {what}, got {value!r}{tail}")
+    return number
+
+
+def check_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = False, fix: str = "") -> Optional[int]:
+    """An int (NumPy integers too, not a bool) of at least ``minimum``; ``None`` passes when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    what = ("a positive int" if minimum == 1 else "a non-negative int" if minimum == 0 else f"an int >= {minimum}")
+    what = f"None or {what}" if allow_none else what
+    tail = f"; {fix}" if fix else ""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be {what}, got {value!r}{tail}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}{tail}")
+    return int(value)
+
+
+def check_flag(value: Any, name: str, *, allow_none: bool = False) -> Optional[bool]:
+    """``True`` or ``False`` (a NumPy bool too); ``None`` passes when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False{' (or None)' if allow_none else ''}, got {value!r}")
+    return bool(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str], *, allow_none: bool = False) -> Optional[str]:
+    """One of the strings ``choices``; ``None`` passes when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or value not in choices:
+        listed = " or ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be {listed}{' (or None)' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def check_device(device: Any, name: str = "device") -> Optional[torch.device]:
+    """``None`` or a device that exists here: ``"cpu"``, ``"cuda"`` / ``"cuda:k"`` with CUDA available, ``"mps"`` with MPS."""
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be None, a string such as 'cpu' or 'cuda', or a torch.device, got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name}={device!r} is not a device torch knows; pass device='cpu' (or 'cuda' where a GPU is available)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} but torch.cuda.is_available() is False; pass {name}='cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"pass {name}='cuda:0' (or 'cpu')")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name}={device!r} but torch.backends.mps.is_available() is False; pass {name}='cpu'")
+    elif parsed.type != "cpu":
+        raise ValueError(f"{name}={device!r}: the fit runs on 'cpu', 'cuda' or 'mps'; pass {name}='cpu'")
+    return parsed
+
+
+def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
+    """``torch.float32`` or ``torch.float64``: the model's floating dtype."""
+    if dtype not in (torch.float32, torch.float64) or not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{name} must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def check_widths(value: Any, name: str) -> tuple[int, ...]:
+    """Hidden widths: a sequence of positive ints (empty: no hidden layer), as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or any(not _is_int(h) or h < 1 for h in value):
+        raise ValueError(f"{name} must be positive widths such as (50,) or (100, 100), got {value!r}")
+    return tuple(int(h) for h in value)
+
+
+def check_num_factors_option(value: Any, name: str = "num_factors") -> Any:
+    """``"auto"`` (chosen from the teachers' values) or a positive int; the identification limit is checked
+    once the number of teachers is known (:func:`check_num_factors`)."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    if not _is_int(value) or value < 1:
+        raise (ValueError if _is_int(value) or isinstance(value, str) else TypeError)(
+            f"{name} must be 'auto' (chosen from the teachers' spread) or a positive int such as 2, got {value!r}")
+    return int(value)
+
+
+def check_num_points(m: int, name: str = "x_design", minimum: int = MIN_DESIGN_POINTS) -> None:
+    """At least ``minimum`` design points (the inputs are standardized by their spread; a covariance across inputs needs two)."""
+    if m < minimum:
+        raise ValueError(f"{name} has {m} design point{'s' if m != 1 else ''}: distilling needs at least {minimum} (the "
+                         f"student's inputs are standardized by their spread and its covariance runs across inputs); "
+                         f"give more design points")
+
+
+def check_noise_variances(value: Any, num_teachers: int, name: str = "teacher_noise_variances", *,
+                          num_points: Optional[int] = None, num_outputs: Optional[int] = None,
+                          observed: Optional[Tensor] = None) -> Tensor:
+    """Each teacher's noise variance as a float64 tensor: ``(n,)``, or ``(n, m)`` (heteroscedastic, when
+    ``num_points`` is given), or ``(n, d)`` (per output, when ``num_outputs`` is given); positive and finite
+    (for ``(n, m)`` wherever ``observed``)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+        raise TypeError(f"{name} must be {num_teachers} positive numbers (one per teacher), got {value!r}")
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "fiu":
+        if value.dtype.kind == "c":
+            raise _complex_error(name, value.dtype)
+        raise TypeError(f"{name} must hold real numbers, got a NumPy array of dtype {value.dtype}")
+    if isinstance(value, Tensor) and (value.is_complex() or value.dtype == torch.bool):
+        if value.is_complex():
+            raise _complex_error(name, value.dtype)
+        raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {value.dtype}")
+    try:
+        v = torch.as_tensor(np.asarray(value) if isinstance(value, np.ndarray) else value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be {num_teachers} positive numbers (one per teacher: a tensor, array or list), "
+                        f"got {type(value).__name__}") from None
+    v = v.detach().cpu()
+    shapes = [f"({num_teachers},)"]
+    if num_points is not None:
+        shapes.append(f"({num_teachers}, {num_points}) per teacher and design point")
+    if num_outputs is not None:
+        shapes.append(f"({num_teachers}, {num_outputs}) per teacher and output")
+    if v.dim() == 2 and v.shape[1] == 1 and num_points != 1 and num_outputs != 1:
+        v = v.reshape(-1)
+    ok = (v.dim() == 1 and v.numel() == num_teachers) or (
+        v.dim() == 2 and v.shape[0] == num_teachers and v.shape[1] in [k for k in (num_points, num_outputs) if k is not None])
+    if not ok:
+        got = f"{v.numel()} value{'s' if v.numel() != 1 else ''}" if v.dim() <= 1 else f"shape {tuple(v.shape)}"
+        raise ValueError(f"{name} has {got} for {num_teachers} teachers: give one variance per teacher, shape "
+                         + " or ".join(shapes))
+    everywhere = observed is None or v.dim() != 2 or v.shape[1] != num_points
+    keep = torch.ones_like(v, dtype=torch.bool) if everywhere else observed.cpu()
+    bad = keep & ~(torch.isfinite(v) & (v > 0))
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} must be positive and finite, but {int(bad.sum())} value(s) are not (the first, at index "
+                         f"{first[0] if len(first) == 1 else first}, is {float(v[first]):g}); check those teachers' noise "
+                         f"estimates (e.g. held-out mean squared errors)")
+    return v
+
+
+def check_value_scale(f: Tensor, dtype: torch.dtype, name: str, observed: Optional[Tensor] = None) -> None:
+    """Teachers that differ, at a scale ``dtype`` resolves.
+
+    The fit is scale-free (the values are standardized), but its squared
+    deviations and the nugget, a fraction of the values' variance, must be
+    normal numbers of ``dtype``: a spread whose square falls below
+    ``tiny / eps`` (about ``1e-31`` in float32, ``1e-292`` in float64) loses
+    its precision to underflow. Teachers with no spread at all leave nothing
+    to distil. With an ``observed`` mask the spread is taken across the teachers
+    that share a point, or, where no point is shared, across the observed values.
+    """
+    values = f.detach().double()
+    if observed is not None:
+        keep = observed if values.dim() == 2 else observed.unsqueeze(-1).expand_as(values)
+        # Across teachers where at least two see a point; where none is shared, across the observed values.
+        shared = keep & (keep.sum(0, keepdim=True) >= 2)
+        keep = shared if bool(shared.any()) else keep
+        values = torch.where(keep, values, torch.nan)
+        centre = values.nanmean(0, keepdim=True) if keep is shared else values.nanmean()
+        deviation = torch.where(keep, values - centre, torch.zeros_like(values))
+        count = max(int(keep.sum()), 1)
+    else:
+        deviation = values - values.mean(0, keepdim=True)
+        count = max(values.numel(), 1)
+    check_spread(float(deviation.pow(2).sum() / count), dtype, name)
+
+
+def check_spread(spread: float, dtype: torch.dtype, name: str) -> None:
+    """:func:`check_value_scale` from the mean squared deviation across teachers (e.g. summed over a stream)."""
+    if spread == 0.0:
+        raise ValueError(f"{name}: every teacher gives the same values, so there is no spread across teachers to distil; "
+                         f"check that the teachers differ (e.g. members trained from different seeds)")
+    finfo = torch.finfo(dtype)
+    if spread < finfo.tiny / finfo.eps:
+        raise ValueError(f"{name}: the teachers differ by only {spread ** 0.5:.3g} (root mean square across teachers), too "
+                         f"small for {str(dtype).replace('torch.', '')}: its squares underflow; rescale the values (e.g. to "
+                         f"standard units) or pass dtype=torch.float64")
+
+
+def check_teacher_output(out: Any, index: int, rows: int, name: str = "teacher_outputs") -> Tensor:
+    """One teacher callable's values on a batch of ``rows`` design points: a real tensor (or NumPy array) with ``rows`` rows."""
+    label = f"{name}[{index}]"
+    if isinstance(out, np.ndarray):
+        if out.dtype.kind == "c":
+            raise _complex_error(f"{label}(x)", out.dtype)
+        if out.dtype.kind not in "fiu":
+            raise TypeError(f"{label} returned a NumPy array of dtype {out.dtype}; it must return real values (b,) or (b, c)")
+        out = torch.from_numpy(np.ascontiguousarray(out))
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{label} returned {type(out).__name__ if out is not None else 'None'}, not a tensor; each teacher "
+                        f"callable must return its values on the batch as a torch.Tensor (b,) or (b, c)")
+    if out.is_complex():
+        raise _complex_error(f"{label}(x)", out.dtype)
+    if out.dim() == 0 or out.shape[0] != rows:
+        raise ValueError(f"{label} returned shape {tuple(out.shape)} for a batch of {rows} design points; it must return "
+                         f"({rows},) or ({rows}, c)")
+    return out.detach()
+
+
+# ------------------------------------------------------------ the student and its file
+
+
+def _numbers(value, name: str, num_outputs: Optional[int]) -> Union[float, tuple[float, ...]]:
+    """A number, or (several outputs) one number per output, as a float or a tuple of floats."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        if value.dtype in (torch.bool, np.bool_) or (isinstance(value, Tensor) and value.is_complex()):
+            raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if num_outputs is None or len(value) != num_outputs:
+            expected = "one number" if num_outputs is None else f"one number or {num_outputs} (one per output)"
+            raise ValueError(f"{name} must be {expected}, got {len(value)} values")
+        return tuple(_numbers(v, name, None) for v in value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}; "
+                        "fit it with pyro_dlf.noise.fit_inverse_gamma")
+    return float(value)
+
+
+def check_noise_prior(concentration, rate, num_outputs: Optional[int]):
+    r"""``(a, b)`` of the inverse-gamma noise prior ``IG(a, b)`` of a regression student.
+
+    Both positive and finite. ``a ≤ 1`` is a law without a mean: the predictive
+    (its draws, mixture and densities) is proper, and the aleatoric variance
+    ``E[σ²] = b/(a − 1)`` it reports is infinite, as documented on the student.
+    One pair, or with ``num_outputs`` outputs one number per output for either.
+
+    :returns: ``(a, b)`` as floats, or tuples of floats (one per output).
+    """
+    if concentration is None or rate is None:
+        raise ValueError("noise_concentration and noise_rate are required for regression: the inverse-gamma law of the "
+                         "teachers' noise variances (fit them with pyro_dlf.noise.fit_inverse_gamma)")
+    a, b = _numbers(concentration, "noise_concentration", num_outputs), _numbers(rate, "noise_rate", num_outputs)
+    for name, values in (("noise_concentration", a), ("noise_rate", b)):
+        for v in values if isinstance(values, tuple) else (values,):
+            if not math.isfinite(v):
+                raise ValueError(f"{name} must be finite, got {v!r}; fit it with pyro_dlf.noise.fit_inverse_gamma")
+    if any(v <= 0 for v in (b if isinstance(b, tuple) else (b,))):
+        raise ValueError(f"noise_rate must be positive, got {rate!r}; fit it with pyro_dlf.noise.fit_inverse_gamma")
+    if any(v <= 0 for v in (a if isinstance(a, tuple) else (a,))):
+        raise ValueError(f"noise_concentration must be positive, got {concentration!r}; fit it with pyro_dlf.noise.fit_inverse_gamma")
+    if isinstance(a, tuple) != isinstance(b, tuple):
+        # One number for every output next to one per output: one per output for both.
+        a, b = (v if isinstance(v, tuple) else (v,) * num_outputs for v in (a, b))
+    return a, b
+
+
+def check_noise_law(concentration, rate, exponent, gram, num_factors: int, *, prefix: str = "set_noise_law: ",
+                    names: tuple[str, str, str, str] = ("concentration", "rate", "exponent", "gram")):
+    r"""The factor-dependent noise law ``IG(a, b · u(z)^β)``, ``u(z) = z^T \hat G z``.
+
+    ``a, b`` positive finite numbers (the aleatoric variance
+    ``E_z[b u(z)^β] / (a − 1)`` is infinite for ``a ≤ 1``), ``β`` finite, and for ``β ≠ 0`` a symmetric
+    positive semi-definite ``q×q`` ``\hat G`` of trace 1 (for ``β = 0`` it is not read).
+
+    :param prefix: put before every message (the entry point's name).
+    :param names: the entry point's names of ``a``, ``b``, ``β`` and ``\hat G``.
+    :returns: ``(a, b, β, \hat G or None)``, numbers as floats and ``\hat G`` as a float64 tensor.
+    """
+    a_name, b_name, beta_name, gram_name = names
+    values = []
+    for value in (concentration, rate):
+        if isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+            value = value.item()
+        values.append(value)
+    a, b = values
+    if not all(isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) and 0 < float(v) < math.inf for v in (a, b)):
+        raise ValueError(f"{prefix}{a_name} and {b_name} must be positive finite numbers, got {concentration!r}, {rate!r} "
+                         "(pyro_dlf.noise.fit_factor_inverse_gamma fits them)")
+    a, b = float(a), float(b)
+    beta = check_real(exponent, f"{prefix}{beta_name}")
+    if beta == 0.0:
+        return a, b, beta, None  # the i.i.d. law: no gram is read
+    g = None
+    if isinstance(gram, (Tensor, np.ndarray, list, tuple)):
+        try:
+            g = torch.as_tensor(np.asarray(gram, dtype=np.float64) if not isinstance(gram, Tensor) else gram, dtype=torch.float64)
+        except (TypeError, ValueError):
+            g = None
+    q = num_factors
+    if g is None or tuple(g.shape) != (q, q) or not bool(torch.isfinite(g).all()) or not torch.allclose(g, g.T, atol=1e-8) \
+            or abs(float(g.trace()) - 1.0) > 1e-6 or float(torch.linalg.eigvalsh(g).min()) < -1e-8:
+        raise ValueError(f"{prefix}{beta_name} {beta:g} needs {gram_name}, a symmetric positive semi-definite ({q}, {q}) "
+                         "matrix of trace 1 (pyro_dlf.noise.fit_factor_inverse_gamma gives it)")
+    return a, b, beta, g
+
+
+def check_finite_outputs(values: tuple[Tensor, ...], x: Tensor, dtype: torch.dtype, name: str = "x") -> None:
+    """The network's outputs at ``x`` are finite; if not, ``x`` is too large for ``dtype`` (finite ``x`` assumed)."""
+    if all(bool(torch.isfinite(v).all()) for v in values if v is not None):
+        return
+    size = f" up to {float(x.detach().abs().max()):.3g}" if x.is_floating_point() else ""
+    kind = str(dtype).replace("torch.", "")
+    fix = "rescale it (to the range of the design points)" + (", or convert the student with student.double() and pass "
+                                                               "x in torch.float64" if dtype != torch.float64 else "")
+    raise ValueError(f"{name} has values{size}: the student's outputs there overflow {kind} (infinite or NaN predictions); {fix}")
+
+
+def check_path(path, name: str = "path", *, write: bool) -> Union[str, IO[bytes]]:
+    """A file name (``str``, ``bytes``, :class:`os.PathLike`) as an absolute ``str``, or a binary file object.
+
+    A file object must be open in binary mode and have ``write`` (``write=True``) or ``read`` and ``seek``.
+    """
+    if isinstance(path, (str, bytes, os.PathLike)):
+        text = os.fsdecode(os.fspath(path))
+        if not text:
+            raise ValueError(f"{name} is empty; give a file name such as 'student.pt'")
+        if "\0" in text:
+            raise ValueError(f"{name} contains a NUL character; give a valid file name")
+        if os.path.isdir(text):
+            raise ValueError(f"{name} {text!r} is a folder; give a file name inside it, e.g. {os.path.join(text, 'student.pt')!r}")
+        return os.path.abspath(text)
+    needed = ("write",) if write else ("read", "seek")
+    if not all(callable(getattr(path, attr, None)) for attr in needed):
+        raise TypeError(f"{name} must be a file name (str or os.PathLike) or a binary file object with "
+                        f"{' and '.join(n + '()' for n in needed)}, got {type(path).__name__}")
+    mode = getattr(path, "mode", None)
+    if isinstance(path, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+        raise TypeError(f"{name} is a text-mode file; open it in binary mode ({'wb' if write else 'rb'}) or pass its name")
+    return path
+
+
+#: Device types a student's tensors can be loaded onto and computed on.
+_LOAD_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_map_location(map_location) -> torch.device:
+    """A device the file's tensors are loaded onto and the student moved to: a device string or a :class:`torch.device`."""
+    if isinstance(map_location, torch.device):
+        device = map_location
+    elif isinstance(map_location, str):
+        try:
+            device = torch.device(map_location)
+        except RuntimeError as err:
+            raise ValueError(f"map_location {map_location!r} is not a device; pass a device such as 'cpu', 'cuda' or "
+                             "'cuda:0' (or a torch.device)") from err
+    else:
+        raise TypeError(f"map_location must be a device such as 'cpu', 'cuda' or 'cuda:0' (or a torch.device), got "
+                        f"{type(map_location).__name__}; the student is loaded whole onto one device")
+    if device.type not in _LOAD_DEVICES:
+        raise ValueError(f"map_location {str(device)!r} is not a device a student can be loaded onto; pass one of "
+                         f"{', '.join(repr(d) for d in _LOAD_DEVICES)} (with an index such as 'cuda:0' where needed)")
+    if device.type == "cpu":
+        return torch.device("cpu")  # torch.load knows no "cpu:0"
+    try:
+        torch.empty(0, device=device)
+    except Exception as err:  # each backend fails in its own way when absent
+        raise ValueError(f"map_location {str(device)!r} is not available on this machine; pass map_location='cpu' "
+                         "(the default) and move the student later") from err
+    return device
+
+
+def check_body_record(body, saved_class: Optional[str], saved_modules) -> None:
+    """``body``'s class, and the classes of its submodules, are those recorded in the file.
+
+    ``saved_class`` is ``module.qualname`` of the saved body, ``saved_modules``
+    ``[[name, class], ...]`` over its submodules; files without the record
+    (``None``) are not checked.
+    """
+    from pyro_dlf.student_file import body_record
+
+    if saved_class is None:
+        return
+    found_class, found_modules = body_record(body)
+    if found_class != saved_class:
+        raise ValueError(f"body is a {found_class} but the student was saved with a {saved_class} body; pass an instance "
+                         f"of {saved_class} (the same architecture; its weights are overwritten)")
+    if saved_modules is not None:
+        saved, found = dict(map(tuple, saved_modules)), dict(map(tuple, found_modules))
+        for key in sorted(set(saved) | set(found)):
+            if saved.get(key) != found.get(key):
+                raise ValueError(f"body's submodule {key!r} is {found.get(key) or 'missing'} but the saved body's is "
+                                 f"{saved.get(key) or 'absent'}; pass a {saved_class} built with the saved architecture")
+
+
+def check_network_fields(fields: dict, state: dict[str, Tensor], where: str) -> None:
+    """Width and count fields of a file's configuration fit the size of its state dict.
+
+    Every width of a saved network is the length of one of its tensors' axes
+    (a bias, a weight's row or column, a buffer), so none can exceed the
+    largest axis in the state dict, and a network has at most as many layers
+    as tensors. Checked before any module is built (even on the ``meta``
+    device), so a field claiming ``10⁹`` units or layers is rejected at once.
+
+    :param fields: field name -> an int or a list of ints (``None`` skipped).
+    """
+    largest = max((max(t.shape, default=1) for t in state.values()), default=0)
+    for name, value in fields.items():
+        if value is None:
+            continue
+        widths = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(widths) > len(state):
+            raise ValueError(f"{where}: configuration field {name} lists {len(widths)} layers but the file holds "
+                             f"{len(state)} tensors; the file is corrupted")
+        for i, width in enumerate(widths):
+            label = f"{name}[{i}]" if isinstance(value, (list, tuple)) else name
+            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+                raise ValueError(f"{where}: configuration field {label} must be a positive int, got {width!r}")
+            if width > largest:
+                raise ValueError(f"{where}: configuration field {label} = {width} is larger than any tensor axis in the "
+                                 f"saved weights ({largest}); the file is corrupted")
+
+
+def check_state_shapes(expected: dict[str, tuple], found: dict[str, tuple], where: str, what: str) -> None:
+    """The saved tensors' names and shapes are those the configuration implies (compared without allocating)."""
+    if expected != found:
+        key = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))[0]
+        raise ValueError(f"{where}: the saved {what} do not fit the saved architecture ({key}: file {found.get(key)}, "
+                         f"configuration {expected.get(key)}); the file is corrupted")
+

@@ -2,6 +2,7 @@ r"""One call from a teacher ensemble to a distilled student."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Callable, Optional, Sequence, Union
@@ -10,18 +11,20 @@ import numpy as np
 import pyro.optim
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
-
-from pyro_dlf._validation import (cast_inputs, check_design_points, check_held_out, check_loading_hidden, check_magnitude, check_num_factors,
-                                  check_teacher_values, check_training_length)
+from pyro_dlf._progress import progress_bar
+from pyro_dlf._validation import (cast_inputs, check_choice, check_design_points, check_device, check_flag, check_float_dtype,
+                                  check_held_out, check_int, check_loading_hidden, check_magnitude, check_noise_variances,
+                                  check_num_factors, check_num_factors_option, check_num_points, check_real, check_teacher_output,
+                                  check_teacher_values, check_training_length, check_value_scale, check_widths)
 from pyro_dlf.calibration import calibrate_spread
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.heteroscedastic import fit_heteroscedastic_noise
 from pyro_dlf.infer.em import EM
 from pyro_dlf.infer.mmd import mmd_initialize
-from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
-from pyro_dlf.noise import FACTOR_NOISE_TEST_LEVEL, fit_inverse_gamma, fit_noise_given_factors
-from pyro_dlf.selection import BODY_FAMILY, TRAINING_FAMILY, predictive_log_score, select_hidden
+from pyro_dlf.models.deep_latent_factor import ACTIVATIONS, DeepLatentFactor
+from pyro_dlf.noise import FACTOR_NOISE_TEST_LEVEL, HeavyTailWarning, fit_inverse_gamma, fit_noise_given_factors
+from pyro_dlf.selection import (BODY_FAMILY, TRAINING_FAMILY, check_selection_size, choose_num_factors, deviation_gram, factor_limit,
+                                 predictive_log_score, select_hidden)
 from pyro_dlf.student import Student
 from pyro_dlf.sufficient_statistics import observed_count
 
@@ -34,12 +37,16 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     """Evaluate callables on the design points in batches: ``(n, m)`` or ``(n, m, c)``.
 
     Each callable maps ``(b, ...)`` inputs to ``(b,)``, ``(b, 1)`` or ``(b, c)``
-    outputs; it runs under :func:`torch.no_grad`, and an :class:`torch.nn.Module`
-    in eval mode (so dropout teachers give one function, not a new draw per
-    evaluation), restored to its mode afterwards.
+    outputs (a tensor, or a NumPy array of real numbers); it runs under
+    :func:`torch.no_grad`, and an :class:`torch.nn.Module` in eval mode (so
+    dropout teachers give one function, not a new draw per evaluation),
+    restored to its mode afterwards.
     """
+    if not isinstance(teachers, (list, tuple)):
+        raise TypeError(f"teacher_outputs must be a list of callables, got {type(teachers).__name__}")
     if len(teachers) == 0:
         raise ValueError("teacher_outputs is an empty list: give at least 2 teachers")
+    batch_size = check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024")
     outputs = []
     with torch.no_grad():
         for i, teacher in enumerate(teachers):
@@ -50,13 +57,14 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
             if training:
                 teacher.eval()
             try:
-                parts = [torch.as_tensor(teacher(x[s:s + batch_size])) for s in range(0, x.shape[0], batch_size)]
+                parts = []
+                for s in range(0, x.shape[0], batch_size):
+                    xb = x[s:s + batch_size]
+                    parts.append(check_teacher_output(teacher(xb), i, xb.shape[0]))
             finally:
                 if training:
                     teacher.train()
             out = torch.cat(parts)
-            if out.shape[0] != x.shape[0]:
-                raise ValueError(f"teacher_outputs[{i}] returned {out.shape[0]} rows for {x.shape[0]} design points")
             if out.dim() == 2 and out.shape[1] == 1:
                 out = out.squeeze(1)
             outputs.append(out)
@@ -69,15 +77,17 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
 def _standardize_stats(t: Tensor, dim) -> tuple[Tensor, Tensor]:
     loc = t.mean(dim)
     scale = t.std(dim)
-    # A constant column has no spread to standardize; leave it unscaled.
-    return loc, torch.where(scale > 1e-8, scale, torch.ones_like(scale))
+    # A constant column -- no spread beyond the rounding of its dtype -- has nothing to standardize; leave it
+    # unscaled. The test is relative: inputs of any magnitude (1e-30 or 1e30) with a real spread are standardized.
+    resolved = scale > 16 * torch.finfo(t.dtype).eps * loc.abs()
+    return loc, torch.where(resolved & (scale > 0), scale, torch.ones_like(scale))
 
 
 def distill(
     x_design: Tensor,
     teacher_outputs: TeacherOutputs,
     *,
-    num_factors: int,
+    num_factors: Union[int, str] = "auto",
     teacher_noise_variances: Optional[Tensor] = None,
     observed: Optional[Tensor] = None,
     held_out: Optional[Tensor] = None,
@@ -121,7 +131,13 @@ def distill(
     :param teacher_outputs: ``(n, m)`` values (regression), ``(n, m, c)`` logits
         (classification), or a list of ``n`` callables evaluated on
         ``x_design`` in batches of ``teacher_batch_size``.
-    :param num_factors: ``q``; at most ``n − 1`` is identified (warns otherwise).
+    :param num_factors: ``q``, or ``"auto"`` (default): the smallest ``q`` whose leading principal
+        directions of the teachers' centred deviations ``f_i − \bar f`` at the design points explain
+        at least 90 % of their spread, clipped to ``1 ≤ q ≤ min(10, n − 2)`` (separable multivariate:
+        ``(n − 1)·c′ − 1``, ``c′ = c − 1`` for centred logits) -- from the teachers' values alone, no labels
+        (:func:`pyro_dlf.selection.choose_num_factors` gives the reasons for 90 % and 10);
+        ``student.num_factors_choice`` records the explained shares and the choice (``None`` for an
+        int). An int: at most ``n − 1`` is identified (warns otherwise).
     :param teacher_noise_variances: regression only: each teacher's noise
         variance ``σ²_{ε,i}`` (``n`` positive values); an inverse gamma is fitted
         to them by maximum likelihood and drives the aleatoric part of the
@@ -178,7 +194,11 @@ def distill(
         teachers' values; the smallest body within one standard
         error of the best is refitted on all design points
         (:func:`pyro_dlf.selection.select_hidden`; ``student.body_selection``
-        records the comparison).
+        records the comparison; a progress bar ticks once per candidate fit).
+        A comparison needs 5 held-out and 5 fitting design points at least
+        (:func:`pyro_dlf.selection.minimum_design_points`: 23 at the default
+        ``validation_fraction``); fewer are refused. Each warning of the call
+        (from any candidate fit) is said once.
     :param validation_fraction: share of the design points held out to choose the body
         (and the training length).
     :param training_length: the fraction ``ℓ ∈ (0, 1]`` of the schedule to run:
@@ -252,7 +272,18 @@ def distill(
         (by 0.18, 0.02 and 0.03 nats); pass ``True`` where the teachers' noise is known to
         follow their disagreement. ``student.noise_fit`` records the fit and the test when
         one is made (``None`` otherwise).
-    :param seed: seeds the network initialization, the minibatch order and the codes.
+    :param seed: a non-negative int; seeds the network initialization, the minibatch order and the codes.
+    :param mmd_steps: steps of the MMD-penalized initialization (0: none).
+    :param mmd_penalty: its weight ``λ > 0`` (SPEC §5).
+    :param activation: the default body's activation, one of :data:`pyro_dlf.models.ACTIVATIONS`.
+    :param body_features: the output width of a custom ``body`` (required with it, refused without).
+    :param teacher_batch_size: design points per call of a teacher callable.
+    :param progress: show progress bars (body selection, MMD initialization, EM); the environment
+        variable ``TQDM_DISABLE`` hides them too.
+    :param device: where to fit (``None``: where ``x_design`` is); ``"cuda"`` needs
+        ``torch.cuda.is_available()``.
+    :param dtype: the model's dtype, ``torch.float32`` or ``torch.float64`` (for values whose
+        squares overflow or underflow float32).
     :returns: the fitted student; ``student.history`` holds the negative log
         marginal likelihood per observed scalar at each EM iteration (before any
         calibration), ``student.spread_calibration`` the
@@ -260,34 +291,122 @@ def distill(
         itself lives in the loading weights, so a saved student keeps it.
     """
     call = {k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs")}
+    # Every warning of one call is said once: the candidate fits of a body selection would repeat them.
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            student = _distill(x_design, teacher_outputs, **call)
+    except Exception:
+        with contextlib.suppress(Warning):  # under -W error a warning must not replace the error itself
+            _say_once(caught)
+        raise
+    _say_once(caught)
+    return student
+
+
+def _say_once(caught: list) -> None:
+    """Re-emit the recorded warnings of one call, each distinct one once, at the caller of :func:`distill`."""
+    for category, message in dict.fromkeys((record.category, str(record.message)) for record in caught):
+        warnings.warn(message, category, stacklevel=3)
+
+
+def _check_options(o: dict) -> dict:
+    """Every option of :func:`distill` that needs no data, each checked once with its name; returns them normalized."""
+    o["num_factors"] = check_num_factors_option(o["num_factors"])
+    o["task"] = check_choice(o["task"], "task", ("regression", "classification"), allow_none=True)
+    o["covariance"] = check_choice(o["covariance"], "covariance", ("separable", "full"), allow_none=True)
+    o["centered_loadings"] = check_flag(o["centered_loadings"], "centered_loadings", allow_none=True)
+    o["validation_fraction"] = check_real(o["validation_fraction"], "validation_fraction", 0, 1, high_open=True,
+                                          fix="e.g. validation_fraction=0.2")
+    if o["body"] is not None and not isinstance(o["body"], nn.Module):
+        raise TypeError(f"body must be None (the default MLP body) or a torch.nn.Module, got {o['body']!r}")
+    o["body_features"] = check_int(o["body_features"], "body_features", 1, allow_none=True)
+    if o["body_features"] is not None and o["body"] is None:
+        raise ValueError("body_features is the output width of a custom body: pass body= with it, or drop body_features=")
+    if o["body"] is not None and o["body_features"] is None:
+        raise ValueError("body_features: give the output width of the custom body, e.g. body_features=64")
+    o["activation"] = check_choice(o["activation"], "activation", tuple(ACTIVATIONS))
+    o["num_iterations"] = check_int(o["num_iterations"], "num_iterations", 0)
+    o["num_m_steps"] = check_int(o["num_m_steps"], "num_m_steps", 1, allow_none=True)
+    o["batch_size"] = check_int(o["batch_size"], "batch_size", 1)
+    o["lr"] = check_real(o["lr"], "lr", 0, fix="Adam's step size, e.g. lr=1e-2")
+    o["lr_decay"] = check_real(o["lr_decay"], "lr_decay", 0, 1, fix="e.g. lr_decay=0.1")
+    o["warmup"] = check_real(o["warmup"], "warmup", 0, 1, low_open=False, fix="a fraction of the EM iterations, e.g. warmup=0.1")
+    o["estep"] = check_choice(o["estep"], "estep", ("exact", "minibatch"))
+    o["init"] = check_choice(o["init"], "init", ("mmd", "random"))
+    o["mmd_steps"] = check_int(o["mmd_steps"], "mmd_steps", 0)
+    o["mmd_penalty"] = check_real(o["mmd_penalty"], "mmd_penalty", 0, fix="e.g. mmd_penalty=1.0")
+    o["center_logits"] = check_flag(o["center_logits"], "center_logits")
+    o["include_nugget"] = check_flag(o["include_nugget"], "include_nugget")
+    if not (isinstance(o["noise_given_factors"], (bool, np.bool_)) or (isinstance(o["noise_given_factors"], str)
+                                                                      and o["noise_given_factors"] == "auto")):
+        raise ValueError(f"noise_given_factors must be 'auto', True or False, got {o['noise_given_factors']!r}")
+    if not isinstance(o["noise_given_factors"], str):
+        o["noise_given_factors"] = bool(o["noise_given_factors"])
+    o["teacher_batch_size"] = check_int(o["teacher_batch_size"], "teacher_batch_size", 1, fix="e.g. teacher_batch_size=1024")
+    o["seed"] = check_int(o["seed"], "seed", 0)
+    o["progress"] = check_flag(o["progress"], "progress")
+    o["device"] = check_device(o["device"])
+    o["dtype"] = check_float_dtype(o["dtype"])
+    return o
+
+
+def _distill(
+    x_design, teacher_outputs, *, num_factors, teacher_noise_variances, observed, held_out, task, covariance, centered_loadings,
+    hidden, validation_fraction, training_length, loading_hidden, body, body_features, activation, num_iterations, num_m_steps,
+    batch_size, lr, lr_decay, warmup, estep, init, mmd_steps, mmd_penalty, center_logits, include_nugget, noise_given_factors,
+    teacher_batch_size, seed, progress, device, dtype, candidate: Optional[str] = None,
+) -> Student:
+    """:func:`distill` without its warning handling; ``candidate`` names a body-selection candidate fit (in warnings)."""
+    call = _check_options({k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs", "candidate")})
+    candidates = _hidden_candidates(call["hidden"])
+    lengths = check_training_length(call["training_length"], TRAINING_FAMILY)
+    loading_hidden = check_loading_hidden(call["loading_hidden"], body is not None)
+    (num_factors, task, covariance, centered_loadings, validation_fraction, body_features, num_iterations, num_m_steps,
+     batch_size, lr, lr_decay, warmup, mmd_steps, mmd_penalty, center_logits, include_nugget, noise_given_factors, seed,
+     progress, device, dtype) = (call[k] for k in (
+        "num_factors", "task", "covariance", "centered_loadings", "validation_fraction", "body_features", "num_iterations",
+        "num_m_steps", "batch_size", "lr", "lr_decay", "warmup", "mmd_steps", "mmd_penalty", "center_logits", "include_nugget",
+        "noise_given_factors", "seed", "progress", "device", "dtype"))
+    if candidates is None and len(lengths) > 1 and body is not None:
+        raise ValueError("training_length='auto' compares held-out fits of the default MLP body; pass a fraction with body=")
+    if candidates is not None and body is not None:
+        raise ValueError("hidden: choosing among bodies works for the default MLP body; pass one hidden= with body=, or drop body=")
+
     x = check_design_points(x_design, "x_design", integer_ok=body is not None)
+    check_num_points(x.shape[0], "x_design")
+    if body is None and x.dim() != 2:
+        raise ValueError(f"x_design has shape {tuple(x.shape)}: the default MLP body needs (m, d) inputs; pass body= and body_features= for other inputs")
     if device is not None:
         x = x.to(device)
     if isinstance(teacher_outputs, np.ndarray):
-        teacher_outputs = torch.from_numpy(np.ascontiguousarray(teacher_outputs))
-    if isinstance(observed, np.ndarray):
-        observed = torch.from_numpy(observed)
-    if isinstance(teacher_outputs, Tensor):
+        f = _as_teacher_tensor(teacher_outputs)
+    elif isinstance(teacher_outputs, Tensor):
         f = teacher_outputs
     elif isinstance(teacher_outputs, (list, tuple)):
-        f = evaluate_teachers(teacher_outputs, x, teacher_batch_size)
+        f = evaluate_teachers(teacher_outputs, x, call["teacher_batch_size"])
     else:
         raise TypeError(f"teacher_outputs must be a tensor or NumPy array (n, m[, c]) or a list of callables, got {type(teacher_outputs).__name__}")
+    if isinstance(f, Tensor) and f.is_complex():
+        check_teacher_values(f, x, None, "teacher_outputs")  # names the argument and says what to pass
+    if not isinstance(f, Tensor) or f.dim() not in (2, 3):
+        raise ValueError(f"teacher_outputs must have shape (n, m) or (n, m, c), got {tuple(getattr(f, 'shape', ()))}")
     if task is None:
         task = "classification" if f.dim() == 3 else "regression"
-    if task not in ("regression", "classification"):
-        raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
     if task == "regression" and f.dim() == 3 and f.shape[-1] == 1:
         f = f.squeeze(-1)
-    if f.dim() not in (2, 3):
-        raise ValueError(f"teacher_outputs must have shape (n, m) or (n, m, c), got {tuple(f.shape)}")
     # Classification logits (n, m, c), or several regression outputs (n, m, d): a multivariate DLF.
     num_outputs = f.shape[-1] if task == "classification" or f.dim() == 3 else None
     if task == "classification" and f.dim() != 3:
         raise ValueError(f"teacher_outputs for classification must be logits of shape (n, m, c), got {tuple(f.shape)}")
+    if isinstance(observed, np.ndarray):
+        observed = torch.from_numpy(observed)
     if observed is not None and task != "regression":
         raise ValueError("observed: teachers observed on different design points are supported for regression teachers; drop observed=")
-    f = check_teacher_values(f, x, num_outputs, "teacher_outputs", observed=observed)
+    if observed is not None and num_outputs is not None:
+        raise ValueError("observed: masks are supported for one regression output; drop observed= for (n, m, d) teachers")
+    f = check_teacher_values(f, x, num_outputs, "teacher_outputs", observed=observed, x_name="x_design")
     if num_outputs is not None and num_outputs < 2:
         raise ValueError(f"teacher_outputs: classification needs at least 2 classes, got {num_outputs}")
     if task == "regression" and centered_loadings:
@@ -295,78 +414,69 @@ def distill(
     n = f.shape[0]
     if covariance is None:
         covariance = "full" if task == "classification" else "separable"
-    if covariance not in ("separable", "full"):
-        raise ValueError(f"covariance must be 'separable' or 'full', got {covariance!r}")
     if task == "regression" and covariance != "separable" and num_outputs is None:
         raise ValueError("covariance='full' is an output-covariance structure for (n, m, c) teachers; drop it for one regression output")
     if centered_loadings is None:
         centered_loadings = covariance == "full" and task == "classification" and center_logits
     elif centered_loadings and covariance != "full":
         raise ValueError("centered_loadings=True applies to covariance='full' only")
-    # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
-    centred = task == "classification" and center_logits
-    check_num_factors(num_factors, n, None if num_outputs is None else num_outputs - (1 if centred else 0), covariance)
-    if noise_given_factors not in (True, False, "auto"):
-        raise ValueError(f"noise_given_factors must be 'auto', True or False, got {noise_given_factors!r}")
     if held_out is not None:
         if task != "regression" or num_outputs is not None:
             raise ValueError("held_out: spread calibration is for teachers with one regression output; drop held_out=")
         held_out = check_held_out(torch.from_numpy(held_out) if isinstance(held_out, np.ndarray) else held_out, f)
         if observed is not None and bool((held_out & ~observed).any()):
             raise ValueError("held_out marks values that observed leaves out; mark as held out only observed values")
-    if observed is not None and num_outputs is not None:
-        raise ValueError("observed: masks are supported for one regression output; drop observed= for (n, m, d) teachers")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    v = None
+    if task == "regression":
+        if teacher_noise_variances is None:
+            raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n positive values), e.g. its held-out mean squared error")
+        v = check_noise_variances(teacher_noise_variances, n, num_points=x.shape[0] if num_outputs is None else None,
+                                  num_outputs=num_outputs, observed=observed)
+    elif teacher_noise_variances is not None:
+        raise ValueError("teacher_noise_variances is for regression teachers; classification teachers give logits only (drop the argument)")
     check_magnitude(x, dtype, "x_design")
     check_magnitude(f if observed is None else f[observed], dtype, "teacher_outputs")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    candidates = _hidden_candidates(hidden)
-    lengths = check_training_length(training_length, TRAINING_FAMILY)
-    loading_hidden = check_loading_hidden(loading_hidden, body is not None)
-    for name, value in [("num_iterations", num_iterations), ("batch_size", batch_size), ("mmd_steps", mmd_steps)]:
-        if not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
-            raise ValueError(f"{name} must be a {'positive' if name == 'batch_size' else 'non-negative'} int, got {value!r}")
-    if init not in ("mmd", "random"):
-        raise ValueError(f"init must be 'mmd' or 'random', got {init!r}")
-    if not (0 < validation_fraction < 1):
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
-    if not (0 <= warmup <= 1):
-        raise ValueError(f"warmup must be a fraction in [0, 1], got {warmup!r}")
-    if not (0 < lr_decay <= 1):
-        raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
-
+    # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
+    centred = task == "classification" and center_logits
+    if centred:
+        f = f - f.mean(-1, keepdim=True)
+    check_value_scale(f, dtype, "teacher_outputs", observed)
+    free_outputs = None if num_outputs is None else num_outputs - (1 if centred else 0)
+    factor_choice = None
+    if num_factors == "auto":
+        separable = num_outputs is not None and covariance == "separable"
+        factor_choice = choose_num_factors(deviation_gram(f, observed, separable),
+                                           factor_limit(n, free_outputs, covariance if num_outputs is not None else None))
+        num_factors = factor_choice.num_factors
+    check_num_factors(num_factors, n, free_outputs, covariance)
+    hidden_list = candidates is not None  # "auto" or a list of candidate bodies
     if candidates is None and len(lengths) > 1:
-        if body is not None:
-            raise ValueError("training_length='auto' compares held-out fits of the default MLP body; pass a fraction with body=")
-        candidates = [tuple(hidden)]  # one body: only the training length is compared
+        candidates = [tuple(call["hidden"])]  # one body: only the training length is compared
+    if candidates is not None and candidate is None:
+        if hidden_list:
+            check_selection_size(x.shape[0], validation_fraction, "hidden", call["hidden"], "pass one body, e.g. hidden=(50,)")
+        else:
+            check_selection_size(x.shape[0], validation_fraction, "training_length", call["training_length"],
+                                 "pass a fraction, e.g. training_length=1.0")
+
     if candidates is not None:
-        if body is not None:
-            raise ValueError("hidden: choosing among bodies works for the default MLP body; pass one hidden= with body=, or drop body=")
-        m_all = x.shape[0]
+        # Candidates fit the values as checked here (logits already centred), with the chosen q.
+        base = {**call, "num_factors": num_factors, "task": task, "covariance": covariance, "centered_loadings": centered_loadings,
+                "center_logits": False, "teacher_noise_variances": v, "progress": False, "held_out": None}
 
         def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...], mask: Optional[Tensor], idx: Tensor, length: float) -> Student:
             # Candidates are compared as fitted; the chosen body is calibrated after its refit.
-            options = {**call, "hidden": widths, "training_length": length, "progress": False, "observed": mask, "held_out": None}
-            noise = teacher_noise_variances
-            if noise is not None and getattr(noise, "ndim", 0) == 2 and noise.shape[1] == m_all and num_outputs is None:
-                options["teacher_noise_variances"] = noise[:, idx]  # heteroscedastic: the fitting part's columns
-            return distill(xs, fs, **options)
+            options = {**base, "hidden": widths, "training_length": length, "observed": mask}
+            if v is not None and v.dim() == 2 and num_outputs is None:
+                options["teacher_noise_variances"] = v[:, idx]  # heteroscedastic: the fitting part's columns
+            return _distill(xs, fs, **options, candidate=f"hidden={widths}, training_length={length:g}")
 
-        scalar_noise = None
-        if task == "regression" and num_outputs is None and teacher_noise_variances is not None:
-            v_sel = torch.as_tensor(np.asarray(teacher_noise_variances) if isinstance(teacher_noise_variances, np.ndarray)
-                                    else teacher_noise_variances, dtype=torch.float64)
-            if v_sel.dim() == 1 and v_sel.numel() == f.shape[0]:
-                scalar_noise = v_sel
+        scalar_noise = v if task == "regression" and num_outputs is None and v.dim() == 1 else None
 
         def score(student: Student, xs: Tensor, fs: Tensor, mask: Optional[Tensor]) -> Tensor:
             if scalar_noise is not None:
                 # Regression: the ensemble-predictive log score (see pyro_dlf.selection).
                 return predictive_log_score(student, xs, fs, scalar_noise, mask)
-            if student.centered_logits:
-                fs = fs - fs.mean(-1, keepdim=True)
             dtype_ = student.dlf.loading_head.weight.dtype
             if mask is None:
                 return student.dlf.log_marginal_likelihood(xs.to(dtype_), fs.to(dtype_)) / fs[0].numel()
@@ -377,48 +487,33 @@ def distill(
             return ll
 
         selection = select_hidden(x, f, candidates, fit, score, validation_fraction=validation_fraction, seed=seed,
-                                  observed=observed, lengths=lengths)
+                                  observed=observed, lengths=lengths, progress=progress)
         hidden, length = selection.chosen, selection.chosen_length
     else:
-        selection, length = None, lengths[0]
+        selection, length, hidden = None, lengths[0], tuple(call["hidden"])
     # The schedule actually run: a fraction of the MMD steps and of the EM iterations.
     mmd_steps = int(round(length * mmd_steps))
     num_iterations = max(1, int(round(length * num_iterations)))
 
     noise_prior, noise_model, iid_warnings = (None, None), None, []
     if task == "regression":
-        if teacher_noise_variances is None:
-            raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n positive values), e.g. its held-out mean squared error")
-        v = torch.as_tensor(np.asarray(teacher_noise_variances) if isinstance(teacher_noise_variances, np.ndarray)
-                            else teacher_noise_variances, dtype=torch.float64)
         if num_outputs is not None:
             # Several outputs: one inverse gamma for all of them (n,), or one per output (n, d).
-            if v.dim() == 2 and tuple(v.shape) == (n, num_outputs):
+            if v.dim() == 2:
                 fits = [fit_inverse_gamma(v[:, k]) for k in range(num_outputs)]
                 noise_prior = (tuple(a for a, _ in fits), tuple(b for _, b in fits))
-            elif v.dim() == 1 and v.numel() == n:
-                noise_prior = fit_inverse_gamma(v)
             else:
-                raise ValueError(f"teacher_noise_variances: give one variance per teacher ({n},) or per teacher and output "
-                                 f"({n}, {num_outputs}) for (n, m, d) teachers, got {tuple(v.shape)}")
+                noise_prior = fit_inverse_gamma(v)
         elif v.dim() == 2:
             # Heteroscedastic teachers: each one's variance at each design point (SPEC §6).
             noise_model = fit_heteroscedastic_noise(x.to(dtype), v.to(x.device), observed=observed,
                                                     hidden=hidden if isinstance(hidden, tuple) and hidden and body is None else (50,),
                                                     seed=seed)
         else:
-            v = v.reshape(-1)
-            if v.numel() != n:
-                raise ValueError(f"teacher_noise_variances has {v.numel()} values for {n} teachers")
             # Its warnings (a heavy tail) are said once the law is decided: the factor law may replace it.
             with warnings.catch_warnings(record=True) as iid_warnings:
                 warnings.simplefilter("always")
                 noise_prior = fit_inverse_gamma(v)
-    else:
-        if teacher_noise_variances is not None:
-            raise ValueError("teacher_noise_variances is for regression teachers; classification teachers give logits only (drop the argument)")
-        if center_logits:
-            f = f - f.mean(-1, keepdim=True)
 
     f = f.to(dtype=dtype, device=x.device)
     f_values = f  # before placeholders fill unobserved entries (the calibration reads held-out values)
@@ -431,11 +526,9 @@ def distill(
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        if body is None and x.dim() != 2:
-            raise ValueError(f"x_design has shape {tuple(x.shape)}: the default MLP body needs (m, d) inputs; pass body= and body_features= for other inputs")
         model = DeepLatentFactor(
             x.shape[1] if body is None else None, num_factors, hidden, num_outputs,
-            body=body, body_features=body_features, activation=activation,
+            body=body, body_features=body_features, activation=call["activation"],
             covariance=covariance if num_outputs is not None else "separable", centered_loadings=bool(centered_loadings),
             loading_hidden=loading_hidden,
         ).to(dtype=dtype, device=x.device)
@@ -445,7 +538,8 @@ def distill(
             values = f if observed is None else f[observed]  # the observed values only
             loc, _ = _standardize_stats(values, tuple(range(values.dim() - (f.dim() - 2))))
             model.output_loc.copy_(loc)
-            model.output_scale.copy_(values.std().clamp_min(1e-8))
+            # The fit is scale-free: the values' own spread (positive: check_value_scale), however small or large.
+            model.output_scale.copy_(values.std())
         model.set_noise_variance(0.1 * float(values.var()))
         if body is not None:
             # A wrong body_features would otherwise surface as a matmul shape error.
@@ -456,14 +550,12 @@ def distill(
 
         m = x.shape[0]
         steps = num_m_steps if num_m_steps is not None else math.ceil(m / min(batch_size, m))
-        with warnings.catch_warnings():
-            # check_num_factors warned above; the inner calls would repeat it.
-            warnings.filterwarnings("ignore", message=r"num_factors=\d+ (>= number of teachers|exceeds)")
-            history = _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
-                           num_iterations, estep, generator, progress, observed)
-    _warn_if_diverged(model, x, values, history, lr)
-    student = Student(model, task, *noise_prior, centered_logits=task == "classification" and center_logits,
-                      include_nugget=include_nugget, noise_model=noise_model)
+        history = _fit(model, x, f, call["init"], mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_size, steps,
+                       num_iterations, call["estep"], generator, progress, observed)
+    _warn_if_diverged(model, x, values, history, lr, candidate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HeavyTailWarning)  # fit_inverse_gamma said it, naming teacher_noise_variances
+        student = Student(model, task, *noise_prior, centered_logits=centred, include_nugget=include_nugget, noise_model=noise_model)
     student.history = history
     student.noise_fit = None
     if task == "regression" and noise_model is None and num_outputs is None and noise_given_factors is not False:
@@ -475,20 +567,29 @@ def distill(
     for caught in iid_warnings:
         warnings.warn(caught.message, caught.category, stacklevel=2)
     student.body_selection = selection
+    student.num_factors_choice = factor_choice
     student.spread_calibration = None
     if held_out is not None:
         calibrate_spread(student, x, f_values, held_out.to(f_values.device))
     return student
 
 
-def _warn_if_diverged(model: DeepLatentFactor, x: Tensor, values: Tensor, history: list[float], lr: float) -> None:
+def _as_teacher_tensor(values: np.ndarray) -> Tensor:
+    """A NumPy array of teacher values as a tensor (complex and non-numeric arrays named as teacher_outputs)."""
+    if values.dtype.kind == "c" or values.dtype.kind not in "fiu":
+        check_teacher_values(values, torch.zeros(0), None, "teacher_outputs")  # raises, naming the argument
+    return torch.from_numpy(np.ascontiguousarray(values))
+
+
+def _warn_if_diverged(model: DeepLatentFactor, x: Tensor, values: Tensor, history: list[float], lr: float,
+                      candidate: Optional[str] = None) -> None:
     """Say so when the fit went wrong instead of returning a student that silently reports nonsense.
 
     Signs: a non-finite likelihood; a likelihood worse at the end of EM than at
     its start by more than a nat per observed value (each iteration of exact EM
     should not lose likelihood, up to minibatch noise); or an epistemic variance at the design points a hundred
     times the teachers' total spread (a maximum-likelihood fit matches the
-    teachers' second moments).
+    teachers' second moments). ``candidate`` names a body-selection candidate fit (said in the warning).
     """
     with torch.no_grad():
         spread = float(values.double().var())
@@ -498,22 +599,24 @@ def _warn_if_diverged(model: DeepLatentFactor, x: Tensor, values: Tensor, histor
     # A loss of a whole nat per observed value is far beyond minibatch noise (fits differ by hundredths).
     worse = history[-1] > history[0] + 1.0
     if not finite or worse or variance > 100 * max(spread, 1e-300) * (model.num_outputs or 1):
+        which = "the fit" if candidate is None else f"a candidate fit of the body selection ({candidate})"
         warnings.warn(
-            f"distill: the fit looks diverged (negative log-likelihood per value {history[0]:.4g} at the start of EM, "
+            f"distill: {which} looks diverged (negative log-likelihood per value {history[0]:.4g} at the start of EM, "
             f"{history[-1]:.4g} at the end; epistemic variance at the design points {variance:.3g} against the teachers' "
             f"spread {spread:.3g}); lower lr (now {lr:g}) or raise num_iterations", RuntimeWarning, stacklevel=3)
 
 
 def _hidden_candidates(hidden) -> Optional[list[tuple[int, ...]]]:
-    """``None`` for one body's widths; the candidate list for ``"auto"`` or a list of width tuples."""
+    """``None`` for one body's widths (checked); the candidate list for ``"auto"`` or a list of width tuples."""
     if isinstance(hidden, str):
         if hidden != "auto":
             raise ValueError(f"hidden must be widths such as (50,), a list of candidates, or 'auto', got {hidden!r}")
         return [tuple(c) for c in BODY_FAMILY]
-    if isinstance(hidden, int) or not isinstance(hidden, Sequence):
-        raise TypeError(f"hidden must be a sequence of widths such as (50,), got {hidden!r}")
+    if isinstance(hidden, (bytes, bool, np.bool_)) or not isinstance(hidden, Sequence):
+        raise TypeError(f"hidden must be a sequence of widths such as (50,), a list of candidates, or 'auto', got {hidden!r}")
     if len(hidden) and all(isinstance(h, Sequence) and not isinstance(h, str) for h in hidden):
-        return [tuple(h) for h in hidden]
+        return [check_widths(h, "hidden") for h in hidden]
+    check_widths(hidden, "hidden")
     return None
 
 
@@ -542,7 +645,7 @@ def _fit(model, x, f, init, mmd_steps, mmd_penalty, lr, lr_decay, warmup, batch_
     em = EM(model, ExactFactorPosterior(model), optim, num_m_steps=steps, batch_size=batch_size, estep=estep, generator=generator)
     history = []
     count = observed_count(f, observed)
-    bar = tqdm(range(num_iterations), desc="EM", disable=not progress, leave=False)
+    bar = progress_bar(range(num_iterations), desc="EM", enabled=progress)
     for _ in bar:
         history.append(em.step(x, f, observed) / count)
         optim.step()  # advance the learning-rate schedule by one EM iteration

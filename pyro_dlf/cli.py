@@ -1,8 +1,11 @@
 """The ``pyro-dlf`` command line.
 
 Every user mistake (a bad value, a missing or unreadable file, a folder that
-cannot be written) ends with one line on standard error naming the argument,
-and exit status 2; set ``PYRO_DLF_DEBUG=1`` to see the traceback instead.
+cannot be written) ends with one line on standard error naming the flag, and
+exit status 2; set ``PYRO_DLF_DEBUG=1`` to see the traceback instead. The
+library's messages name its own arguments (``teacher_outputs``); the command
+line translates them to its flags (``--teachers``) through one table,
+:func:`flag_names`, and prints each distinct warning once, on one line.
 Output folders and files are checked before any long computation starts.
 """
 
@@ -10,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 from typing import Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "flag_names", "translate"]
 
 
 def _count(minimum: int):
@@ -47,6 +52,33 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _num_factors(text: str):
+    """``auto`` or a positive int: q, the number of latent factors."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 or auto, got {value}")
+    return value
+
+
+_num_factors.__name__ = "q"
+
+
+def _device_name(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the device exists is checked when the command
+    runs, so that the parser and ``--help`` import no torch)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+_device_name.__name__ = "device"
+
+
 def _training_length(text: str):
     if text == "auto":
         return text
@@ -63,48 +95,68 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, but no "(default: None)" or "(default: False)": those flags are off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None or action.default is False:
+            return action.help or ""
+        if isinstance(action.default, (list, tuple)) and "%(default)" not in (action.help or ""):
+            return f"{action.help} (default: {' '.join(map(str, action.default)) or 'none'})"  # as typed: 50 50
+        return super()._get_help_string(action)
+
+
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pyro_dlf import __version__
 
     parser = _Parser(prog="pyro-dlf", description="Gaussian distillation of deep ensembles with deep latent factor models.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"pyro-dlf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = _parser(sub, "demo", "distill a 10-MLP deep ensemble on the diabetes data and compare predictives")
     demo.add_argument("--output-dir", default="dlf_demo", help="where the PNG and results.json go")
     demo.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the split, the teachers and the student")
-    demo.add_argument("--num-factors", type=_POSITIVE, default=None, help="q (default: the demo's 5)")
+    demo.add_argument("--num-factors", type=_num_factors, default=None, metavar="Q", help="q, or auto (default: the demo's 5)")
     demo.add_argument("--iterations", type=_POSITIVE, default=None, help="EM iterations (default: the demo's 150)")
     demo.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny settings (checks the pipeline, not the method)")
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument("--no-progress", action="store_true",
+                      help="no progress bars and no stage lines (TQDM_DISABLE=1 hides the bars alone)")
 
     distill = _parser(sub, "distill", "distill your own ensemble from files: design inputs and each teacher's values at them")
-    distill.add_argument("--x", required=True, help="design inputs (m, d): .npy, or .csv/.txt with one row per point")
-    distill.add_argument("--teachers", required=True,
-                         help="teacher values: (n, m) regression outputs or (n, m, c) logits (.npy), or an (n, m) .csv")
-    distill.add_argument("--noise-variances", default=None,
-                         help="regression: each teacher's noise variance, n values (.npy or .csv); required for regression")
-    distill.add_argument("--observed", default=None,
+    required = distill.add_argument_group("required arguments")
+    required.add_argument("--x", required=True, metavar="FILE", help="design inputs (m, d): .npy, or .csv/.txt with one row per point")
+    required.add_argument("--teachers", required=True, metavar="FILE",
+                          help="teacher values: (n, m) regression outputs or (n, m, c) logits (.npy), or an (n, m) .csv")
+    required.add_argument("--out", required=True, metavar="FILE",
+                          help="the student file to write (e.g. student.pt); a fit report PNG goes beside it")
+    regression = distill.add_argument_group("required for regression teachers",
+                                            "(n, m) teacher values need each teacher's noise variance; (n, m, c) logits take none")
+    regression.add_argument("--noise-variances", default=None, metavar="FILE",
+                            help="each teacher's noise variance, n values (.npy or .csv), e.g. its held-out mean squared error")
+    distill.add_argument("--observed", default=None, metavar="FILE",
                          help="regression: (n, m) 0/1 mask of the values that count (e.g. out-of-fold values); others are ignored")
-    distill.add_argument("--held-out", default=None,
+    distill.add_argument("--held-out", default=None, metavar="FILE",
                          help="regression: (n, m) 0/1 mask, 1 where the teacher did not train on the point; the loadings are "
                               "scaled to the teachers' spread there")
     distill.add_argument("--noise-given-factors", default="no", choices=("no", "auto", "yes"),
                          help="regression: let the noise variance follow each draw's factors (auto: only when a likelihood-ratio "
                               "test on the teachers' noise variances rejects i.i.d. noise at 1%%; no: SPEC's i.i.d. law)")
     distill.add_argument("--task", default=None, choices=("regression", "classification"),
-                         help="default: classification for (n, m, c) teachers, else regression")
-    distill.add_argument("--num-factors", type=_POSITIVE, required=True, help="q, the number of latent factors (at most n - 1 identified)")
+                         help="classification for (n, m, c) teachers, else regression, unless given")
+    distill.add_argument("--num-factors", type=_num_factors, default="auto", metavar="Q",
+                         help="q, the number of latent factors (at most n - 1 identified), or auto: the fewest principal "
+                              "directions of the teachers' deviations that explain most of their spread (no labels; the "
+                              "fit report says how much)")
     distill.add_argument("--hidden", nargs="+", default=["auto"],
                          help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out scores of the teachers' values)")
     distill.add_argument("--loading-hidden", type=_POSITIVE, nargs="+", default=None,
                          help="widths of a separate body for the factor loadings, such as 50 (the UCI benchmark's DLF row uses 50; "
-                              "default: one body for mean and loadings)")
+                              "without it one body gives mean and loadings)")
     distill.add_argument("--covariance", default=None, choices=("separable", "full"),
                          help="several outputs: one per input (full, the default for classification) or one shape for "
                               "every input (separable, the paper's)")
@@ -115,29 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
                               "design points: early stopping, no labels)")
     distill.add_argument("--lr", type=_fraction, default=1e-2, help="Adam step size of the M-steps")
     distill.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the initialization and the minibatch order")
-    distill.add_argument("--out", required=True, help="the student file to write (e.g. student.pt); a fit report PNG goes beside it")
-    distill.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    distill.add_argument("--no-progress", action="store_true",
+                         help="no progress bars and no stage lines (TQDM_DISABLE=1 hides the bars alone)")
     distill.add_argument("--stream", action="store_true",
                          help="stream .npy files in batches (memory-mapped; no (n, m) array in memory) with StreamingEM; "
                               "under torchrun every process takes its shard of the batches")
     distill.add_argument("--batch-size", type=_POSITIVE, default=4096, help="--stream: design points per batch")
-    distill.add_argument("--device", default="cpu", help="--stream: where the model runs (cpu, cuda, cuda:1)")
+    distill.add_argument("--device", type=_device_name, default="cpu", help="where the model is fitted (cpu, cuda, cuda:1, mps)")
+    # The required groups first in --help, before the options.
+    distill._action_groups.sort(key=lambda group: group not in (required, regression))
 
     predict = _parser(sub, "predict", "predict with a saved student at new inputs")
-    predict.add_argument("--student", required=True, help="a student file written by 'pyro-dlf distill' or Student.save")
-    predict.add_argument("--x", required=True, help="inputs (m, d): .npy, or .csv/.txt with one row per point")
-    predict.add_argument("--out", required=True, help="predictions: .npz (every array) or .csv (one row per input)")
+    predict.add_argument("--student", required=True, metavar="FILE", help="a student file written by 'pyro-dlf distill' or Student.save")
+    predict.add_argument("--x", required=True, metavar="FILE", help="inputs (m, d): .npy, or .csv/.txt with one row per point")
+    predict.add_argument("--out", required=True, metavar="FILE", help="predictions: .npz (every array) or .csv (one row per input)")
     predict.add_argument("--num-samples", type=_POSITIVE, default=1000, help="draws of the latent factors")
     predict.add_argument("--batch-size", type=_POSITIVE, default=4096, help="inputs per network pass")
     predict.add_argument("--samples", action="store_true", help="also write the function (or logit) draws (.npz only)")
     predict.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the draws")
+    predict.add_argument("--no-progress", action="store_true", help="no stage lines on standard error")
 
     bench = sub.add_parser("bench", help="benchmarks (results under benchmarks/results/)", description="benchmarks (results under benchmarks/results/)")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
     uci = _parser(bench_sub, "uci", "the UCI regression benchmark (the paper's Table 1 protocol)")
     source = uci.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="a folder of UCI sets in the standard layout (e.g. ../shared/data/uci)")
-    source.add_argument("--data-path", help="one set's folder in the same layout")
+    source.add_argument("--data-path", help="one set's folder: data.txt and its index files directly in it, or in a data/ "
+                                            "subfolder as in the public UCI collection")
     uci.add_argument("--datasets", nargs="+", default=(), help="set names under --data-dir (default: all)")
     uci.add_argument("--splits", type=_POSITIVE, default=10, help="number of random 90/10 splits")
     uci.add_argument("--first-split", type=_NONNEGATIVE, default=0,
@@ -177,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed added to every split's teacher seed")
     uci.add_argument("--no-progress", action="store_true", help="hide progress bars")
     svi = _parser(bench_sub, "svi", "EM against SVI (exact guide, AutoNormal) on one UCI split's teachers")
-    svi.add_argument("--data-path", required=True, help="one UCI set's folder (e.g. ../shared/data/uci/bostonHousing)")
+    svi.add_argument("--data-path", required=True, help="one UCI set's folder, flat or with a data/ subfolder "
+                                                         "(e.g. ../shared/data/uci/bostonHousing)")
     svi.add_argument("--split", type=_NONNEGATIVE, default=0, help="seed of the random 90/10 split")
     svi.add_argument("--teachers", type=_count(2), default=50, help="members of the teacher ensemble")
     svi.add_argument("--num-factors", type=_POSITIVE, default=10, help="q")
@@ -263,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--processes", type=_POSITIVE, default=2, help="processes of the data-parallel run (gloo)")
     scale.add_argument("--race-budget", type=_fraction, default=120.0,
                        help="seconds each method of the covariance race (DLF, SVGP, exact GP) may train per size")
-    scale.add_argument("--device", default="cpu", help="cpu or cuda for the single-process runs")
+    scale.add_argument("--device", type=_device_name, default="cpu", help="cpu or cuda for the single-process runs")
     scale.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
     scale.add_argument("--name", default="scale", help="file stem of the JSON/Markdown/PNG results")
     scale.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -280,17 +337,130 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Library argument names that a command spells differently on the command line, or that are
+#: plain words (translated only where they stand as an argument: first in the message, or before
+#: ``=``, ``:`` or ``[``). With every option's own snake_case name (``held_out`` -> ``--held-out``),
+#: read from the parser by :func:`flag_names`, this is the whole table.
+_LIBRARY_NAMES: dict[str, dict[str, str]] = {
+    # pyro_dlf.distill and pyro_dlf.distributed.distill_stream
+    "distill": {"x_design": "--x", "teacher_outputs": "--teachers", "teacher_noise_variances": "--noise-variances",
+                "num_iterations": "--iterations", "observed": "--observed", "task": "--task", "covariance": "--covariance",
+                "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device"},
+    # pyro_dlf.Student.load and Student.predict
+    "predict": {"path": "--student", "x": "--x", "return_samples": "--samples", "seed": "--seed"},
+    # pyro_dlf.demo.DemoConfig
+    "demo": {"num_iterations": "--iterations", "seed": "--seed"},
+    # the benchmarks' configurations
+    "bench uci": {"path": "--data-path", "teachers": "--teachers", "seed": "--seed", "splits": "--splits", "datasets": "--datasets",
+                  "ablations": "--ablations", "design": "--design"},
+    "bench svi": {"path": "--data-path", "teachers": "--teachers", "split": "--split", "seed": "--seed"},
+    "bench images": {"dataset": "--dataset", "teachers": "--teachers", "seed": "--seed"},
+    "bench text": {"teachers": "--teachers", "seed": "--seed", "methods": "--methods", "jobs": "--jobs"},
+    "bench seqkd": {"epochs": "--epochs", "seed": "--seed"},
+    "bench scale": {"sizes": "--sizes", "processes": "--processes", "race_budget_seconds": "--race-budget", "device": "--device"},
+    "bench report": {"methods": "--methods", "recomputed": "--recomputed"},
+}
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> Optional[argparse.ArgumentParser]:
+    """The parser of ``command`` (``"distill"``, ``"bench uci"``), or ``None``."""
+    for word in command.split():
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or word not in actions[0].choices:
+            return None
+        parser = actions[0].choices[word]
+    return parser
+
+
+def flag_names(command: str, parser: Optional[argparse.ArgumentParser] = None) -> dict[str, str]:
+    """The translation table of ``command``: library argument name -> the flag that sets it.
+
+    :param command: ``"distill"``, ``"predict"``, ``"demo"`` or ``"bench <name>"``.
+    :param parser: the parser to read (default :func:`build_parser`).
+    """
+    sub = _subparser(parser or build_parser(), command)
+    table = {}
+    if sub is not None:
+        for action in sub._actions:
+            flags = [o for o in action.option_strings if o.startswith("--")]
+            # Only snake_case names are taken from the parser: a plain word (teachers, name) is English too.
+            if flags and "_" in action.dest:
+                table[action.dest] = flags[0]
+    table.update(_LIBRARY_NAMES.get(command, {}))
+    return table
+
+
+# A quoted string (a path, a repr) is copied as it is; an apostrophe after a letter (teachers') opens none.
+# A name preceded by a letter, dot, slash or hyphen is part of a word, path or flag.
+_TOKEN = re.compile(r"""(?P<quoted>(?<!\w)'[^']*'|(?<!\w)"[^"]*")"""
+                    r"""|(?<![\w./\\-])(?P<name>[A-Za-z_]\w*)(?P<assign>=(?P<q>['"]?)(?P<value>[^\s'",;)]*)(?P=q))?""")
+
+
+def translate(message: str, names: dict[str, str]) -> str:
+    """``message`` with the library argument names in ``names`` replaced by their flags.
+
+    ``name=value`` becomes ``--flag value``, ``name=`` becomes ``--flag``. A
+    snake_case name (and ``lr``) is translated wherever it stands; a plain word
+    (``observed``, ``x``) only where it stands as an argument: first in the
+    message, or before ``=``, ``:`` or ``[``. Quoted text, paths and longer
+    words are left alone.
+    """
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name is None or name not in names:
+            return match.group(0)
+        after = message[match.end("name"):match.end("name") + 2]
+        if after[:1] in ("(", "/", "\\", "-") or (after[:1] == "." and after[1:].isalnum()):
+            return match.group(0)  # a call, a path or an attribute, not the argument
+        code_like = "_" in name or name == "lr"
+        if not code_like and not (match.start() == 0 or match.group("assign") or after[:1] in (":", "[")):
+            return match.group(0)
+        flag = names[name]
+        if match.group("value"):
+            return f"{flag} {match.group('value')}"
+        following = message[match.end():match.end() + 1]
+        return flag + (" " if match.group("assign") and following and not following.isspace() and following not in ",;.)" else "")
+
+    return _TOKEN.sub(replace, message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class _Warnings:
+    """Prints each distinct warning once, on one line, in the flags' words; others go their usual way."""
+
+    def __init__(self, prefix: str, names: dict[str, str]):
+        self.prefix, self.names, self.seen = prefix, names, set()
+        self.fallback = warnings.showwarning
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+            # Third-party deprecations are for developers: shown (or recorded) as Python would.
+            self.fallback(message, category, filename, lineno, file, line)
+            return
+        text = translate(_one_line(str(message)), self.names)
+        if (category, text) not in self.seen:
+            self.seen.add((category, text))
+            print(f"{self.prefix}: warning: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _run(args, argv)
-    except (ValueError, TypeError, OSError, NotImplementedError, ImportError) as error:
-        if os.environ.get("PYRO_DLF_DEBUG"):
-            raise
-        command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"pyro-dlf {command}: error: {message}", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
+    names = flag_names(command, parser)
+    with warnings.catch_warnings():
+        warnings.showwarning = _Warnings(f"pyro-dlf {command}", names)
+        try:
+            _run(args, argv)
+        except (ValueError, TypeError, OSError, NotImplementedError, ImportError) as error:
+            if os.environ.get("PYRO_DLF_DEBUG"):
+                raise
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"pyro-dlf {command}: error: {translate(message, names)}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -327,7 +497,8 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
         result = run_demo(config)
         print(f"Diabetes (442 x 10): {config.num_teachers} teachers trained in {result['teacher_fit_seconds']:.1f} s, "
               f"distilled in {result['distill_seconds']:.1f} s on {result['design_points']} design points "
-              f"(q = {config.num_factors}, body {tuple(result['student_hidden'])}"
+              f"(q = {result['num_factors']}" + (", chosen from the teachers' values" if config.num_factors == "auto" else "")
+              + f", body {tuple(result['student_hidden'])}"
               + (f", loading body {tuple(result['loading_hidden'])}" if result["loading_hidden"] else "")
               + f"; loadings scaled to the teachers' "
               f"out-of-sample spread: ‖Φ‖² × {result['spread_calibration']['scale']:.3g}).")
@@ -406,9 +577,10 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
         print(f"Wrote {json_path} and {md_path}")
     elif args.command == "bench" and args.benchmark == "scale":
         from pyro_dlf.bench.scale import ScaleBenchConfig, run_scale_benchmark, write_scale_report
+        from pyro_dlf._validation import check_device
 
-        if args.device.startswith("cuda") and not __import__("torch").cuda.is_available():
-            raise ValueError(f"--device: {args.device} requested but no CUDA device is available; use --device cpu")
+        if check_device(args.device).type == "mps":
+            raise ValueError("--device: the scale benchmark runs on cpu or cuda; use --device cpu")
         config = ScaleBenchConfig(sizes=tuple(args.sizes), stream_sizes=tuple(args.stream_sizes), processes=args.processes,
                                   race_budget_seconds=args.race_budget, device=args.device, progress=not args.no_progress,
                                   command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]))

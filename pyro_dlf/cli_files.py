@@ -6,21 +6,48 @@ for regression, each teacher's noise variance), fits the student with
 fit report beside it (``<out>_fit.png``: the negative log marginal likelihood
 per observed value over the EM iterations). ``predict`` loads a student and
 writes its predictive summaries at new inputs (``.npz`` or ``.csv``).
-Every file argument is checked before the fit starts.
+Every file argument is checked before the fit starts. Unless ``--no-progress``
+is given, a line on standard error says what each long stage does before it
+starts (reading, choosing the body and fitting, writing); the bars below it
+also go with ``TQDM_DISABLE=1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 
+from pyro_dlf._progress import progress_disabled
+from pyro_dlf._validation import check_device
 from pyro_dlf.arrays import check_writable, load_array, save_arrays
 
-__all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths"]
+__all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths", "check_finite"]
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """One line on standard error before a long stage, unless ``--no-progress``."""
+    if not args.no_progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _bars(args: argparse.Namespace) -> bool:
+    """Whether the library draws its progress bars: not with ``--no-progress`` nor ``TQDM_DISABLE``."""
+    return not args.no_progress and not progress_disabled()
+
+
+def check_finite(array: np.ndarray, flag: str, path: str, needs: str) -> None:
+    """A one-line error naming ``flag`` and ``path`` where ``array`` holds NaN or Inf (``needs``: what needs finite values)."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        where = f"row {first[0]}" + (f", column {first[1]}" if len(first) > 1 else "")
+        raise ValueError(f"{flag}: {path} holds {int(bad.sum())} non-finite value(s) (NaN or Inf), the first at {where}; "
+                         f"{needs} need finite inputs: remove or impute those rows")
 
 
 def _positive_widths(values, name: str, expected: str) -> tuple[int, ...]:
@@ -60,28 +87,46 @@ def run_distill(args: argparse.Namespace) -> None:
         run_distill_stream(args)
         return
     check_writable(args.out, "--out")
+    device = check_device(args.device)
+    hidden = parse_widths(args.hidden, "--hidden")
+    _say(args, f"Reading --x {args.x} and --teachers {args.teachers} ...")
     x = load_array(args.x, "--x")
     f = load_array(args.teachers, "--teachers")
     if x.ndim == 1:
         x = x[:, None]
+    check_finite(x, "--x", args.x, "the design points")
+    task = args.task or ("classification" if f.ndim == 3 else "regression")
+    if task == "regression" and args.noise_variances is None:
+        raise ValueError(f"--noise-variances: regression teachers need each teacher's noise variance, a file of n = {f.shape[0]} "
+                         "values (e.g. each teacher's held-out mean squared error); add --noise-variances FILE, or give "
+                         "(n, m, c) logits for classification")
     noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
     observed, held_out = (None if path is None else _load_mask(path, flag)
                           for path, flag in ((args.observed, "--observed"), (args.held_out, "--held-out")))
-    hidden = parse_widths(args.hidden, "--hidden")
+    q = "q chosen from the teachers' values" if args.num_factors == "auto" else f"q = {args.num_factors}"
+    schedule = f"{args.mmd_steps} MMD steps, then {args.iterations} EM iterations"
+    if hidden == "auto" or args.training_length == "auto":
+        _say(args, f"Distilling {f.shape[0]} teachers at {x.shape[0]} design points ({q}): first the body"
+             + (" and the training length are" if args.training_length == "auto" else " is")
+             + f" chosen by held-out scores of the teachers' values (one fit per candidate), then the student ({schedule}) ...")
+    else:
+        _say(args, f"Distilling {f.shape[0]} teachers at {x.shape[0]} design points ({q}; {schedule}) ...")
     started = time.perf_counter()
     student = distill(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(f, dtype=torch.float32),
                       num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, held_out=held_out,
                       task=args.task, noise_given_factors={"auto": "auto", "yes": True, "no": False}[args.noise_given_factors],
                       covariance=args.covariance,
                       hidden=hidden, loading_hidden=_loading_hidden(args), num_iterations=args.iterations, mmd_steps=args.mmd_steps,
-                      lr=args.lr, seed=args.seed, training_length=args.training_length, progress=not args.no_progress)
+                      lr=args.lr, seed=args.seed, training_length=args.training_length, progress=_bars(args), device=device)
     seconds = time.perf_counter() - started
-    student.save(args.out)
     report = os.path.splitext(args.out)[0] + "_fit.png"
+    _say(args, f"Writing {args.out} and {report} ...")
+    student.save(args.out)
     _fit_plot(report, student.history)
     dlf = student.dlf
     print(f"Distilled {f.shape[0]} teachers at {x.shape[0]} design points ({student.task}) in {seconds:.1f} s: "
-          f"q = {dlf.num_factors}, body {tuple(dlf.hidden) or 'linear'}"
+          f"q = {dlf.num_factors}" + (_factor_choice(student) if args.num_factors == "auto" else "")
+          + f", body {tuple(dlf.hidden) or 'linear'}"
           + (f", loadings from a body {dlf.loading_hidden}" if dlf.loading_hidden is not None else "")
           + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores"
              + (f"; training length {student.body_selection.chosen_length:g} of the schedule" if len(set(student.body_selection.lengths)) > 1 else "")
@@ -94,6 +139,16 @@ def run_distill(args: argparse.Namespace) -> None:
              if student.spread_calibration is not None else "")
           + ".")
     print(f"Wrote {args.out} and {report}")
+
+
+def _factor_choice(student) -> str:
+    """The fit report's words on ``--num-factors auto``: what the chosen q explains of the teachers' spread."""
+    choice = getattr(student, "num_factors_choice", None)
+    words = " (--num-factors auto: chosen from the teachers' values"
+    if choice is not None and len(choice.explained) >= choice.num_factors:
+        words += (f", {100 * choice.explained[choice.num_factors - 1]:.0f} % of their spread in {choice.num_factors} "
+                  f"direction(s), {100 * choice.share:.0f} % asked")
+    return words + ")"
 
 
 def _load_mask(path: str, flag: str) -> torch.Tensor:
@@ -123,9 +178,10 @@ def run_distill_stream(args: argparse.Namespace) -> None:
     hidden = parse_widths(args.hidden, "--hidden")
     if isinstance(hidden, str):
         raise ValueError("--hidden: --stream fits one body; give widths such as 50 50 (auto needs the design points in memory)")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {args.device} requested but no CUDA device is available; use --device cpu")
+    if args.num_factors == "auto":
+        raise ValueError("--num-factors: --stream needs a number such as --num-factors 5 (auto reads every teacher value in "
+                         "memory); give q or drop --stream")
+    device = check_device(args.device)
     rank, world = init_distributed()
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -135,12 +191,19 @@ def run_distill_stream(args: argparse.Namespace) -> None:
             check_writable(args.out, "--out")
         stream = NpyStream(args.x, args.teachers, args.batch_size, rank=rank, world_size=world)
         task = args.task or ("classification" if stream.f.ndim == 3 else "regression")
+        if task == "regression" and args.noise_variances is None:
+            raise ValueError(f"--noise-variances: regression teachers need each teacher's noise variance, a file of n = "
+                             f"{stream.f.shape[0]} values (e.g. each teacher's held-out mean squared error); add "
+                             "--noise-variances FILE, or give (n, m, c) logits for classification")
         noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
+        if is_main_process():
+            _say(args, f"Distilling {stream.f.shape[0]} teachers at {stream.x.shape[0]} design points streamed in batches of "
+                       f"{args.batch_size} (q = {args.num_factors}; {args.iterations} EM iterations) ...")
         started = time.perf_counter()
         student = distill_stream(stream, num_factors=args.num_factors, teacher_noise_variances=noise, task=task,
                                  covariance=args.covariance, hidden=hidden, loading_hidden=_loading_hidden(args),
                                  num_iterations=args.iterations, lr=args.lr,
-                                 seed=args.seed, progress=not args.no_progress, device=device)
+                                 seed=args.seed, progress=_bars(args), device=device)
         seconds = time.perf_counter() - started
         if is_main_process():
             student.dlf.cpu()
@@ -168,6 +231,8 @@ def run_predict(args: argparse.Namespace) -> None:
     x = load_array(args.x, "--x")
     if x.ndim == 1:
         x = x[:, None]
+    check_finite(x, "--x", args.x, "predictions")
+    _say(args, f"Predicting {x.shape[0]} inputs with {args.num_samples} draws ...")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(args.seed)
     try:

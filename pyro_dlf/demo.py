@@ -24,13 +24,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from pyro_dlf import metrics
+from pyro_dlf._progress import progress_disabled
 from pyro_dlf.api import distill
 from pyro_dlf.baselines import DeepEnsembleRegressor
 from pyro_dlf.data import gaussian_perturbation, train_design_test_split
@@ -45,7 +47,7 @@ class DemoConfig:
     num_teachers: int = 10
     teacher_hidden: tuple = (50, 50)
     teacher_epochs: int = 300
-    num_factors: int = 5
+    num_factors: Union[int, str] = 5  # or "auto"
     student_hidden: object = "auto"
     loading_hidden: Optional[tuple] = (50,)
     design_copies: int = 4
@@ -54,6 +56,7 @@ class DemoConfig:
     num_samples: int = 1000
     seed: int = 0
     output_dir: str = "dlf_demo"
+    #: progress bars (also hidden by ``TQDM_DISABLE``) and a line on standard error before each long stage
     progress: bool = True
 
     @classmethod
@@ -91,6 +94,12 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
     from sklearn.datasets import load_diabetes
 
     config = config or DemoConfig()
+    bars = config.progress and not progress_disabled()
+
+    def say(text: str) -> None:
+        if config.progress:
+            print(text, file=sys.stderr, flush=True)
+
     torch.manual_seed(config.seed)
     data = load_diabetes()
     x = torch.as_tensor(data.data, dtype=torch.float32)
@@ -98,10 +107,11 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
     parts = train_design_test_split(x, y, (0.6, 0.2, 0.2), seed=config.seed)
     (x_train, y_train), (x_design, _), (x_test, y_test) = parts["train"], parts["design"], parts["test"]
 
+    say(f"Training {config.num_teachers} teachers on {len(x_train)} diabetes rows ({config.teacher_epochs} epochs each) ...")
     start = time.perf_counter()
     ensemble = DeepEnsembleRegressor(x.shape[1], num_members=config.num_teachers, hidden=config.teacher_hidden)
     ensemble.fit(x_train, y_train, epochs=config.teacher_epochs, weight_decay=1e-4, seed=config.seed,
-                 progress=config.progress, validation_fraction=_TEACHER_VALIDATION)
+                 progress=bars, validation_fraction=_TEACHER_VALIDATION)
     teacher_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -115,14 +125,19 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
     held_out = torch.zeros(teacher_design.shape, dtype=torch.bool)
     held_out[:, :len(x_train)] = ensemble.held_out_mask(len(x_train), _TEACHER_VALIDATION, config.seed)
     held_out[:, len(x_train):len(x_train) + len(x_design)] = True
+    say(f"Distilling at {unlabeled.shape[0]} design points: "
+        + ("first the body is chosen by held-out scores of the teachers' values (one fit per candidate), then "
+           if config.student_hidden == "auto" else "")
+        + f"the student ({config.mmd_steps} MMD steps, {config.num_iterations} EM iterations) ...")
     student = distill(
         unlabeled, teacher_design, num_factors=config.num_factors,
         teacher_noise_variances=ensemble.noise_variances, hidden=config.student_hidden,
         loading_hidden=config.loading_hidden, held_out=held_out,
-        num_iterations=config.num_iterations, mmd_steps=config.mmd_steps, seed=config.seed, progress=config.progress,
+        num_iterations=config.num_iterations, mmd_steps=config.mmd_steps, seed=config.seed, progress=bars,
     )
     student_seconds = time.perf_counter() - start
 
+    say(f"Scoring the three predictives on {len(x_test)} test inputs and writing {config.output_dir} ...")
     # Test-set predictives, each an equal-weight Gaussian mixture.
     teacher_test = ensemble.member_predictions(x_test)
     ens_means, ens_vars = ensemble.predictive(x_test)
@@ -147,6 +162,7 @@ def run_demo(config: Optional[DemoConfig] = None) -> dict:
         "teacher_fit_seconds": teacher_seconds,
         "distill_seconds": student_seconds,
         "design_points": int(unlabeled.shape[0]),
+        "num_factors": student.dlf.num_factors,
         "student_hidden": list(student.dlf.hidden),
         "loading_hidden": None if student.dlf.loading_hidden is None else list(student.dlf.loading_hidden),
         "spread_calibration": student.spread_calibration.as_dict(),

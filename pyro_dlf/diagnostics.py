@@ -5,23 +5,57 @@ A distilled student's predictive draws are exact, independent Monte Carlo draws
 arviz's chain diagnostics are a check of the sampler plumbing rather than of
 convergence: :math:`\hat R \approx 1` and effective sample sizes near the number
 of draws are expected. What arviz adds is the vocabulary users know:
-``InferenceData`` with ``posterior``, ``posterior_predictive`` and
-``observed_data`` groups, ``summary`` and posterior predictive checks
-(``plot_ppc``).
+``InferenceData`` with ``posterior``, ``posterior_predictive``,
+``log_likelihood`` and ``observed_data`` groups, ``summary``, posterior
+predictive checks (``plot_ppc``) and ``loo`` / ``waic`` / ``compare``.
 
-With held-out targets (``observed=``) the ``log_likelihood`` group holds the
-pointwise log density of each target under each draw,
-:math:`\log p(y_j \mid f^{(s)}(x_j), σ^2_{(s)})` (classification:
-:math:`\log \operatorname{softmax}(f^{(s)}(x_j))_{y_j}`), so ``az.compare``,
-``az.loo`` and ``az.waic`` run and different students (or a student and its
-teachers) can be ranked by their held-out expected log predictive density.
-Read that as the held-out log predictive density
-:math:`\sum_j \log \frac1S \sum_s p(y_j \mid s)`, not as leave-one-out
-cross-validation: the draws come from the distilled process, which never saw
-the targets, so there is no posterior to leave a point out of -- PSIS-LOO's
-importance weights and WAIC's effective-parameter penalty correct for a fit
-that did not happen (their ``p_loo``/``p_waic`` measure only the spread of the
-draws). Compare students on targets none of them were distilled on.
+**Groups.** The latents of the student's model go to ``posterior``: the
+distilled process ``function`` (regression values or classification logits at
+the inputs) and, from ``pyro.infer.Predictive``, ``z``, ``noise_variance``,
+``nugget`` and ``noise_level``; a prediction's noise-variance draws too. The
+observation draws ``y`` go to ``posterior_predictive`` (what :func:`plot_ppc`
+compares with ``observed_data``).
+
+**What loo, waic and compare measure.** With held-out targets ``observed``
+(``y_j``, ``j = 1 … m``) the ``log_likelihood`` group holds, for draw ``s`` and
+target ``j``,
+
+.. math::
+
+    \ell_{sj} = \log \frac{1}{S-1} \sum_{t \ne s} p(y_j \mid \text{draw } t),
+
+the log predictive density of ``y_j`` estimated from the *other* ``S − 1``
+draws (:math:`p(y_j \mid t) = \mathcal N(y_j;\, f^{(t)}(x_j), σ^2_{(t)})`, or
+:math:`\operatorname{softmax}(f^{(t)}(x_j))_{y_j}` for a class label). The
+statistical reading: the draws come from the distilled process, which never
+saw the targets, so there is no posterior fitted to ``y_j`` for
+leave-one-out to undo. Read per draw, :math:`\log p(y_j \mid s)`, PSIS-LOO and
+WAIC would treat the spread of the draws as overfitting and "correct" for a
+fit that did not happen (huge ``p_loo``, Pareto-``k`` warnings). Each
+:math:`\ell_{sj}` is instead a Monte Carlo estimate of the log predictive
+density :math:`\log p(y_j)` with the latent factors integrated out, and
+nothing in it depends on draw ``s``'s fit to ``y_j``. So ``az.loo`` and
+``az.waic`` both return the held-out log predictive density
+
+.. math::
+
+    \sum_j \log \frac{1}{S} \sum_s p(y_j \mid s)
+
+less a penalty of order :math:`\sum_j \operatorname{Var}_s(p_{sj}/\bar p_j)/S^2`
+(:math:`\bar p_j` the mean over draws): WAIC's ``lppd`` (``elpd_waic + p_waic``)
+is this sum exactly and ``p_waic`` = :math:`\sum_j \operatorname{Var}_s(\ell_{sj})`;
+``p_loo`` is as small. ``az.compare`` thus ranks students (or a student and its
+teachers) by their held-out log predictive density. Compare on targets none of
+them were distilled on.
+
+Pareto ``k`` then reads as the reliability of that Monte Carlo estimate: a
+large ``k`` (arviz warns above 0.7) means a few draws carry
+:math:`p(y_j)` -- a target far from most draws -- so its estimated density
+rests on those few; draw more, or distrust that target. Where every draw gives
+``y_j`` the same density to float precision (a class label all draws are sure
+of), the column is stored as that common value; arviz cannot fit a tail to a
+constant and reports ``k = inf`` (and one warning) there, though the term is
+exact.
 
 Everything arviz-specific (its import-time warning, ``from_dict``'s signature)
 is confined here, so a move to arviz 1.x touches only this module.
@@ -29,6 +63,7 @@ is confined here, so a move to arviz 1.x touches only this module.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
@@ -41,8 +76,8 @@ from pyro_dlf.student import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["to_inference_data", "summary", "plot_ppc"]
 
-#: Student sites that are predictive quantities (the rest are latent: ``z``, ``noise_variance``, ``nugget``).
-_PREDICTIVE_SITES = ("function", "y")
+#: Student sites with one value per input (``point`` is their first dim after the draws).
+_POINT_SITES = ("function", "nugget", "y")
 
 
 def _arviz():
@@ -70,6 +105,105 @@ def _drop_singletons(value: Tensor) -> Tensor:
     return value.reshape(value.shape[0], *[size for size in value.shape[1:] if size != 1])
 
 
+def _without_prefix(source: Mapping[str, Any]) -> dict[str, Any]:
+    """Predictive output of a student with a ``prefix`` (``"dlf.function"``, ``"dlf.y"``, ...) under its plain site names."""
+    for key in source:
+        for site in ("function", "y"):
+            prefix = key[: -len(site)] if key.endswith(site) else ""
+            if prefix and all(name.startswith(prefix) for name in source):
+                return {name[len(prefix):]: value for name, value in source.items()}
+    return dict(source)
+
+
+def _task_of_sites(posterior: Mapping[str, Tensor], predictive: Mapping[str, Tensor]) -> str:
+    """A regression student samples a noise variance and real ``y``; a classifier integer ``y`` and logits ``(S, m, c)``."""
+    if "noise_variance" in posterior:
+        return "regression"
+    if "y" in predictive:
+        return "regression" if predictive["y"].is_floating_point() else "classification"
+    function = posterior.get("function")
+    return "classification" if function is not None and function.dim() == 3 else "regression"
+
+
+def _pointwise_log_density(task: str, function: Tensor, noise: Optional[Tensor], observed: Tensor) -> Tensor:
+    r"""``log p(y_j | draw s)``, ``(S, m)``, in float64.
+
+    Regression: the Gaussian density with the draw's noise variance (summed over
+    outputs for a multi-output student). Classification: the draw's log-softmax at
+    the label.
+    """
+    f = function.double()
+    y = observed.to(f.device)
+    if task == "classification":
+        labels = y.long().reshape(1, -1, 1).expand(f.shape[0], -1, 1)
+        return f.log_softmax(-1).gather(-1, labels).squeeze(-1)
+    scale = noise.double().sqrt()
+    if f.dim() == 3:  # (S, m, d) with one σ² per draw (S,) or one per output (S, d)
+        scale = scale.reshape(f.shape[0], 1, -1)
+    elif scale.dim() == 1 or scale.shape[1:] != f.shape[1:]:
+        scale = scale.reshape(-1, 1)
+    density = torch.distributions.Normal(f, scale).log_prob(y.double())
+    return density.sum(-1) if f.dim() == 3 else density
+
+
+def _leave_one_out_log_mean(log_density: Tensor) -> Tensor:
+    r"""``log (1/(S−1)) Σ_{t≠s} exp(log_density[t])`` for every ``s``, ``(S, m)``.
+
+    Prefix and suffix log-cumulative-sums give each leave-one-out sum as
+    ``logaddexp(prefix[s−1], suffix[s+1])``: exact (no subtraction of nearly equal
+    sums) and ``O(S m)``.
+    """
+    num_draws = log_density.shape[0]
+    prefix = torch.logcumsumexp(log_density, 0)
+    suffix = torch.logcumsumexp(log_density.flip(0), 0).flip(0)
+    empty = torch.full_like(log_density[:1], float("-inf"))
+    before = torch.cat([empty, prefix[:-1]])
+    after = torch.cat([suffix[1:], empty])
+    return torch.logaddexp(before, after) - math.log(num_draws - 1)
+
+
+def _flatten_unresolved_columns(log_likelihood: Tensor) -> Tensor:
+    r"""Store a column whose PSIS tail is float rounding as its common value.
+
+    PSIS fits a generalized Pareto law to the largest importance ratios
+    ``exp(−ℓ_{sj})`` of a column, i.e. its smallest ``ℓ_{sj}`` (arviz takes the
+    ``min(S/5, 3\sqrt{S/r_{eff}})`` largest ratios). For a label every draw is
+    nearly sure of, those ``ℓ_{sj}`` differ by less than ``10^{-13}``: arviz's
+    fit then sees a handful of rounded values and can return NaN (and a NaN
+    ``elpd_loo``). Such a column carries no information beyond its value, so it
+    is stored as its log-mean-exp (the held-out density stays exact); arviz
+    reports ``k = inf`` for a constant column.
+    """
+    num_draws = log_likelihood.shape[0]
+    # Half of arviz's tail at r_eff = 1: the checked draws lie inside its tail for any r_eff up to 4.
+    half_tail = max(5, math.ceil(min(num_draws / 5, 3 * math.sqrt(num_draws)) / 2))
+    if num_draws <= half_tail:
+        return log_likelihood
+    lowest = log_likelihood.min(0).values
+    tail_edge = log_likelihood.kthvalue(half_tail + 1, 0).values
+    unresolved = (tail_edge - lowest) <= 1e-13 * lowest.abs().clamp_min(1.0)
+    if not unresolved.any():
+        return log_likelihood
+    common = log_likelihood.logsumexp(0) - math.log(num_draws)
+    return torch.where(unresolved, common, log_likelihood)
+
+
+def _check_observed(observed: Any, task: str, function: Optional[Tensor], draws: Optional[Tensor]) -> None:
+    """One-line errors for held-out targets that do not fit the draws (``function``, else ``y``)."""
+    if function is not None:
+        expected = tuple(function.shape[1:2]) if task == "classification" else tuple(function.shape[1:])
+    else:
+        expected = tuple(draws.shape[1:]) if draws is not None else None
+    if not isinstance(observed, Tensor) or (expected is not None and tuple(observed.shape) != expected):
+        raise ValueError(f"observed must be a tensor of shape {expected or '(m,)'}, one target per input")
+    if not torch.isfinite(observed.double()).all():
+        raise ValueError("observed must be finite; drop the inputs whose targets are missing")
+    if task == "classification" and function is not None:
+        labels = observed.double()
+        if (labels != labels.round()).any() or (labels < 0).any() or (labels >= function.shape[-1]).any():
+            raise ValueError(f"observed: class labels must be integers in 0..{function.shape[-1] - 1}")
+
+
 def to_inference_data(
     source: Union[RegressionPrediction, ClassificationPrediction, Mapping[str, Tensor]],
     *,
@@ -83,45 +217,52 @@ def to_inference_data(
     :param source: one of
 
         * a :class:`~pyro_dlf.student.RegressionPrediction` from
-          ``student.predict(x)`` (with samples): ``posterior_predictive`` gets
-          ``function`` (the distilled process) and ``y`` (observations
+          ``student.predict(x, return_samples=True)``: ``posterior`` gets
+          ``function`` (the distilled process) and ``noise_variance``;
+          ``posterior_predictive`` gets ``y`` (observations
           :math:`y^{(s)} \\sim \\mathcal N(f^{(s)}, \\sigma^2_{(s)})`, drawn here);
-          ``posterior`` gets ``noise_variance``;
         * a :class:`~pyro_dlf.student.ClassificationPrediction` with
-          ``logit_samples``: ``posterior_predictive`` gets ``function`` (logits,
-          dims ``point, class``);
+          ``logit_samples``: ``posterior`` gets ``function`` (logits, dims
+          ``point, class``), ``posterior_predictive`` gets ``y`` (class draws
+          :math:`y^{(s)} \\sim \\operatorname{Categorical}(\\operatorname{softmax} f^{(s)})`,
+          drawn here);
         * the dictionary returned by ``pyro.infer.Predictive(student, ...)(x)``:
-          ``function`` and ``y`` go to ``posterior_predictive``, every other
-          site (``z``, ``noise_variance``, ``nugget``) to ``posterior``.
+          ``y`` goes to ``posterior_predictive``, every other site
+          (``function``, ``z``, ``noise_variance``, ``nugget``, ``noise_level``)
+          to ``posterior``.
 
-    :param observed: observed targets at the same inputs, shape ``(m,)``, stored
-        as ``observed_data["y"]`` (needed by :func:`plot_ppc`).
+    :param observed: held-out targets at the same inputs: ``(m,)`` values or
+        class labels, ``(m, d)`` for a multi-output regression. Stored as
+        ``observed_data["y"]`` (for :func:`plot_ppc`); with the ``function``
+        draws they give the ``log_likelihood`` group (see the module docstring:
+        ``az.loo`` / ``az.waic`` / ``az.compare`` then report the held-out log
+        predictive density).
     :param num_chains: split the ``S`` independent draws into this many
         pseudo-chains (``S`` must be divisible), so ``rhat`` is defined.
     :param point_coords: labels of the ``m`` inputs (default ``0 … m-1``).
-    :param generator: source of the observation noise for a regression prediction.
+    :param generator: source of the drawn observations ``y`` of a prediction.
     :returns: ``arviz.InferenceData``.
-    :raises ValueError: on a prediction without samples, shape mismatches or a bad ``num_chains``.
+    :raises ValueError: on a prediction without samples, shape mismatches, fewer
+        than 2 draws with ``observed``, bad labels or a bad ``num_chains``.
     :raises TypeError: on an unsupported ``source``.
     """
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
         raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
     posterior: dict[str, Tensor] = {}
     predictive: dict[str, Tensor] = {}
+    noise: Optional[Tensor] = None
     if isinstance(source, RegressionPrediction):
         if source.function_samples is None:
             raise ValueError("source: call student.predict(x, return_samples=True) to get draws for arviz")
-        noise = source.noise_variance_samples
-        predictive["function"] = source.function_samples
-        scale = noise.sqrt().unsqueeze(-1) if noise.dim() == 1 else noise.sqrt()  # heteroscedastic: (S, m)
-        predictive["y"] = source.function_samples + scale * torch.randn(
-            source.function_samples.shape, generator=generator, dtype=source.function_samples.dtype
-        ).to(source.function_samples.device)
+        task, noise = "regression", source.noise_variance_samples
+        posterior["function"] = source.function_samples
         posterior["noise_variance"] = noise
+        predictive["y"] = source.sample_observations(generator)
     elif isinstance(source, ClassificationPrediction):
         if source.logit_samples is None:
             raise ValueError("source: call student.predict(x, return_samples=True) to get logit draws for arviz")
-        predictive["function"] = source.logit_samples
+        task = "classification"
+        posterior["function"] = source.logit_samples
         # Class draws y^(s) ~ Categorical(softmax f^(s)): what plot_ppc compares with the observed labels.
         logits = source.logit_samples.double()
         flat = torch.multinomial(logits.softmax(-1).reshape(-1, logits.shape[-1]), 1, generator=generator)
@@ -129,75 +270,79 @@ def to_inference_data(
     elif isinstance(source, Mapping):
         if not source:
             raise ValueError("source: the Predictive output is empty")
-        for site, value in source.items():
+        for site, value in _without_prefix(source).items():
             if not isinstance(value, Tensor):
                 raise TypeError(f"source[{site!r}] must be a tensor of draws, got {type(value).__name__}")
-            (predictive if site in _PREDICTIVE_SITES else posterior)[site] = value
+            (predictive if site == "y" else posterior)[site] = value
+        task = _task_of_sites(posterior, predictive)
+        if "noise_variance" in posterior:
+            noise = _drop_singletons(posterior["noise_variance"])
     else:
         raise TypeError(
             "source must be a RegressionPrediction, a ClassificationPrediction or the dict returned by "
             f"pyro.infer.Predictive, got {type(source).__name__}"
         )
 
-    shapes = {tuple(value.shape[:2]) for value in predictive.values()}
-    if len(shapes) > 1 or any(value.dim() < 2 for value in predictive.values()):
-        raise ValueError(f"source: predictive sites must share (draws, points) leading dims, got shapes {sorted(shapes)}")
-    num_points = shapes.pop()[1] if shapes else None
-    posterior = {site: _drop_singletons(value) for site, value in posterior.items()}
+    point_sites = {site: value for site, value in {**posterior, **predictive}.items() if site in _POINT_SITES}
+    if any(value.dim() < 2 for value in point_sites.values()) or len({tuple(v.shape[:2]) for v in point_sites.values()}) > 1:
+        shapes = sorted({tuple(value.shape) for value in point_sites.values()})
+        raise ValueError(f"source: function, y and nugget must share (draws, points) leading dims, got shapes {shapes}")
+    num_points = next(iter(point_sites.values())).shape[1] if point_sites else None
+    function = posterior.get("function")
     if point_coords is None and num_points is not None:
         point_coords = list(range(num_points))
     if point_coords is not None and num_points is not None and len(point_coords) != num_points:
         raise ValueError(f"point_coords has {len(point_coords)} labels for {num_points} inputs")
 
-    dims: dict[str, list[str]] = {}
-    for site, value in predictive.items():
-        extra = value.dim() - 2
-        dims[site] = ["point"] + [f"{site}_dim_{k}" for k in range(extra)]
-        if extra == 1 and isinstance(source, ClassificationPrediction):
-            dims[site] = ["point", "class"]
-    coords = {"point": point_coords} if point_coords is not None else {}
-
     observed_data = None
     log_likelihood = None
     if observed is not None:
-        if not isinstance(observed, Tensor) or observed.dim() != 1 or (num_points is not None and observed.shape[0] != num_points):
-            raise ValueError(f"observed must be a tensor of shape ({num_points},), one target per input")
+        _check_observed(observed, task, function, predictive.get("y"))
         observed_data = {"y": observed.detach().cpu().numpy()}
-        dims.setdefault("y", ["point"])
-        log_likelihood = _pointwise_log_likelihood(source, posterior, predictive, observed)
+        if function is not None and (task == "classification" or noise is not None):
+            if function.shape[0] < 2:
+                raise ValueError("observed: the held-out log density needs at least 2 draws; predict with num_samples >= 2")
+            log_density = _pointwise_log_density(task, function, noise, observed)
+            log_likelihood = {"y": _flatten_unresolved_columns(_leave_one_out_log_mean(log_density))}
+
+    # Latent draws lose Pyro's singleton plate dims; per-input sites keep their point dim.
+    posterior = {site: value if site in _POINT_SITES else _drop_singletons(value) for site, value in posterior.items()}
+    last = "class" if task == "classification" else "output"
+    dims: dict[str, list[str]] = {}
+    for site, value in {**posterior, **predictive}.items():
+        if site in _POINT_SITES:
+            dims[site] = ["point"] + ([last] if value.dim() == 3 else [f"{site}_dim_{k}" for k in range(value.dim() - 2)])
+    if function is not None and "noise_variance" in posterior:
+        shape = tuple(posterior["noise_variance"].shape[1:])
+        if shape == tuple(function.shape[1:]):  # heteroscedastic: one variance per input (and output)
+            dims["noise_variance"] = ["point"] + (["output"] if len(shape) == 2 else [])
+        elif function.dim() == 3 and shape == tuple(function.shape[2:]):  # one variance per output
+            dims["noise_variance"] = ["output"]
+    if observed_data is not None:
+        dims["y"] = ["point"] + ([last] if observed.dim() == 2 else [])
+    coords = {"point": point_coords} if point_coords is not None else {}
 
     az = _arviz()
     return az.from_dict(
         posterior={k: _as_draws(v, num_chains, k) for k, v in posterior.items()} or None,
         posterior_predictive={k: _as_draws(v, num_chains, k) for k, v in predictive.items()} or None,
-        log_likelihood=None if log_likelihood is None else {"y": _as_draws(log_likelihood, num_chains, "y")},
+        log_likelihood=None if log_likelihood is None else {k: _as_draws(v, num_chains, k) for k, v in log_likelihood.items()},
         observed_data=observed_data,
         coords=coords,
         dims=dims,
     )
 
 
-def _pointwise_log_likelihood(source, posterior: dict, predictive: dict, observed: Tensor) -> Optional[Tensor]:
-    """``log p(y_j | draw s)``, ``(S, m)``: Gaussian with the draw's noise variance, or the draw's
-    log-softmax at the label; ``None`` when the draws do not determine it (no noise variance)."""
-    function = predictive.get("function")
-    if function is None:
-        return None
-    y = observed.to(function.device)
-    if function.dim() == 3:  # logits (S, m, c): the observed labels' log-probabilities
-        labels = y.long().reshape(1, -1, 1).expand(function.shape[0], -1, 1)
-        return function.double().log_softmax(-1).gather(-1, labels).squeeze(-1)
-    noise = posterior.get("noise_variance")
-    if noise is None:
-        return None
-    scale = noise.double().sqrt()
-    scale = scale.reshape(-1, 1) if scale.dim() == 1 or scale.shape[1:] != function.shape[1:] else scale
-    return torch.distributions.Normal(function.double(), scale).log_prob(y.double())
-
-
 def summary(idata: Any, **kwargs: Any) -> Any:
-    """``arviz.summary`` (a pandas ``DataFrame``); ``kwargs`` go to arviz (e.g. ``group``, ``var_names``)."""
-    return _arviz().summary(idata, **kwargs)
+    """``arviz.summary`` (a pandas ``DataFrame``); ``kwargs`` go to arviz (e.g. ``group``, ``var_names``).
+
+    A variable every draw agrees on -- a class label the student is sure of, in
+    ``group="posterior_predictive"`` -- has no spread, so its ``r_hat`` and
+    ``mcse_sd`` are 0/0: arviz reports NaN, the right answer, and numpy's
+    invalid-division signal is silenced for this call only.
+    """
+    with np.errstate(invalid="ignore"):
+        return _arviz().summary(idata, **kwargs)
 
 
 def plot_ppc(idata: Any, **kwargs: Any) -> Any:

@@ -26,21 +26,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Optional, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from pyro_dlf._validation import check_loading_hidden
+from pyro_dlf._progress import progress_bar
+from pyro_dlf._validation import (check_choice, check_design_points, check_device, check_flag, check_float_dtype, check_int,
+                                  check_loading_hidden, check_magnitude_value, check_noise_variances, check_num_factors,
+                                  check_num_factors_option, check_num_points, check_real, check_spread, check_widths)
 from pyro_dlf.api import scheduled_adam
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.streaming import StreamingEM
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
-from pyro_dlf.noise import fit_inverse_gamma
+from pyro_dlf.noise import HeavyTailWarning, fit_inverse_gamma
+from pyro_dlf.selection import choose_num_factors, deviation_gram, factor_limit
 from pyro_dlf.student import Student
 
 #: How long :func:`close_distributed` lets gloo's worker threads release their last tensors.
@@ -104,37 +109,103 @@ class _Centred:
             yield xb, fb - fb.mean(-1, keepdim=True)
 
 
-def _moments(stream: Iterable, dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int]:
-    """Streamed means and standard deviations of the inputs (per feature) and of the teacher values
-    (overall; per class for logits), summed over processes."""
-    sx = sxx = sf = sff = None
-    rows = values = 0
-    for xb, fb in stream:
-        xb, fb = xb.to(device=device, dtype=torch.float64).flatten(1), fb.to(device=device, dtype=torch.float64)
-        flat = fb.reshape(-1, fb.shape[-1]) if fb.dim() == 3 else fb.reshape(-1, 1)
-        parts = (xb.sum(0), xb.pow(2).sum(0), flat.sum(0), flat.pow(2).sum(0))
-        sx, sxx, sf, sff = parts if sx is None else (sx + parts[0], sxx + parts[1], sf + parts[2], sff + parts[3])
-        rows, values = rows + xb.shape[0], values + flat.shape[0]
-    if sx is None:
-        raise ValueError("stream: yielded no batch; a design stream must yield (x_batch, f_batch) pairs")
-    packed = torch.cat([sx, sxx, sf, sff, torch.tensor([rows, values], dtype=torch.float64, device=device)])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(packed)
-    d, c = sx.numel(), sf.numel()
-    sx, sxx, sf, sff = packed[:d], packed[d:2 * d], packed[2 * d:2 * d + c], packed[2 * d + c:2 * d + 2 * c]
-    rows, values = int(packed[-2]), int(packed[-1])
-    x_mean = sx / rows
-    x_sd = (sxx / rows - x_mean ** 2).clamp_min(0).sqrt()
-    f_mean = sf / values
-    f_var = float((sff.sum() / (values * c) - (sf.sum() / (values * c)) ** 2))
-    x_sd = torch.where(x_sd > 1e-8, x_sd, torch.ones_like(x_sd))
-    return x_mean.to(dtype), x_sd.to(dtype), f_mean.to(dtype), torch.tensor(max(f_var, 1e-16) ** 0.5, dtype=dtype), rows, values
+def _batch(batch, k: int) -> tuple[Tensor, Tensor]:
+    """Batch ``k`` of a design stream as real tensors ``(x_b (b, d), f_b (n, b[, c]))``, checked, on the CPU or where they are."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"stream: batch {k} is a {type(batch).__name__}; a design stream yields (x_batch, f_batch) pairs")
+    parts = []
+    for value, name in zip(batch, (f"stream batch {k}: x_batch", f"stream batch {k}: f_batch")):
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind == "c" or value.dtype.kind not in "fiu":
+                check_design_points(value, name)  # raises, naming the batch
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} is a {type(value).__name__}; give tensors (or NumPy arrays)")
+        if value.is_complex() or value.dtype == torch.bool:
+            check_design_points(value, name)  # complex: raises, naming the batch and the fix
+            raise TypeError(f"{name} holds booleans; give real values")
+        parts.append(value)
+    xb, fb = parts
+    if xb.dim() != 2 or xb.shape[0] == 0:
+        raise ValueError(f"stream batch {k}: x_batch has shape {tuple(xb.shape)}; the MLP body needs (b, d) inputs with b >= 1")
+    if fb.dim() not in (2, 3) or fb.shape[1] != xb.shape[0]:
+        raise ValueError(f"stream batch {k}: f_batch has shape {tuple(fb.shape)} for {xb.shape[0]} design points; "
+                         f"give (num_teachers, {xb.shape[0]}) or (num_teachers, {xb.shape[0]}, c)")
+    for value, name in ((xb, "x_batch"), (fb, "f_batch")):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"stream batch {k}: {name} contains NaN or Inf; remove or impute them before distilling")
+    return xb, fb
+
+
+def _describe(layout: tuple[int, int, int]) -> str:
+    features, teachers, outputs = layout
+    return f"{teachers} teachers' values on {features} input feature(s)" + (f" with {outputs} outputs" if outputs else "")
+
+
+class _Survey:
+    """One pass over a design stream: its layout, checked on every batch; the input and output moments;
+    the largest magnitudes; and the Gram matrix of the teachers' deviations (for ``num_factors="auto"``)."""
+
+    def __init__(self, stream: Iterable, classification: bool, separable: bool, dtype: torch.dtype, device: torch.device) -> None:
+        sx = sxx = sf = sff = gram = None
+        rows = values = batches = 0
+        x_max = f_max = 0.0
+        layout = None
+        for k, batch in enumerate(stream):
+            xb, fb = _batch(batch, k)
+            shape = (xb.shape[1], fb.shape[0], fb.shape[2] if fb.dim() == 3 else 0)
+            if layout is None:
+                layout = shape
+            elif shape != layout:
+                raise ValueError(f"stream batch {k} holds {_describe(shape)} but batch 0 holds {_describe(layout)}: every batch "
+                                 f"must hold the same teachers' values on inputs of the same width")
+            x64, f64 = xb.to(device=device, dtype=torch.float64), fb.to(device=device, dtype=torch.float64)
+            x_max, f_max = max(x_max, float(x64.abs().max())), max(f_max, float(f64.abs().max()))
+            if classification:
+                f64 = f64 - f64.mean(-1, keepdim=True)
+            flat = f64.reshape(-1, f64.shape[-1]) if f64.dim() == 3 else f64.reshape(-1, 1)
+            parts = (x64.sum(0), x64.pow(2).sum(0), flat.sum(0), flat.pow(2).sum(0), deviation_gram(f64, separable=separable))
+            sx, sxx, sf, sff, gram = parts if sx is None else (sx + parts[0], sxx + parts[1], sf + parts[2], sff + parts[3], gram + parts[4])
+            rows, values, batches = rows + xb.shape[0], values + flat.shape[0], batches + 1
+        if sx is None:
+            raise ValueError("stream: yielded no batch; a design stream must yield (x_batch, f_batch) pairs")
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            # Every process must stream the same teachers on the same inputs.
+            agree = torch.tensor([*layout, *(-v for v in layout)], dtype=torch.float64, device=device)
+            dist.all_reduce(agree, op=dist.ReduceOp.MAX)
+            if agree[:3].tolist() != [-v for v in agree[3:].tolist()]:
+                raise ValueError("stream: the processes' shards hold different numbers of teachers, inputs or outputs; "
+                                 "give every process a shard of the same data")
+        d, c = sx.numel(), sf.numel()
+        packed = torch.cat([sx, sxx, sf, sff, gram.flatten(), torch.tensor([rows, values], dtype=torch.float64, device=device)])
+        largest = torch.tensor([x_max, f_max], dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(packed)
+            dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        sx, sxx, sf, sff = packed[:d], packed[d:2 * d], packed[2 * d:2 * d + c], packed[2 * d + c:2 * d + 2 * c]
+        self.gram = packed[2 * d + 2 * c:-2].reshape(gram.shape)
+        self.rows, self.values = int(packed[-2]), int(packed[-1])
+        self.x_max, self.f_max = (float(v) for v in largest)
+        self.in_features, self.num_teachers = layout[0], layout[1]
+        self.num_outputs = layout[2] or None
+        x_mean = sx / self.rows
+        x_sd = (sxx / self.rows - x_mean ** 2).clamp_min(0).sqrt()
+        f_mean = sf / self.values
+        f_var = float((sff.sum() / (self.values * c) - (sf.sum() / (self.values * c)) ** 2))
+        # A constant input column (no spread beyond rounding) is left unscaled.
+        x_sd = torch.where(x_sd > 16 * torch.finfo(dtype).eps * x_mean.abs(), x_sd, torch.ones_like(x_sd))
+        x_sd = torch.where(x_sd > 0, x_sd, torch.ones_like(x_sd))
+        self.x_mean, self.x_sd, self.f_mean = x_mean.to(dtype), x_sd.to(dtype), f_mean.to(dtype)
+        self.f_sd = torch.tensor(max(f_var, 0.0) ** 0.5, dtype=dtype)
+        # The mean squared deviation across teachers (the trace of the Gram over the values).
+        self.spread = float(self.gram.trace()) / (self.values * c)
 
 
 def distill_stream(
     stream: Iterable,
     *,
-    num_factors: int,
+    num_factors: Union[int, str] = "auto",
     teacher_noise_variances: Optional[Union[Tensor, Sequence[float]]] = None,
     task: str = "regression",
     covariance: Optional[str] = None,
@@ -151,61 +222,116 @@ def distill_stream(
 ) -> Student:
     """Distill a teacher ensemble given as a design stream (see the module docstring).
 
+    Every input is checked before the fit, in one extra pass over the stream (each batch's
+    layout, finite values, magnitudes; the same teachers in every batch). Each warning of a call
+    is said once.
+
     :param stream: re-iterable ``(x_batch (b, d), f_batch (n, b) or (n, b, c))`` pairs; under
         ``torch.distributed`` this process's shard (the same number of batches on every process).
-    :param num_factors: ``q``.
-    :param teacher_noise_variances: regression: each teacher's noise variance (``n`` values).
+    :param num_factors: ``q``, or ``"auto"`` (default): chosen from the teachers' streamed values as
+        by :func:`pyro_dlf.distill` (:func:`pyro_dlf.selection.choose_num_factors`);
+        ``student.num_factors_choice`` records it.
+    :param teacher_noise_variances: regression: each teacher's noise variance (``n`` positive values).
     :param task: ``"regression"`` or ``"classification"`` (logits, centred per point).
-    :param covariance: classification: ``"full"`` (default) or ``"separable"``.
+    :param covariance: multivariate teachers: ``"full"`` (classification default) or ``"separable"``.
     :param hidden: widths of the MLP body.
     :param loading_hidden: widths of a separate body for the loadings (as :func:`~pyro_dlf.distill`).
     :param num_iterations: EM iterations (each: two passes over the stream).
     :param lr, lr_decay, warmup: Adam's step size and its schedule (as :func:`~pyro_dlf.distill`).
     :param seed: seeds the network initialization (identical on every process).
+    :param progress: show a bar over the EM iterations (rank 0 only; ``TQDM_DISABLE`` hides it).
     :param device: where the model lives; batches are moved there as they stream.
+    :param dtype: the model's dtype, ``torch.float32`` or ``torch.float64``.
     :returns: the fitted :class:`~pyro_dlf.student.Student`; ``student.history`` holds the
         negative log marginal likelihood per observed scalar before each iteration.
     """
-    if task not in ("regression", "classification"):
-        raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 1:
-        raise ValueError(f"num_iterations must be a positive int, got {num_iterations!r}")
+    from pyro_dlf.api import _say_once
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            student = _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden,
+                                      num_iterations, lr, lr_decay, warmup, seed, progress, device, dtype)
+    finally:
+        _say_once(caught)
+    return student
+
+
+def _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden, num_iterations,
+                    lr, lr_decay, warmup, seed, progress, device, dtype) -> Student:
+    if isinstance(stream, (Tensor, np.ndarray, str, bytes)) or not isinstance(stream, Iterable):
+        raise TypeError(f"stream must be a re-iterable design stream of (x_batch, f_batch) pairs (TensorStream, NpyStream, "
+                        f"TeacherStream or a list), got {type(stream).__name__}; for tensors use TensorStream(x, f, batch_size)")
+    if isinstance(stream, Iterator):
+        raise TypeError("stream is a one-shot iterator (e.g. a generator); EM passes over the stream several times: pass a "
+                        "list of batches, TensorStream, NpyStream or TeacherStream")
+    num_factors = check_num_factors_option(num_factors)
+    task = check_choice(task, "task", ("regression", "classification"))
+    covariance = check_choice(covariance, "covariance", ("separable", "full"), allow_none=True)
+    hidden = check_widths(hidden, "hidden")
     loading_hidden = check_loading_hidden(loading_hidden, False)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    source = _Centred(stream) if task == "classification" else stream
-    moved = _OnDevice(source, device, dtype)
-    first_x, first_f = next(iter(moved))
-    multivariate = first_f.dim() == 3
+    num_iterations = check_int(num_iterations, "num_iterations", 1)
+    lr = check_real(lr, "lr", 0, fix="Adam's step size, e.g. lr=1e-2")
+    lr_decay = check_real(lr_decay, "lr_decay", 0, 1, fix="e.g. lr_decay=0.1")
+    warmup = check_real(warmup, "warmup", 0, 1, low_open=False, fix="a fraction of the EM iterations, e.g. warmup=0.1")
+    seed = check_int(seed, "seed", 0)
+    progress = check_flag(progress, "progress")
+    device = check_device(device) or torch.device("cpu")
+    dtype = check_float_dtype(dtype)
+    if task == "classification" and teacher_noise_variances is not None:
+        raise ValueError("teacher_noise_variances is for regression teachers; drop it for logits")
+    if task == "regression" and teacher_noise_variances is None:
+        raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n values)")
+
+    covariance_default = covariance or ("full" if task == "classification" else "separable")
+    survey = _Survey(stream, task == "classification", covariance_default == "separable", dtype, device)
+    multivariate = survey.num_outputs is not None
     if task == "classification" and not multivariate:
         raise ValueError("stream: classification batches must hold logits (n, b, c)")
+    if covariance is not None and not multivariate:
+        raise ValueError(f"covariance={covariance!r} is an output-covariance structure for (n, b, c) teachers; drop it for one regression output")
+    check_num_points(survey.rows, "stream (its design points)")
+    check_magnitude_value(survey.x_max, survey.rows * survey.in_features, dtype, "stream x_batch (the design points)")
+    check_magnitude_value(survey.f_max, survey.values * (survey.num_outputs or 1), dtype, "stream f_batch (the teacher values)")
+    check_spread(survey.spread, dtype, "stream f_batch (the teacher values)")
+    n = survey.num_teachers
     if task == "regression":
-        if teacher_noise_variances is None:
-            raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n values)")
-        noise_prior = fit_inverse_gamma(torch.as_tensor(teacher_noise_variances, dtype=torch.float64).reshape(-1))
+        v = check_noise_variances(teacher_noise_variances, n)
+        if v.dim() != 1:
+            raise ValueError(f"teacher_noise_variances: a streamed fit takes one variance per teacher ({n},), got {tuple(v.shape)}")
+        noise_prior = fit_inverse_gamma(v)
     else:
-        if teacher_noise_variances is not None:
-            raise ValueError("teacher_noise_variances is for regression teachers; drop it for logits")
         noise_prior = (None, None)
-    x_mean, x_sd, f_mean, f_sd, _, _ = _moments(moved, dtype, device)
-    num_outputs = first_f.shape[-1] if multivariate else None
-    covariance = covariance or ("full" if task == "classification" else "separable")
+    num_outputs = survey.num_outputs
+    covariance = covariance_default
+    # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
+    free_outputs = None if num_outputs is None else num_outputs - (1 if task == "classification" else 0)
+    factor_choice = None
+    if num_factors == "auto":
+        factor_choice = choose_num_factors(survey.gram, factor_limit(n, free_outputs, covariance if multivariate else None))
+        num_factors = factor_choice.num_factors
+    check_num_factors(num_factors, n, free_outputs, covariance if multivariate else "separable")
+
+    source = _OnDevice(stream, device, dtype)
+    moved = _Centred(source) if task == "classification" else source
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        model = DeepLatentFactor(first_x.shape[1], num_factors, tuple(hidden), num_outputs,
+        model = DeepLatentFactor(survey.in_features, num_factors, hidden, num_outputs,
                                  covariance=covariance if multivariate else "separable",
                                  centered_loadings=task == "classification" and covariance == "full",
                                  loading_hidden=loading_hidden).to(dtype=dtype, device=device)
     with torch.no_grad():
-        model.input_loc.copy_(x_mean)
-        model.input_scale.copy_(x_sd)
-        model.output_loc.copy_(f_mean if multivariate else f_mean.reshape(()))
-        model.output_scale.copy_(f_sd)
-    model.set_noise_variance(0.1 * float(f_sd) ** 2)
+        model.input_loc.copy_(survey.x_mean)
+        model.input_scale.copy_(survey.x_sd)
+        model.output_loc.copy_(survey.f_mean if multivariate else survey.f_mean.reshape(()))
+        model.output_scale.copy_(survey.f_sd)
+    model.set_noise_variance(0.1 * float(survey.f_sd) ** 2)
     optim = scheduled_adam(lr, lr_decay, warmup, num_iterations)
     em = StreamingEM(model, ExactFactorPosterior(model), optim)
     history: list[float] = []
     count = None
-    bar = tqdm(range(num_iterations), desc="EM (stream)", disable=not (progress and is_main_process()), leave=False)
+    bar = progress_bar(range(num_iterations), desc="EM (stream)", enabled=progress and is_main_process())
     for _ in bar:
         loss = em.step(moved)
         if count is None:  # observed scalars: teachers × points × outputs, over all processes
@@ -214,19 +340,23 @@ def distill_stream(
         optim.step()
         bar.set_postfix(nll=f"{history[-1]:.4f}")
     history.append(em.evaluate_loss(moved) / count)
-    student = Student(model, task, *noise_prior, centered_logits=task == "classification")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HeavyTailWarning)  # fit_inverse_gamma said it, naming teacher_noise_variances
+        student = Student(model, task, *noise_prior, centered_logits=task == "classification")
     student.history = history
+    student.num_factors_choice = factor_choice
     if not all(math.isfinite(h) for h in history):
         raise RuntimeError(f"distill_stream: the fit diverged (negative log-likelihood per value {history[-1]}); lower lr (now {lr:g})")
     return student
 
 
 class _OnDevice:
-    """The stream's batches moved to the model's device and dtype."""
+    """The stream's batches (checked: :func:`_batch`) moved to the model's device and dtype."""
 
     def __init__(self, stream: Iterable, device: torch.device, dtype: torch.dtype) -> None:
         self.stream, self.device, self.dtype = stream, device, dtype
 
     def __iter__(self):
-        for xb, fb in self.stream:
+        for k, batch in enumerate(self.stream):
+            xb, fb = _batch(batch, k)
             yield xb.to(device=self.device, dtype=self.dtype), fb.to(device=self.device, dtype=self.dtype)

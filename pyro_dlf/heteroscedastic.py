@@ -35,6 +35,7 @@ import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
+from pyro_dlf._validation import check_int
 from pyro_dlf.nn import MLP
 
 __all__ = ["HeteroscedasticNoise", "fit_heteroscedastic_noise"]
@@ -49,8 +50,10 @@ class HeteroscedasticNoise(nn.Module):
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (50,)) -> None:
         super().__init__()
-        self.in_features = int(in_features)
-        self.hidden = tuple(int(h) for h in hidden)
+        self.in_features = check_int(in_features, "in_features")
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise TypeError(f"hidden must be a sequence of positive widths such as (50,), got {hidden!r}")
+        self.hidden = tuple(check_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
         self.location = MLP(self.in_features, self.hidden, 1, nn.Tanh)
         self.register_buffer("input_loc", torch.zeros(self.in_features))
         self.register_buffer("input_scale", torch.ones(self.in_features))

@@ -21,11 +21,16 @@ from torch import Tensor
 
 from pyro_dlf.sufficient_statistics import factor_posterior
 
-__all__ = ["FACTOR_NOISE_TEST_LEVEL", "FactorNoiseFit", "fit_factor_inverse_gamma", "fit_inverse_gamma", "fit_noise_given_factors",
+__all__ = ["HeavyTailWarning", "FACTOR_NOISE_TEST_LEVEL", "FactorNoiseFit", "fit_factor_inverse_gamma", "fit_inverse_gamma", "fit_noise_given_factors",
            "inverse_gamma_quantiles"]
 
 #: Concentration used when all variances are equal (the MLE is a point mass).
 POINT_MASS_CONCENTRATION = 1e6
+
+
+class HeavyTailWarning(UserWarning):
+    """An inverse-gamma noise law with shape ``a ≤ 1``: it has no mean, so the predictive's
+    aleatoric variance ``E[σ²] = b/(a − 1)`` is infinite (its draws and densities stay proper)."""
 
 
 def fit_inverse_gamma(variances: Tensor, max_iter: int = 100, tol: float = 1e-12) -> tuple[float, float]:
@@ -72,7 +77,7 @@ def fit_inverse_gamma(variances: Tensor, max_iter: int = 100, tol: float = 1e-12
         warnings.warn(
             f"teacher_noise_variances: the fitted inverse gamma has shape a = {a:.3g} <= 1, so its mean -- the predictive's "
             "aleatoric variance -- is infinite (a heavy tail: a few teachers' noise variances are far larger than the rest); "
-            "check those teachers", UserWarning, stacklevel=2)
+            "check those teachers", HeavyTailWarning, stacklevel=2)
     return a, a / float(tau.mean())
 
 

@@ -1,4 +1,5 @@
-r"""Choosing the student's body by held-out scores of the teachers' values (no test data).
+r"""Choosing the student's body by held-out scores of the teachers' values, and the default number of
+factors from the teachers' spread (no labels, no test data).
 
 No single body suits every ensemble: a 1 × 50 student cannot follow teachers
 whose mean is rough, and a 2 × 100 one overfits a small smooth set. The DLF
@@ -45,7 +46,14 @@ validation score is within one standard error of the best one's, the
 standard error taken over teachers of the paired per-teacher differences. A
 larger body or a longer schedule must beat the simpler one by more than the
 teachers' own variation to be chosen. After the choice the caller refits on
-all design points.
+all design points. A comparison needs at least :data:`MIN_VALIDATION_POINTS` held-out and
+:data:`MIN_FITTING_POINTS` fitting design points (:func:`minimum_design_points`: 23 at the
+default ``validation_fraction=0.2``); ``distill`` refuses fewer, naming the option.
+
+``distill(num_factors="auto")`` (the default) takes the number of factors from the teachers'
+values alone: the smallest ``q`` whose leading principal directions of the teachers' centred
+deviations explain :data:`FACTOR_SHARE` of their spread, clipped to the identified range and to
+:data:`FACTOR_CAP` (:func:`choose_num_factors` gives the reasons).
 """
 
 from __future__ import annotations
@@ -58,7 +66,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BODY_FAMILY", "TRAINING_FAMILY", "BodySelection", "split_design", "select_hidden", "predictive_log_score"]
+from pyro_dlf._progress import progress_bar
+
+__all__ = ["BODY_FAMILY", "TRAINING_FAMILY", "MIN_VALIDATION_POINTS", "MIN_FITTING_POINTS", "FACTOR_SHARE", "FACTOR_CAP",
+           "BodySelection", "FactorChoice", "split_design", "select_hidden", "predictive_log_score", "minimum_design_points",
+           "check_selection_size", "deviation_gram", "factor_limit", "choose_num_factors"]
 
 #: The documented family of default MLP bodies searched by ``distill(hidden="auto")``:
 #: one or two hidden layers of 50 or 100 units (at most the teachers' 2 × 100).
@@ -67,6 +79,19 @@ BODY_FAMILY: tuple[tuple[int, ...], ...] = ((50,), (100,), (50, 50), (100, 100))
 #: The training lengths compared by ``distill(training_length="auto")``: fractions of the
 #: caller's ``mmd_steps`` and ``num_iterations`` (the whole schedule, about a third, about a seventh).
 TRAINING_FAMILY: tuple[float, ...] = (1.0, 0.35, 0.15)
+
+#: Held-out design points a comparison of bodies (or training lengths) needs at least: a teacher's score
+#: is its mean over them, and fewer than five inputs say more about those points than about the function.
+MIN_VALIDATION_POINTS = 5
+
+#: Design points the fitting part keeps at least (as many as the held-out part needs).
+MIN_FITTING_POINTS = 5
+
+#: The share of the teachers' spread that ``num_factors="auto"`` asks the factors to explain (see :func:`choose_num_factors`).
+FACTOR_SHARE = 0.9
+
+#: The most factors ``num_factors="auto"`` chooses (see :func:`choose_num_factors`).
+FACTOR_CAP = 10
 
 
 @dataclass
@@ -103,6 +128,146 @@ class BodySelection:
                 "lengths": self.lengths, "chosen_length": self.chosen_length, "rule": self.rule}
 
 
+@dataclass
+class FactorChoice:
+    """What ``distill(num_factors="auto")`` chose, and from what (:func:`choose_num_factors`).
+
+    :ivar num_factors: the chosen ``q``.
+    :ivar explained: the cumulative share of the teachers' spread explained by the leading
+        ``1, 2, …`` principal directions of their centred deviations.
+    :ivar share: the share asked for (:data:`FACTOR_SHARE`).
+    :ivar cap: the most factors the rule chooses (:data:`FACTOR_CAP`).
+    :ivar limit: the identified range's upper end for these teachers (``n − 2``; separable
+        multivariate ``(n − 1)·c′ − 1``, ``c′ = c − 1`` for centred logits).
+    :ivar rule: the rule in words.
+    """
+
+    num_factors: int
+    explained: list[float]
+    share: float
+    cap: int
+    limit: int
+    rule: str = field(default="smallest q whose leading principal directions of the teachers' centred deviations explain "
+                              "at least the share of their spread, clipped to [1, min(cap, limit)]")
+
+    def as_dict(self) -> dict:
+        return {"num_factors": self.num_factors, "explained": self.explained, "share": self.share, "cap": self.cap,
+                "limit": self.limit, "rule": self.rule}
+
+
+def factor_limit(num_teachers: int, num_outputs: Optional[int] = None, covariance: Optional[str] = "separable") -> int:
+    """The largest ``q`` that ``num_factors="auto"`` considers: one below the number of directions the
+    teachers span (``n − 1``, separable multivariate ``(n − 1)·c``; see
+    :func:`pyro_dlf._validation.check_num_factors`), and at least 1."""
+    per_teacher = 1 if num_outputs is None or covariance == "full" else num_outputs
+    return max(1, (num_teachers - 1) * per_teacher - 1)
+
+
+def deviation_gram(f: Tensor, observed: Optional[Tensor] = None, separable: bool = False) -> Tensor:
+    r"""The Gram matrix ``D D^T`` (float64) of the teachers' deviations from their mean at each design point.
+
+    ``D`` has one row per teacher (its deviations at every point and output, flattened), or with
+    ``separable`` one row per (teacher, output): the vectors over design points whose span is
+    ``col(Φ)`` in the separable model. With an ``observed`` mask ``(n, m)`` the mean runs over the
+    observed teachers at each point and unobserved entries count as zero deviation. Its nonzero
+    eigenvalues are the squared singular values of ``D``. A sum over design points, so batches of
+    points may be added (a stream).
+
+    :param f: ``(n, m)`` or ``(n, m, c)`` teacher values (classification logits centred per input by the caller).
+    """
+    values = f.detach().double()
+    if observed is not None:
+        keep = observed.to(values.device)
+        keep = keep if values.dim() == 2 else keep.unsqueeze(-1).expand_as(values)
+        count = keep.sum(0, keepdim=True).clamp_min(1)
+        centre = torch.where(keep, values, torch.zeros_like(values)).sum(0, keepdim=True) / count
+        deviation = torch.where(keep, values - centre, torch.zeros_like(values))
+    else:
+        deviation = values - values.mean(0, keepdim=True)
+    if separable and deviation.dim() == 3:
+        rows = deviation.permute(0, 2, 1).reshape(-1, deviation.shape[1])  # (n·c, m)
+    else:
+        rows = deviation.reshape(deviation.shape[0], -1)
+    return rows @ rows.T
+
+
+def choose_num_factors(gram: Tensor, limit: int, share: float = FACTOR_SHARE, cap: int = FACTOR_CAP) -> FactorChoice:
+    r"""The label-free default number of factors: the smallest ``q`` whose leading principal directions of
+    the teachers' centred deviations explain at least ``share`` of their spread, clipped to
+    ``[1, min(cap, limit)]``.
+
+    Only the teachers' values at the design points enter (through ``gram``, :func:`deviation_gram`):
+    no labels, no test data. ``λ_1 ≥ λ_2 ≥ …`` are its eigenvalues, the spread of the teachers
+    along each principal direction of their deviations ``f_i − ar f``; ``q`` is the smallest
+    ``k`` with ``Σ_{a≤k} λ_a ≥ share · Σ_a λ_a``.
+
+    Why these numbers:
+
+    * ``share = 0.9``. The student's epistemic variance is what its factors carry: spread the factors
+      leave out goes to the nugget ``σ_f²``, which the predictive leaves out by default, so it is lost
+      -- the variance reduction that distillation of uncertainty sets out to avoid (SPEC §7, ideal
+      ratio 1). That asks for a high share. But not one near 1: each teacher's disagreement that is
+      independent from point to point (memorized label noise, rounding) spreads evenly over all
+      ``n − 1`` directions, so a share near 1 would demand nearly every direction and fit the
+      particular teachers' noise -- exactly what the nugget is for -- and the trailing directions are
+      estimated from the same ``n`` teachers with the largest relative error. 0.9 is the upper end of
+      the usual 70--90 % (Jolliffe, *Principal Component Analysis*, 2002, §6.1.1): at most a tenth of
+      the spread goes to the nugget.
+    * ``limit``: ``n`` teachers span at most ``n − 1`` directions around their mean (SPEC §2). With
+      ``q = n − 1`` the factors reproduce the teachers' sample covariance exactly and the nugget's
+      maximum-likelihood estimate falls to its floor (a boundary, Heywood-type fit), so the rule stays
+      at ``q ≤ n − 2`` (SPEC §1: ``q ≤ n − 2`` in practice); separable multivariate, whose teachers
+      span ``(n − 1)·c′`` directions of ``col(Φ)`` (``c′`` free outputs: ``c − 1`` for logits centred
+      per input), at ``(n − 1)·c′ − 1``. At least 1.
+    * ``cap = 10``, the paper's ``q`` for its largest ensembles (50 teachers on UCI; 8 on CIFAR-10).
+      Where ten directions do not reach the share, the rest of the spread is spread thinly over many
+      directions -- per-point disagreement that low-rank factors do not represent and the nugget
+      takes -- and each further factor would mostly fit those particular teachers.
+
+    Pass an int ``num_factors`` to override it; the choice is recorded as ``student.num_factors_choice``.
+
+    :param gram: ``D D^T`` of the centred deviations (float64, symmetric).
+    :param limit: the identified range's upper end (:func:`factor_limit`).
+    """
+    eigenvalues = torch.linalg.eigvalsh(gram.double()).flip(0).clamp_min(0)
+    total = float(eigenvalues.sum())
+    if not total > 0:
+        raise ValueError("teacher_outputs: every teacher gives the same values, so there is no spread for num_factors='auto' "
+                         "to measure; check that the teachers differ, or pass an int num_factors")
+    explained = (eigenvalues.cumsum(0) / total).tolist()
+    # The smallest k reaching the share (a hair of tolerance for the rounding of the cumulative sum).
+    q = next((k + 1 for k, e in enumerate(explained) if e >= share - 1e-12), len(explained))
+    q = max(1, min(q, cap, limit))
+    return FactorChoice(q, [float(e) for e in explained[:max(limit, cap) + 1]], share, cap, limit)
+
+
+def _validation_size(num_points: int, validation_fraction: float) -> int:
+    return max(1, int(round(validation_fraction * num_points)))
+
+
+def minimum_design_points(validation_fraction: float) -> int:
+    """The fewest design points whose seeded split (:func:`split_design`) holds out at least
+    :data:`MIN_VALIDATION_POINTS` and keeps at least :data:`MIN_FITTING_POINTS` to fit."""
+    if not (0 < validation_fraction < 1):
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
+    # round(v·m) >= 5 and m − round(v·m) >= 5 first hold near max(4.5/v, 4.5/(1 − v)); walk up from just below.
+    m = max(MIN_VALIDATION_POINTS + MIN_FITTING_POINTS, int(max((MIN_VALIDATION_POINTS - 0.5) / validation_fraction,
+                                                                (MIN_FITTING_POINTS - 0.5) / (1 - validation_fraction))) - 2)
+    while _validation_size(m, validation_fraction) < MIN_VALIDATION_POINTS or m - _validation_size(m, validation_fraction) < MIN_FITTING_POINTS:
+        m += 1
+    return m
+
+
+def check_selection_size(num_points: int, validation_fraction: float, name: str, value: object, fix: str) -> None:
+    """Enough design points for a held-out comparison; else one error naming the option (``name=value``) and ``fix``."""
+    need = minimum_design_points(validation_fraction)
+    if num_points < need:
+        held = _validation_size(need, validation_fraction)
+        raise ValueError(f"{name}={value!r} compares fits on held-out design points and needs at least {need} of them with "
+                         f"validation_fraction={validation_fraction:g} ({held} held out, {need - held} to fit); x_design has "
+                         f"{num_points}: {fix}, or give more design points")
+
+
 def split_design(num_points: int, validation_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Indices ``(fit, validation)`` of a seeded random split of the design points.
 
@@ -111,7 +276,7 @@ def split_design(num_points: int, validation_fraction: float, seed: int) -> tupl
     """
     if not (0 < validation_fraction < 1):
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
-    size = max(1, int(round(validation_fraction * num_points)))
+    size = _validation_size(num_points, validation_fraction)
     if num_points - size < 2:
         raise ValueError(f"x_design has {num_points} points: too few to hold out {size} for choosing the body; give more design points or a fixed hidden=")
     perm = torch.randperm(num_points, generator=torch.Generator().manual_seed(seed))
@@ -129,6 +294,7 @@ def select_hidden(
     seed: int = 0,
     observed: Optional[Tensor] = None,
     lengths: Sequence[float] = (1.0,),
+    progress: bool = False,
 ) -> BodySelection:
     """Compare ``candidates`` by a held-out score of the teachers' values (see the module docstring).
 
@@ -143,6 +309,7 @@ def select_hidden(
         ``(n,)``; NaN for a teacher with no observed validation value (left out).
     :param observed: optional ``(n, m)`` mask of observed teacher values, split with the points.
     :param lengths: training lengths to try with every body (fractions in ``(0, 1]``).
+    :param progress: show a bar over the candidate fits (one tick per candidate; ``TQDM_DISABLE`` hides it).
     """
     bodies = [tuple(int(w) for w in c) for c in candidates]
     if not bodies:
@@ -155,7 +322,7 @@ def select_hidden(
     fit_idx, val_idx = split_design(x.shape[0], validation_fraction, seed)
     scores, sizes = [], []
     part = (lambda idx: None) if observed is None else (lambda idx: observed[:, idx])  # noqa: E731
-    for hidden, length in pairs:
+    for hidden, length in progress_bar(pairs, desc="body selection", enabled=progress, total=len(pairs)):
         student = fit(x[fit_idx], f[:, fit_idx], hidden, part(fit_idx), fit_idx, length)
         scores.append(score(student, x[val_idx], f[:, val_idx], part(val_idx)).double())
         sizes.append(sum(p.numel() for p in student.parameters()))

@@ -6,8 +6,10 @@ import contextlib
 import math
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
-from typing import IO, Optional, Union
+from numbers import Real
+from typing import IO, TYPE_CHECKING, Optional, Union
 
 import pyro
 import pyro.distributions as dist
@@ -17,21 +19,25 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_dlf import __version__
-from pyro_dlf._validation import cast_inputs, check_batch_size, check_design_points
+from pyro_dlf._validation import (PREDICT_FIX, cast_inputs, check_batch_size, check_design_points, check_finite_outputs, check_flag,
+                                  check_int, check_map_location, check_noise_law, check_noise_prior, check_path)
 from pyro_dlf.metrics import entropy_decomposition
 from pyro_dlf.heteroscedastic import HeteroscedasticNoise
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
-from pyro_dlf.noise import inverse_gamma_quantiles
-from pyro_dlf.student_file import FORMAT_NAME, FORMAT_VERSION, build_model, read_payload, write_payload
+from pyro_dlf.noise import HeavyTailWarning, inverse_gamma_quantiles
+from pyro_dlf.student_file import (FORMAT_NAME, FORMAT_VERSION, NOISE_PREFIX, body_record, build_model, build_noise_model,
+                                   read_payload, write_payload)
 from pyro_dlf.sufficient_statistics import combine
+
+if TYPE_CHECKING:  # the records of a fit; those modules do not import the student
+    from pyro_dlf.calibration import SpreadCalibration
+    from pyro_dlf.noise import FactorNoiseFit
+    from pyro_dlf.selection import BodySelection, FactorChoice
 
 __all__ = ["Student", "RegressionPrediction", "ClassificationPrediction", "FORMAT_VERSION"]
 
 #: Quasi-random draws of z that average a factor-dependent noise law (aleatoric_variance).
 _FACTOR_NODES = 4096
-
-#: State-dict prefix of a heteroscedastic noise model in a student file.
-_NOISE_PREFIX = "noise_model."
 
 
 def _listed(value):
@@ -62,16 +68,20 @@ class RegressionPrediction:
     def total_variance(self) -> Tensor:
         return self.epistemic_variance + self.aleatoric_variance
 
-    def sample_observations(self) -> Tensor:
-        """Draws ``y^{(s)} ~ N(f^{(s)}(x), σ²_{(s)})``, ``(S, m)``."""
+    def sample_observations(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Draws ``y^{(s)} ~ N(f^{(s)}(x), σ²_{(s)})``, shaped like :attr:`function_samples`.
+
+        :param generator: the noise source (CPU generator; default torch's global one).
+        """
         if self.function_samples is None:
             raise ValueError("predict(..., return_samples=True) is needed to draw observations")
-        scale = self.noise_variance_samples.sqrt()
-        if self.function_samples.dim() == 3:  # several outputs: σ²_{(s)} per output, (S, d)
-            scale = scale.unsqueeze(1)
-        elif scale.dim() == 1:
+        function, scale = self.function_samples, self.noise_variance_samples.sqrt()
+        if function.dim() == 3:  # several outputs: one σ² per draw (S,) or one per output (S, d)
+            scale = scale.reshape(scale.shape[0], 1, -1)
+        elif scale.dim() == 1:  # one σ² per draw; heteroscedastic draws are (S, m) already
             scale = scale.unsqueeze(-1)
-        return self.function_samples + scale * torch.randn_like(self.function_samples)
+        noise = torch.randn(function.shape, generator=generator, dtype=function.dtype).to(function.device)
+        return function + scale * noise
 
 
 @dataclass
@@ -139,8 +149,12 @@ class Student(PyroModule):
 
     :param dlf: the fitted model.
     :param task: ``"regression"`` (univariate DLF) or ``"classification"`` (multivariate).
-    :param noise_concentration: ``a`` of the regression noise prior.
-    :param noise_rate: ``b`` of the regression noise prior.
+    :param noise_concentration: ``a > 0`` of the regression noise prior ``IG(a, b)``
+        (:func:`pyro_dlf.noise.fit_inverse_gamma` fits ``a, b``). The predictive's aleatoric
+        variance is its mean ``E[σ²] = b/(a − 1)``: for ``a ≤ 1`` there is none, the student
+        warns (:class:`~pyro_dlf.noise.HeavyTailWarning`) and reports it as infinite.
+        A multi-output regression takes one number or one per output.
+    :param noise_rate: ``b > 0`` of the regression noise prior.
     :param noise_factor_exponent: ``β`` of a factor-dependent noise law (default 0: SPEC's
         i.i.d. inverse gamma); needs ``noise_factor_gram``.
     :param noise_factor_gram: ``\hat G`` (``q×q``, trace 1) of that law.
@@ -157,7 +171,27 @@ class Student(PyroModule):
         (compare them with centred teacher logits; probabilities are unaffected).
     :param trainable: leave the network trainable (fine-tuning); default frozen.
     :param prefix: put before every site and plate name (default none).
+
+    **Records of the fit.** Every student carries these fields; :func:`pyro_dlf.distill`
+    fills them, a student built by hand, streamed or loaded from a file has the empty
+    values (``[]`` or ``None``):
+
+    :ivar history: the negative log-likelihood per value over the EM iterations.
+    :ivar body_selection: the held-out comparison of candidate bodies
+        (:class:`~pyro_dlf.selection.BodySelection`), or ``None``.
+    :ivar num_factors_choice: how ``num_factors="auto"`` chose ``q``
+        (:class:`~pyro_dlf.selection.FactorChoice`), or ``None``.
+    :ivar noise_fit: the noise law given the factors and its test
+        (:class:`~pyro_dlf.noise.FactorNoiseFit`), or ``None``.
+    :ivar spread_calibration: the rescaling of the loadings to the teachers' held-out
+        spread (:class:`~pyro_dlf.calibration.SpreadCalibration`), or ``None``.
     """
+
+    history: list[float]
+    body_selection: Optional["BodySelection"]
+    num_factors_choice: Optional["FactorChoice"]
+    noise_fit: Optional["FactorNoiseFit"]
+    spread_calibration: Optional["SpreadCalibration"]
 
     def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None,
                  centered_logits: bool = False, include_nugget: bool = False, *, trainable: bool = False, prefix: str = "",
@@ -165,41 +199,60 @@ class Student(PyroModule):
                  noise_factor_gram: Optional[Tensor] = None) -> None:
         # Unique Pyro name: see DeepLatentFactor (param-store names never collide).
         super().__init__(f"student_{uuid.uuid4().hex[:8]}")
+        if not isinstance(dlf, DeepLatentFactor):
+            raise TypeError(f"dlf must be a fitted pyro_dlf.models.DeepLatentFactor (e.g. pyro_dlf.distill(...).dlf), "
+                            f"got {type(dlf).__name__}")
         if task not in ("regression", "classification"):
             raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+        given = noise_concentration is not None or noise_rate is not None
         if task == "regression":
             if noise_model is not None:
                 if not isinstance(noise_model, HeteroscedasticNoise):
                     raise TypeError(f"noise_model must be a pyro_dlf.heteroscedastic.HeteroscedasticNoise, got {type(noise_model).__name__}")
                 if dlf.multivariate:
                     raise ValueError("noise_model: heteroscedastic noise is for one regression output")
+                if given:
+                    raise ValueError("noise_model replaces noise_concentration and noise_rate; pass one or the other")
             else:
-                shape = (dlf.num_outputs,) if dlf.multivariate else ()
-                a, b = (None if v is None else torch.as_tensor(v, dtype=torch.float64) for v in (noise_concentration, noise_rate))
-                if a is None or b is None or not (bool((a > 0).all()) and bool((b > 0).all())) \
-                        or a.shape not in ((), shape) or b.shape not in ((), shape):
-                    raise ValueError("noise_concentration and noise_rate must be positive for regression, one pair or one per output "
-                                     "(fit them with pyro_dlf.noise.fit_inverse_gamma)")
+                # One inverse gamma (floats), or one per output of a multi-output regression (tuples).
+                noise_concentration, noise_rate = check_noise_prior(noise_concentration, noise_rate,
+                                                                    dlf.num_outputs if dlf.multivariate else None)
+                shapes = noise_concentration if isinstance(noise_concentration, tuple) else (noise_concentration,)
+                if min(shapes) <= 1:
+                    warnings.warn(f"noise_concentration a = {min(shapes):.3g} <= 1: the noise prior IG(a, b) has no mean, so the "
+                                  "aleatoric variance E[σ²] is reported as infinite (the predictive's draws and densities stay proper)",
+                                  HeavyTailWarning, stacklevel=2)
         elif noise_model is not None:
             raise ValueError("noise_model is for regression students")
+        elif given:
+            raise ValueError("noise_concentration and noise_rate are for regression students; drop them for classification")
         elif not dlf.multivariate:
             raise ValueError("task='classification' needs a multivariate DeepLatentFactor (num_outputs=c)")
         self.dlf = dlf
         self.task = task
-        # One inverse gamma (floats), or one per output of a multi-output regression (tuples).
-        as_plain = lambda v: None if v is None else (float(v) if torch.as_tensor(v).dim() == 0 else tuple(float(t) for t in v))  # noqa: E731
-        self.noise_concentration = as_plain(noise_concentration)
-        self.noise_rate = as_plain(noise_rate)
+        self.noise_concentration = noise_concentration
+        self.noise_rate = noise_rate
         self.noise_model = noise_model
         self.noise_factor_exponent = 0.0
         self.register_buffer("noise_factor_gram", None, persistent=False)
-        if noise_factor_exponent or noise_factor_gram is not None:
-            self.set_noise_law(self.noise_concentration, self.noise_rate, noise_factor_exponent, noise_factor_gram)
-        self.centered_logits = bool(centered_logits)
-        self.include_nugget = bool(include_nugget)
+        if isinstance(noise_factor_exponent, Real) and not isinstance(noise_factor_exponent, bool) \
+                and noise_factor_exponent == 0 and noise_factor_gram is None:
+            pass  # SPEC's i.i.d. inverse gamma
+        elif task != "regression" or noise_model is not None or dlf.multivariate:
+            raise ValueError("noise_factor_exponent and noise_factor_gram are for one-output regression students with an "
+                             "inverse-gamma noise prior; drop them")
+        elif isinstance(noise_factor_exponent, Real) and noise_factor_exponent == 0:
+            raise ValueError("noise_factor_gram is used only with a nonzero noise_factor_exponent; drop it or give the exponent")
+        else:
+            self._set_noise_law(noise_concentration, noise_rate, noise_factor_exponent, noise_factor_gram, prefix="",
+                                names=("noise_concentration", "noise_rate", "noise_factor_exponent", "noise_factor_gram"))
+        self.centered_logits = check_flag(centered_logits, "centered_logits")
+        self.include_nugget = check_flag(include_nugget, "include_nugget")
+        check_flag(trainable, "trainable")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str such as 'dlf.', got {type(prefix).__name__}")
         self.prefix = prefix
+        self.history, self.body_selection, self.num_factors_choice, self.noise_fit, self.spread_calibration = [], None, None, None, None
         if trainable:
             self.unfreeze()
         else:
@@ -236,7 +289,7 @@ class Student(PyroModule):
             mean, loading = dlf.mean_and_loading(x)
             return mean, loading, dlf.separable_class_factor, dlf.noise_variance
 
-    def function_dist(self, x: Tensor, include_nugget: Optional[bool] = None) -> dist.LowRankMultivariateNormal:
+    def function_dist(self, x: Tensor, include_nugget: bool = True) -> dist.LowRankMultivariateNormal:
         r"""The distilled process at ``x`` as one Gaussian: ``N(μ(x), W W^T + D)`` (SPEC §1).
 
         Regression: ``W = Φ(x)`` (``m×q``). Classification: the ``m·c``
@@ -245,20 +298,29 @@ class Student(PyroModule):
         (``mc×q``); separable ``W = Φ(x) ⊗ L`` (``mc×cq``, since
         ``L Z Φ(x) = (Φ(x)^T ⊗ L) vec Z``).
 
-        ``D = σ_f² I`` with the nugget (default: as :attr:`include_nugget`);
-        without it the smooth process has rank ``≤ q`` and
+        ``D = σ_f² I`` by default: the fitted model's own law of a new teacher's
+        function at ``x`` (the marginal the teachers were fitted under), which is
+        what a prior on ``f`` in a model needs -- a proper density on ``R^m``
+        whose posterior geometry NUTS and SVI handle. With
+        ``include_nugget=False`` it is the smooth process of the predictive
+        (SPEC §6): rank ``≤ q``, so ``D`` is a jitter of ``10⁻⁶ σ_f²`` (a
         :class:`~pyro.distributions.LowRankMultivariateNormal` needs a positive
-        diagonal, so ``D`` is a jitter of ``10⁻⁶ σ_f²`` -- far below anything the
-        teachers resolve.
+        diagonal); that law is nearly singular in ``R^m`` -- fine for drawing,
+        ill-conditioned as a prior for inference (use the factors themselves
+        then: ``student(x)`` with a :attr:`prefix` samples ``z`` and
+        ``function = μ + Φ^T z``).
+
+        :param x: inputs, ``(m, ...)``.
+        :param include_nugget: add ``σ_f² I`` (default) or only the jitter.
         """
-        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body)
+        include_nugget = check_flag(include_nugget, "include_nugget")
+        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body, fix=PREDICT_FIX)
         self.dlf.check_inputs(x, "x")
         mean, loading, L, noise = self._network(x)
         if self.dlf.multivariate:
             loading = torch.kron(loading, L) if L is not None else loading.flatten(0, 1)
             mean = mean.flatten()
-        nugget = self.include_nugget if include_nugget is None else bool(include_nugget)
-        diagonal = (noise if nugget else 1e-6 * noise).expand(mean.shape)
+        diagonal = (noise if include_nugget else 1e-6 * noise).expand(mean.shape)
         return dist.LowRankMultivariateNormal(mean, loading, diagonal)
 
     # ---------------------------------------------------------------- Pyro
@@ -304,27 +366,29 @@ class Student(PyroModule):
         ``β = 0`` (and no ``gram``) is SPEC's i.i.d. law ``IG(a, b)``. Fit ``(a, b, β, \hat G)``
         with :func:`pyro_dlf.noise.fit_factor_inverse_gamma` (``distill`` does, see its
         ``noise_given_factors``). One-output regression students with a scalar inverse gamma only.
+        ``a, b > 0``; the aleatoric variance ``E_z[b u(z)^β] / (a − 1)`` is infinite for ``a ≤ 1``.
         """
         if self.task != "regression" or self.noise_model is not None or self.dlf.multivariate:
             raise ValueError("set_noise_law: a noise law is for one-output regression students with an inverse-gamma noise prior")
-        a, b = (torch.as_tensor(v, dtype=torch.float64) for v in (concentration, rate))
-        if a.dim() or b.dim() or not (float(a) > 0 and float(b) > 0 and math.isfinite(float(a)) and math.isfinite(float(b))):
-            raise ValueError(f"set_noise_law: concentration and rate must be positive finite numbers, got {concentration!r}, {rate!r}")
-        exponent = float(exponent)
-        if not math.isfinite(exponent):
-            raise ValueError(f"set_noise_law: exponent must be finite, got {exponent!r}")
-        q = self.dlf.num_factors
-        if exponent != 0.0:
-            g = None if gram is None else torch.as_tensor(gram, dtype=torch.float64)
-            if g is None or tuple(g.shape) != (q, q) or not torch.isfinite(g).all() or not torch.allclose(g, g.T, atol=1e-8) \
-                    or abs(float(g.trace()) - 1.0) > 1e-6 or float(torch.linalg.eigvalsh(g).min()) < -1e-8:
-                raise ValueError(f"set_noise_law: exponent {exponent:g} needs gram, a symmetric positive semi-definite ({q}, {q}) "
-                                 "matrix of trace 1 (pyro_dlf.noise.fit_factor_inverse_gamma gives it)")
+        return self._set_noise_law(concentration, rate, exponent, gram)
+
+    def _set_noise_law(self, concentration, rate, exponent, gram, prefix: str = "set_noise_law: ",
+                       names: tuple[str, str, str, str] = ("concentration", "rate", "exponent", "gram")) -> "Student":
+        """:meth:`set_noise_law` after its task check; errors name the caller's arguments (``prefix``, ``names``)."""
+        a, b, exponent, g = check_noise_law(concentration, rate, exponent, gram, self.dlf.num_factors, prefix=prefix, names=names)
+        if g is not None:
+            # The rate's average b E_z[u(z)^β] must be a positive number: an extreme β overflows it.
+            nodes = self._factor_nodes(_FACTOR_NODES).double().cpu()
+            average = float(((nodes @ g) * nodes).sum(-1).clamp_min(torch.finfo(torch.float64).tiny).pow(exponent).mean())
+            if not (0 < b * average < math.inf):
+                raise ValueError(f"{prefix}{names[2]} {exponent:g} makes the noise law's average rate b E_z[u(z)^β] "
+                                 f"{'infinite' if b * average >= math.inf or math.isnan(average) else 'zero'}; fit the law with "
+                                 "pyro_dlf.noise.fit_factor_inverse_gamma")
             weight = self.dlf.loading_head.weight
             self.noise_factor_gram = g.to(dtype=weight.dtype, device=weight.device)
         else:
             self.noise_factor_gram = None
-        self.noise_concentration, self.noise_rate, self.noise_factor_exponent = float(a), float(b), exponent
+        self.noise_concentration, self.noise_rate, self.noise_factor_exponent = a, b, exponent
         return self
 
     def _deviation_size(self, z: Tensor) -> Tensor:
@@ -375,18 +439,22 @@ class Student(PyroModule):
                 return_samples: bool = False) -> Union[RegressionPrediction, ClassificationPrediction]:
         """Predictive summaries at ``x``; the body runs once per input, in batches of ``batch_size``.
 
+        :param x: inputs ``(m, ...)``, finite, and small enough that the network's
+            outputs do not overflow the student's dtype (else a :class:`ValueError`).
         :param num_samples: ``S`` draws of ``z`` (shared across inputs, so the
-            function draws are coherent over ``x``).
-        :param batch_size: inputs per body pass; with ``return_samples=False``
-            memory is ``O(batch_size · S · c)`` whatever the number of inputs.
+            function draws are coherent over ``x``), a positive int.
+        :param batch_size: inputs per body pass, a positive int (``None``: all at
+            once); with ``return_samples=False`` memory is ``O(batch_size · S · c)``
+            whatever the number of inputs.
         :param return_samples: also return the ``S`` function (or logit) draws at
             every input, ``(S, m)`` or ``(S, m, c)`` -- kept only when asked, since
             they grow with ``S · m · c`` (16 GB at 200k inputs, 1,000 draws, 10 classes).
         """
-        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body)
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body, fix=PREDICT_FIX)
+        num_samples = check_int(num_samples, "num_samples")
         check_batch_size(batch_size)
+        batch_size = x.shape[0] if batch_size is None else batch_size
+        return_samples = check_flag(return_samples, "return_samples")
         dlf = self.dlf
         dtype, device = dlf.loading_head.weight.dtype, dlf.loading_head.weight.device
         x = cast_inputs(x, dtype, device)
@@ -407,8 +475,12 @@ class Student(PyroModule):
                         aleatoric = self.noise_model.mean(xb)
                         noise_draws = self.noise_model.sample(xb, levels) if return_samples else None
                     epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget()
+                    # The network's outputs; an inverse gamma with a <= 1 has an infinite mean by law, not by overflow.
+                    heteroscedastic = aleatoric if self.noise_model is not None else None
+                    check_finite_outputs((mean, epistemic, heteroscedastic, draws, noise_draws), xb, dtype, "x")
                     parts.append((mean, epistemic, draws, aleatoric, noise_draws))
                 else:
+                    check_finite_outputs((mean, loading, draws), xb, dtype, "x")
                     probs = draws.softmax(-1)  # (S, b, c)
                     parts.append((probs.mean(0), *entropy_decomposition(probs), draws if return_samples else None))
             cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
@@ -447,7 +519,8 @@ class Student(PyroModule):
         """
         if self.task != "regression":
             raise ValueError("predictive_mixture is for regression students; use predict(x).probs for classification")
-        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body)
+        x = check_design_points(x, "x", integer_ok=self.dlf.custom_body, fix=PREDICT_FIX)
+        num_components = check_int(num_components, "num_components")
         weight = self.dlf.loading_head.weight
         x = cast_inputs(x, weight.dtype, weight.device)
         self.dlf.check_inputs(x, "x")
@@ -469,9 +542,11 @@ class Student(PyroModule):
                 unit = torch.as_tensor(invgamma.ppf(levels.numpy(), self.noise_concentration, scale=self.noise_rate)).to(mean)
                 noise = (unit * self._deviation_size(z).pow(self.noise_factor_exponent)).unsqueeze(-1)  # (K, 1)
                 means = combine(mean, loading, z.unsqueeze(-2))  # (K, m)
+                check_finite_outputs((means,), x, mean.dtype, "x")
                 return means, (noise + self._nugget()).expand_as(means).clone()
             epistemic = self.dlf.function_variance(x) if self.dlf.multivariate else loading.pow(2).sum(-1)
             variances = epistemic + self._nugget() + nodes
+            check_finite_outputs((mean, variances), x, mean.dtype, "x")
         return mean.expand_as(variances), variances
 
     # -------------------------------------------------------------- saving
@@ -480,9 +555,15 @@ class Student(PyroModule):
 
         A path is written atomically: to a temporary file in the same folder,
         then renamed over ``path``, so a failed save never destroys the file
-        already there (:mod:`pyro_dlf.student_file`). A binary file object is
-        written in place.
+        already there (:mod:`pyro_dlf.student_file`); a replaced file keeps its
+        permission bits, a new one gets the umask's default. A binary file
+        object (``open(..., "wb")``, :class:`io.BytesIO`) is written in place.
+
+        With a custom body the file records the body's class and its
+        submodules' classes; :meth:`load` then refuses a body of another class.
         """
+        path = check_path(path, "path", write=True)
+        record = body_record(self.dlf.body) if self.dlf.custom_body else None
         payload = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -497,10 +578,11 @@ class Student(PyroModule):
                       else None if self.noise_concentration is None
                       else [_listed(self.noise_concentration), _listed(self.noise_rate)]),
             "model": self.dlf.config(),
+            **({} if record is None else {"body_class": record[0], "body_modules": record[1]}),
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
             "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()}
             | ({} if self.noise_model is None else
-               {f"{_NOISE_PREFIX}{k}": v.detach().cpu() for k, v in self.noise_model.state_dict().items()}),
+               {f"{NOISE_PREFIX}{k}": v.detach().cpu() for k, v in self.noise_model.state_dict().items()}),
         }
         write_payload(payload, path)
 
@@ -510,30 +592,33 @@ class Student(PyroModule):
         """Read a student written by :meth:`save` (a path or a binary file object).
 
         The file is checked before anything is built from it: header, every
-        configuration field, weight shapes against the configuration (without
-        allocating), finite weights and the checksum; a damaged file raises a
-        :class:`ValueError` that says so.
+        configuration field, every width against the saved weights' sizes,
+        weight shapes against the configuration (without allocating), finite
+        weights and the checksum; a damaged file raises a :class:`ValueError`
+        that says so.
 
-        :param body: required when the student was built with a custom body:
-            a module of the same architecture (its weights are overwritten).
+        :param body: required when the student was built with a custom body: a
+            module of the same class and architecture (its weights are
+            overwritten); a body of another class is refused. Files written
+            before the body's class was recorded are not checked for it.
+        :param map_location: the device to load onto: a device string such as
+            ``"cpu"`` or ``"cuda:0"``, or a :class:`torch.device`.
         """
+        path = check_path(path, "path", write=False)
+        map_location = check_map_location(map_location)
         payload = read_payload(path, map_location)
-        where = repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "the file object"
+        where = repr(path) if isinstance(path, str) else "the file object"
         dlf = build_model(payload, body, where).to(map_location)
-        noise_model = None
-        if isinstance(payload["noise"], dict):
-            cfg = payload["noise"]["heteroscedastic"]
-            noise_model = HeteroscedasticNoise(cfg["in_features"], cfg["hidden"]).to(getattr(torch, payload["dtype"]))
-            state = {k[len(_NOISE_PREFIX):]: v for k, v in payload["state_dict"].items() if k.startswith(_NOISE_PREFIX)}
-            try:
-                noise_model.load_state_dict(state)
-            except RuntimeError as err:
-                raise ValueError(f"{where}: the saved noise model does not fit its configuration: {err}") from err
+        noise_model = build_noise_model(payload, where)
+        if noise_model is not None:
             noise_model.to(map_location)
         noise = payload["noise"] if isinstance(payload["noise"], list) else [None, None]
-        student = cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
-                      include_nugget=payload.get("include_nugget", False), prefix=str(payload.get("prefix", "")),
-                      noise_model=noise_model)
+        try:
+            student = cls(dlf, payload["task"], noise[0], noise[1], centered_logits=payload.get("centered_logits", False),
+                          include_nugget=payload.get("include_nugget", False), prefix=payload.get("prefix", ""),
+                          noise_model=noise_model)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}: the saved student is invalid ({err}); the file is corrupted") from err
         factors = payload.get("noise_factors")
         if factors:
             try:

@@ -5,9 +5,14 @@ and checked before anything is built from it:
 
 * the header (format name and version) and every configuration field (types,
   ranges, known names);
-* the state dict against the shapes the configuration implies, computed on
-  PyTorch's ``meta`` device (no memory is allocated), so a file claiming a
-  10⁹-unit layer is rejected before any allocation;
+* every width and count field (``hidden``, ``loading_hidden``, the
+  heteroscedastic noise model's ``hidden``, ...) against the sizes of the
+  saved tensors, then the state dict against the shapes the configuration
+  implies, computed on PyTorch's ``meta`` device (no memory is allocated), so a
+  file claiming a 10⁹-unit layer is rejected before any module is built;
+* a custom body's class (``module.qualname``) and its submodules' classes
+  against the ``body`` passed to :meth:`~pyro_dlf.student.Student.load`
+  (files written before this record are not checked);
 * every weight finite;
 * a SHA-256 checksum over the configuration and every tensor's name, dtype,
   shape and bytes, so flipped bytes are reported instead of loaded.
@@ -29,8 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dlf._files import atomic_write
+from pyro_dlf._validation import check_body_record, check_network_fields, check_state_shapes
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "checksum", "write_payload", "read_payload", "build_model"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "checksum", "write_payload", "read_payload", "build_model", "body_record",
+           "build_noise_model", "NOISE_PREFIX"]
 
 FORMAT_NAME = "pyro_dlf.Student"
 #: Version of the file layout. Version 1 files carry no checksum and are still read.
@@ -38,6 +45,20 @@ FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
+
+#: State-dict prefix of a heteroscedastic noise model's weights in a student file.
+NOISE_PREFIX = "noise_model."
+
+
+def body_record(body: nn.Module) -> tuple[str, list[list[str]]]:
+    """A custom body's class as ``module.qualname`` and ``[[name, class], ...]`` over its submodules.
+
+    Saved with the student, so that :meth:`~pyro_dlf.student.Student.load`
+    refuses a body of another class (or another layer layout) whose weights
+    merely have the same shapes.
+    """
+    name = lambda m: f"{type(m).__module__}.{type(m).__qualname__}"  # noqa: E731
+    return name(body), [[key, name(module)] for key, module in body.named_modules() if key]
 
 
 def _describe(source: PathOrFile) -> str:
@@ -59,10 +80,10 @@ def checksum(payload: dict) -> str:
 def write_payload(payload: dict, destination: PathOrFile) -> None:
     """``torch.save`` with a checksum, atomically when ``destination`` is a path."""
     payload = dict(payload, checksum=checksum(payload))
-    if not isinstance(destination, (str, os.PathLike)):
+    if not isinstance(destination, (str, bytes, os.PathLike)):
         torch.save(payload, destination)
         return
-    path = os.path.abspath(os.fspath(destination))
+    path = os.path.abspath(os.fsdecode(os.fspath(destination)))
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"path: the folder {folder!r} does not exist; create it first")
@@ -133,26 +154,42 @@ def _check_config(payload: dict, where: str) -> None:
                 _positive(width, f"loading_hidden[{i}]", where)
     else:
         _positive(cfg.get("body_features"), "body_features", where)
+    if cfg.get("custom_body"):
+        record = payload.get("body_class")
+        modules = payload.get("body_modules")
+        if record is not None and not isinstance(record, str):
+            raise ValueError(f"{where}: the body's class record must be a 'module.qualname' string, got {record!r}; "
+                             "the file is corrupted")
+        if modules is not None and not (isinstance(modules, list) and all(
+                isinstance(m, list) and len(m) == 2 and all(isinstance(v, str) for v in m) for m in modules)):
+            raise ValueError(f"{where}: the body's submodule record is malformed; the file is corrupted")
     if cfg.get("activation") not in ACTIVATIONS:
         raise ValueError(f"{where}: unknown activation {cfg.get('activation')!r}")
     if (cfg.get("covariance") or "separable") not in COVARIANCES:
         raise ValueError(f"{where}: unknown covariance {cfg.get('covariance')!r}")
+    for name in ("centered_logits", "include_nugget"):
+        if not isinstance(payload.get(name, False), bool):
+            raise ValueError(f"{where}: field {name} must be true or false, got {payload.get(name)!r}; the file is corrupted")
+    if not isinstance(payload.get("prefix", ""), str):
+        raise ValueError(f"{where}: field prefix must be a string, got {payload.get('prefix')!r}; the file is corrupted")
     noise = payload.get("noise")
     if isinstance(noise, dict):
         cfg = noise.get("heteroscedastic")
         if not isinstance(cfg, dict):
             raise ValueError(f"{where}: unknown noise model {noise!r}")
-        _positive(cfg.get("in_features"), "noise in_features", where)
+        _positive(cfg.get("in_features"), "noise.heteroscedastic.in_features", where)
         if not isinstance(cfg.get("hidden"), (list, tuple)):
-            raise ValueError(f"{where}: the noise model's hidden must be a list of widths")
+            raise ValueError(f"{where}: configuration field noise.heteroscedastic.hidden must be a list of widths, "
+                             f"got {cfg.get('hidden')!r}")
         for i, width in enumerate(cfg["hidden"]):
-            _positive(width, f"noise hidden[{i}]", where)
+            _positive(width, f"noise.heteroscedastic.hidden[{i}]", where)
     elif noise is not None:
-        positive = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
+        positive = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf  # noqa: E731
         entries = [v for part in noise for v in (part if isinstance(part, (list, tuple)) else [part])] \
             if isinstance(noise, (list, tuple)) and len(noise) == 2 else None
         if not entries or not all(positive(v) for v in entries):
-            raise ValueError(f"{where}: the noise prior must be two positive numbers (or two lists, one per output), got {noise!r}")
+            raise ValueError(f"{where}: the noise prior must be two positive finite numbers (or two lists, one per output), "
+                             f"got {noise!r}")
     factors = payload.get("noise_factors")
     if factors is not None:
         number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
@@ -165,9 +202,11 @@ def _check_config(payload: dict, where: str) -> None:
 def build_model(payload: dict, body: Optional[nn.Module], where: str):
     """The :class:`~pyro_dlf.models.DeepLatentFactor` a checked payload describes, with its weights.
 
-    For the default MLP body the architecture is first built on the ``meta``
-    device and its parameter shapes compared with the file's, so nothing is
-    allocated for a configuration the weights do not match.
+    Nothing is allocated from a configuration field before it is checked: the
+    width and count fields are first bounded by the saved tensors' sizes
+    (:func:`~pyro_dlf._validation.check_network_fields`), then the
+    architecture is built on the ``meta`` device and its parameter shapes
+    compared with the file's; a custom ``body`` must be of the saved class.
     """
     from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 
@@ -175,6 +214,12 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
     custom = cfg.pop("custom_body")
     if custom and body is None:
         raise ValueError("body: this student was saved with a custom body; pass a module of the same architecture as body=")
+    if not custom and body is not None:
+        raise ValueError("body: this student has the default MLP body, saved whole in the file; drop body=")
+    if custom:
+        if not isinstance(body, nn.Module):
+            raise TypeError(f"body must be a torch.nn.Module of the saved architecture, got {type(body).__name__}")
+        check_body_record(body, payload.get("body_class"), payload.get("body_modules"))
 
     def make():
         return DeepLatentFactor(
@@ -188,16 +233,24 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
         )
 
     # A heteroscedastic noise model's weights travel in the same state dict under their own prefix.
-    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith("noise_model.")}
-    if not custom:
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith(NOISE_PREFIX)}
+    check_network_fields({"in_features": cfg.get("in_features"), "num_factors": cfg["num_factors"],
+                          "num_outputs": cfg.get("num_outputs"), "body_features": cfg.get("body_features"),
+                          "hidden": None if custom else cfg["hidden"],
+                          "loading_hidden": None if custom else cfg.get("loading_hidden")}, state, where)
+    try:
         with torch.device("meta"):
+            # A custom body keeps its own (real) tensors; the heads around it are built on meta.
             expected = {k: tuple(v.shape) for k, v in make().state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != found:
-            differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
-            key = differ[0]
-            raise ValueError(f"{where}: the saved weights do not fit the saved architecture ({key}: file {found.get(key)}, "
-                             f"configuration {expected.get(key)}); the file is corrupted")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: the saved model configuration is invalid ({err}); the file is corrupted") from err
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if custom and expected != found:
+        differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+        if differ[0].startswith("body."):
+            raise ValueError(f"body does not have the saved architecture ({differ[0]}: file {found.get(differ[0])}, body "
+                             f"{expected.get(differ[0])}); pass a module built like the one the student was saved with")
+    check_state_shapes(expected, found, where, "weights")
     dlf = make().to(getattr(torch, payload["dtype"]))
     try:
         dlf.load_state_dict(state)
@@ -206,3 +259,31 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
                          f"{' (is body the right architecture?)' if custom else ''}: {err}") from err
     return dlf
 
+
+def build_noise_model(payload: dict, where: str):
+    """The heteroscedastic noise model of a checked payload (``None`` without one), with its weights.
+
+    As for the model, its widths are bounded by its saved tensors and its
+    shapes compared on the ``meta`` device before it is built.
+    """
+    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+
+    if not isinstance(payload["noise"], dict):
+        return None
+    cfg = payload["noise"]["heteroscedastic"]
+    state = {k[len(NOISE_PREFIX):]: v for k, v in payload["state_dict"].items() if k.startswith(NOISE_PREFIX)}
+    check_network_fields({"noise.heteroscedastic.in_features": cfg["in_features"],
+                          "noise.heteroscedastic.hidden": cfg["hidden"]}, state, where)
+    model = payload["model"]
+    if not model.get("custom_body") and cfg["in_features"] != model.get("in_features"):
+        raise ValueError(f"{where}: configuration field noise.heteroscedastic.in_features = {cfg['in_features']} but the "
+                         f"model reads {model.get('in_features')} input features; the file is corrupted")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in HeteroscedasticNoise(cfg["in_features"], cfg["hidden"]).state_dict().items()}
+    check_state_shapes(expected, {k: tuple(v.shape) for k, v in state.items()}, where, "noise model weights")
+    noise_model = HeteroscedasticNoise(cfg["in_features"], cfg["hidden"]).to(getattr(torch, payload["dtype"]))
+    try:
+        noise_model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{where}: the saved noise model does not fit its configuration: {err}") from err
+    return noise_model

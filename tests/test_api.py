@@ -1,7 +1,9 @@
 """pyro_dlf.distill: the one-call API and its input checks."""
 
+import math
 import warnings
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -220,3 +222,173 @@ def test_integer_design_points_reach_a_custom_body_unchanged():
     torch.testing.assert_close(again.dlf.mean(ids[:7]), student.dlf.mean(ids[:7]))
     with pytest.raises(TypeError, match="x_design must have a floating-point dtype"):
         pyro_dlf.distill(ids, logits, num_factors=3, num_iterations=1, progress=False)
+
+
+# ------------------------------------------------------------------ bad inputs, said clearly and once
+def _callables(f, transform=lambda out: out):
+    return [lambda xb, i=i: transform(f[i, : len(xb)]) for i in range(f.shape[0])]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(lr=float("nan")), ValueError, r"lr must be a finite number > 0, got nan"),
+        (dict(lr=float("inf")), ValueError, r"lr must be a finite number > 0, got inf"),
+        (dict(lr=0.0), ValueError, r"lr must be a finite number > 0"),
+        (dict(lr=True), TypeError, r"lr must be a finite number > 0, got True"),
+        (dict(device="tpu9"), ValueError, r"device='tpu9' is not a device torch knows; pass device='cpu'"),
+        (dict(teacher_batch_size=0), ValueError, r"teacher_batch_size must be a positive int, got 0"),
+        (dict(teacher_batch_size=True), TypeError, r"teacher_batch_size must be a positive int, got True"),
+        (dict(num_factors=0), ValueError, r"num_factors must be 'auto' .* or a positive int such as 2, got 0"),
+        (dict(num_factors=2.5), TypeError, r"num_factors must be 'auto' .* got 2.5"),
+        (dict(num_factors="3"), ValueError, r"num_factors must be 'auto' .* got '3'"),
+        (dict(num_iterations=True), TypeError, r"num_iterations must be a non-negative int, got True"),
+        (dict(mmd_penalty=float("nan")), ValueError, r"mmd_penalty must be a finite number > 0"),
+        (dict(seed=-1), ValueError, r"seed must be a non-negative int"),
+        (dict(include_nugget="yes"), TypeError, r"include_nugget must be True or False"),
+        (dict(estep="stochastic"), ValueError, r"estep must be 'exact' or 'minibatch'"),
+        (dict(body_features=4), ValueError, r"body_features is the output width of a custom body"),
+        (dict(hidden=(50, 0)), ValueError, r"hidden must be positive widths"),
+        (dict(teacher_noise_variances=torch.tensor([0.01, 0.02, float("inf"), 0.01, 0.01, 0.01])), ValueError,
+         r"teacher_noise_variances must be positive and finite, but 1 value\(s\) are not \(the first, at index 2, is inf\)"),
+        (dict(teacher_noise_variances=torch.tensor([0.01, float("nan"), 0.02, 0.01, 0.01, 0.01])), ValueError,
+         r"teacher_noise_variances must be positive and finite.*index 1, is nan"),
+        (dict(teacher_noise_variances=torch.tensor([0.01, 0.0, 0.02, 0.01, 0.01, 0.01])), ValueError,
+         r"teacher_noise_variances must be positive and finite.*index 1, is 0"),
+        (dict(teacher_noise_variances="0.01"), TypeError, r"teacher_noise_variances must be 6 positive numbers"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work_with_their_name_and_fix(kwargs, error, match):
+    x, f, v = _regression_data()
+    with pytest.raises(error, match=match):
+        pyro_dlf.distill(x, f, **{"num_factors": 2, "teacher_noise_variances": v, **FAST, **kwargs})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_says_so():
+    x, f, v = _regression_data()
+    with pytest.raises(ValueError, match=r"device='cuda' but torch.cuda.is_available\(\) is False; pass device='cpu'"):
+        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, device="cuda", **FAST)
+
+
+def test_teacher_callables_that_return_no_tensor_or_complex_values_are_named():
+    x, f, v = _regression_data()
+    for transform, error, match in [
+        (lambda out: None, TypeError, r"teacher_outputs\[0\] returned None, not a tensor"),
+        (lambda out: out.tolist(), TypeError, r"teacher_outputs\[0\] returned list, not a tensor"),
+        (lambda out: out[:-1], ValueError, r"teacher_outputs\[0\] returned shape \(19,\) for a batch of 20 design points"),
+        (lambda out: out.to(torch.complex64), TypeError, r"teacher_outputs\[0\]\(x\) holds complex values"),
+    ]:
+        with pytest.raises(error, match=match):
+            pyro_dlf.distill(x, _callables(f, transform), num_factors=2, teacher_noise_variances=v, **FAST)
+    # NumPy outputs are real values too: accepted, and the same fit as the tensor's.
+    from_numpy = pyro_dlf.distill(x, _callables(f, lambda out: out.numpy()), num_factors=2, teacher_noise_variances=v, **FAST)
+    assert from_numpy.history == pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, **FAST).history
+
+
+def test_complex_teacher_values_are_refused_not_truncated():
+    x, f, v = _regression_data()
+    for values in (f.to(torch.complex64), f.numpy().astype(np.complex64)):
+        with pytest.raises(TypeError, match=r"teacher_outputs holds complex values .* pass teacher_outputs.real"):
+            pyro_dlf.distill(x, values, num_factors=2, teacher_noise_variances=v, **FAST)
+
+
+def test_one_design_point_and_identical_teachers_are_refused():
+    x, f, v = _regression_data()
+    with pytest.raises(ValueError, match=r"x_design has 1 design point: distilling needs at least 2"):
+        pyro_dlf.distill(x[:1], f[:, :1], num_factors=2, teacher_noise_variances=v, **FAST)
+    with pytest.raises(ValueError, match=r"teacher_outputs: every teacher gives the same values"):
+        pyro_dlf.distill(x, f[:1].expand_as(f).clone(), num_factors=2, teacher_noise_variances=v, **FAST)
+
+
+def test_tiny_teacher_values_fit_in_float64_and_are_refused_in_float32_with_the_fix():
+    """The fit is scale-free: values 1e-30 times as large give the same student, up to the scale, in float64.
+
+    The negative log-likelihood per value shifts by exactly log(1e30) (the density of values 1e-30 times as
+    large), and every variance scales by 1e-60; float64 rounding is the only difference. In float32 their
+    squares underflow: refused, naming the remedy."""
+    x, f, v = _regression_data()
+    options = dict(num_factors=2, dtype=torch.float64, num_iterations=5, mmd_steps=10, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "diverged" warning
+        small = pyro_dlf.distill(x.double(), f.double() * 1e-30, teacher_noise_variances=v.double() * 1e-60, **options)
+    plain = pyro_dlf.distill(x.double(), f.double(), teacher_noise_variances=v.double(), **options)
+    shift = 30 * math.log(10)
+    assert [h + shift for h in small.history] == pytest.approx(plain.history, rel=1e-6)
+    xd = x.double()
+    torch.testing.assert_close(small.dlf.loading(xd).pow(2).sum(-1) * 1e60, plain.dlf.loading(xd).pow(2).sum(-1), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"teacher_outputs: the teachers differ by only .* too small for float32.*dtype=torch.float64"):
+        pyro_dlf.distill(x, f * 1e-30, num_factors=2, teacher_noise_variances=v, **FAST)
+
+
+def test_design_inputs_whose_squares_overflow_are_refused_at_the_boundary():
+    x, f, v = _regression_data()
+    with pytest.raises(ValueError, match=r"x_design has values up to 2e\+30: their sums of squares overflow float32 .* dtype=torch.float64"):
+        pyro_dlf.distill(x * 1e30, f, num_factors=2, teacher_noise_variances=v, **FAST)
+
+
+def _noise(n):
+    return torch.linspace(0.01, 0.02, n)
+
+
+def _ranked_teachers(n, q, m=60, noise=0.02, seed=0, classes=None):
+    """Teachers with exactly ``q`` factors of equal size (orthogonal sines over the design points) plus small
+    independent noise: ``f_i = μ + Σ_k z_ik g_k + ε``; for ``classes``, each factor moves the logits along
+    its own zero-sum class direction."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(-2, 2, m).unsqueeze(-1)
+    t = x.squeeze(-1)
+    basis = torch.stack([0.5 * torch.sin(k * math.pi * (t + 2) / 4) for k in range(1, q + 1)])  # (q, m)
+    z = torch.randn(n, q, generator=g)
+    if classes is None:
+        return x, 0.3 * torch.tanh(t) + z @ basis + noise * torch.randn(n, m, generator=g)
+    directions = torch.randn(q, classes, generator=g)
+    directions = directions - directions.mean(-1, keepdim=True)
+    loadings = basis.unsqueeze(-1) * (directions / directions.norm(dim=-1, keepdim=True)).unsqueeze(1)  # (q, m, c)
+    return x, torch.einsum("nq,qmc->nmc", z, loadings) + noise * torch.randn(n, m, classes, generator=g)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_auto_number_of_factors_recovers_a_clear_rank(q):
+    """Equal factors far above the noise: the leading q directions explain > 99 % of the spread and q − 1 of them
+    at most (q − 1)/q plus sampling error (< 90 %), so the 90 % rule must return q."""
+    x, f = _ranked_teachers(20, q)
+    student = pyro_dlf.distill(x, f, teacher_noise_variances=_noise(20), **FAST)  # num_factors="auto" by default
+    choice = student.num_factors_choice
+    assert choice.num_factors == q and student.dlf.num_factors == q
+    assert choice.explained[q - 1] >= 0.99 and (q == 1 or choice.explained[q - 2] < choice.share == 0.9)
+    assert (choice.cap, choice.limit) == (10, 18) and "clipped" in choice.rule
+    assert pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=_noise(20), **FAST).num_factors_choice is None
+
+
+def test_auto_number_of_factors_is_clipped_to_the_identified_range_and_the_cap():
+    # Four teachers span three directions; the rule stays at n − 2 = 2 although three factors are present.
+    x, f = _ranked_teachers(4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and says nothing about unidentified factors
+        student = pyro_dlf.distill(x, f, teacher_noise_variances=_noise(4), **FAST)
+    assert student.num_factors_choice.num_factors == 2 and student.num_factors_choice.limit == 2
+    # Independent noise spreads evenly over all 29 directions of 30 teachers: the cap of 10 applies.
+    x, f = _ranked_teachers(30, 1, noise=1.0)
+    assert pyro_dlf.distill(x, f, teacher_noise_variances=_noise(30), **FAST).dlf.num_factors == 10
+
+
+def test_auto_number_of_factors_for_logits_counts_centred_class_directions():
+    """Full covariance: two factors, each along its own zero-sum class direction; a shift common to all classes
+    (which centring removes) must not count as a direction."""
+    x, f = _ranked_teachers(10, 2, classes=4)
+    shifted = f + 5.0 * torch.randn(10, 60, 1, generator=torch.Generator().manual_seed(1))
+    student = pyro_dlf.distill(x, shifted, **FAST)
+    assert student.num_factors_choice.num_factors == 2 and student.num_factors_choice.limit == 8
+
+
+def test_each_warning_of_a_body_selection_is_said_once():
+    """Three candidate fits and the refit each meet the unidentified factors and the equal noise variances:
+    the call says each warning once."""
+    x, f = _ranked_teachers(4, 1, m=40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pyro_dlf.distill(x, f, num_factors=4, teacher_noise_variances=torch.full((4,), 0.01), hidden=[(4,), (6,), (8,)], **FAST)
+    messages = [str(w.message) for w in caught]
+    assert sum("num_factors=4 >= number of teachers=4" in m for m in messages) == 1, messages
+    assert sum("variances are all equal" in m for m in messages) == 1, messages

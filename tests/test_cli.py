@@ -1,15 +1,27 @@
-"""The pyro-dlf command line (smoke run of the demo)."""
+"""The pyro-dlf command line: the demo, distill and predict from files, flags, errors, warnings and progress."""
 
 import json
 import os
+import re
+import warnings
 
-from pyro_dlf.cli import main
+import numpy as np
+import pytest
+import torch
+from synthetic import synthetic_teachers
+
+from pyro_dlf.cli import build_parser, flag_names, main, translate
 
 
-def test_demo_smoke_writes_table_png_and_json(tmp_path, capsys):
+def test_demo_smoke_writes_table_png_and_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
-    assert main(["demo", "--smoke", "--no-progress", "--output-dir", str(out)]) == 0
-    printed = capsys.readouterr().out
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # no bars; the stage lines stay
+    assert main(["demo", "--smoke", "--output-dir", str(out)]) == 0
+    printed, err = capsys.readouterr()
+    assert "\r" not in err and "it/s" not in err, err
+    stages = err.splitlines()
+    assert [line.split(" ")[0] for line in stages] == ["Training", "Distilling", "Scoring"], err
+    assert all(line.endswith(" ...") for line in stages)
     for name in ("teacher ensemble", "one teacher", "DLF student", "RMSE", "CRPS"):
         assert name in printed
     assert os.path.getsize(out / "predictive_intervals.png") > 10_000
@@ -21,13 +33,7 @@ def test_demo_smoke_writes_table_png_and_json(tmp_path, capsys):
     # The student is smaller than the ensemble it distils; its loadings have their own body.
     assert rows["DLF student"]["parameters"] < rows["teacher ensemble"]["parameters"]
     assert result["loading_hidden"] == [8] and "loading body (8,)" in printed
-
-
-import numpy as np
-import pytest
-import torch
-
-from synthetic import synthetic_teachers
+    assert result["num_factors"] == 2 and "(q = 2, body" in printed
 
 
 def _files(tmp_path, classification=False):
@@ -46,8 +52,9 @@ def test_distill_and_predict_from_files(tmp_path, capsys):
     assert main(["distill", "--x", str(tmp_path / "x.npy"), "--teachers", str(tmp_path / "f.npy"), "--noise-variances",
                  str(tmp_path / "s2.npy"), "--num-factors", "2", "--hidden", "16", "--iterations", "5", "--mmd-steps", "20",
                  "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     assert "Distilled 6 teachers at 40 design points (regression)" in printed
+    assert err == ""  # --no-progress: no bars, no stage lines
     assert out.is_file() and os.path.getsize(tmp_path / "models" / "student_fit.png") > 5_000
     assert main(["predict", "--student", str(out), "--x", str(tmp_path / "x.csv"), "--out", str(tmp_path / "pred.npz"),
                  "--num-samples", "50", "--samples"]) == 0
@@ -124,20 +131,21 @@ def _bad_cases(tmp_path):
         (distill + ["--out", str(tmp_path / "s.pt"), "--hidden", "0"], "--hidden: widths must be positive"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--loading-hidden", "0"], "argument --loading-hidden: must be at least 1"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--num-factors", "0"], "argument --num-factors: must be at least 1"),
-        (distill + ["--out", str(tmp_path / "s.pt"), "--teachers", s2], "teacher_outputs"),
-        (["distill", "--x", x, "--teachers", f, "--num-factors", "2", "--out", str(tmp_path / "s.pt")], "teacher_noise_variances"),
-        (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", str(tmp_path / "held_short.npy")], "held_out must have shape (6, 40)"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--teachers", s2], "--teachers must have shape"),
+        (["distill", "--x", x, "--teachers", f, "--num-factors", "2", "--out", str(tmp_path / "s.pt"), "--no-progress"],
+         "--noise-variances: regression teachers need each teacher's noise variance"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", str(tmp_path / "held_short.npy")], "--held-out must have shape (6, 40)"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--held-out", f], "--held-out: the mask must hold only 0 and 1"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--noise-given-factors", "maybe"], "argument --noise-given-factors: invalid choice"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--training-length", "2"], "argument --training-length: must be a fraction in (0, 1]"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--training-length", "long"], "argument --training-length: expected a number"),
-        (["predict", "--student", str(tmp_path / "none.pt"), "--x", x, "--out", str(tmp_path / "p.npz")], "path: no file at"),
+        (["predict", "--student", str(tmp_path / "none.pt"), "--x", x, "--out", str(tmp_path / "p.npz")], "--student: no file at"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.npz")], "not a readable pyro_dlf student file"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.csv"), "--samples"], "--samples: draws need an .npz"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.txt")], "must end in .npz or .csv"),
         (["bench", "uci", "--data-path", str(tmp_path), "--teacher-epochs", "0"], "argument --teacher-epochs: must be at least 1"),
         (["bench", "uci", "--data-path", str(tmp_path), "--output-dir", str(blocked / "out")], "--output-dir: cannot write"),
-        (["bench", "images", "--dataset", "mnist", "--output-dir", str(tmp_path / "o")], "data_dir"),
+        (["bench", "images", "--dataset", "mnist", "--output-dir", str(tmp_path / "o")], "--data-dir: give --data-dir"),
         (["bench", "report", str(tmp_path / "missing.json"), "--output-dir", str(tmp_path / "o")], "inputs: cannot read"),
         (["demo", "--seed", "-1"], "argument --seed: must be at least 0"),
     ]
@@ -179,3 +187,254 @@ def test_version_and_every_flag_has_help(capsys):
 
     missing = [f"{prog} {action.option_strings or action.dest}" for prog, action in walk(build_parser()) if not action.help]
     assert missing == []
+
+
+# --- flags, defaults, errors, warnings and progress of `distill` and `predict` --------------------------------
+
+_TINY = ["--hidden", "8", "--iterations", "2", "--mmd-steps", "2"]
+
+
+def _distill(tmp_path, *extra, out="s.pt"):
+    return ["distill", "--x", str(tmp_path / "x.npy"), "--teachers", str(tmp_path / "f.npy"), "--noise-variances",
+            str(tmp_path / "s2.npy"), "--out", str(tmp_path / out), *extra]
+
+
+class _Stop(ValueError):
+    """Raised by a recording stand-in for the library, after the arguments were recorded."""
+
+
+def _record_distill(monkeypatch):
+    """Replace pyro_dlf.distill by a stand-in that records its arguments and stops (no fit)."""
+    import pyro_dlf.api
+
+    calls = []
+
+    def record(x_design, teacher_outputs, **kwargs):
+        calls.append(dict(kwargs, x_design=x_design, teacher_outputs=teacher_outputs))
+        raise _Stop("recorded")
+
+    monkeypatch.setattr(pyro_dlf.api, "distill", record)
+    return calls
+
+
+def test_num_factors_defaults_to_auto_and_reaches_the_library(tmp_path, capsys, monkeypatch):
+    _files(tmp_path)
+    args = build_parser().parse_args(["distill", "--x", "x.npy", "--teachers", "f.npy", "--out", "s.pt"])
+    assert args.num_factors == "auto"
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    assert "(default: auto)" in capsys.readouterr().out
+    calls = _record_distill(monkeypatch)
+    for extra, expected in (([], "auto"), (["--num-factors", "3"], 3), (["--num-factors", "auto"], "auto")):
+        assert main(_distill(tmp_path, "--no-progress", *extra)) == 2
+        assert capsys.readouterr().err.strip() == "pyro-dlf distill: error: recorded"
+        assert calls[-1]["num_factors"] == expected
+    # Every argument the command line hands the library has a flag in the translation table.
+    table = flag_names("distill")
+    assert set(calls[-1]) - {"progress"} <= set(table), set(calls[-1]) - set(table)
+    assert calls[-1]["device"] == torch.device("cpu") and calls[-1]["progress"] is False
+
+
+def test_num_factors_auto_fit_reports_the_chosen_q(tmp_path, capsys):
+    _files(tmp_path)
+    assert main(_distill(tmp_path, *_TINY, "--no-progress")) == 0
+    printed = capsys.readouterr().out
+    chosen = re.search(r"q = (\d+) \(--num-factors auto: chosen from the teachers' values, (\d+) % of their spread in "
+                       r"(\d+) direction\(s\), 90 % asked\)", printed)
+    assert chosen, printed
+    from pyro_dlf import Student
+
+    q = Student.load(tmp_path / "s.pt").dlf.num_factors
+    assert int(chosen.group(1)) == int(chosen.group(3)) == q >= 1
+    assert 0 < int(chosen.group(2)) <= 100
+
+
+def test_noise_variances_shown_as_required_for_regression(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    text = capsys.readouterr().out
+    required = text.split("required arguments:")[1].split("required for regression teachers:")[0]
+    assert all(flag in required for flag in ("--x FILE", "--teachers FILE", "--out FILE"))
+    regression = text.split("required for regression teachers:")[1].split("options:")[0]
+    assert "--noise-variances FILE" in regression
+    # Classification teachers need none; regression teachers without it: one line naming the flag, before any fit.
+    _files(tmp_path)
+    code = _status(["distill", "--x", str(tmp_path / "x.npy"), "--teachers", str(tmp_path / "f.npy"), "--out",
+                    str(tmp_path / "s.pt"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("pyro-dlf distill: error: --noise-variances: regression teachers need") and "\n" not in err
+
+
+def _error_cases(tmp_path):
+    """Bad invocations (without --no-progress) and a piece of each one-line error."""
+    x, f, s2 = (str(tmp_path / name) for name in ("x.npy", "f.npy", "s2.npy"))
+    _, _, logits = synthetic_teachers(6, num_points=40, num_outputs=3, num_factors=2)
+    np.save(tmp_path / "logits.npy", logits.numpy())
+    np.save(tmp_path / "held_short.npy", np.ones((6, 39), dtype=bool))
+    np.save(tmp_path / "mask.npy", np.ones((6, 40), dtype=bool))
+    bad_x = np.load(x)
+    bad_x[3, 0] = np.nan
+    np.save(tmp_path / "x_nan.npy", bad_x)
+    student = tmp_path / "student.pt"
+    from pyro_dlf import distill
+
+    distill(torch.as_tensor(np.load(x)), torch.as_tensor(np.load(f)), num_factors=2, teacher_noise_variances=torch.as_tensor(np.load(s2)),
+            hidden=(4,), num_iterations=1, mmd_steps=0, progress=False).save(student)
+    unavailable = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    classify = ["distill", "--x", x, "--teachers", str(tmp_path / "logits.npy"), "--num-factors", "2", "--out", str(tmp_path / "c.pt")]
+    predict = ["predict", "--student", str(student), "--out", str(tmp_path / "p.npz")]
+
+    def bad(*extra):  # a valid q, so that each case fails on its own mistake (a later --num-factors wins)
+        return _distill(tmp_path, "--num-factors", "2", *extra)
+
+    return [
+        (["distill", "--x", x, "--teachers", f, "--out", str(tmp_path / "s.pt")], "--noise-variances: regression teachers need"),
+        (bad("--teachers", s2), "--teachers must have shape"),
+        (bad("--held-out", str(tmp_path / "held_short.npy")), "--held-out must have shape (6, 40)"),
+        (bad("--covariance", "full"), "--covariance full is an output-covariance structure"),
+        (bad("--task", "classification"), "--teachers for classification must be logits"),
+        (classify + ["--noise-variances", s2], "--noise-variances is for regression teachers"),
+        (classify + ["--observed", str(tmp_path / "mask.npy")], "--observed: "),
+        (bad("--num-factors", "two"), "argument --num-factors: expected a positive whole number or auto"),
+        (bad("--num-factors", "0"), "argument --num-factors: must be at least 1 or auto"),
+        (bad("--device", "gpu"), "argument --device: expected cpu, cuda, cuda:N or mps"),
+        (bad("--device", unavailable), f"--device {unavailable} but"),
+        (_distill(tmp_path, "--stream", "--hidden", "8"), "--num-factors: --stream needs a number"),
+        (bad("--x", str(tmp_path / "x_nan.npy")), "the first at row 3, column 0; the design points need finite inputs"),
+        (bad("--hidden", "0"), "--hidden: widths must be positive"),
+        (bad("--x", str(tmp_path / "missing.npy")), "--x: no file at"),
+        (predict + ["--x", str(tmp_path / "x_nan.npy")], "--x: " + str(tmp_path / "x_nan.npy") + " holds 1 non-finite value(s)"),
+        (["predict", "--student", str(tmp_path / "none.pt"), "--x", x, "--out", str(tmp_path / "p.npz")], "--student: no file at"),
+        (["bench", "images", "--dataset", "mnist", "--output-dir", str(tmp_path / "o")], "--data-dir"),
+        (["demo", "--num-factors", "0"], "argument --num-factors"),
+    ]
+
+
+def _python_names_in(message: str, command: str) -> list[str]:
+    """Library argument names of ``command`` that stand as arguments in ``message`` (after "error: ")."""
+    body = message.split(": error: ", 1)[-1].split(": warning: ", 1)[-1]
+    found = []
+    for name in flag_names(command):
+        if "_" in name or name == "lr":
+            hit = re.search(rf"(?<![\w./-]){re.escape(name)}(?!\w)", body)
+        else:  # a plain word is English too: only as an argument (first, or before =, : or [)
+            hit = re.match(rf"{re.escape(name)}\b", body) or re.search(rf"(?<![\w./-]){re.escape(name)}[=:\[]", body)
+        if hit:
+            found.append(name)
+    return found
+
+
+def test_every_error_is_one_line_naming_a_flag(tmp_path, capsys):
+    _files(tmp_path)
+    for argv, expected in _error_cases(tmp_path):
+        command = " ".join(argv[:2]) if argv[0] == "bench" else argv[0]
+        # With --no-progress the error is all there is; with progress on, only stage lines ("... ...") precede it.
+        for quiet in (True, False):
+            code = _status(argv + ["--no-progress"] if quiet else argv)
+            err = capsys.readouterr().err
+            lines = err.strip().splitlines()
+            assert code == 2, (argv, err)
+            assert "Traceback" not in err and lines, (argv, err)
+            assert len(lines) == 1 if quiet else all(line.endswith(" ...") for line in lines[:-1]), (argv, err)
+            message = lines[-1]
+            assert message.startswith(f"pyro-dlf {command}: error: ") and expected in message, (argv, message)
+            assert "--" in message.split(": error: ", 1)[1], (argv, message)
+            assert _python_names_in(message, command) == [], (argv, message)
+
+
+
+def test_debug_variable_shows_the_traceback(tmp_path, monkeypatch):
+    _files(tmp_path)
+    monkeypatch.setenv("PYRO_DLF_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="--x: no file at"):
+        main(_distill(tmp_path, "--x", str(tmp_path / "missing.npy"), "--no-progress"))
+
+
+def test_translation_table_names_only_real_flags():
+    from pyro_dlf.cli import _LIBRARY_NAMES, _subparser
+
+    parser = build_parser()
+    for command in _LIBRARY_NAMES:
+        options = {o for action in _subparser(parser, command)._actions for o in action.option_strings}
+        table = flag_names(command, parser)
+        assert set(table.values()) <= options, (command, set(table.values()) - options)
+    names = flag_names("distill")
+    assert names["x_design"] == "--x" and names["teacher_outputs"] == "--teachers"
+    assert names["teacher_noise_variances"] == "--noise-variances" and names["num_iterations"] == "--iterations"
+    assert names["held_out"] == "--held-out" and names["hidden"] == "--hidden"
+    assert flag_names("predict")["path"] == "--student"
+    cases = {
+        "num_factors=9 >= number of teachers=6: use num_factors <= 5": "--num-factors 9 >= number of teachers=6: use --num-factors <= 5",
+        "covariance='full' is for (n, m, c) teachers": "--covariance full is for (n, m, c) teachers",
+        "observed: teachers observed on other points; drop observed=": "--observed: teachers observed on other points; drop --observed",
+        "lower lr (now 0.01) or raise num_iterations.": "lower --lr (now 0.01) or raise --iterations.",
+        "teacher_outputs[0] returned 3 rows": "--teachers[0] returned 3 rows",
+        # Paths, quoted text, attributes and longer words stay as they are; a plain word only as an argument.
+        "--x: cannot read '/data/held_out/x_design.npy' (held_out.npy, my_held_out)":
+            "--x: cannot read '/data/held_out/x_design.npy' (held_out.npy, my_held_out)",
+        "the teachers' hidden units and the task at hand": "the teachers' hidden units and the task at hand",
+    }
+    for message, expected in cases.items():
+        assert translate(message, names) == expected
+    assert translate("x contains 1 non-finite value(s); the x axis", flag_names("predict")) == "--x contains 1 non-finite value(s); the x axis"
+
+
+def test_each_distinct_warning_printed_once_in_flag_words(tmp_path, capsys, monkeypatch):
+    import pyro_dlf.api
+
+    def noisy(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # as when every candidate body repeats its warnings
+            for _ in range(3):
+                warnings.warn("num_factors=9 >= number of teachers=6: use num_factors <= 5", UserWarning)
+            warnings.warn("lower lr (now 0.01)\nor raise num_iterations", RuntimeWarning)
+        raise ValueError("hidden: stop")
+
+    _files(tmp_path)
+    monkeypatch.setattr(pyro_dlf.api, "distill", noisy)
+    assert main(_distill(tmp_path, "--no-progress")) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "pyro-dlf distill: warning: --num-factors 9 >= number of teachers=6: use --num-factors <= 5",
+        "pyro-dlf distill: warning: lower --lr (now 0.01) or raise --iterations",
+        "pyro-dlf distill: error: --hidden: stop",
+    ]
+
+
+def test_tqdm_disable_hides_the_bars_and_stage_lines_remain(tmp_path, capsys, monkeypatch):
+    _files(tmp_path)
+    argv = _distill(tmp_path, "--num-factors", "9", *_TINY)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert main(argv) == 0
+    assert "it/s]" in capsys.readouterr().err  # bars by default
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "\r" not in err and "it/s" not in err and "%|" not in err, err
+    lines = err.splitlines()
+    assert lines[0] == f"Reading --x {tmp_path / 'x.npy'} and --teachers {tmp_path / 'f.npy'} ..."
+    assert "Distilling 6 teachers at 40 design points (q = 9; 2 MMD steps, then 2 EM iterations) ..." in lines
+    assert lines[-1] == f"Writing {tmp_path / 's.pt'} and {tmp_path / 's_fit.png'} ..."
+    # The real library's warning (q above n - 1), once and in the flags' words.
+    assert [line for line in lines if "warning" in line] == [
+        "pyro-dlf distill: warning: --num-factors 9 >= number of teachers=6: 6 teachers span at most 5 directions, so the "
+        "extra factors are not identified; use --num-factors <= 5"]
+    assert "q = 9" in out
+    # Choosing the body (the default --hidden auto) is announced before it starts.
+    _record_distill(monkeypatch)
+    assert main(_distill(tmp_path, "--num-factors", "2")) == 2
+    assert ("Distilling 6 teachers at 40 design points (q = 2): first the body is chosen by held-out scores of the "
+            "teachers' values (one fit per candidate), then the student (500 MMD steps, then 100 EM iterations) ...") \
+        in capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_cuda_fits_in_memory_on_the_gpu(tmp_path, capsys):
+    _files(tmp_path)
+    assert main(_distill(tmp_path, "--num-factors", "2", *_TINY, "--device", "cuda", "--no-progress")) == 0
+    from pyro_dlf import Student
+
+    student = Student.load(tmp_path / "s.pt")  # loads on the CPU
+    assert next(student.dlf.parameters()).device.type == "cpu"
+    assert main(["predict", "--student", str(tmp_path / "s.pt"), "--x", str(tmp_path / "x.npy"), "--out",
+                 str(tmp_path / "p.npz"), "--no-progress"]) == 0
+    assert np.isfinite(np.load(tmp_path / "p.npz")["mean"]).all()

@@ -104,3 +104,43 @@ def test_close_distributed_outside_a_process_group_does_nothing():
     close_distributed()
     close_distributed(completed=False)
     assert not torch.distributed.is_initialized()
+
+
+def test_stream_inputs_are_checked_before_the_fit():
+    x, f, v = _teachers(n=8, m=40)
+    options = dict(num_factors=2, num_iterations=1, progress=False)
+    with pytest.raises(ValueError, match=r"teacher_noise_variances has 5 values for 8 teachers: give one variance per teacher, shape \(8,\)"):
+        distill_stream(TensorStream(x, f, 10), teacher_noise_variances=v[:5], **options)
+    with pytest.raises(ValueError, match=r"teacher_noise_variances must be positive and finite.*index 3, is inf"):
+        distill_stream(TensorStream(x, f, 10), teacher_noise_variances=v.clone().index_fill_(0, torch.tensor([3]), float("inf")), **options)
+    with pytest.raises(ValueError, match=r"stream: yielded no batch"):
+        distill_stream([], teacher_noise_variances=v, **options)
+    with pytest.raises(TypeError, match=r"stream is a one-shot iterator"):
+        distill_stream(iter(TensorStream(x, f, 10)), teacher_noise_variances=v, **options)
+    with pytest.raises(TypeError, match=r"stream must be a re-iterable design stream .* use TensorStream\(x, f, batch_size\)"):
+        distill_stream(f, teacher_noise_variances=v, **options)
+    with pytest.raises(ValueError, match=r"stream batch 1 holds 6 teachers' values on 1 input feature\(s\) but batch 0 holds 8 teachers'"):
+        distill_stream([(x[:20], f[:, :20]), (x[20:], f[:6, 20:])], teacher_noise_variances=v, **options)
+    with pytest.raises(TypeError, match=r"stream batch 0: f_batch holds complex values"):
+        distill_stream([(x[:20], f[:, :20].to(torch.complex64))], teacher_noise_variances=v, **options)
+    with pytest.raises(ValueError, match=r"stream x_batch \(the design points\) has values up to 2e\+30: .* dtype=torch.float64"):
+        distill_stream(TensorStream(x * 1e30, f, 10), teacher_noise_variances=v, **options)
+    with pytest.raises(ValueError, match=r"stream \(its design points\) has 1 design point"):
+        distill_stream([(x[:1], f[:, :1])], teacher_noise_variances=v, **options)
+    with pytest.raises(ValueError, match=r"lr must be a finite number > 0, got nan"):
+        distill_stream(TensorStream(x, f, 10), teacher_noise_variances=v, **{**options, "lr": float("nan")})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device='cuda' but torch.cuda.is_available\(\) is False; pass device='cpu'"):
+            distill_stream(TensorStream(x, f, 10), teacher_noise_variances=v, device="cuda", **options)
+
+
+def test_the_streamed_auto_number_of_factors_is_the_in_memory_rule():
+    """The Gram matrix of the teachers' deviations is a sum over design points: streamed in batches it is the
+    in-memory one (up to float64 rounding), and so is the choice."""
+    from pyro_dlf.selection import choose_num_factors, deviation_gram, factor_limit
+
+    x, f, v = _teachers(n=8, m=40)
+    student = distill_stream(TensorStream(x, f, 7), teacher_noise_variances=v, num_iterations=1, progress=False)
+    expected = choose_num_factors(deviation_gram(f), factor_limit(8))
+    assert student.num_factors_choice.num_factors == expected.num_factors == student.dlf.num_factors
+    assert student.num_factors_choice.explained == pytest.approx(expected.explained, rel=1e-10)

@@ -70,9 +70,12 @@ def test_arviz_takes_per_input_noise_draws(fitted):
     pred = student.predict(x, 40, return_samples=True)
     idata = to_inference_data(pred, observed=means[0], num_chains=2, generator=torch.Generator().manual_seed(0))
     ll = torch.as_tensor(idata.log_likelihood["y"].values).reshape(40, 60)
-    expected = torch.distributions.Normal(pred.function_samples.double(), pred.noise_variance_samples.double().sqrt()).log_prob(
+    per_draw = torch.distributions.Normal(pred.function_samples.double(), pred.noise_variance_samples.double().sqrt()).log_prob(
         means[0].double())
+    # Each entry is the density of the target estimated from the other 39 draws (pyro_dlf.diagnostics).
+    expected = torch.stack([torch.cat([per_draw[:s], per_draw[s + 1:]]).logsumexp(0) for s in range(40)]) - math.log(39)
     torch.testing.assert_close(ll, expected)
+    assert dict(idata.posterior["noise_variance"].sizes) == {"chain": 2, "draw": 20, "point": 60}
 
 
 def test_multi_output_regression_teachers_use_one_noise_law_per_output():
@@ -118,3 +121,82 @@ def test_body_selection_slices_per_point_noise_variances():
     student = pyro_dlf.distill(x, means, num_factors=2, teacher_noise_variances=variances, hidden=[(4,), (8,)],
                                num_iterations=3, mmd_steps=10, progress=False)
     assert student.body_selection.chosen in ((4,), (8,)) and student.noise_model is not None
+
+
+def _small_heteroscedastic_student():
+    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+
+    from synthetic import random_dlf
+
+    torch.manual_seed(0)
+    return Student(random_dlf(dtype=torch.float32), "regression", noise_model=HeteroscedasticNoise(2, (6,)))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("hidden", [10 ** 9], r"noise.heteroscedastic.hidden\[0\] = 1000000000 is larger than any tensor axis"),
+    ("hidden", [6] * 10 ** 5, r"noise.heteroscedastic.hidden lists 100000 layers but the file holds \d+ tensors"),
+    ("in_features", 10 ** 9, "noise.heteroscedastic.in_features = 1000000000 is larger than any tensor axis"),
+    ("in_features", 3, "noise.heteroscedastic.in_features = 3 but the model reads 2 input features"),
+])
+def test_the_noise_models_widths_are_checked_before_it_is_built(tmp_path, monkeypatch, field, value, match):
+    """A file whose noise model claims a 10⁹-unit layer (checksum recomputed) is named before any module is
+    built from it -- not even on the meta device."""
+    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+    from pyro_dlf.student_file import checksum
+
+    _small_heteroscedastic_student().save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    payload["noise"]["heteroscedastic"][field] = value
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, tmp_path / "bad.pt")
+    built = []
+    original = HeteroscedasticNoise.__init__
+    monkeypatch.setattr(HeteroscedasticNoise, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k))
+    with pytest.raises(ValueError, match=match):
+        Student.load(tmp_path / "bad.pt")
+    assert built == []
+
+
+def test_a_noise_width_that_disagrees_with_the_weights_is_decided_on_the_meta_device(tmp_path, monkeypatch):
+    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+    from pyro_dlf.student_file import checksum
+
+    student = _small_heteroscedastic_student()
+    student.save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    payload["noise"]["heteroscedastic"]["hidden"] = [5]
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, tmp_path / "bad.pt")
+    devices = []
+    original = HeteroscedasticNoise.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        devices.append(self.input_loc.device.type)
+
+    monkeypatch.setattr(HeteroscedasticNoise, "__init__", recording)
+    with pytest.raises(ValueError, match=r"the saved noise model weights do not fit the saved architecture \(location.0.bias: "
+                                         r"file \(6,\), configuration \(5,\)\)"):
+        Student.load(tmp_path / "bad.pt")
+    assert devices == ["meta"]
+    devices.clear()
+    loaded = Student.load(tmp_path / "s.pt")
+    assert devices == ["meta", "cpu"]
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(loaded.predict(x, 3).aleatoric_variance, student.predict(x, 3).aleatoric_variance)
+
+
+def test_noise_model_arguments_are_named():
+    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+
+    with pytest.raises(ValueError, match=r"hidden\[1\] must be a positive int"):
+        HeteroscedasticNoise(2, (4, 0))
+    with pytest.raises(TypeError, match="hidden must be a sequence of positive widths"):
+        HeteroscedasticNoise(2, 50)
+    with pytest.raises(TypeError, match="in_features must be a positive int"):
+        HeteroscedasticNoise(True)
+    noise = _small_heteroscedastic_student().noise_model
+    with pytest.raises(ValueError, match="noise_model replaces noise_concentration and noise_rate"):
+        from synthetic import random_dlf
+
+        Student(random_dlf(dtype=torch.float32), "regression", 3.0, 1.0, noise_model=noise)

@@ -167,3 +167,17 @@ def test_observed_inputs_are_checked():
     sep = random_dlf(in_features=1, num_outputs=3)
     with pytest.raises(NotImplementedError, match="univariate and full"):
         sep.log_marginal_likelihood(x.double(), logits.double(), observed=mask)
+
+
+def test_teachers_that_share_no_design_point_are_distilled():
+    """Each point seen by one teacher only: no spread across teachers at any point, yet the values
+    vary, so the fit runs (the scale check takes the observed values' spread)."""
+    import pyro_dlf
+
+    x = torch.linspace(-2, 2, 40).unsqueeze(-1)
+    f = torch.sin(2 * x[:, 0]).expand(8, 40) + 0.3 * torch.randn(8, 40, generator=torch.Generator().manual_seed(0))
+    observed = torch.zeros(8, 40, dtype=torch.bool)
+    observed[torch.arange(40) % 8, torch.arange(40)] = True
+    student = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=torch.linspace(0.05, 0.1, 8), observed=observed,
+                               hidden=(8,), num_iterations=3, mmd_steps=5, progress=False)
+    assert torch.isfinite(torch.tensor(student.history)).all()

@@ -207,3 +207,37 @@ def test_a_separate_loading_body_reaches_every_candidate_and_carries_the_teacher
     with pytest.raises(ValueError, match="loading_hidden: a separate loading body works with the default MLP body"):
         pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, body=torch.nn.Linear(1, 4), body_features=4,
                          loading_hidden=(8,), **FAST)
+
+
+def test_selection_needs_enough_design_points_for_its_held_out_part():
+    """5 held-out and 5 fitting points at least: with validation_fraction=0.2 that is 23 points (round(0.2·23) = 5)."""
+    from pyro_dlf.selection import minimum_design_points
+
+    assert [minimum_design_points(v) for v in (0.2, 0.5, 0.1)] == [23, 10, 46]
+    x, f, v = _teachers(False, m=22)
+    with pytest.raises(ValueError, match=r"hidden='auto' compares fits on held-out design points and needs at least 23 of them with "
+                                         r"validation_fraction=0.2 \(5 held out, 18 to fit\); x_design has 22: pass one body"):
+        pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden="auto", **FAST)
+    with pytest.raises(ValueError, match=r"hidden=\[\(4,\), \(8,\)\] compares .* x_design has 3"):
+        pyro_dlf.distill(x[:3], f[:, :3], num_factors=1, teacher_noise_variances=v, hidden=[(4,), (8,)], **FAST)
+    with pytest.raises(ValueError, match=r"training_length='auto' compares .* needs at least 10 .* pass a fraction"):
+        pyro_dlf.distill(x[:9], f[:, :9], num_factors=1, teacher_noise_variances=v, training_length="auto", validation_fraction=0.5, **FAST)
+
+
+def _two_candidates(**options):
+    x, f, v = _teachers(False, m=30)
+    return pyro_dlf.distill(x, f, num_factors=1, teacher_noise_variances=v, hidden=[(4,), (8,)], seed=0,
+                            **{**FAST, "num_iterations": 2, "mmd_steps": 2, **options})
+
+
+def test_body_selection_shows_a_bar_over_its_candidates_unless_tqdm_disable(capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    _two_candidates(progress=True)
+    shown = capsys.readouterr().err
+    assert "body selection:   0%|          | 0/2" in shown  # one tick per candidate fit
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    _two_candidates(progress=True)
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("TQDM_DISABLE")
+    _two_candidates(progress=False)
+    assert capsys.readouterr().err == ""

@@ -1,6 +1,7 @@
 """The distilled student: Predictive compatibility, predictions, save/load."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -211,8 +212,11 @@ def test_damaged_files_are_reported_not_loaded(tmp_path):
         return tmp_path / name
 
     huge = rewritten("huge.pt", lambda p: p["model"].update(hidden=[10 ** 9]))
+    with pytest.raises(ValueError, match=r"field hidden\[0\] = 1000000000 is larger than any tensor axis"):
+        Student.load(huge)  # decided from the saved tensors' sizes: no 24 GB allocation
+    narrow = rewritten("narrow.pt", lambda p: p["model"].update(hidden=[5]))
     with pytest.raises(ValueError, match=r"do not fit the saved architecture \(body.0.bias"):
-        Student.load(huge)  # decided on the meta device: no 24 GB allocation
+        Student.load(narrow)  # decided on the meta device
     nan = rewritten("nan.pt", lambda p: p["state_dict"]["mean_head.bias"].fill_(float("nan")))
     with pytest.raises(ValueError, match="non-finite weights in 'mean_head.bias'"):
         Student.load(nan)
@@ -318,3 +322,285 @@ def test_nugget_in_the_predictive():
     student.include_nugget = False
     _, plain = student.predictive_mixture(x, 8)
     torch.testing.assert_close(variances - plain, student.dlf.noise_variance.detach().expand(8, 4))
+
+
+class _TanhBody(torch.nn.Module):
+    """A custom body: one linear layer and tanh."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 4)
+
+    def forward(self, x):
+        return torch.tanh(self.linear(x))
+
+
+class _ReluBody(torch.nn.Module):
+    """Another class with the same parameter names and shapes, and another function."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 4)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+def _custom_student(body):
+    torch.manual_seed(0)
+    return Student(DeepLatentFactor(num_factors=2, body=body, body_features=4), "regression", 3.0, 1.0)
+
+
+def test_a_body_of_another_class_is_refused_on_load(tmp_path):
+    """Same parameter shapes, another function: the file records the body's class (and its submodules'),
+    so the wrong body is named instead of loaded; the right one round-trips exactly."""
+    student = _custom_student(_TanhBody())
+    student.save(tmp_path / "s.pt")
+    with pytest.raises(ValueError, match=r"body is a .*_ReluBody but the student was saved with a .*_TanhBody body; "
+                                         r"pass an instance of .*_TanhBody"):
+        Student.load(tmp_path / "s.pt", body=_ReluBody())
+    loaded = Student.load(tmp_path / "s.pt", body=_TanhBody())
+    x = torch.randn(5, 2)
+    assert torch.equal(loaded.predict(x, 4).mean, student.predict(x, 4).mean)
+
+    # One class, another layer layout: nn.Sequential with another activation.
+    sequential = _custom_student(torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh()))
+    sequential.save(tmp_path / "seq.pt")
+    with pytest.raises(ValueError, match=r"body's submodule '1' is torch\.nn\.modules\.activation\.ReLU but the saved "
+                                         r"body's is torch\.nn\.modules\.activation\.Tanh"):
+        Student.load(tmp_path / "seq.pt", body=torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU()))
+
+
+def test_files_without_the_body_record_load_as_before(tmp_path):
+    """Files written before the body's class was recorded: any body with fitting weights loads."""
+    from pyro_dlf.student_file import checksum
+
+    student = _custom_student(_TanhBody())
+    student.save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert payload["body_class"].endswith("_TanhBody") and payload["body_modules"] == [["linear", "torch.nn.modules.linear.Linear"]]
+    del payload["body_class"], payload["body_modules"]
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = Student.load(tmp_path / "old.pt", body=_ReluBody())
+    assert torch.equal(loaded.dlf.body.linear.weight, student.dlf.body.linear.weight)
+    with pytest.raises(ValueError, match=r"body does not have the saved architecture \(body.linear.bias: file \(4,\), body None"):
+        Student.load(tmp_path / "old.pt", body=torch.nn.Sequential())
+
+
+def test_load_checks_body_and_map_location(tmp_path):
+    plain, custom = _regression_student(), _custom_student(_TanhBody())
+    plain.save(tmp_path / "plain.pt")
+    custom.save(tmp_path / "custom.pt")
+    with pytest.raises(ValueError, match="body: this student has the default MLP body.*drop body="):
+        Student.load(tmp_path / "plain.pt", body=_TanhBody())
+    with pytest.raises(TypeError, match="body must be a torch.nn.Module"):
+        Student.load(tmp_path / "custom.pt", body="_TanhBody")
+    with pytest.raises(ValueError, match="body is a torch.nn.modules.container.Sequential but the student was saved with"):
+        Student.load(tmp_path / "custom.pt", body=torch.nn.Sequential())
+    for bad, error, match in (("gpu", ValueError, "map_location 'gpu' is not a device; pass a device such as 'cpu'"),
+                              ({"cuda:0": "cpu"}, TypeError, "map_location must be a device such as 'cpu'"),
+                              (0, TypeError, "map_location must be a device"),
+                              ("meta", ValueError, "map_location 'meta' is not a device a student can be loaded onto; pass one of 'cpu'")):
+        with pytest.raises(error, match=match):
+            Student.load(tmp_path / "plain.pt", map_location=bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="map_location 'cuda:0' is not available on this machine"):
+            Student.load(tmp_path / "plain.pt", map_location="cuda:0")
+    loaded = Student.load(tmp_path / "plain.pt", map_location=torch.device("cpu"))
+    assert loaded.dlf.loading_head.weight.device.type == "cpu"
+
+
+@pytest.mark.parametrize("field, value", [("hidden", [10 ** 9]), ("hidden", [8] * 10 ** 6), ("loading_hidden", [10 ** 9]),
+                                          ("in_features", 10 ** 9), ("num_factors", 10 ** 9), ("body_features", 10 ** 9)])
+def test_no_module_is_built_from_an_unchecked_width(tmp_path, monkeypatch, field, value):
+    """A width (or layer count) field beyond the saved tensors' sizes is named before any module is built,
+    even on the meta device."""
+    from pyro_dlf.student_file import checksum
+
+    _loading_body_student().save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    payload["model"][field] = value
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, tmp_path / "bad.pt")
+    built = []
+    original = DeepLatentFactor.__init__
+    monkeypatch.setattr(DeepLatentFactor, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k))
+    with pytest.raises(ValueError, match=rf"configuration field {field}(\[0\])? (= 1000000000 is larger than any tensor "
+                                         r"axis|lists 1000000 layers but the file holds \d+ tensors)"):
+        Student.load(tmp_path / "bad.pt")
+    assert built == []
+
+
+@pytest.mark.parametrize("a, b, match", [(0.0, 1.0, "noise_concentration must be positive"),
+                                         (-1.0, 1.0, "noise_concentration must be positive"),
+                                         (float("inf"), float("inf"), "noise_concentration must be finite"),
+                                         (float("nan"), float("nan"), "noise_concentration must be finite"),
+                                         (3.0, float("nan"), "noise_rate must be finite"),
+                                         (3.0, 0.0, "noise_rate must be positive"),
+                                         (True, 1.0, "noise_concentration must be a number"),
+                                         ("3", 1.0, "noise_concentration must be a number")])
+def test_the_noise_prior_needs_positive_finite_parameters(a, b, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        Student(random_dlf(dtype=torch.float32), "regression", a, b)
+
+
+@pytest.mark.parametrize("a", [0.5, 1.0])
+def test_a_noise_prior_without_a_mean_gives_a_proper_predictive_and_an_infinite_aleatoric_variance(a):
+    """IG(a, b) with a <= 1 has no mean: the aleatoric variance E[σ²] is reported as infinite, the draws stay finite."""
+    from pyro_dlf.noise import HeavyTailWarning
+
+    with pytest.warns(HeavyTailWarning, match=r"noise_concentration a = .* <= 1: the noise prior IG\(a, b\) has no mean"):
+        student = Student(random_dlf(dtype=torch.float32), "regression", a, 1.0)
+    assert student.aleatoric_variance == float("inf")
+    prediction = student.predict(torch.randn(4, 2), 50, return_samples=True)
+    assert bool(torch.isinf(prediction.aleatoric_variance).all()) and bool(torch.isfinite(prediction.mean).all())
+    assert bool(torch.isfinite(prediction.noise_variance_samples).all()) and bool((prediction.noise_variance_samples > 0).all())
+
+
+def test_noise_prior_per_output_and_misplaced_noise_arguments():
+    two = random_dlf(num_outputs=2, covariance="full", dtype=torch.float32)
+    student = Student(two, "regression", (3.0, 5.0), 1.0)
+    assert student.noise_concentration == (3.0, 5.0) and student.noise_rate == (1.0, 1.0)
+    assert student.aleatoric_variance == (0.5, 0.25)
+    with pytest.raises(ValueError, match=r"noise_concentration must be positive, got \(3.0, -0.9\)"):
+        Student(two, "regression", (3.0, -0.9), (1.0, 1.0))
+    with pytest.raises(ValueError, match=r"noise_rate must be one number or 2 \(one per output\), got 3 values"):
+        Student(two, "regression", 3.0, (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="noise_concentration and noise_rate are for regression students"):
+        Student(random_dlf(num_outputs=3), "classification", 3.0, 1.0)
+    with pytest.raises(ValueError, match="noise_factor_exponent and noise_factor_gram are for one-output regression"):
+        Student(random_dlf(num_outputs=3), "classification", noise_factor_exponent=1.0)
+    with pytest.raises(ValueError, match="noise_factor_exponent 1 needs noise_factor_gram"):
+        Student(random_dlf(), "regression", 3.0, 1.0, noise_factor_exponent=1.0)
+    with pytest.raises(ValueError, match="noise_factor_gram is used only with a nonzero noise_factor_exponent"):
+        Student(random_dlf(), "regression", 3.0, 1.0, noise_factor_gram=torch.eye(3) / 3)
+    with pytest.raises(TypeError, match="include_nugget must be True or False"):
+        Student(random_dlf(), "regression", 3.0, 1.0, include_nugget="no")
+    with pytest.raises(TypeError, match="dlf must be a fitted pyro_dlf.models.DeepLatentFactor"):
+        Student("model.pt", "regression", 3.0, 1.0)
+    with pytest.raises(ValueError, match="set_noise_law: concentration and rate must be positive finite numbers"):
+        _regression_student().set_noise_law(-0.8, 1.0, 1.0, torch.eye(3, dtype=torch.float64) / 3)
+
+
+def test_a_file_whose_noise_prior_is_not_positive_is_named(tmp_path):
+    from pyro_dlf.student_file import checksum
+
+    _regression_student().save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    payload["noise"] = [-0.8, 1.0]
+    payload["checksum"] = checksum(payload)
+    torch.save(payload, tmp_path / "negative.pt")
+    with pytest.raises(ValueError, match=r"negative.pt': the noise prior must be two positive finite numbers .*got \[-0.8, 1.0\]"):
+        Student.load(tmp_path / "negative.pt")
+
+
+def test_predict_names_its_bad_arguments():
+    student = _regression_student()
+    x = torch.randn(3, 2)
+    for bad, error in ((True, TypeError), (2.5, TypeError), ("10", TypeError), (None, TypeError), (0, ValueError), (-1, ValueError)):
+        with pytest.raises(error, match="num_samples must be a positive int"):
+            student.predict(x, bad)
+    for bad in (False, 2.5, 0, "10"):
+        with pytest.raises(ValueError, match="batch_size must be None or a positive int"):
+            student.predict(x, 10, batch_size=bad)
+    torch.manual_seed(0)
+    whole = student.predict(x, 10, batch_size=None, return_samples=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(whole.function_samples, student.predict(x, 10, batch_size=1, return_samples=True).function_samples)
+    with pytest.raises(TypeError, match="return_samples must be True or False"):
+        student.predict(x, 10, return_samples="yes")
+    with pytest.raises(ValueError, match="num_components must be a positive int"):
+        student.predictive_mixture(x, 0)
+
+
+def test_non_finite_prediction_inputs_are_named_as_such():
+    student = _regression_student()
+    x = torch.randn(4, 2)
+    x[2, 1] = float("nan")
+    for call in (student.predict, student.predictive_mixture):
+        with pytest.raises(ValueError, match=r"x contains 1 non-finite value\(s\) \(NaN or Inf\), the first at index \(2, 1\); "
+                                             r"the student predicts at finite inputs only") as info:
+            call(x)
+        assert "distill" not in str(info.value)
+
+
+def test_inputs_too_large_for_the_dtype_are_named_not_returned_as_infinities():
+    """1e30 overflows float32 in ‖Φ(x)‖²: an error that names x and both fixes; in float64 the same
+    student gives finite results."""
+    student = _regression_student()
+    x = torch.full((3, 2), 1e30)
+    with pytest.raises(ValueError, match=r"x has values up to 1e\+30: the student's outputs there overflow float32 .*"
+                                         r"rescale it .*student.double\(\)"):
+        student.predict(x, 10)
+    with pytest.raises(ValueError, match="overflow float32"):
+        student.predictive_mixture(x, 4)
+    # Classification: the logits stay finite there, and so do the probabilities.
+    assert torch.isfinite(_classification_student().predict(torch.full((3, 2), 1e30), 10).probs).all()
+    pred = student.double().predict(x.double(), 10)
+    assert torch.isfinite(pred.epistemic_variance).all() and torch.isfinite(pred.mean).all()
+
+
+def test_save_checks_its_path(tmp_path):
+    import io
+
+    student = _regression_student()
+    for bad in (None, 3, 2.5, ["s.pt"], object()):
+        with pytest.raises(TypeError, match=r"path must be a file name .* or a binary file object with write\(\)"):
+            student.save(bad)
+    with pytest.raises(TypeError, match=r"path is a text-mode file; open it in binary mode \(wb\)"):
+        student.save(io.StringIO())
+    with pytest.raises(ValueError, match="path is empty"):
+        student.save("")
+    with pytest.raises(ValueError, match="is a folder; give a file name inside it"):
+        student.save(tmp_path)
+    for bad in (None, 3, object()):
+        with pytest.raises(TypeError, match=r"path must be a file name .* with read\(\) and seek\(\)"):
+            Student.load(bad)
+    student.save(str(tmp_path / "s.pt").encode())  # bytes paths are paths
+    assert Student.load(tmp_path / "s.pt").noise_rate == 4.0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_save_keeps_the_replaced_files_mode_else_the_umask(tmp_path):
+    import stat
+
+    student = _regression_student()
+    path = tmp_path / "s.pt"
+    path.write_bytes(b"old")
+    for mode in (0o644, 0o640):
+        path.chmod(mode)
+        student.save(path)
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    old = os.umask(0o027)
+    try:
+        student.save(tmp_path / "new.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.pt").st_mode) == 0o640  # 0o666 less the umask
+    assert Student.load(path).noise_rate == 4.0
+
+
+def test_save_errors_name_the_users_path(tmp_path, monkeypatch):
+    import errno
+
+    student = _regression_student()
+    path = tmp_path / "s.pt"
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", f.name)  # names the temporary file
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        student.save(path)
+    assert str(path) in str(info.value) and ".pyro-dlf-" not in str(info.value) and info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+
+    def refused(source, destination):
+        raise PermissionError(errno.EACCES, "Permission denied", source, destination)
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(PermissionError, match="Permission denied") as info:
+        student.save(path)
+    assert str(path) in str(info.value) and ".pyro-dlf-" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind

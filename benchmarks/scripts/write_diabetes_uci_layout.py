@@ -7,25 +7,26 @@ A regression set outside the seven shipped UCI folders, for checking that
     pyro-dlf bench uci --data-path /tmp/uci_extra/diabetes --splits 3 --name uci_diabetes
 
 The folder gets ``data.txt`` (features then target, whitespace-separated),
-``index_features.txt`` (0-based feature columns) and ``index_target.txt``.
+``index_features.txt`` (0-based feature columns) and ``index_target.txt``,
+written by :func:`pyro_dlf.data.write_uci_layout`.
 """
-import os
 import sys
 
-import numpy as np
 from sklearn.datasets import load_diabetes
+
+from pyro_dlf.data import write_uci_layout
 
 
 def main() -> int:
     if len(sys.argv) != 2:
         print("usage: python benchmarks/scripts/write_diabetes_uci_layout.py FOLDER", file=sys.stderr)
         return 2
-    folder = sys.argv[1]
-    os.makedirs(folder, exist_ok=True)
     x, y = load_diabetes(return_X_y=True, scaled=False)
-    np.savetxt(os.path.join(folder, "data.txt"), np.column_stack([x, y]), fmt="%.10g")
-    np.savetxt(os.path.join(folder, "index_features.txt"), np.arange(x.shape[1]), fmt="%d")
-    np.savetxt(os.path.join(folder, "index_target.txt"), [x.shape[1]], fmt="%d")
+    try:
+        folder = write_uci_layout(sys.argv[1], x, y)
+    except (OSError, ValueError) as error:
+        print(f"write_diabetes_uci_layout.py: error: FOLDER: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {x.shape[0]} rows x {x.shape[1]} features to {folder}")
     return 0
 

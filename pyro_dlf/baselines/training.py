@@ -18,8 +18,8 @@ from typing import Union
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from pyro_dlf._progress import progress_bar
 from pyro_dlf.nn import _positive_int
 
 __all__ = ["fit_networks", "LOSSES", "squared_error", "label_cross_entropy"]
@@ -235,7 +235,7 @@ def fit_networks(
         return loss_fn(batched(params, buffers, x[idx]), y[index, idx])
 
     optimizer = torch.optim.Adam([params[name] for name in params if name in trainable], lr=lr, weight_decay=weight_decay)
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(epochs), desc=desc, enabled=progress)
     for _ in bar:
         if bs == r:
             # Full batch: the mean gradient does not depend on row order, so skip
@@ -285,7 +285,7 @@ def _fit_one_by_one(nets, x: Tensor, y: Tensor, loss_fn: LossFn, rows: Tensor | 
         net.train()
         optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
         g = generators[k]
-        bar = tqdm(range(epochs), desc=desc if len(nets) == 1 else f"{desc} {k + 1}/{len(nets)}", disable=not progress, leave=False)
+        bar = progress_bar(range(epochs), desc=desc if len(nets) == 1 else f"{desc} {k + 1}/{len(nets)}", enabled=progress)
         for _ in bar:
             if bs == r:
                 batches = [own if own is not None else torch.arange(r, device=x.device)]

@@ -76,9 +76,9 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pyro_dlf import __version__, metrics
+from pyro_dlf._progress import progress_bar
 from pyro_dlf.api import distill
 from pyro_dlf.baselines.classifiers import (
     BatchEnsembleClassifier,
@@ -502,7 +502,7 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
     plan = ["single CNN"] + [f"KD ({_DIVERGENCE_LABELS[d]})" for d in DIVERGENCES] + [
         "small-Ens", "Hydra", "BE", "Proxy-EnD²", *dlf_variants, "DLF + nugget"]
     full_q = config.full_num_factors or config.teachers - 1
-    for method in tqdm(plan, desc="students", disable=not config.progress):
+    for method in progress_bar(plan, desc="students", enabled=config.progress, leave=True):
         if method == "single CNN":
             model, seconds = _timed(ConvEnsemble(shape, c, 1, *student).fit, x_design, data.y_design, lr=1e-3, **common)
             net = model.members[0]

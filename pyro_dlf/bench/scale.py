@@ -286,7 +286,7 @@ def _predictive(n: int, num_samples: int) -> dict:
 
 def run_scale_benchmark(config: ScaleBenchConfig) -> dict:
     """Every configuration, each in its own process; returns the result dictionary."""
-    from tqdm.auto import tqdm
+    from pyro_dlf._progress import progress_bar
 
     started = time.time()
     mid = config.sizes[len(config.sizes) // 2]
@@ -295,7 +295,7 @@ def run_scale_benchmark(config: ScaleBenchConfig) -> dict:
     jobs += [("memory", mid, 50, q) for q in config.factors if q != 10]
     jobs += [("stream", m, 50, 10) for m in config.stream_sizes]
     rows = []
-    for kind, m, n, q in tqdm(jobs, desc="scale", disable=not config.progress):
+    for kind, m, n, q in progress_bar(jobs, desc="scale", enabled=config.progress, leave=True):
         args = dict(kind=kind, m=m, n=n, q=q, batch_size=config.batch_size, repeats=config.repeats, device=config.device)
         rows.append(_subprocess(args, config.timeout_seconds))
     largest = max(config.stream_sizes)

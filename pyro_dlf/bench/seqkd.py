@@ -58,10 +58,10 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pyro_dlf import __version__
 from pyro_dlf._files import atomic_write
+from pyro_dlf._progress import progress_bar
 from pyro_dlf.baselines.divergences import f_divergence, sequence_f_divergence
 from pyro_dlf.data.text import load_rotten_tomatoes
 from pyro_dlf.language_model import (
@@ -157,7 +157,7 @@ def _teacher_samples(teacher: nn.Module, prefixes: Tensor, config: SeqKDConfig, 
     """Teacher continuations of every prefix and the teacher's coarse-grained next-token distributions along them."""
     generator = torch.Generator().manual_seed(seed)
     sequences, top_log_probs, top_indices = [], [], []
-    for s in tqdm(range(0, prefixes.shape[0], config.batch_size), desc=desc, disable=not config.progress, leave=False):
+    for s in progress_bar(range(0, prefixes.shape[0], config.batch_size), desc=desc, enabled=config.progress):
         prefix = prefixes[s:s + config.batch_size]
         seq = torch.cat([prefix, sample_continuations(teacher, prefix, config.continuation_tokens, generator)], 1)
         with torch.no_grad():
@@ -182,7 +182,7 @@ def _train_student(objective: str, teacher: nn.Module, student: nn.Module, data:
     P, n = config.prefix_tokens, data["sequences"].shape[0]
     losses = []
     steps = config.epochs * math.ceil(n / config.batch_size)
-    bar = tqdm(total=steps, desc=objective, disable=not config.progress, leave=False)
+    bar = progress_bar(total=steps, desc=objective, enabled=config.progress)
     for _ in range(config.epochs):
         for idx in torch.randperm(n, generator=order_gen).split(config.batch_size):
             seq, mask = data["sequences"][idx], data["mask"][idx]
@@ -309,7 +309,7 @@ def run_seqkd_benchmark(config: SeqKDConfig, teacher: Optional[nn.Module] = None
     rows.append({"method": "layer-dropped, untrained", "parameters": sum(p.numel() for p in start_student.parameters()),
                  "fit_seconds": 0.0, **_evaluate(start_student, teacher, eval_data, reviews, config, eos_token_id)})
     curves = {}
-    for objective in tqdm(OBJECTIVES, desc="students", disable=not config.progress):
+    for objective in progress_bar(OBJECTIVES, desc="students", enabled=config.progress, leave=True):
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             student = truncated_decoder(teacher, config.student_layers)

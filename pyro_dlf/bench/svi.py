@@ -40,9 +40,9 @@ import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
-from tqdm.auto import tqdm
 
 from pyro_dlf import __version__
+from pyro_dlf._progress import progress_bar
 from pyro_dlf.api import distill, scheduled_adam
 from pyro_dlf.bench.uci import UCIBenchConfig, _teachers
 from pyro_dlf.data import load_uci
@@ -93,7 +93,7 @@ def _trace(name: str, num_iterations: int, step: Callable[[], None], nll: Callab
     every = max(num_iterations // evaluations, 1)
     seconds, iterations, values = [0.0], [0], [nll()]
     clock = 0.0
-    for k in tqdm(range(1, num_iterations + 1), desc=name, disable=not progress, leave=False):
+    for k in progress_bar(range(1, num_iterations + 1), desc=name, enabled=progress):
         start = time.perf_counter()
         step()
         clock += time.perf_counter() - start

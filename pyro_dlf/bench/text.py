@@ -59,10 +59,10 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from pyro_dlf import __version__, metrics
 from pyro_dlf._files import atomic_write
+from pyro_dlf._progress import progress_bar
 from pyro_dlf.api import distill
 from pyro_dlf.baselines.classifiers import prediction_from_probs
 from pyro_dlf.baselines.divergences import DIVERGENCES
@@ -265,11 +265,11 @@ def _teachers(config: TextBenchConfig, data: _Data, factory: Callable[[int], Tex
         with concurrent.futures.ProcessPoolExecutor(min(config.jobs, config.teachers),
                                                     mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_teacher_worker, config, k): k for k in range(config.teachers)}
-            for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="teachers",
-                               disable=not config.progress):
+            for future in progress_bar(concurrent.futures.as_completed(futures), total=len(futures), desc="teachers",
+                                       enabled=config.progress, leave=True):
                 records[futures[future]] = future.result()
     else:
-        for k in tqdm(range(config.teachers), desc="teachers", disable=not config.progress):
+        for k in progress_bar(range(config.teachers), desc="teachers", enabled=config.progress, leave=True):
             records[k] = _fit_teacher(config, data, factory, k)
     parts = [records[k] for k in range(config.teachers)]
     logits = {name: torch.stack([p[name] for p in parts]) for name in ("design", "test", "ood")}
@@ -368,7 +368,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
     plan += ["DLF + nugget"] if "DLF" in plan else []
     steps_per_pass = math.ceil(ids_design.shape[0] / config.batch_size)
     q = config.num_factors or config.teachers - 1
-    for method in tqdm(plan, desc="students", disable=not config.progress):
+    for method in progress_bar(plan, desc="students", enabled=config.progress, leave=True):
         t0 = time.time()
         if method == "DLF + nugget":
             # The DLF's fit predicting new teachers: the nugget σ_f² (teacher variation outside the q factors)

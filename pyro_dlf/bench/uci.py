@@ -108,10 +108,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from pyro_dlf import __version__, metrics
 from pyro_dlf._files import atomic_write
+from pyro_dlf._progress import progress_bar
 from pyro_dlf.api import distill
 from pyro_dlf.calibration import calibrate_spread
 from pyro_dlf.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
@@ -554,7 +554,7 @@ def run_uci_benchmark(config: UCIBenchConfig) -> dict:
     rows = []
     sets = _datasets(config)
     jobs = [(data, seed) for data in sets for seed in range(config.first_split, config.first_split + config.splits)]
-    for data, seed in tqdm(jobs, desc="UCI benchmark", disable=not config.progress):
+    for data, seed in progress_bar(jobs, desc="UCI benchmark", enabled=config.progress, leave=True):
         rows.extend(_run_split(config, data, seed))
     return {
         "benchmark": "uci",

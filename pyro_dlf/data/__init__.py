@@ -1,4 +1,4 @@
-"""Data utilities: standardisation, the random split protocols, design points, the UCI, image and text loaders."""
+"""Data utilities: standardisation, the random split protocols, design points, the UCI, image and text loaders, and a UCI-layout writer."""
 
 from pyro_dlf.data.design import gaussian_perturbation, mixup, neighbour_jitter, outward_probes, scott_bandwidth
 from pyro_dlf.data.images import (
@@ -13,7 +13,7 @@ from pyro_dlf.data.images import (
 from pyro_dlf.data.splits import Standardizer, train_design_test_split, train_test_split
 from pyro_dlf.data.streams import NpyStream, TeacherStream, TensorStream
 from pyro_dlf.data.text import TextData, load_rotten_tomatoes
-from pyro_dlf.data.uci import UCI_DATASETS, UCIData, UCISplit, load_uci
+from pyro_dlf.data.uci import UCI_DATASETS, UCIData, UCISplit, load_uci, write_uci_layout
 
 __all__ = [
     "ImageData",
@@ -35,6 +35,7 @@ __all__ = [
     "UCIData",
     "UCISplit",
     "load_uci",
+    "write_uci_layout",
     "TextData",
     "TensorStream",
     "NpyStream",

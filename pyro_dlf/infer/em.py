@@ -12,7 +12,8 @@ import torch
 from pyro.nn import pyro_method
 from torch import Tensor
 
-from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_num_factors, check_teacher_values
+from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_flag, check_int, check_num_factors, check_real,
+                                  check_teacher_values)
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.sufficient_statistics import (
@@ -123,11 +124,10 @@ class EM:
             if model.loading_hidden is not None:
                 raise NotImplementedError("mstep='linear_heads' solves heads that read the same features; with a separate loading body "
                                           "(loading_hidden) use mstep='gradient'")
-        if not isinstance(num_m_steps, int) or num_m_steps < 0:
-            raise ValueError(f"num_m_steps must be a non-negative int, got {num_m_steps!r}")
+        num_m_steps = check_int(num_m_steps, "num_m_steps", 0)
         check_batch_size(batch_size)
-        if not noise_floor > 0:
-            raise ValueError(f"noise_floor must be positive, got {noise_floor!r}")
+        check_real(noise_floor, "noise_floor", 0)
+        check_flag(expand, "expand")
         if mstep == "gradient" and num_m_steps > 0 and not any(p.requires_grad for p in model.parameters()):
             raise ValueError("model: every parameter is frozen (requires_grad=False), as a distilled student's are; "
                              "call student.unfreeze() to fine-tune it")

@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_num_factors, check_teacher_values
+from pyro_dlf._progress import progress_bar
+from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_int, check_num_factors, check_real, check_teacher_values
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.sufficient_statistics import combine
 
@@ -98,10 +98,10 @@ def mmd_initialize(
     f = check_teacher_values(f, x, model.num_outputs, "f", observed=observed)
     check_dtype(f, model, "f")
     check_num_factors(model.num_factors, f.shape[0], model.num_outputs, model.covariance_type)
-    if not penalty > 0:
-        raise ValueError(f"penalty must be positive, got {penalty!r}")
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    check_real(penalty, "penalty", 0)
+    check_real(lr, "lr", 0)
+    check_int(num_steps, "num_steps", 0)
+    check_int(num_reference, "num_reference", 2)
     check_batch_size(batch_size)
     n, m = f.shape[0], x.shape[0]
     dtype, device = model.loading_head.weight.dtype, model.loading_head.weight.device
@@ -114,7 +114,7 @@ def mmd_initialize(
     size = m if batch_size is None else min(batch_size, m)
     align = -1 - len(model.factor_shape)  # codes' singleton aligned with the points dimension
     order, cursor = torch.randperm(m, generator=generator, device=gen_device), 0
-    for _ in tqdm(range(num_steps), desc="MMD initialization", disable=not progress, leave=False):
+    for _ in progress_bar(range(num_steps), desc="MMD initialization", enabled=progress):
         if cursor + size > m:
             order, cursor = torch.randperm(m, generator=generator, device=gen_device), 0
         idx = order[cursor:cursor + size]

@@ -1,17 +1,18 @@
-"""Smoke test of ``pyro-dlf bench svi`` (yacht, 5 teachers, a few iterations)."""
+"""Smoke test of ``pyro-dlf bench svi`` (yacht, 5 teachers, a few iterations; scikit-learn's diabetes
+set when the tests' data root lacks the UCI sets, see ``tests/shared_data.py``)."""
 
 import json
 import math
-import pathlib
+
+import pytest
 
 from pyro_dlf.cli import main
 
-UCI = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
 
-
-def test_svi_bench_smoke(tmp_path):
+@pytest.mark.data
+def test_svi_bench_smoke(tmp_path, uci_set_or_diabetes):
     out = tmp_path / "results"
-    argv = ["bench", "svi", "--data-path", str(UCI / "yacht"), "--teachers", "5", "--num-factors", "2",
+    argv = ["bench", "svi", "--data-path", str(uci_set_or_diabetes("yacht")), "--teachers", "5", "--num-factors", "2",
             "--svi-steps", "40", "--mmd-steps", "30", "--evaluations", "4",
             "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(argv) == 0

@@ -1,8 +1,12 @@
-"""Smoke test of the UCI benchmark pipeline (yacht, 2 splits, 5 teachers): runs end to end, sane metrics."""
+"""Smoke test of the UCI benchmark pipeline (yacht, 2 splits, 5 teachers): runs end to end, sane metrics.
+
+The pipeline tests run on the shared UCI sets when the tests' data root has them (see
+``tests/shared_data.py``) and on scikit-learn's diabetes set otherwise; they read the set's name
+and input count from the data they get.
+"""
 
 import json
 import math
-import pathlib
 
 import pytest
 import torch
@@ -11,13 +15,14 @@ from pyro_dlf.cli import main
 from pyro_dlf.data import load_uci
 from pyro_dlf.metrics import gaussian_crps, gaussian_nll, rmse
 
-UCI = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
 
-
-def test_uci_bench_smoke(tmp_path, capsys):
-    assert UCI.is_dir(), f"the shared UCI data must be at {UCI}"
+@pytest.mark.data
+def test_uci_bench_smoke(tmp_path, capsys, uci_set_or_diabetes):
+    folder = uci_set_or_diabetes("yacht")
+    data = load_uci(folder)
+    name, num_inputs = data.name, data.x.shape[1]
     out = tmp_path / "results"
-    argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "2", "--teachers", "5",
+    argv = ["bench", "uci", "--data-path", str(folder), "--splits", "2", "--teachers", "5",
             "--teacher-epochs", "150", "--student-epochs", "150", "--student-hidden", "48", "--dlf-iterations", "20", "--mmd-steps", "50",
             "--num-factors", "3", "--ablations", "estep", "design", "nugget", "length", "loadings", "--output-dir", str(out), "--name", "smoke",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
@@ -38,14 +43,14 @@ def test_uci_bench_smoke(tmp_path, capsys):
             # The body for the mean chosen by the rule; the loadings from their own body of the students' widths.
             assert tuple(row["hidden"]) in BODY_FAMILY and row["body_selection"]["chosen"] == row["hidden"]
             assert row["loading_hidden"] == [48]
-            network = DeepLatentFactor(6, 3, tuple(row["hidden"]), loading_hidden=(48,))  # yacht: 6 inputs; q = 3
+            network = DeepLatentFactor(num_inputs, 3, tuple(row["hidden"]), loading_hidden=(48,))  # q = 3
             assert row["parameters"] == sum(p.numel() for p in network.parameters())
         elif row["method"] == "DLF 1×48":
             assert row["hidden"] == [48] and "body_selection" not in row and "loading_hidden" not in row
         elif row["method"] == "DLF, shared body":
             # The loadings ablation beside a loading-body DLF: the same body rule, one body for both heads.
             assert tuple(row["hidden"]) in BODY_FAMILY and "loading_hidden" not in row
-            network = DeepLatentFactor(6, 3, tuple(row["hidden"]))
+            network = DeepLatentFactor(num_inputs, 3, tuple(row["hidden"]))
             assert row["body_selection"]["chosen"] == row["hidden"] and row["parameters"] == sum(p.numel() for p in network.parameters())
     # Body and training length chosen together on the same held-out design points; with the full
     # schedule and the DLF row's body it is the DLF row's own fit.
@@ -93,7 +98,6 @@ def test_uci_bench_smoke(tmp_path, capsys):
         assert row["variance_ratio"] >= 0
     # Ordered sensibly: every method beats climatology -- the predictive N(training mean,
     # training variance) -- on both proper scores, and in RMSE.
-    data = load_uci(UCI / "yacht")
     for seed in range(2):
         split = data.split(seed)
         y_train = split.y_standardizer.inverse(split.y_train)
@@ -106,7 +110,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
                 assert row[key] < value, (row["method"], key, row[key], value)
     md = (out / "smoke.md").read_text()
     assert "teacher ensemble" in md and "± " in md and "not quoted" in md
-    assert (out / "smoke_yacht.png").stat().st_size > 5_000
+    assert (out / f"smoke_{name}.png").stat().st_size > 5_000
     # Teachers were cached and a rerun reuses them.
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
 
@@ -121,7 +125,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert "## Targets" in merged_md and "(set, metric, rival) cells" in merged_md
     assert "## Where the variance goes" in merged_md
     # The calibrated fit's line carries the teachers' held-out spread against their test spread.
-    line = next(l for l in merged_md.splitlines() if l.startswith("| yacht | DLF, out-of-sample spread |"))
+    line = next(l for l in merged_md.splitlines() if l.startswith(f"| {name} | DLF, out-of-sample spread |"))
     expected = sum(r["spread_calibration"]["teacher_spread"] / r["teacher_spread_test"] for r in result["rows"]
                    if r["method"] == "DLF, out-of-sample spread") / 2
     assert line.rstrip(" |").endswith(f"{expected:.2f}")
@@ -156,7 +160,7 @@ def test_uci_bench_smoke(tmp_path, capsys):
     assert {r["split"] for r in recomputed["rows"] if r["method"] == "DLF"} == {0, 1}
     assert {r["split"] for r in recomputed["rows"] if r["method"] == "BE"} == {0, 1, 7}
     # The targets compare DLF with the others on the splits DLF has.
-    assert "Compared on the splits `DLF` has: yacht 2." in (out / "recomputed.md").read_text()
+    assert f"Compared on the splits `DLF` has: {name} 2." in (out / "recomputed.md").read_text()
     assert main(["bench", "report", str(out / "smoke.json"), str(out / "older.json"), "--output-dir", str(out),
                  "--name", "counted"]) == 0
     assert json.loads((out / "counted.json").read_text())["repeat_max_nll_difference"] == pytest.approx(1.0)
@@ -167,23 +171,28 @@ def test_uci_bench_smoke(tmp_path, capsys):
         assert row["teacher_spread_design"] > 0 and row["student_variance_design"] >= 0 and row["nugget_variance"] > 0
 
 
-def test_first_split_runs_the_seeds_that_follow_it(monkeypatch):
+@pytest.mark.data
+def test_first_split_runs_the_seeds_that_follow_it(monkeypatch, uci_set_or_diabetes):
     import pyro_dlf.bench.uci as uci
 
+    folder = str(uci_set_or_diabetes("yacht"))
     seen = []
     monkeypatch.setattr(uci, "_run_split", lambda config, data, seed: seen.append(seed) or [])
-    config = uci.UCIBenchConfig(data_path=str(UCI / "yacht"), splits=3, first_split=4, progress=False)
+    config = uci.UCIBenchConfig(data_path=folder, splits=3, first_split=4, progress=False)
     assert uci.run_uci_benchmark(config)["rows"] == []
     assert seen == [4, 5, 6]
     with pytest.raises(ValueError, match="first_split"):
-        uci.run_uci_benchmark(uci.UCIBenchConfig(data_path=str(UCI / "yacht"), first_split=-1, progress=False))
+        uci.run_uci_benchmark(uci.UCIBenchConfig(data_path=folder, first_split=-1, progress=False))
 
 
-def test_extrapolation_bench_smoke(tmp_path, capsys):
+@pytest.mark.data
+def test_extrapolation_bench_smoke(tmp_path, capsys, uci_set_or_diabetes):
     """Extrapolation split, Gaussian-augmented design for every student, the augment ablation: per-part
     metrics and the AUROC of the epistemic variance for every method; the report's extrapolation section."""
+    folder = uci_set_or_diabetes("yacht")
+    name = load_uci(folder).name
     out = tmp_path / "results"
-    argv = ["bench", "uci", "--data-path", str(UCI / "yacht"), "--splits", "1", "--teachers", "4", "--teacher-epochs", "100",
+    argv = ["bench", "uci", "--data-path", str(folder), "--splits", "1", "--teachers", "4", "--teacher-epochs", "100",
             "--student-epochs", "100", "--student-hidden", "32", "--dlf-hidden", "24", "--dlf-iterations", "10", "--mmd-steps", "30",
             "--num-factors", "2", "--design", "gaussian", "--ablations", "augment", "oof", "--extrapolation", "--output-dir", str(out),
             "--cache-dir", "", "--no-progress"]
@@ -206,26 +215,27 @@ def test_extrapolation_bench_smoke(tmp_path, capsys):
             assert math.isfinite(row["teacher_oof_nll"]) and math.isfinite(row["teacher_probe_nll"])
     md = (out / "uci_extrapolation.md").read_text()
     assert "## Extrapolation" in md and "AUROC epistemic" in md and "extrapolation splits" in md
-    assert "Designs chosen by `DLF, design chosen in and beyond the data`: yacht:" in md
+    assert f"Designs chosen by `DLF, design chosen in and beyond the data`: {name}:" in md
     assert "| DLF, design chosen in and beyond the data | 1 |" in md
     # The extrapolation target is checked for the DLF and for both design-chosen rows.
     for method in ("DLF", "DLF, out-of-sample spread", "DLF, design chosen by out-of-sample teacher values",
                    "DLF, design chosen in and beyond the data"):
         assert f"Target for `{method}` (AUROC ≥ 0.95 × teachers' and ≥ every other student's): met on" in md
     assert "The same for `DLF, design chosen in and beyond the data`:" in md
-    assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-hidden", "0", "--output-dir", str(out),
+    assert main(["bench", "uci", "--data-path", str(folder), "--dlf-hidden", "0", "--output-dir", str(out),
                  "--no-progress"]) == 2
     assert "--dlf-hidden: widths must be positive" in capsys.readouterr().err
     for bad, message in ((["auto"], "--dlf-loading-hidden: give none or positive widths such as 50, got auto"),
                          (["0"], "--dlf-loading-hidden: widths must be positive, got 0")):
-        assert main(["bench", "uci", "--data-path", str(UCI / "yacht"), "--dlf-loading-hidden", *bad, "--output-dir", str(out),
+        assert main(["bench", "uci", "--data-path", str(folder), "--dlf-loading-hidden", *bad, "--output-dir", str(out),
                      "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
 
 
-def test_extrapolation_split_holds_out_the_far_end_of_the_first_principal_component():
-    data = load_uci(UCI / "concrete")
+@pytest.mark.data
+def test_extrapolation_split_holds_out_the_far_end_of_the_first_principal_component(uci_set_or_diabetes):
+    data = load_uci(uci_set_or_diabetes("concrete"))
     split = data.extrapolation_split(3)
     n = len(data)
     out = split.test_out_of_range

@@ -1,4 +1,9 @@
-"""Tests for pyro_dlf.data.uci against the shared UCI data (../shared/data/uci)."""
+"""Tests for pyro_dlf.data.uci: the loader on small written tables, and the shipped sets' documented shapes.
+
+The shipped sets are read from the tests' data root (``$PYRO_DLF_DATA_DIR/uci``, else
+``../shared/data/uci`` beside the repository; see ``tests/shared_data.py``); the tests of their
+properties carry the ``data`` marker and skip, saying how to point at the data, when it is absent.
+"""
 
 import pathlib
 
@@ -6,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_dlf.data import UCI_DATASETS, Standardizer, UCIData, UCISplit, load_uci, train_test_split
-
-UCI = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
+import shared_data
+from pyro_dlf.cli import main
+from pyro_dlf.data import UCI_DATASETS, Standardizer, UCIData, UCISplit, load_uci, train_test_split, write_uci_layout
 
 SHAPES = {
     "bostonHousing": (506, 13),
@@ -21,20 +26,17 @@ SHAPES = {
 }
 
 
-def _require_shared_data() -> pathlib.Path:
-    # CI always provides the shared data; its absence is a broken checkout, not a skip.
-    if not UCI.is_dir():
-        pytest.fail(
-            f"shared UCI data not found at {UCI}; the tests expect ../shared/data/uci next to the repository root"
-        )
-    return UCI
-
-
 @pytest.fixture(scope="module")
-def shipped() -> dict[str, UCIData]:
-    """Every shipped set, loaded once in float64."""
-    root = _require_shared_data()
-    return {name: load_uci(root / name, dtype=torch.float64) for name in UCI_DATASETS}
+def shipped():
+    """``shipped(name)``: a shipped set from the tests' data root, loaded once in float64; skips when it is absent."""
+    cache: dict[str, UCIData] = {}
+
+    def get(name: str) -> UCIData:
+        if name not in cache:
+            cache[name] = load_uci(shared_data.require_uci_set(name), dtype=torch.float64)
+        return cache[name]
+
+    return get
 
 
 def _write_set(folder: pathlib.Path, data: str, features: str = "0 2\n", target: str = "1\n") -> pathlib.Path:
@@ -60,16 +62,21 @@ def _text(table: np.ndarray) -> str:
 # ------------------------------------------------------------------ loading
 
 
-def test_shipped_names_match_the_shared_folders():
-    root = _require_shared_data()
+def test_shipped_names_are_the_documented_sets():
     assert set(UCI_DATASETS) == set(SHAPES)
     assert len(UCI_DATASETS) == 7
+
+
+@pytest.mark.data
+def test_shipped_names_match_the_shared_folders():
     for name in UCI_DATASETS:
-        assert (root / name).is_dir(), name
+        assert shared_data.require_uci_set(name).is_dir(), name
 
 
+@pytest.mark.data
 def test_every_shipped_set_loads_with_documented_shape(shipped):
-    for name, data in shipped.items():
+    for name in UCI_DATASETS:
+        data = shipped(name)
         n, d = SHAPES[name]
         assert data.name == name
         assert data.x.shape == (n, d), name
@@ -80,27 +87,36 @@ def test_every_shipped_set_loads_with_documented_shape(shipped):
         assert data.target_column not in data.feature_columns
         assert bool(torch.isfinite(data.x).all()) and bool(torch.isfinite(data.y).all())
     # Naval has 18 columns; the target is column 16 and column 17 is unused.
-    assert shipped["naval-propulsion-plant"].target_column == 16
+    assert shipped("naval-propulsion-plant").target_column == 16
 
 
+@pytest.mark.data
 def test_columns_follow_the_index_files(shipped):
-    raw = np.loadtxt(UCI / "yacht" / "data.txt")
-    data = shipped["yacht"]
+    folder = shared_data.require_uci_set("yacht")
+    raw = np.loadtxt(folder / "data.txt" if (folder / "data.txt").is_file() else folder / "data" / "data.txt")
+    data = shipped("yacht")
     np.testing.assert_array_equal(data.x.numpy(), raw[:, list(data.feature_columns)])
     np.testing.assert_array_equal(data.y.numpy(), raw[:, data.target_column])
 
 
+@pytest.mark.data
 def test_default_dtype_is_float32():
-    data = load_uci(_require_shared_data() / "yacht")
+    data = load_uci(shared_data.require_uci_set("yacht"))
     assert data.x.dtype == data.y.dtype == torch.float32
     assert data.x.shape == (308, 6)
 
 
+@pytest.mark.data
 def test_set_name_resolves_under_env_var(monkeypatch):
-    monkeypatch.setenv("PYRO_DLF_UCI_DIR", str(_require_shared_data()))
+    uci = shared_data.require_uci_set("yacht").parent
+    monkeypatch.setenv("PYRO_DLF_UCI_DIR", str(uci))
     data = load_uci("yacht")
     assert data.name == "yacht"
     assert data.x.shape == (308, 6)
+    # One variable for every data set: the folder holding uci/.
+    monkeypatch.delenv("PYRO_DLF_UCI_DIR")
+    monkeypatch.setenv("PYRO_DLF_DATA_DIR", str(uci.parent))
+    assert load_uci("yacht").x.shape == (308, 6)
 
 
 def test_custom_folder_in_the_layout_loads(tmp_path):
@@ -122,6 +138,142 @@ def test_custom_set_name_resolves_under_env_var(tmp_path, monkeypatch):
     assert load_uci("custom").x.shape == (12, 2)
 
 
+def test_set_name_resolves_under_the_data_dir_when_the_uci_dir_is_not_set(tmp_path, monkeypatch):
+    _write_set(tmp_path / "data" / "uci" / "custom", _text(_table(12, 3)))
+    _write_set(tmp_path / "sets" / "custom", _text(_table(14, 3)))
+    monkeypatch.delenv("PYRO_DLF_UCI_DIR", raising=False)
+    monkeypatch.setenv("PYRO_DLF_DATA_DIR", str(tmp_path / "data"))
+    assert load_uci("custom").x.shape == (12, 2)
+    # PYRO_DLF_UCI_DIR, when set, is the one that names the set folders.
+    monkeypatch.setenv("PYRO_DLF_UCI_DIR", str(tmp_path / "sets"))
+    assert load_uci("custom").x.shape == (14, 2)
+
+
+def test_data_dir_without_uci_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYRO_DLF_UCI_DIR", raising=False)
+    monkeypatch.setenv("PYRO_DLF_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"PYRO_DLF_DATA_DIR=.* holds no uci/ folder; point it at the folder holding uci/"):
+        load_uci("yacht-that-is-not-here")
+    (tmp_path / "uci" / "present").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no set named 'absent' under PYRO_DLF_DATA_DIR=.*available: present"):
+        load_uci("absent")
+
+
+# ------------------------------------------------------------------ layouts
+
+
+def _regression_table(rows: int = 15, d: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(rows, d)) * 100.0, rng.normal(size=rows) / 3.0
+
+
+def test_public_collection_layout_loads(tmp_path, monkeypatch):
+    x, y = _regression_table()
+    # The public collection keeps each set's files in <set>/data/, beside other files of its own.
+    write_uci_layout(tmp_path / "uci" / "my-set" / "data", x, y)
+    (tmp_path / "uci" / "my-set" / "data" / "n_splits.txt").write_text("20\n")
+    data = load_uci(tmp_path / "uci" / "my-set", dtype=torch.float64)
+    assert data.name == "my-set"
+    np.testing.assert_array_equal(data.x.numpy(), x)
+    np.testing.assert_array_equal(data.y.numpy(), y)
+    monkeypatch.setenv("PYRO_DLF_UCI_DIR", str(tmp_path / "uci"))
+    assert load_uci("my-set").x.shape == (15, 3)
+
+
+def test_flat_layout_is_read_before_the_data_subfolder(tmp_path):
+    x, y = _regression_table()
+    folder = write_uci_layout(tmp_path / "both", x, y)
+    write_uci_layout(folder / "data", x[:12], y[:12])
+    assert load_uci(folder).x.shape == (15, 3)
+
+
+def test_folder_in_neither_layout_names_the_path_and_both_layouts(tmp_path):
+    folder = tmp_path / "empty-set"
+    (folder / "data").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as caught:
+        load_uci(folder)
+    message = str(caught.value)
+    assert f"path={str(folder)!r} holds no UCI set" in message
+    assert "<set>/data.txt" in message and "<set>/data/data.txt" in message
+    assert "\n" not in message
+
+
+def test_missing_file_in_the_data_subfolder_is_named(tmp_path):
+    folder = write_uci_layout(tmp_path / "set" / "data", *_regression_table())
+    (folder / "index_target.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"set/data lacks index_target\.txt"):
+        load_uci(tmp_path / "set")
+
+
+@pytest.mark.parametrize("benchmark", ["uci", "svi"])
+def test_bench_data_path_in_neither_layout_is_one_line(tmp_path, capsys, benchmark):
+    (tmp_path / "empty-set").mkdir()
+    argv = ["bench", benchmark, "--data-path", str(tmp_path / "empty-set"), "--output-dir", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pyro-dlf bench {benchmark}: error: --data-path " in err
+    assert "<set>/data.txt" in err and "<set>/data/data.txt" in err and "Traceback" not in err
+
+
+def test_bench_data_path_takes_the_public_collection_layout(tmp_path, monkeypatch):
+    import pyro_dlf.bench.uci as uci
+
+    write_uci_layout(tmp_path / "my-set" / "data", *_regression_table())
+    seen = []
+    monkeypatch.setattr(uci, "_run_split", lambda config, data, seed: seen.append((data.name, data.x.shape)) or [])
+    assert uci.run_uci_benchmark(uci.UCIBenchConfig(data_path=str(tmp_path / "my-set"), splits=1, progress=False))["rows"] == []
+    assert seen == [("my-set", (15, 3))]
+
+
+# ------------------------------------------------------------------ writing
+
+
+def test_write_uci_layout_round_trips_exactly(tmp_path):
+    x, y = _regression_table(20, 4)
+    x[0, 0], y[1] = 1e-300, -123456789.123456789  # extremes survive the text
+    folder = write_uci_layout(str(tmp_path / "new" / "nested" / "set"), x, y)
+    assert isinstance(folder, pathlib.Path) and folder == tmp_path / "new" / "nested" / "set"
+    assert (folder / "index_features.txt").read_text().split() == ["0", "1", "2", "3"]
+    assert (folder / "index_target.txt").read_text().split() == ["4"]
+    data = load_uci(folder, dtype=torch.float64)
+    assert data.name == "set" and data.feature_columns == (0, 1, 2, 3) and data.target_column == 4
+    np.testing.assert_array_equal(data.x.numpy(), x)
+    np.testing.assert_array_equal(data.y.numpy(), y)
+    # Tensors and integer arrays work too; writing again replaces the files.
+    write_uci_layout(folder, torch.arange(24.0).reshape(12, 2), np.arange(12))
+    again = load_uci(folder, dtype=torch.float64)
+    assert again.x.shape == (12, 2) and again.y.tolist() == list(range(12))
+
+
+@pytest.mark.parametrize(
+    "folder, x, y, error, message",
+    [
+        (3, np.zeros((12, 2)), np.zeros(12), TypeError, "folder must be a folder path"),
+        ("", np.zeros((12, 2)), np.zeros(12), ValueError, "folder is empty"),
+        ("set", np.zeros(12), np.zeros(12), ValueError, r"x must have shape \(n, d\) with d >= 1, got \(12,\)"),
+        ("set", np.zeros((12, 0)), np.zeros(12), ValueError, r"x must have shape \(n, d\) with d >= 1"),
+        ("set", np.zeros((12, 2)), np.zeros((12, 1)), ValueError, r"y must have shape \(n,\), got \(12, 1\); flatten"),
+        ("set", np.zeros((12, 2)), np.zeros(11), ValueError, "same number of rows, got 12 and 11"),
+        ("set", np.zeros((9, 2)), np.zeros(9), ValueError, r"9 row\(s\); at least 10"),
+        ("set", np.full((12, 2), np.nan), np.zeros(12), ValueError, r"x holds NaN or Inf \(first in row 0\)"),
+        ("set", np.zeros((12, 2)), np.r_[np.zeros(11), np.inf], ValueError, r"y holds NaN or Inf \(first in row 11\)"),
+        ("set", np.full((12, 2), "a"), np.zeros(12), TypeError, "x must hold real numbers"),
+        ("set", np.zeros((12, 2)), np.zeros(12, dtype=complex), TypeError, "y must hold real numbers"),
+    ],
+)
+def test_write_uci_layout_rejects_bad_inputs(tmp_path, monkeypatch, folder, x, y, error, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=message):
+        write_uci_layout(folder, x, y)
+    assert not (tmp_path / "set").exists()  # nothing written
+
+
+def test_write_uci_layout_refuses_a_file_as_folder(tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(NotADirectoryError, match="folder=.* is a file"):
+        write_uci_layout(tmp_path / "taken", *_regression_table())
+
+
 # ------------------------------------------------------------------ split protocol
 
 
@@ -137,17 +289,19 @@ def test_split_sizes_disjoint_and_covering(tmp_path):
     assert sorted(ids_train + ids_test) == list(range(50))
 
 
+@pytest.mark.data
 def test_split_sizes_on_shipped_sets(shipped):
-    for name, data in shipped.items():
-        n = SHAPES[name][0]
+    for name in UCI_DATASETS:
+        data, n = shipped(name), SHAPES[name][0]
         split = data.split(0)
         n_test = round(0.1 * n)
         assert split.x_test.shape[0] == split.y_test.shape[0] == n_test, name
         assert split.x_train.shape[0] == split.y_train.shape[0] == n - n_test, name
 
 
+@pytest.mark.data
 def test_split_is_deterministic_per_seed_and_differs_across_seeds(shipped):
-    data = shipped["bostonHousing"]
+    data = shipped("bostonHousing")
     a, b, c = data.split(0), data.split(0), data.split(1)
     for field in ("x_train", "y_train", "x_test", "y_test"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
@@ -155,9 +309,10 @@ def test_split_is_deterministic_per_seed_and_differs_across_seeds(shipped):
     assert not torch.equal(a.x_standardizer.loc, c.x_standardizer.loc)
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("name", ["bostonHousing", "concrete", "energy", "yacht", "naval-propulsion-plant"])
 def test_training_part_is_standardised(shipped, name):
-    split = shipped[name].split(seed=7)
+    split = shipped(name).split(seed=7)
     raw_x_train = split.x_standardizer.inverse(split.x_train)
     constant = raw_x_train.std(0, correction=0) == 0  # naval has constant columns: only centred
     mean, std = split.x_train.mean(0), split.x_train.std(0, correction=0)
@@ -167,8 +322,9 @@ def test_training_part_is_standardised(shipped, name):
     assert float(split.y_train.std(correction=0)) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.data
 def test_test_part_uses_training_statistics(shipped):
-    data = shipped["concrete"]
+    data = shipped("concrete")
     split = data.split(seed=2)
     raw = train_test_split(data.x, data.y, test_fraction=0.1, seed=2)
     (x_train, y_train), (x_test, y_test) = raw["train"], raw["test"]
@@ -184,8 +340,9 @@ def test_test_part_uses_training_statistics(shipped):
     assert float(split.y_test.mean().abs()) > 1e-6
 
 
+@pytest.mark.data
 def test_to_original_variance_scales_by_scale_squared(shipped):
-    split = shipped["energy"].split(seed=0)
+    split = shipped("energy").split(seed=0)
     v = torch.linspace(0.1, 2.0, split.y_test.shape[0], dtype=torch.float64)
     s = split.y_standardizer.scale
     torch.testing.assert_close(split.to_original_variance(v), v * s**2)
@@ -194,8 +351,8 @@ def test_to_original_variance_scales_by_scale_squared(shipped):
     assert split.to_original_mean(torch.zeros(4, split.y_test.shape[0], dtype=torch.float64)).shape == (4, split.y_test.shape[0])
 
 
-def test_split_bad_arguments(shipped):
-    data = shipped["yacht"]
+def test_split_bad_arguments(tmp_path):
+    data = load_uci(_write_set(tmp_path / "set", _text(_table(20, 3))))
     with pytest.raises(TypeError, match="seed"):
         data.split(seed=1.5)
     with pytest.raises(ValueError, match="seed"):
@@ -217,7 +374,8 @@ def test_missing_folder(tmp_path):
 
 def test_set_name_without_env_var(monkeypatch):
     monkeypatch.delenv("PYRO_DLF_UCI_DIR", raising=False)
-    with pytest.raises(FileNotFoundError, match="PYRO_DLF_UCI_DIR is not set"):
+    monkeypatch.delenv("PYRO_DLF_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="neither PYRO_DLF_UCI_DIR nor PYRO_DLF_DATA_DIR is set"):
         load_uci("yacht-that-is-not-here")
 
 
