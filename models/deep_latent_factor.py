@@ -37,7 +37,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_loading_hidden, check_real, check_teacher_values,
+from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_flag, check_int, check_widths, check_loading_hidden, check_real, check_teacher_values,
                                   is_integer_input)
 from pyro_dlf.nn import MLP
 from pyro_dlf.sufficient_statistics import (
@@ -122,11 +122,13 @@ class DeepLatentFactor(PyroModule):
         # A unique Pyro name per instance: under a Pyro handler PyroModule
         # parameters live in the global param store by name, and two models
         # sharing names would silently overwrite each other's L and σ_f².
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be None (a unique name) or a non-empty str, got {name!r}")
         super().__init__(name if name is not None else f"dlf_{uuid.uuid4().hex[:8]}")
-        if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors < 1:
-            raise ValueError(f"num_factors must be a positive int, got {num_factors!r}")
-        if num_outputs is not None and (not isinstance(num_outputs, int) or num_outputs < 1):
-            raise ValueError(f"num_outputs must be None (univariate) or a positive int, got {num_outputs!r}")
+        num_factors = check_int(num_factors, "num_factors", 1, fix="e.g. num_factors=10")
+        num_outputs = check_int(num_outputs, "num_outputs", 1, allow_none=True, fix="None for one output, or the number of classes")
+        in_features = check_int(in_features, "in_features", 1, allow_none=True, fix="the width of the inputs (m, d): d")
+        centered_loadings = check_flag(centered_loadings, "centered_loadings")
         if covariance not in COVARIANCES:
             raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
         if covariance != "separable" and num_outputs is None:
@@ -141,7 +143,7 @@ class DeepLatentFactor(PyroModule):
         if body is None:
             if in_features is None:
                 raise ValueError("in_features is required when no body is given (or pass body= and body_features=)")
-            hidden = tuple(int(h) for h in hidden)
+            hidden = check_widths(hidden, "hidden")
             body = MLP(in_features, hidden[:-1], hidden[-1], ACTIVATIONS[activation]) if hidden else nn.Identity()
             if hidden:
                 body.append(ACTIVATIONS[activation]())
@@ -152,6 +154,7 @@ class DeepLatentFactor(PyroModule):
                 raise TypeError(f"body must be a torch.nn.Module, got {type(body).__name__}")
             if body_features is None:
                 raise ValueError("body_features: give the output width of the custom body")
+            body_features = check_int(body_features, "body_features", 1, fix="the output width of the custom body")
             hidden = ()
             self.custom_body = True
         loading_hidden = check_loading_hidden(loading_hidden, self.custom_body)
@@ -224,6 +227,9 @@ class DeepLatentFactor(PyroModule):
 
     def check_inputs(self, x: Tensor, name: str = "x") -> None:
         """Raise a clear error when ``x`` does not fit the default body or the model's dtype."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of inputs (num_points, ...), got {type(x).__name__}; convert with "
+                            f"torch.as_tensor({name}, dtype=torch.float32)")
         if not self.custom_body and (x.dim() != 2 or x.shape[1] != self.in_features):
             raise ValueError(f"{name} must have shape (num_points, {self.in_features}) for this model, got {tuple(x.shape)}")
         if self.custom_body and is_integer_input(x):
@@ -266,7 +272,12 @@ class DeepLatentFactor(PyroModule):
 
     def mean_and_loading(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``μ_θ(x)`` (``(m,)`` or ``(m, c)``) and ``Φ_θ(x)`` (``(m, q)``, full model ``(m, c, q)``) in one body pass."""
-        return self.heads(self.features(x))
+        try:
+            return self.heads(self.features(x))
+        except (RuntimeError, AttributeError, TypeError):
+            # Diagnosed only on failure, so the training loops pay nothing: name the input and its fix.
+            self.check_inputs(x, "x")
+            raise
 
     def mean(self, x: Tensor) -> Tensor:
         """The mean function ``μ_θ(x)``."""
@@ -311,6 +322,10 @@ class DeepLatentFactor(PyroModule):
         class index fastest (row ``j·c + k`` is class ``k`` at ``x_j``, GPyTorch's
         interleaved multitask order): ``Φ_stacked(x1) Φ_stacked(x2)^T``.
         """
+        for name, value in (("x1", x1), ("x2", x2)):
+            if value is not None or name == "x1":
+                value = check_design_points(value, name, integer_ok=self.custom_body, fix="covariances need finite inputs")
+                self.check_inputs(value, name)
         phi1 = self.loading(x1)
         phi2 = phi1 if x2 is None else self.loading(x2)
         if self.covariance_type == "full":

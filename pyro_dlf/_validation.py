@@ -22,7 +22,8 @@ __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teac
            "check_float_dtype", "check_widths", "check_noise_variances", "check_num_points", "check_value_scale",
            "check_num_factors_option", "check_teacher_output", "check_magnitude_value", "check_spread", "MIN_DESIGN_POINTS",
            "DISTILL_FIX", "PREDICT_FIX", "check_noise_prior", "check_noise_law", "check_finite_outputs", "check_path",
-           "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes"]
+           "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes", "check_targets",
+           "check_generator", "check_memory", "check_not_input", "MAX_SEED"]
 
 #: Design points a fit needs: the inputs are standardized by their spread, and a covariance across inputs needs two.
 MIN_DESIGN_POINTS = 2
@@ -277,8 +278,13 @@ def check_real(value: Any, name: str, low: Optional[float] = None, high: Optiona
     return number
 
 
-def check_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = False, fix: str = "") -> Optional[int]:
-    """An int (NumPy integers too, not a bool) of at least ``minimum``; ``None`` passes when ``allow_none``."""
+#: The largest seed: random generators take 64-bit seeds, and seeds are offset per candidate fit.
+MAX_SEED = 2 ** 63 - 1
+
+
+def check_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = False, fix: str = "",
+              maximum: Optional[int] = None) -> Optional[int]:
+    """An int (NumPy integers too, not a bool) of at least ``minimum`` (and at most ``maximum``); ``None`` passes when ``allow_none``."""
     if value is None and allow_none:
         return None
     what = ("a positive int" if minimum == 1 else "a non-negative int" if minimum == 0 else f"an int >= {minimum}")
@@ -288,6 +294,8 @@ def check_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = Fal
         raise TypeError(f"{name} must be {what}, got {value!r}{tail}")
     if value < minimum:
         raise ValueError(f"{name} must be {what}, got {value!r}{tail}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}{tail or f'; pass a smaller {name}'}")
     return int(value)
 
 
@@ -683,3 +691,60 @@ def check_state_shapes(expected: dict[str, tuple], found: dict[str, tuple], wher
         raise ValueError(f"{where}: the saved {what} do not fit the saved architecture ({key}: file {found.get(key)}, "
                          f"configuration {expected.get(key)}); the file is corrupted")
 
+
+
+def check_targets(y: Any, shape: tuple[int, ...], num_classes: Optional[int] = None, name: str = "y") -> Tensor:
+    """Observed targets: a finite real tensor of ``shape`` (regression), or integer class labels in
+    ``0..num_classes − 1`` of ``shape`` (classification, ``num_classes`` given)."""
+    if isinstance(y, np.ndarray) and y.dtype.kind in "fiub":
+        y = torch.from_numpy(np.ascontiguousarray(y))
+    if not isinstance(y, Tensor) or y.is_complex():
+        raise TypeError(f"{name} must be None or a real torch.Tensor of shape {shape}, got "
+                        f"{getattr(y, 'dtype', type(y).__name__)}")
+    if tuple(y.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (one target per input), got {tuple(y.shape)}")
+    if num_classes is not None:
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TypeError(f"{name} holds class labels: pass an integer tensor ({name}.long()), got {y.dtype}")
+        if bool(((y < 0) | (y >= num_classes)).any()):
+            raise ValueError(f"{name}: class labels must be integers in 0..{num_classes - 1}; found {int(y.min())}..{int(y.max())}")
+        return y
+    _check_finite(y if y.is_floating_point() else y.double(), name, "drop the inputs whose targets are missing")
+    return y
+
+
+def check_generator(generator: Any, name: str = "generator") -> Optional[torch.Generator]:
+    """``None`` (the global random state) or a :class:`torch.Generator`."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be None or a torch.Generator (e.g. torch.Generator().manual_seed(0)), "
+                        f"got {type(generator).__name__}")
+    return generator
+
+
+def _available_bytes(device: torch.device) -> Optional[int]:
+    """Free memory on ``device`` (physical memory on the CPU), or ``None`` where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+    return None
+
+
+def check_memory(num_bytes: float, device: torch.device, name: str, value: Any, fix: str) -> None:
+    """Refuse a request whose arrays alone would exceed the memory of ``device`` (named by the argument ``name``)."""
+    available = _available_bytes(torch.device(device))
+    if available is not None and num_bytes > available:
+        raise ValueError(f"{name}={value!r} needs about {num_bytes / 2 ** 30:.3g} GiB, more than the {available / 2 ** 30:.3g} GiB "
+                         f"of {torch.device(device).type} memory here; {fix}")
+
+
+def check_not_input(path: str, name: str, inputs: dict[str, Optional[str]]) -> None:
+    """``path`` (an output, named ``name``) is none of the ``inputs`` (name -> path): writing it would destroy an input."""
+    for other, source in inputs.items():
+        if source is None or not os.path.exists(source) or not os.path.exists(path):
+            continue
+        if os.path.samefile(path, source):
+            raise ValueError(f"{name} {path!r} is the {other} file: writing it would overwrite the input; give {name} a new file name")

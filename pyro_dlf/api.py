@@ -12,7 +12,7 @@ import pyro.optim
 import torch
 from torch import Tensor, nn
 from pyro_dlf._progress import progress_bar
-from pyro_dlf._validation import (cast_inputs, check_choice, check_design_points, check_device, check_flag, check_float_dtype,
+from pyro_dlf._validation import (MAX_SEED, cast_inputs, check_choice, check_design_points, check_device, check_flag, check_float_dtype,
                                   check_held_out, check_int, check_loading_hidden, check_magnitude, check_noise_variances,
                                   check_num_factors, check_num_factors_option, check_num_points, check_real, check_teacher_output,
                                   check_teacher_values, check_training_length, check_value_scale, check_widths)
@@ -60,7 +60,12 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
                 parts = []
                 for s in range(0, x.shape[0], batch_size):
                     xb = x[s:s + batch_size]
-                    parts.append(check_teacher_output(teacher(xb), i, xb.shape[0]))
+                    try:
+                        out = teacher(xb)
+                    except Exception as err:  # the teacher's own error, kept, with where it happened
+                        err.add_note(f"raised by teacher_outputs[{i}] on x_design rows {s}..{s + xb.shape[0] - 1}")
+                        raise
+                    parts.append(check_teacher_output(out, i, xb.shape[0]))
             finally:
                 if training:
                     teacher.train()
@@ -296,7 +301,13 @@ def distill(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            student = _distill(x_design, teacher_outputs, **call)
+            try:
+                student = _distill(x_design, teacher_outputs, **call)
+            except torch.linalg.LinAlgError as err:
+                # The data are checked before the fit, so a singular matrix during it means the weights diverged.
+                raise ValueError(f"the fit diverged (a covariance became singular: {str(err).splitlines()[0][:80]}); this happens "
+                                 f"when the step size is too large: lower lr (now {lr!r}, e.g. lr=1e-2), or pass "
+                                 "dtype=torch.float64") from err
     except Exception:
         with contextlib.suppress(Warning):  # under -W error a warning must not replace the error itself
             _say_once(caught)
@@ -345,7 +356,7 @@ def _check_options(o: dict) -> dict:
     if not isinstance(o["noise_given_factors"], str):
         o["noise_given_factors"] = bool(o["noise_given_factors"])
     o["teacher_batch_size"] = check_int(o["teacher_batch_size"], "teacher_batch_size", 1, fix="e.g. teacher_batch_size=1024")
-    o["seed"] = check_int(o["seed"], "seed", 0)
+    o["seed"] = check_int(o["seed"], "seed", 0, maximum=MAX_SEED)
     o["progress"] = check_flag(o["progress"], "progress")
     o["device"] = check_device(o["device"])
     o["dtype"] = check_float_dtype(o["dtype"])

@@ -39,6 +39,12 @@ def load_array(path: str, name: str) -> np.ndarray:
         raise ValueError(f"{name}: cannot read {path!r} as numbers ({err})") from None
     except OSError as err:
         raise ValueError(f"{name}: cannot read {path!r} ({err})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive (or a student file) named .npy
+        array.close()
+        raise ValueError(f"{name}: {path!r} is an archive of several arrays (.npz or a student file), not one .npy array; "
+                         "save the array with np.save")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"{name}: {path!r} holds complex values ({array.dtype}); give real numbers (e.g. the real part)")
     if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
         raise ValueError(f"{name}: {path!r} holds {array.dtype} values; give numbers")
     return array
@@ -46,6 +52,8 @@ def load_array(path: str, name: str) -> np.ndarray:
 
 def check_writable(path: str, name: str) -> None:
     """Fail now, not after a long run, when ``path`` cannot be written (its folder is created)."""
+    if not path:
+        raise ValueError(f"{name} is empty; give a file name")
     folder = os.path.dirname(os.path.abspath(path)) or "."
     try:
         os.makedirs(folder, exist_ok=True)

@@ -345,7 +345,7 @@ _LIBRARY_NAMES: dict[str, dict[str, str]] = {
     # pyro_dlf.distill and pyro_dlf.distributed.distill_stream
     "distill": {"x_design": "--x", "teacher_outputs": "--teachers", "teacher_noise_variances": "--noise-variances",
                 "num_iterations": "--iterations", "observed": "--observed", "task": "--task", "covariance": "--covariance",
-                "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device"},
+                "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device", "path": "--out"},
     # pyro_dlf.Student.load and Student.predict
     "predict": {"path": "--student", "x": "--x", "return_samples": "--samples", "seed": "--seed"},
     # pyro_dlf.demo.DemoConfig
@@ -599,6 +599,9 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
                     results.append(json.load(fh))
             except (OSError, ValueError) as error:
                 raise ValueError(f"inputs: cannot read {path} as a benchmark result ({error})") from None
+            if not isinstance(results[-1], dict):
+                raise ValueError(f"inputs: {path} holds a JSON {type(results[-1]).__name__}, not a benchmark result; give the "
+                                 "JSON files written by 'pyro-dlf bench uci' or 'pyro-dlf bench images'")
         kinds = {r.get("benchmark", "uci") if isinstance(r, dict) else None for r in results}
         if kinds == {"images"}:
             if args.methods:

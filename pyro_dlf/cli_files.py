@@ -18,12 +18,13 @@ import argparse
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import torch
 
 from pyro_dlf._progress import progress_disabled
-from pyro_dlf._validation import check_device
+from pyro_dlf._validation import MAX_SEED, check_device, check_int, check_not_input
 from pyro_dlf.arrays import check_writable, load_array, save_arrays
 
 __all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths", "check_finite"]
@@ -80,6 +81,12 @@ def _loading_hidden(args: argparse.Namespace):
     return None if args.loading_hidden is None else tuple(args.loading_hidden)
 
 
+def _inputs(args: argparse.Namespace) -> dict[str, Optional[str]]:
+    """The files a command reads, by flag: its --out must be none of them."""
+    flags = ("--x", "--teachers", "--noise-variances", "--observed", "--held-out", "--student")
+    return {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in flags}
+
+
 def run_distill(args: argparse.Namespace) -> None:
     from pyro_dlf.api import distill
 
@@ -87,6 +94,7 @@ def run_distill(args: argparse.Namespace) -> None:
         run_distill_stream(args)
         return
     check_writable(args.out, "--out")
+    check_not_input(args.out, "--out", _inputs(args))
     device = check_device(args.device)
     hidden = parse_widths(args.hidden, "--hidden")
     _say(args, f"Reading --x {args.x} and --teachers {args.teachers} ...")
@@ -189,6 +197,7 @@ def run_distill_stream(args: argparse.Namespace) -> None:
     try:
         if is_main_process():
             check_writable(args.out, "--out")
+            check_not_input(args.out, "--out", _inputs(args))
         stream = NpyStream(args.x, args.teachers, args.batch_size, rank=rank, world_size=world)
         task = args.task or ("classification" if stream.f.ndim == 3 else "regression")
         if task == "regression" and args.noise_variances is None:
@@ -223,11 +232,18 @@ def run_predict(args: argparse.Namespace) -> None:
     from pyro_dlf.student import Student
 
     check_writable(args.out, "--out")
+    check_not_input(args.out, "--out", _inputs(args))
     if not args.out.lower().endswith((".npz", ".csv")):
         raise ValueError(f"--out: {args.out!r} must end in .npz or .csv")
     if args.samples and not args.out.lower().endswith(".npz"):
         raise ValueError("--samples: draws need an .npz output (a .csv holds one row per input)")
-    student = Student.load(args.student)
+    check_int(args.seed, "--seed", 0, maximum=MAX_SEED)
+    try:
+        student = Student.load(args.student)
+    except (ValueError, TypeError, OSError) as err:
+        if str(err).startswith("path"):
+            raise  # the table translates it to --student
+        raise type(err)(f"--student: {err}") from None
     x = load_array(args.x, "--x")
     if x.ndim == 1:
         x = x[:, None]

@@ -32,6 +32,8 @@ import torch
 from scipy.stats import chi2, kstest
 from torch import Tensor
 
+from pyro_dlf._validation import check_design_points, check_int, check_real
+
 __all__ = [
     "sample_covariance_rate",
     "relative_frobenius_error",
@@ -46,6 +48,7 @@ __all__ = [
 def _check_square(K: Tensor, name: str) -> None:
     if not isinstance(K, Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"{name} must be a square matrix (m, m), got {getattr(K, 'shape', type(K).__name__)}")
+    check_design_points(K, name, fix="a covariance has finite entries")  # a real floating-point matrix without NaN or Inf
 
 
 def sample_covariance_rate(K: Tensor, num_draws: int) -> float:
@@ -83,6 +86,9 @@ def separable_approximation_error(K: Tensor, num_outputs: int) -> float:
 def relative_frobenius_error(K_hat: Tensor, K: Tensor) -> float:
     r""":math:`\lVert\hat K - K\rVert_F / \lVert K\rVert_F`."""
     _check_square(K, "K")
+    _check_square(K_hat, "K_hat")
+    if not float(K.norm()) > 0:
+        raise ValueError("K is the zero matrix: the error relative to it is undefined; compare against a nonzero covariance")
     if K_hat.shape != K.shape:
         raise ValueError(f"K_hat must have the shape of K {tuple(K.shape)}, got {tuple(K_hat.shape)}")
     return float((K_hat - K).norm() / K.norm())
@@ -103,12 +109,19 @@ def principal_angle_sine(K: Tensor, loading: Tensor) -> float:
 def davis_kahan_bound(K_hat: Tensor, K: Tensor, q: int) -> float:
     r""":math:`\min(1, 2\lVert\hat K - K\rVert_{op}/\lambda_q(K))`, the Davis–Kahan bound on :math:`\sin\theta_{\max}`."""
     _check_square(K, "K")
+    _check_square(K_hat, "K_hat")
+    if K_hat.shape != K.shape:
+        raise ValueError(f"K_hat must have the shape of K {tuple(K.shape)}, got {tuple(K_hat.shape)}")
+    q = check_int(q, "q", 1, fix=f"the number of leading eigenvectors, at most {K.shape[0]}")
+    if q > K.shape[0]:
+        raise ValueError(f"q={q} exceeds K's size {K.shape[0]}; pass q <= {K.shape[0]}")
     lam_q = float(torch.linalg.eigvalsh(K.double())[-q])
     return min(1.0, 2 * float(torch.linalg.matrix_norm((K_hat - K).double(), ord=2)) / lam_q)
 
 
 def mahalanobis_distances(mean: Tensor, loading: Tensor, noise_variance: float, draws: Tensor) -> Tensor:
     r"""Squared Mahalanobis distances of ``draws`` ``(S, m)`` under :math:`\mathcal N(\text{mean}, \Phi\Phi^\top + \sigma^2 I)`, in float64."""
+    noise_variance = check_real(noise_variance, "noise_variance", 0, fix="the nugget σ², e.g. float(model.noise_variance)")
     m = mean.shape[0]
     if loading.shape[0] != m or draws.dim() != 2 or draws.shape[1] != m:
         raise ValueError(f"mean (m,), loading (m, q) and draws (S, m) must agree on m = {m}")
@@ -125,6 +138,9 @@ def mahalanobis_ks_test(model, x: Tensor, draws: Tensor) -> tuple[float, Tensor]
     :param draws: fresh draws of the true process with its nugget, ``(S, m)``.
     :returns: ``(p_value, distances)``.
     """
+    if not callable(getattr(model, "mean_and_loading", None)) or not hasattr(model, "noise_variance") \
+            or getattr(model, "multivariate", False):
+        raise TypeError(f"model must be a univariate pyro_dlf.models.DeepLatentFactor, got {type(model).__name__}")
     with torch.no_grad():
         mean, loading = model.mean_and_loading(x)
         distances = mahalanobis_distances(mean, loading, float(model.noise_variance), draws)

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_dlf._validation import check_generator
 from pyro_dlf.student import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["to_inference_data", "summary", "plot_ppc"]
@@ -248,6 +249,7 @@ def to_inference_data(
     """
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
         raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
+    check_generator(generator)
     posterior: dict[str, Tensor] = {}
     predictive: dict[str, Tensor] = {}
     noise: Optional[Tensor] = None

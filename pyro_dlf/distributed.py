@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pyro_dlf._progress import progress_bar
-from pyro_dlf._validation import (check_choice, check_design_points, check_device, check_flag, check_float_dtype, check_int,
+from pyro_dlf._validation import (MAX_SEED, check_choice, check_design_points, check_device, check_flag, check_float_dtype, check_int,
                                   check_loading_hidden, check_magnitude_value, check_noise_variances, check_num_factors,
                                   check_num_factors_option, check_num_points, check_real, check_spread, check_widths)
 from pyro_dlf.api import scheduled_adam
@@ -275,7 +275,7 @@ def _distill_stream(stream, num_factors, teacher_noise_variances, task, covarian
     lr = check_real(lr, "lr", 0, fix="Adam's step size, e.g. lr=1e-2")
     lr_decay = check_real(lr_decay, "lr_decay", 0, 1, fix="e.g. lr_decay=0.1")
     warmup = check_real(warmup, "warmup", 0, 1, low_open=False, fix="a fraction of the EM iterations, e.g. warmup=0.1")
-    seed = check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0, maximum=MAX_SEED)
     progress = check_flag(progress, "progress")
     device = check_device(device) or torch.device("cpu")
     dtype = check_float_dtype(dtype)

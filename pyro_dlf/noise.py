@@ -16,9 +16,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_dlf._validation import check_int, check_noise_variances, check_real
 from pyro_dlf.sufficient_statistics import factor_posterior
 
 __all__ = ["HeavyTailWarning", "FACTOR_NOISE_TEST_LEVEL", "FactorNoiseFit", "fit_factor_inverse_gamma", "fit_inverse_gamma", "fit_noise_given_factors",
@@ -48,9 +50,13 @@ def fit_inverse_gamma(variances: Tensor, max_iter: int = 100, tol: float = 1e-12
     :param variances: positive, finite, at least two values.
     :returns: ``(concentration a, rate b)`` as floats.
     """
-    if not isinstance(variances, Tensor):
-        variances = torch.as_tensor(variances, dtype=torch.float64)
-    v = variances.detach().double().reshape(-1)
+    # One positive finite variance per teacher (a tensor, array or list): refuses None, text, booleans, complex values.
+    if isinstance(variances, (str, bytes)) or variances is None or np.ndim(variances) == 0:
+        raise TypeError(f"variances must be one noise variance per teacher (a tensor, array or list of at least 2 positive "
+                        f"numbers), got {variances!r}")
+    v = check_noise_variances(variances, int(np.shape(variances)[0]), "variances")
+    max_iter = check_int(max_iter, "max_iter", 1, fix="Newton steps, e.g. max_iter=100")
+    tol = check_real(tol, "tol", 0, fix="a relative tolerance, e.g. tol=1e-12")
     if v.numel() < 2:
         raise ValueError(f"variances: at least 2 teacher noise variances are needed to fit an inverse gamma, got {v.numel()}")
     if not torch.isfinite(v).all() or (v <= 0).any():

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from pyro_dlf import __version__
 from pyro_dlf._validation import (PREDICT_FIX, cast_inputs, check_batch_size, check_design_points, check_finite_outputs, check_flag,
-                                  check_int, check_map_location, check_noise_law, check_noise_prior, check_path)
+                                  check_int, check_map_location, check_memory, check_noise_law, check_noise_prior, check_path,
+                                  check_targets)
 from pyro_dlf.metrics import entropy_decomposition
 from pyro_dlf.heteroscedastic import HeteroscedasticNoise
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
@@ -327,6 +328,11 @@ class Student(PyroModule):
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """The posterior predictive as a Pyro model (see the class docstring)."""
         dlf, name = self.dlf, self.prefix
+        x = check_design_points(x, "x", integer_ok=dlf.custom_body, fix=PREDICT_FIX)
+        dlf.check_inputs(x, "x")
+        if y is not None:
+            shape = (x.shape[0],) + ((dlf.num_outputs,) if dlf.multivariate and self.task == "regression" else ())
+            y = check_targets(y, shape, dlf.num_outputs if self.task == "classification" else None)
         mean, loading, L, sigma2 = self._network(x)
         z = pyro.sample(name + "z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
         if self.task == "regression" and self.noise_model is None:
@@ -459,6 +465,12 @@ class Student(PyroModule):
         dtype, device = dlf.loading_head.weight.dtype, dlf.loading_head.weight.device
         x = cast_inputs(x, dtype, device)
         dlf.check_inputs(x, "x")
+        # z, the draws of one batch (and their softmax), and with return_samples every draw at every input.
+        outputs, rows = dlf.num_outputs or 1, min(batch_size, x.shape[0])
+        check_memory(dtype.itemsize * num_samples * (math.prod(dlf.factor_shape) + 3 * rows * outputs
+                                                     + (x.shape[0] * outputs if return_samples else 0)),
+                     device, "num_samples", num_samples, "use fewer draws (e.g. num_samples=1000)"
+                     + ("" if return_samples else " or a smaller batch_size"))
         z = torch.randn((num_samples, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
         levels = torch.randn(num_samples, dtype=dtype, device=device) if self.noise_model is not None else None
         parts = []
@@ -524,6 +536,10 @@ class Student(PyroModule):
         weight = self.dlf.loading_head.weight
         x = cast_inputs(x, weight.dtype, weight.device)
         self.dlf.check_inputs(x, "x")
+        # The (K, m) means and variances; a factor-dependent noise law integrates z too (16 K components).
+        check_memory(2 * weight.dtype.itemsize * num_components * x.shape[0] * (self.dlf.num_outputs or 1)
+                     * (16 if self.noise_factor_exponent else 1), weight.device, "num_components", num_components,
+                     "use fewer components (e.g. num_components=64) or fewer inputs per call")
         with torch.no_grad():
             mean, loading = self.dlf.mean_and_loading(x)
             if self.noise_model is not None:

@@ -392,3 +392,21 @@ def test_each_warning_of_a_body_selection_is_said_once():
     messages = [str(w.message) for w in caught]
     assert sum("num_factors=4 >= number of teachers=4" in m for m in messages) == 1, messages
     assert sum("variances are all equal" in m for m in messages) == 1, messages
+
+
+def test_seed_diverging_steps_and_failing_teachers_are_named():
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    f = torch.randn(4, 12, generator=torch.Generator().manual_seed(1)) + x[:, 0]
+    fast = dict(teacher_noise_variances=torch.full((4,), 0.5), hidden=(8,), num_iterations=2, mmd_steps=2, progress=False,
+                num_factors=1)
+    with pytest.raises(ValueError, match="seed must be at most"):
+        pyro_dlf.distill(x, f, **fast, seed=2 ** 70)
+    with pytest.raises(ValueError, match=r"the fit diverged .* lower lr \(now 1e\+30"):
+        pyro_dlf.distill(x, f, **{**fast, "lr": 1e30})
+
+    def broken(xb):
+        raise ZeroDivisionError("division by zero")
+
+    with pytest.raises(ZeroDivisionError) as caught:
+        pyro_dlf.distill(x, [broken, broken], **fast)
+    assert "raised by teacher_outputs[0] on x_design rows 0..11" in caught.value.__notes__

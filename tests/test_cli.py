@@ -438,3 +438,34 @@ def test_device_cuda_fits_in_memory_on_the_gpu(tmp_path, capsys):
     assert main(["predict", "--student", str(tmp_path / "s.pt"), "--x", str(tmp_path / "x.npy"), "--out",
                  str(tmp_path / "p.npz"), "--no-progress"]) == 0
     assert np.isfinite(np.load(tmp_path / "p.npz")["mean"]).all()
+
+
+def test_mistakes_with_files_name_the_flag_and_destroy_no_input(tmp_path, capsys):
+    """An --out that is an input, an archive named .npy, complex values, a JSON that is no result: one line, status 2."""
+    x, f = _files(tmp_path)
+    np.savez(tmp_path / "archive.npy", a=x.numpy())  # np.savez appends .npz: rename it to look like one array
+    os.replace(tmp_path / "archive.npy.npz", tmp_path / "archive.npy")
+    np.save(tmp_path / "complex.npy", x.numpy().astype(np.complex64))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    before = (tmp_path / "x.npy").read_bytes()
+    s2 = str(tmp_path / "s2.npy")
+    cases = [
+        (_distill(tmp_path, "--no-progress", out="x.npy"), "--out"),
+        (_distill(tmp_path, "--no-progress", out="s2.npy"), "--noise-variances file"),
+        (_distill(tmp_path, "--no-progress", "--x", str(tmp_path / "archive.npy")), "--x: "),
+        (_distill(tmp_path, "--no-progress", "--x", str(tmp_path / "complex.npy")), "--x: "),
+        (_distill(tmp_path, "--no-progress", "--seed", str(2 ** 70)), "--seed"),
+        (_distill(tmp_path)[:-2] + ["--no-progress", "--out", ""], "--out is empty"),
+        (["predict", "--student", s2, "--x", str(tmp_path / "x.npy"), "--out", s2], "--out"),
+        (["predict", "--student", str(tmp_path / "archive.npy"), "--x", str(tmp_path / "x.npy"), "--out",
+          str(tmp_path / "p.npz")], "--student: "),
+        (["predict", "--student", s2, "--x", str(tmp_path / "x.npy"), "--out", str(tmp_path / "p.npz"), "--seed",
+          str(2 ** 70)], "--seed"),
+        (["bench", "report", str(tmp_path / "list.json"), "--output-dir", str(tmp_path / "o")], "inputs: "),
+    ]
+    for argv, expected in cases:
+        code = _status(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (argv, err)
+        assert "\n" not in err and "Traceback" not in err and expected in err, (argv, err)
+    assert (tmp_path / "x.npy").read_bytes() == before

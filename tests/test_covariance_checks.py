@@ -66,3 +66,18 @@ def test_bad_inputs():
         principal_angle_sine(torch.eye(2), torch.ones(3, 1))
     with pytest.raises(ValueError, match="must agree on m = 2"):
         mahalanobis_distances(torch.zeros(2), torch.zeros(2, 1), 1.0, torch.zeros(4, 3))
+
+
+def test_bad_arguments_are_named():
+    K = torch.eye(4, dtype=torch.float64)
+    cases = [(lambda: davis_kahan_bound(K, K, 0), ValueError, "q must be a positive int"),
+             (lambda: davis_kahan_bound(K, K, 9), ValueError, "q=9 exceeds K's size 4"),
+             (lambda: davis_kahan_bound(K, K, "2"), TypeError, "q must be a positive int"),
+             (lambda: sample_covariance_rate(K * float("nan"), 10), ValueError, "K contains 16 non-finite"),
+             (lambda: sample_covariance_rate(torch.eye(4, dtype=torch.long), 10), TypeError, "K must have a floating-point dtype"),
+             (lambda: relative_frobenius_error(K, K * 0), ValueError, "K is the zero matrix"),
+             (lambda: mahalanobis_distances(torch.zeros(4), torch.randn(4, 2), -1.0, torch.randn(5, 4)), ValueError,
+              "noise_variance must be a finite number > 0")]
+    for call, error, text in cases:
+        with pytest.raises(error, match=text):
+            call()

@@ -375,3 +375,10 @@ def test_classification_ppc_and_log_likelihood(classifier):
     assert set(torch.as_tensor(idata.posterior_predictive["y"].values).unique().tolist()) <= {0, 1, 2}
     assert (idata.log_likelihood["y"].values <= 0).all()
     assert plot_ppc(idata, num_pp_samples=10) is not None
+
+
+def test_a_generator_that_is_not_one_is_named(student):
+    x, _, fitted = student
+    prediction = fitted.predict(x, num_samples=4, return_samples=True)
+    with pytest.raises(TypeError, match="generator must be None or a torch.Generator"):
+        to_inference_data(prediction, generator="seed")

@@ -50,3 +50,18 @@ def test_a_heavy_tailed_fit_warns_that_the_aleatoric_mean_is_infinite():
     with pytest.warns(UserWarning, match=r"shape a = \S+ <= 1, so its mean .* is infinite"):
         a, b = fit_inverse_gamma(torch.tensor([0.01, 0.01, 0.011, 100.0]))
     assert a <= 1
+
+
+def test_fit_inverse_gamma_names_bad_variances():
+    for bad, error, text in [(None, TypeError, "variances must be one noise variance per teacher"),
+                             ("1,2", TypeError, "variances must be one noise variance per teacher"),
+                             (torch.rand(3, 3) + 0.1, ValueError, r"variances has shape \(3, 3\)"),
+                             (torch.tensor([True, True]), TypeError, "variances must hold real numbers"),
+                             (torch.tensor([1 + 1j, 2 + 0j]), TypeError, "variances holds complex values")]:
+        with pytest.raises(error, match=text):
+            fit_inverse_gamma(bad)
+    with pytest.raises(TypeError, match="max_iter must be a positive int"):
+        fit_inverse_gamma(torch.tensor([1.0, 2.0]), max_iter=1.5)
+    with pytest.raises(ValueError, match="tol must be a finite number > 0"):
+        fit_inverse_gamma(torch.tensor([1.0, 2.0]), tol=-1)
+    assert fit_inverse_gamma([1.0, 2.0, 3.0]) == fit_inverse_gamma(torch.tensor([1, 2, 3]))

@@ -604,3 +604,31 @@ def test_save_errors_name_the_users_path(tmp_path, monkeypatch):
         student.save(path)
     assert str(path) in str(info.value) and ".pyro-dlf-" not in str(info.value)
     assert list(tmp_path.iterdir()) == []  # no temporary left behind
+
+
+def test_forward_checks_inputs_and_observed_targets():
+    """``student(x, y)`` (Predictive, SVI) names x or y instead of failing inside the network or the likelihood."""
+    reg, cls = _regression_student(), _classification_student()
+    x = torch.randn(5, 2)
+    bad = [(reg, (torch.randn(5, 3),), ValueError, "x must have shape"),
+           (reg, (None,), TypeError, "x must be a torch.Tensor"),
+           (reg, (x, torch.randn(4)), ValueError, "y must have shape (5,)"),
+           (reg, (x, torch.full((5,), float("nan"))), ValueError, "y contains 5 non-finite"),
+           (cls, (x, torch.randn(5)), TypeError, "y holds class labels"),
+           (cls, (x, torch.full((5,), 3)), ValueError, "class labels must be integers in 0..2"),
+           (cls, (x, torch.full((5,), -1)), ValueError, "class labels must be integers in 0..2")]
+    for student, args, error, text in bad:
+        with pytest.raises(error) as caught:
+            student(*args)
+        assert text in str(caught.value), (args, caught.value)
+    assert reg(x, torch.zeros(5)).shape == (5,)
+    assert cls(x, torch.zeros(5, dtype=torch.long)).shape == (5,)
+
+
+def test_absurd_draw_counts_are_refused_before_allocating():
+    student = _regression_student()
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="num_samples=1000000000000 needs about"):
+        student.predict(x, num_samples=10 ** 12)
+    with pytest.raises(ValueError, match="num_components=10000000000 needs about"):
+        student.predictive_mixture(x, num_components=10 ** 10)

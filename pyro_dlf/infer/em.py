@@ -12,7 +12,7 @@ import torch
 from pyro.nn import pyro_method
 from torch import Tensor
 
-from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_flag, check_int, check_num_factors, check_real,
+from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_flag, check_generator, check_int, check_num_factors, check_real,
                                   check_teacher_values)
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
@@ -124,6 +124,9 @@ class EM:
             if model.loading_hidden is not None:
                 raise NotImplementedError("mstep='linear_heads' solves heads that read the same features; with a separate loading body "
                                           "(loading_hidden) use mstep='gradient'")
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be None (the expected complete negative log-likelihood) or a callable, got {type(loss).__name__}")
+        check_generator(generator)
         num_m_steps = check_int(num_m_steps, "num_m_steps", 0)
         check_batch_size(batch_size)
         check_real(noise_floor, "noise_floor", 0)
@@ -201,8 +204,10 @@ class EM:
 
     def _check(self, x: Tensor, f: Tensor, observed: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         data = (x, f) if observed is None else (x, f, observed)
-        key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in data)
-        if self._checked != key:
+        # Anything but tensors (None, arrays, lists) is checked, and named, every time.
+        key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in data) if all(
+            isinstance(t, Tensor) for t in data) else None
+        if key is None or self._checked != key:
             x = check_design_points(x, "x", integer_ok=self.model.custom_body)
             self.model.check_inputs(x, "x")
             f = check_teacher_values(f, x, self.model.num_outputs, "f", observed=observed)

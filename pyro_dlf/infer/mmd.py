@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from pyro_dlf._progress import progress_bar
-from pyro_dlf._validation import check_batch_size, check_design_points, check_dtype, check_int, check_num_factors, check_real, check_teacher_values
+from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_flag, check_generator, check_int,
+                                  check_num_factors, check_real, check_teacher_values)
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.sufficient_statistics import combine
 
@@ -93,6 +94,8 @@ def mmd_initialize(
         runs over each teacher's observed entries only.
     :returns: the fitted codes, ``(n, q)`` or ``(n, c, q)``.
     """
+    if not isinstance(model, DeepLatentFactor):
+        raise TypeError(f"model must be a pyro_dlf.models.DeepLatentFactor, got {type(model).__name__}")
     x = check_design_points(x, "x", integer_ok=model.custom_body)
     model.check_inputs(x, "x")
     f = check_teacher_values(f, x, model.num_outputs, "f", observed=observed)
@@ -103,6 +106,9 @@ def mmd_initialize(
     check_int(num_steps, "num_steps", 0)
     check_int(num_reference, "num_reference", 2)
     check_batch_size(batch_size)
+    check_real(noise_floor, "noise_floor", 0, fix="a small fraction of the teachers' variance, e.g. noise_floor=1e-6")
+    check_flag(progress, "progress")
+    check_generator(generator)
     n, m = f.shape[0], x.shape[0]
     dtype, device = model.loading_head.weight.dtype, model.loading_head.weight.device
     shape = (n,) + tuple(model.factor_shape)

@@ -31,6 +31,7 @@ import torch
 from linear_operator.operators import LinearOperator, LowRankRootLinearOperator, MatmulLinearOperator, RootLinearOperator
 from torch import Tensor, nn
 
+from pyro_dlf._validation import check_flag
 from pyro_dlf.kernels._features import batched_rows, is_same_input
 
 __all__ = ["DLFKernel"]
@@ -69,6 +70,7 @@ class DLFKernel(gpytorch.kernels.Kernel):
 
     def __init__(self, loading: Union[nn.Module, Callable[[Tensor], Tensor]], *, allow_multivariate: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        allow_multivariate = check_flag(allow_multivariate, "allow_multivariate")
         if not isinstance(loading, nn.Module):
             raise TypeError(
                 "loading must be a DeepLatentFactor or an nn.Module mapping (n, d) inputs to (n, q) loadings, "

@@ -1,5 +1,6 @@
 """EM: the SVI-like contract, monotone likelihood under an exact M-step, exact vs minibatch E-step."""
 
+import math
 
 import pyro
 import pyro.optim
@@ -369,3 +370,20 @@ def test_cached_statistics_notice_edits_through_data_and_numpy_views():
     f.numpy()[3, 7] += 5.0  # an edit through a NumPy view of the same storage
     expected = -float(model.log_marginal_likelihood(x, f).sum())
     assert em.step(x, f) == pytest.approx(expected, rel=1e-6)
+
+
+def test_step_and_constructor_name_bad_arguments():
+    model = DeepLatentFactor(2, num_factors=1, hidden=(8,))
+    guide = ExactFactorPosterior(model)
+    optim = pyro.optim.Adam({"lr": 1e-2})
+    with pytest.raises(TypeError, match="generator must be None or a torch.Generator"):
+        EM(model, guide, optim, generator="seed")
+    with pytest.raises(TypeError, match="loss must be None"):
+        EM(model, guide, optim, loss=3)
+    em = EM(model, guide, optim, num_m_steps=1)
+    x, f = torch.randn(6, 2), torch.randn(3, 6)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        em.step(None, f)
+    with pytest.raises(TypeError, match="f must be a torch.Tensor"):
+        em.step(x, f.tolist())
+    assert math.isfinite(em.step(x, f))

@@ -95,3 +95,16 @@ def test_bad_arguments():
         mmd_initialize(model, x, f, penalty=0.0)
     with pytest.raises(ValueError, match="num_steps"):
         mmd_initialize(model, x, f, num_steps=-1)
+
+
+def test_initialization_arguments_are_named():
+    model = DeepLatentFactor(2, num_factors=1, hidden=(8,))
+    x, f = torch.randn(6, 2), torch.randn(3, 6)
+    cases = [(dict(model=None), TypeError, "model must be a pyro_dlf.models.DeepLatentFactor"),
+             (dict(noise_floor=-1), ValueError, "noise_floor must be"),
+             (dict(progress="yes"), TypeError, "progress must be True or False"),
+             (dict(generator="seed"), TypeError, "generator must be None or a torch.Generator")]
+    for change, error, text in cases:
+        kwargs = dict(model=model, x=x, f=f, num_steps=1) | change
+        with pytest.raises(error, match=text):
+            mmd_initialize(**kwargs)

@@ -114,3 +114,8 @@ def test_full_dlf_is_a_multitask_kernel_with_the_dlf_likelihood():
         covariance = kernel(x).add_diagonal(noise.expand(75))
         predictive = gpytorch.distributions.MultitaskMultivariateNormal(dlf.mean(x), covariance, interleaved=True)
         torch.testing.assert_close(predictive.log_prob(f), dlf.log_marginal_likelihood(x, f), rtol=1e-8, atol=1e-8)
+
+
+def test_allow_multivariate_must_be_a_flag():
+    with pytest.raises(TypeError, match="allow_multivariate must be True or False"):
+        DLFKernel(random_dlf(), allow_multivariate="yes")

@@ -167,3 +167,34 @@ def test_bad_construction(kwargs, match):
 def test_body_must_be_a_module():
     with pytest.raises(TypeError, match="body"):
         DeepLatentFactor(num_factors=2, body=lambda x: x, body_features=2)
+
+
+def test_constructor_arguments_are_named():
+    cases = [(dict(in_features=2, hidden="50"), "hidden must be positive widths"),
+             (dict(in_features=2, hidden=(0,)), "hidden must be positive widths"),
+             (dict(in_features=2, hidden=None), "hidden must be positive widths"),
+             (dict(in_features=2, num_outputs=True), "num_outputs must be"),
+             (dict(in_features=2.5), "in_features must be"),
+             (dict(in_features=2, num_outputs=3, covariance="full", centered_loadings="yes"), "centered_loadings must be True or False"),
+             (dict(body=nn.Linear(2, 4), body_features="4"), "body_features must be"),
+             (dict(in_features=2, name=5), "name must be None")]
+    for kwargs, text in cases:
+        with pytest.raises((TypeError, ValueError)) as caught:
+            DeepLatentFactor(**kwargs)
+        assert text in str(caught.value), (kwargs, caught.value)
+
+
+def test_network_methods_name_their_inputs():
+    model = DeepLatentFactor(2, num_factors=2, hidden=(8,))
+    x = torch.randn(5, 2)
+    with pytest.raises(ValueError, match=r"x must have shape \(num_points, 2\)"):
+        model.mean_and_loading(torch.randn(5, 3))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        model.mean_and_loading(None)
+    with pytest.raises(TypeError, match="x has dtype torch.float64"):
+        model.mean_and_loading(x.double())
+    with pytest.raises(ValueError, match="x2 must have shape"):
+        model.covariance(x, torch.randn(3, 5))
+    with pytest.raises(ValueError, match="x1 contains 10 non-finite"):
+        model.covariance(x * float("nan"))
+    assert model.covariance(x).shape == (5, 5)
