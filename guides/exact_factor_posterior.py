@@ -19,7 +19,7 @@ __all__ = ["ExactFactorPosterior"]
 
 
 class ExactFactorPosterior(PyroModule):
-    r"""Closed-form posterior ``p(z_{1:n} | f_{1:n})`` of a :class:`DeepLatentFactor` (SPEC §4).
+    r"""Closed-form posterior ``p(z_{1:n} | f_{1:n})`` of a :class:`DeepLatentFactor` (mathematics §4).
 
     Univariate: ``z_i | f_i ~ N(S Φ^T r_i / σ_f^2, S)`` with
     ``S = (I + Φ^T Φ / σ_f^2)^{-1}``; the full multivariate model is the same

@@ -1,7 +1,7 @@
 r"""The deep latent factor (DLF) model as a Pyro model.
 
 A student network -- a body ``h_θ(x) ∈ R^d`` with a mean head and a loading
-head -- defines a Gaussian process (SPEC §1):
+head -- defines a Gaussian process (mathematics §1):
 
 * univariate (``num_outputs=None``, ``q + 1`` head outputs):
   ``f(x) = μ_θ(x) + Φ_θ(x)^T z``, ``z ~ N(0, I_q)``, so
@@ -75,7 +75,7 @@ class DeepLatentFactor(PyroModule):
         onto the classes' zero-sum subspace, ``Φ(x) ← (I − 11^T/c) Φ(x)``. With
         teacher logits centred per input the residuals lie in that subspace,
         so the projection keeps the fitted covariance off the all-ones
-        direction that softmax ignores (SPEC §1).
+        direction that softmax ignores (mathematics §1).
     :param loading_hidden: hidden widths of a separate MLP body for the
         loadings (default ``None``: one body for both heads). The mean head then
         reads both bodies' features, so the parameter-expansion step of EM
@@ -355,11 +355,11 @@ class DeepLatentFactor(PyroModule):
                                 observed: Optional[Tensor] = None) -> Tensor:
         r"""Exact ``log p(f_i)`` for each teacher, shape ``(n,)`` (float64).
 
-        Uses the determinant lemma and Woodbury identity (SPEC §3): cost
+        Uses the determinant lemma and Woodbury identity (mathematics §3): cost
         ``O(m q^2 + q^3 + m q n)``, memory independent of ``m`` when
         ``batch_size`` is given; no ``m×m`` matrix is ever formed. With
         ``observed`` (``(n, m)`` booleans) teacher ``i``'s density is that of its
-        observed values only (SPEC §4, teachers observed on different points).
+        observed values only (mathematics §4, teachers observed on different points).
         """
         x = check_design_points(x, "x", integer_ok=self.custom_body)
         self.check_inputs(x, "x")

@@ -2,6 +2,8 @@
 
 The student is a Gaussian process whose mean ``μ(x)`` and factor loadings
 ``Φ(x)`` come from one small network; each teacher is one draw of it.
+Docstrings cite the repository's mathematics page, ``docs/mathematics.md``, by
+section ("mathematics §4").
 """
 
 __version__ = "0.1.0"

@@ -167,7 +167,7 @@ def check_held_out(held_out, f: Tensor, name: str = "held_out") -> Tensor:
 
 def check_num_factors(num_factors: int, num_teachers: int, num_outputs: Optional[int] = None,
                       covariance: Optional[str] = "separable") -> None:
-    """``n`` teachers span at most ``n - 1`` directions around their mean (SPEC §2).
+    """``n`` teachers span at most ``n - 1`` directions around their mean (mathematics §2).
 
     Univariate, those are directions of ``Φ``'s column space, so ``q ≤ n − 1``.
     Separable multivariate, every centred teacher contributes a ``m × c``

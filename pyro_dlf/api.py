@@ -128,8 +128,8 @@ def distill(
     r"""Distill a teacher ensemble into a deep latent factor student (Gaussian distillation).
 
     Fits a :class:`~pyro_dlf.models.DeepLatentFactor` by maximum likelihood:
-    MMD-penalized initialization (SPEC §5), then ``num_iterations`` exact EM
-    iterations (SPEC §4), and wraps it as a :class:`~pyro_dlf.student.Student`.
+    MMD-penalized initialization (mathematics §5), then ``num_iterations`` exact EM
+    iterations (mathematics §4), and wraps it as a :class:`~pyro_dlf.student.Student`.
 
     :param x_design: design points (the transfer set), ``(m, ...)``. Held-out
         data from the training distribution works best; more points help.
@@ -146,16 +146,16 @@ def distill(
     :param teacher_noise_variances: regression only: each teacher's noise
         variance ``σ²_{ε,i}`` (``n`` positive values); an inverse gamma is fitted
         to them by maximum likelihood and drives the aleatoric part of the
-        predictive (SPEC §2). Heteroscedastic teachers (a deep ensemble whose
+        predictive (mathematics §2). Heteroscedastic teachers (a deep ensemble whose
         members predict a mean and a variance): each teacher's variance at each
         design point, ``(n, m)``; a log-normal law whose location is a small
         network of x is fitted to them by maximum likelihood
         (:mod:`pyro_dlf.heteroscedastic`) and the predictive draws
-        ``σ²_{(s)}(x)`` from it (SPEC §6).
+        ``σ²_{(s)}(x)`` from it (mathematics §6).
     :param observed: regression only: ``(n, m)`` booleans, where each teacher's
         value counts (e.g. out-of-fold values: teachers trained on K folds,
         each observed only on the design points it was not trained on). Exact
-        EM then runs each teacher's E-step on its observed points (SPEC §4);
+        EM then runs each teacher's E-step on its observed points (mathematics §4);
         values elsewhere are ignored and may be NaN.
     :param held_out: regression with one output only: ``(n, m)`` booleans, true
         where teacher ``i`` did not train on design point ``j`` (e.g. the 10 %
@@ -166,7 +166,7 @@ def distill(
         a new input meets, which the teachers' values at their own training
         inputs understate (:func:`pyro_dlf.calibration.calibrate_spread`;
         ``student.spread_calibration`` records it). No labels are used. Default:
-        no calibration, the maximum-likelihood fit (SPEC §3--§4).
+        no calibration, the maximum-likelihood fit (mathematics §3--§4).
     :param task: ``"regression"`` or ``"classification"``; inferred from the shape
         (``(n, m, c)`` is read as logits: pass ``task="regression"`` for teachers
         with several regression outputs, which get a multivariate DLF -- with
@@ -221,7 +221,7 @@ def distill(
         seventh of it to 0.32, both are 0.33 from it at the test inputs, and
         the long fit's test RMSE is the worse); held-out design points see
         the cost. Default 1: the whole schedule, the maximum-likelihood fit
-        (SPEC §4).
+        (mathematics §4).
     :param loading_hidden: hidden widths of a separate MLP body for the factor
         loadings (e.g. ``(50,)``; :class:`~pyro_dlf.models.DeepLatentFactor`); the
         mean head reads both bodies. With ``hidden="auto"`` every candidate body
@@ -260,15 +260,15 @@ def distill(
         ``σ² | z ~ IG(a, b · u(z)^β)`` with ``u(z) = z^T \hat G z`` the size of the function's
         deviation ``Φ z`` over the design points relative to a typical draw
         (:func:`pyro_dlf.noise.fit_factor_inverse_gamma`; fitted on each teacher's noise
-        variance and its posterior expected ``u``). SPEC §2 treats the noise variances as
+        variance and its posterior expected ``u``). mathematics §2 treats the noise variances as
         i.i.d. draws independent of the functions; that is the ``β = 0`` case, and on some
         data it is clearly wrong: where a teacher's noise variance grows with how far its
         function strays from the others', pairing a far-out function draw with a typical
         noise variance makes the predictive overconfident exactly where it is most
-        uncertain. ``"auto"`` keeps SPEC's i.i.d. law unless a likelihood-ratio test on the
+        uncertain. ``"auto"`` keeps the i.i.d. law unless a likelihood-ratio test on the
         teachers' own variances rejects ``β = 0`` at the 1 % level (a decision from the
         teachers, never from labels); ``True`` always fits ``β``; ``False`` (default) never:
-        SPEC's law. The default stays SPEC's because a better law for the teachers' noise
+        the i.i.d. law. The default stays the i.i.d. law because a better law for the teachers' noise
         variances is not a better predictive: the i.i.d. law mixes all of them into a
         heavy-tailed Student-t that covers labels the teachers' own noise does not. On the
         UCI benchmark (``benchmarks/results/uci_noise_law.md``) the law lowered the test
@@ -279,7 +279,7 @@ def distill(
         one is made (``None`` otherwise).
     :param seed: a non-negative int; seeds the network initialization, the minibatch order and the codes.
     :param mmd_steps: steps of the MMD-penalized initialization (0: none).
-    :param mmd_penalty: its weight ``λ > 0`` (SPEC §5).
+    :param mmd_penalty: its weight ``λ > 0`` (mathematics §5).
     :param activation: the default body's activation, one of :data:`pyro_dlf.models.ACTIVATIONS`.
     :param body_features: the output width of a custom ``body`` (required with it, refused without).
     :param teacher_batch_size: design points per call of a teacher callable.
@@ -516,7 +516,7 @@ def _distill(
             else:
                 noise_prior = fit_inverse_gamma(v)
         elif v.dim() == 2:
-            # Heteroscedastic teachers: each one's variance at each design point (SPEC §6).
+            # Heteroscedastic teachers: each one's variance at each design point (mathematics §6).
             noise_model = fit_heteroscedastic_noise(x.to(dtype), v.to(x.device), observed=observed,
                                                     hidden=hidden if isinstance(hidden, tuple) and hidden and body is None else (50,),
                                                     seed=seed)

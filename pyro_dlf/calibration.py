@@ -6,7 +6,7 @@ inputs is 0.38–0.63 of their spread at test inputs, averaged over splits):
 every member has fitted the same labels there. A DLF fitted to the teachers'
 values at their training inputs learns that in-sample spread, and its
 loadings ``Φ`` report a fraction of the disagreement a new input meets
-(SPEC §7's variance ratio, ideal 1).
+(mathematics §7's variance ratio, ideal 1).
 
 Teachers that each hold out some training rows from their fit (a deep
 ensemble whose members estimate their noise on a held-out 10 %) carry the

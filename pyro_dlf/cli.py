@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "scaled to the teachers' spread there")
     distill.add_argument("--noise-given-factors", default="no", choices=("no", "auto", "yes"),
                          help="regression: let the noise variance follow each draw's factors (auto: only when a likelihood-ratio "
-                              "test on the teachers' noise variances rejects i.i.d. noise at 1%%; no: SPEC's i.i.d. law)")
+                              "test on the teachers' noise variances rejects i.i.d. noise at 1%%; no: the i.i.d. law)")
     distill.add_argument("--task", default=None, choices=("regression", "classification"),
                          help="classification for (n, m, c) teachers, else regression, unless given")
     distill.add_argument("--num-factors", type=_num_factors, default="auto", metavar="Q",

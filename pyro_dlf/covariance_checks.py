@@ -1,4 +1,4 @@
-r"""Statistical checks of a recovered DLF covariance against a known truth (SPEC §9).
+r"""Statistical checks of a recovered DLF covariance against a known truth (mathematics §8).
 
 Teachers simulated from a known DLF :math:`(\mu^*, \Phi^*, \sigma_*^2)` at
 :math:`m` points give :math:`K^* = \Phi^*\Phi^{*\top}`; a fit gives

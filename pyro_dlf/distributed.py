@@ -16,7 +16,7 @@ starts from its random initialization (the MMD initialization needs random
 access to the design points); the input and output standardization come from
 one extra pass (streamed, all-reduced moments); classification logits are
 centred per point as they stream; regression teachers have one noise
-variance each (an inverse gamma is fitted to them, SPEC §2: the i.i.d. law --
+variance each (an inverse gamma is fitted to them, mathematics §2: the i.i.d. law --
 the factor-dependent law of ``distill(noise_given_factors=...)`` is not
 streamed).
 """

@@ -1,4 +1,4 @@
-r"""The aleatoric part of heteroscedastic teachers: a log-normal law whose location follows x (SPEC §6).
+r"""The aleatoric part of heteroscedastic teachers: a log-normal law whose location follows x (mathematics §6).
 
 A standard deep ensemble's member ``i`` predicts a mean ``m_i(x)`` and a noise
 variance ``s_i²(x)``. The DLF distils the means (the epistemic part). For the

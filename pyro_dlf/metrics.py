@@ -572,7 +572,7 @@ def interval_coverage(
 def variance_ratio(student_variance: Tensor, teacher_values: Tensor) -> Tensor:
     r"""Ratio of student epistemic variance to the teachers' sample variance.
 
-    This is the SPEC's "variation reduction" measure:
+    This is the "variation reduction" measure:
 
     .. math::
         \rho = \frac{\operatorname{tr}\,\Sigma_{\text{student}}}

@@ -1,6 +1,6 @@
-r"""The regression teachers' noise variances as inverse-gamma draws (SPEC §2, §6).
+r"""The regression teachers' noise variances as inverse-gamma draws (mathematics §2, §6).
 
-:func:`fit_inverse_gamma` is SPEC's law: the variances are i.i.d. ``IG(a, b)``
+:func:`fit_inverse_gamma` is the i.i.d. law: the variances are i.i.d. ``IG(a, b)``
 draws, independent of the teachers' functions. :func:`fit_factor_inverse_gamma`
 lets the scale follow the size of a teacher's deviation from the mean function
 (its factors): on some data a teacher that strays further from the others is

@@ -8,7 +8,7 @@ statistician compares models: by how well each predicts teacher values it
 has not seen. The design points are split once (seeded) into a fitting part
 and a validation part; every candidate body is distilled on the fitting part
 and scored by the exact log marginal likelihood of each teacher's values at
-the validation points (SPEC §3: ``log N(f_i; μ, ΦΦ^T + σ_f² I)`` there),
+the validation points (mathematics §3: ``log N(f_i; μ, ΦΦ^T + σ_f² I)`` there),
 per observed scalar. The test data never enter.
 
 For regression teachers with one noise variance each, the score is instead
@@ -205,7 +205,7 @@ def choose_num_factors(gram: Tensor, limit: int, share: float = FACTOR_SHARE, ca
 
     * ``share = 0.9``. The student's epistemic variance is what its factors carry: spread the factors
       leave out goes to the nugget ``σ_f²``, which the predictive leaves out by default, so it is lost
-      -- the variance reduction that distillation of uncertainty sets out to avoid (SPEC §7, ideal
+      -- the variance reduction that distillation of uncertainty sets out to avoid (mathematics §7, ideal
       ratio 1). That asks for a high share. But not one near 1: each teacher's disagreement that is
       independent from point to point (memorized label noise, rounding) spreads evenly over all
       ``n − 1`` directions, so a share near 1 would demand nearly every direction and fit the
@@ -213,10 +213,10 @@ def choose_num_factors(gram: Tensor, limit: int, share: float = FACTOR_SHARE, ca
       estimated from the same ``n`` teachers with the largest relative error. 0.9 is the upper end of
       the usual 70--90 % (Jolliffe, *Principal Component Analysis*, 2002, §6.1.1): at most a tenth of
       the spread goes to the nugget.
-    * ``limit``: ``n`` teachers span at most ``n − 1`` directions around their mean (SPEC §2). With
+    * ``limit``: ``n`` teachers span at most ``n − 1`` directions around their mean (mathematics §2). With
       ``q = n − 1`` the factors reproduce the teachers' sample covariance exactly and the nugget's
       maximum-likelihood estimate falls to its floor (a boundary, Heywood-type fit), so the rule stays
-      at ``q ≤ n − 2`` (SPEC §1: ``q ≤ n − 2`` in practice); separable multivariate, whose teachers
+      at ``q ≤ n − 2`` (mathematics §1: ``q ≤ n − 2`` in practice); separable multivariate, whose teachers
       span ``(n − 1)·c′`` directions of ``col(Φ)`` (``c′`` free outputs: ``c − 1`` for logits centred
       per input), at ``(n − 1)·c′ − 1``. At least 1.
     * ``cap = 10``, the paper's ``q`` for its largest ensembles (50 teachers on UCI; 8 on CIFAR-10).

@@ -1,4 +1,4 @@
-r"""The distilled student: a deep latent factor process as a Pyro posterior predictive (SPEC §6)."""
+r"""The distilled student: a deep latent factor process as a Pyro posterior predictive (mathematics §6)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class Student(PyroModule):
       classification: ``y ~ Categorical(logits=function)``; both in the plate
       ``data`` (dim -1).
 
-    The predictive draws follow SPEC §6 and leave out the nugget ``σ_f²``: it is
+    The predictive draws follow mathematics §6 and leave out the nugget ``σ_f²``: it is
     the model's allowance for teacher variation outside the ``q`` factors, not
     part of the smooth process.
 
@@ -156,14 +156,14 @@ class Student(PyroModule):
         warns (:class:`~pyro_dlf.noise.HeavyTailWarning`) and reports it as infinite.
         A multi-output regression takes one number or one per output.
     :param noise_rate: ``b > 0`` of the regression noise prior.
-    :param noise_factor_exponent: ``β`` of a factor-dependent noise law (default 0: SPEC's
-        i.i.d. inverse gamma); needs ``noise_factor_gram``.
+    :param noise_factor_exponent: ``β`` of a factor-dependent noise law (default 0: the
+        i.i.d. inverse gamma of mathematics §2.4); needs ``noise_factor_gram``.
     :param noise_factor_gram: ``\hat G`` (``q×q``, trace 1) of that law.
     :param noise_model: regression with heteroscedastic teachers: the fitted
         :class:`~pyro_dlf.heteroscedastic.HeteroscedasticNoise` (replaces ``a, b``).
     :param include_nugget: add the nugget ``σ_f²`` to the predictive draws
         (``function = μ + Φ^T z + v``, ``v ~ N(0, σ_f² I)``), i.e. predict a new
-        *teacher* rather than the smooth process. The default follows SPEC §6
+        *teacher* rather than the smooth process. The default follows mathematics §6
         (the smooth process); the nugget holds teacher variation outside the
         ``q`` factors, which can be a large share of the ensemble's spread on
         points the teachers were trained on.
@@ -238,7 +238,7 @@ class Student(PyroModule):
         self.register_buffer("noise_factor_gram", None, persistent=False)
         if isinstance(noise_factor_exponent, Real) and not isinstance(noise_factor_exponent, bool) \
                 and noise_factor_exponent == 0 and noise_factor_gram is None:
-            pass  # SPEC's i.i.d. inverse gamma
+            pass  # the i.i.d. inverse gamma
         elif task != "regression" or noise_model is not None or dlf.multivariate:
             raise ValueError("noise_factor_exponent and noise_factor_gram are for one-output regression students with an "
                              "inverse-gamma noise prior; drop them")
@@ -291,7 +291,7 @@ class Student(PyroModule):
             return mean, loading, dlf.separable_class_factor, dlf.noise_variance
 
     def function_dist(self, x: Tensor, include_nugget: bool = True) -> dist.LowRankMultivariateNormal:
-        r"""The distilled process at ``x`` as one Gaussian: ``N(μ(x), W W^T + D)`` (SPEC §1).
+        r"""The distilled process at ``x`` as one Gaussian: ``N(μ(x), W W^T + D)`` (mathematics §1).
 
         Regression: ``W = Φ(x)`` (``m×q``). Classification: the ``m·c``
         (point, class) pairs with the class index fastest (the event is the
@@ -304,7 +304,7 @@ class Student(PyroModule):
         what a prior on ``f`` in a model needs -- a proper density on ``R^m``
         whose posterior geometry NUTS and SVI handle. With
         ``include_nugget=False`` it is the smooth process of the predictive
-        (SPEC §6): rank ``≤ q``, so ``D`` is a jitter of ``10⁻⁶ σ_f²`` (a
+        (mathematics §6): rank ``≤ q``, so ``D`` is a jitter of ``10⁻⁶ σ_f²`` (a
         :class:`~pyro.distributions.LowRankMultivariateNormal` needs a positive
         diagonal); that law is nearly singular in ``R^m`` -- fine for drawing,
         ill-conditioned as a prior for inference (use the factors themselves
@@ -369,7 +369,7 @@ class Student(PyroModule):
     def set_noise_law(self, concentration: float, rate: float, exponent: float = 0.0, gram: Optional[Tensor] = None) -> "Student":
         r"""Replace the regression noise law by ``IG(a, b · u(z)^β)``, ``u(z) = z^T \hat G z``.
 
-        ``β = 0`` (and no ``gram``) is SPEC's i.i.d. law ``IG(a, b)``. Fit ``(a, b, β, \hat G)``
+        ``β = 0`` (and no ``gram``) is the i.i.d. law ``IG(a, b)``. Fit ``(a, b, β, \hat G)``
         with :func:`pyro_dlf.noise.fit_factor_inverse_gamma` (``distill`` does, see its
         ``noise_given_factors``). One-output regression students with a scalar inverse gamma only.
         ``a, b > 0``; the aleatoric variance ``E_z[b u(z)^β] / (a − 1)`` is infinite for ``a ≤ 1``.

@@ -5,7 +5,7 @@ closed-form noise update -- depends on the design points only through a few
 small sums, so it can be computed by streaming over minibatches of design
 points with memory independent of their number ``m``.
 
-Notation (SPEC §3–4). ``n`` teachers, ``m`` design points, ``q`` factors,
+Notation (mathematics §3–4). ``n`` teachers, ``m`` design points, ``q`` factors,
 ``c`` classes (multivariate models only). For teacher ``i`` the residual is
 ``r_i = f_i - μ`` (univariate, ``R^m``) or ``R_i = F_i - M`` (multivariate,
 ``R^{m×c}``), and ``Φ ∈ R^{m×q}`` stacks the loadings. The sufficient
@@ -23,14 +23,14 @@ Univariate posterior (``C = I_q + G/σ^2``):
 Full multivariate model (``Φ(x) ∈ R^{c×q}``, one ``z_i ∈ R^q``): the ``m·c``
 (point, class) pairs are the rows of one design matrix, so it *is* the
 univariate algebra with ``G = Σ_j Φ(x_j)^T Φ(x_j)``, ``A_i = Σ_j Φ(x_j)^T
-r_i(x_j)`` and ``m·c`` observed scalars per teacher (SPEC §1, "full").
+r_i(x_j)`` and ``m·c`` observed scalars per teacher (mathematics §1, "full").
 
 Multivariate posterior: with ``G = U D U^T`` and ``L^T L = V E V^T`` the
 posterior precision ``Z ↦ Z + L^T L Z G / σ^2`` is diagonal in the basis
 ``\tilde Z = V^T Z U`` with entries ``1 + e_a d_b / σ^2``; the right-hand side
 is ``L^T A_i / σ^2``.
 
-Teachers observed on different design points (SPEC §4; e.g. out-of-fold
+Teachers observed on different design points (mathematics §4; e.g. out-of-fold
 values): with ``O_i`` the points where teacher ``i`` is observed (a boolean
 mask), every sum above runs over ``O_i`` only, so each teacher has its own
 Gram ``G_i = Σ_{j∈O_i} Φ_j^T Φ_j``, posterior ``C_i^{-1}`` and ``|O_i|``
@@ -212,7 +212,7 @@ def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[t
 
 
 def factor_posterior(stats: FactorStatistics, noise_variance: Tensor, class_factor: Optional[Tensor] = None) -> FactorPosterior:
-    """Closed-form E-step (SPEC §4) from sufficient statistics.
+    """Closed-form E-step (mathematics §4) from sufficient statistics.
 
     :param noise_variance: ``σ_f^2`` (scalar tensor).
     :param class_factor: ``L`` (``c×c`` lower-triangular), multivariate only.
@@ -250,7 +250,7 @@ def factor_posterior(stats: FactorStatistics, noise_variance: Tensor, class_fact
 
 
 def log_marginal_likelihood(stats: FactorStatistics, posterior: FactorPosterior, noise_variance: Tensor, class_factor: Optional[Tensor] = None) -> Tensor:
-    """Exact per-teacher log marginal likelihood (SPEC §3), shape ``(n,)``.
+    """Exact per-teacher log marginal likelihood (mathematics §3), shape ``(n,)``.
 
     ``posterior`` must be the one computed from the same ``stats``.
     """
@@ -304,7 +304,7 @@ def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: 
     r"""``Σ_i E‖f_i − μ − Φ z_i‖²`` over one batch, under a fixed posterior.
 
     This is the data term of the expected complete-data log-likelihood ``Q``
-    (SPEC §4), differentiable in ``μ``, ``Φ`` and ``L`` with the posterior held
+    (mathematics §4), differentiable in ``μ``, ``Φ`` and ``L`` with the posterior held
     fixed. It is computed from residuals directly (no cancellation):
 
     * univariate and full: ``Σ_i ‖r_i − Φ E z_i‖² + n · tr(S Φ^T Φ)`` (full:

@@ -1,4 +1,4 @@
-r"""Statistical checks on a recovered covariance (SPEC §9).
+r"""Statistical checks on a recovered covariance (mathematics §8).
 
 Teachers are simulated from a known DLF (μ*, Φ*, σ*²) on 60 points; the fitted
 student must recover ``K* = Φ*Φ*^T``.
@@ -143,7 +143,7 @@ def _stacked_covariance(model, x):
 
 
 def test_full_model_recovers_a_rotating_class_covariance_and_the_separable_cannot(rotating_fits, record_property):
-    """The full DLF is within the oracle rate 2ρ(n) (SPEC §9); the separable DLF cannot be: even the
+    """The full DLF is within the oracle rate 2ρ(n) (mathematics §8); the separable DLF cannot be: even the
     nearest Kronecker product K_x ⊗ K_c to the truth is off by more than that (a floor no fit beats)."""
     x, K, fits = rotating_fits
     rate = sample_covariance_rate(K, ROTATING_TEACHERS)

@@ -1,4 +1,4 @@
-"""Heteroscedastic teachers (SPEC §6): the predictive's variance decomposition matches the ensemble's."""
+"""Heteroscedastic teachers (mathematics §6): the predictive's variance decomposition matches the ensemble's."""
 
 import math
 

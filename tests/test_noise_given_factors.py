@@ -1,4 +1,4 @@
-"""The factor-dependent noise law: σ² | z ~ IG(a, b u(z)^β), its fit, its test against SPEC's
+"""The factor-dependent noise law: σ² | z ~ IG(a, b u(z)^β), its fit, its test against the
 i.i.d. law, the student's predictive under it, and saving it."""
 
 import math
@@ -78,9 +78,9 @@ def test_auto_adopts_the_law_when_the_teachers_reject_iid_noise_and_keeps_spec_o
     torch.manual_seed(0)
     x, f, v = _teachers(False)
     plain = _fit(x, f, v, noise_given_factors="auto")
-    # "auto" follows the recorded test: SPEC's i.i.d. law unless it is rejected at 1 %.
+    # "auto" follows the recorded test: the i.i.d. law unless it is rejected at 1 %.
     assert (plain.noise_factor_exponent == 0.0) == (plain.noise_fit.p_value >= 0.01)
-    never = _fit(x, f, v)  # the default: SPEC's law, no fit made
+    never = _fit(x, f, v)  # the default: the i.i.d. law, no fit made
     assert never.noise_fit is None and never.noise_factor_exponent == 0.0 and never.noise_factor_gram is None
     forced = _fit(x, f, v, noise_given_factors=True)
     assert forced.noise_factor_exponent == forced.noise_fit.exponent != 0.0

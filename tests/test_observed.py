@@ -1,4 +1,4 @@
-"""Teachers observed on different design points (SPEC §4): the masked algebra against dense Gaussians,
+"""Teachers observed on different design points (mathematics §4): the masked algebra against dense Gaussians,
 EM under a mask, distill(observed=...) and its input checks."""
 
 import pyro.optim

@@ -5,7 +5,7 @@ Protocol (one run = one data seed):
 * **Data**: MNIST (:func:`pyro_dlf.data.load_mnist`); the 60,000 training
   images are split once (seeded) into a *teacher* part and a *design* part of
   ``design_size`` images the teachers never see: the design points of every
-  student (SPEC §2: held-out data from the training distribution work best).
+  student (mathematics §2: held-out data from the training distribution work best).
   Test: the 10,000 MNIST test images. Out-of-distribution (OOD): the 10,000
   Fashion-MNIST test images, fed unchanged (both sets are 28×28 in ``[0, 1]``).
 * **Teachers**: ``teachers`` CNNs (:class:`~pyro_dlf.baselines.classifiers.ConvEnsemble`,
@@ -23,7 +23,7 @@ Protocol (one run = one data seed):
   default ``teachers − 1``, every direction the teachers span; loadings
   projected onto the zero-sum classes), beside it the other structure
   (``"separable"``, ``q = num_factors``), the default with uncentred logits,
-  for the full model the loadings left unprojected (SPEC §1–2), and the
+  for the full model the loadings left unprojected (mathematics §1–2), and the
   default fit predicting with its nugget (``DLF + nugget``: a new teacher
   rather than the smooth process).
   Training budgets are matched in passes over the design
@@ -43,7 +43,7 @@ Protocol (one run = one data seed):
   members); parameters; time to predict 1,000 inputs; for the DLF also one
   network forward on 1,000 inputs and the ``S = 1000``-draw predictive
   without the float64 entropies.
-* **Distribution shift** (SPEC §6b): MNIST-Flip, ``y → 9 − y``. Each learned
+* **Distribution shift** (mathematics §6.5): MNIST-Flip, ``y → 9 − y``. Each learned
   body is frozen and only a new head is fitted on ``N`` flipped examples drawn
   from the training images the students never saw (``shift_seeds`` draws per
   ``N``, the same draws for every body), scored on the flipped test set.
@@ -287,7 +287,7 @@ def fit_linear_head(features: Tensor, labels: Tensor, num_classes: int, prior_va
 
 
 def fit_latent_head(mean: Tensor, loading: Tensor, class_factor: Tensor, labels: Tensor, max_iter: int = 500) -> Tensor:
-    r"""The DLF's own head under shift (SPEC §6b): new latent weights ``Z`` with ``μ̂, Φ̂, L̂`` frozen.
+    r"""The DLF's own head under shift (mathematics §6.5): new latent weights ``Z`` with ``μ̂, Φ̂, L̂`` frozen.
 
     Logits :math:`μ̂(x) + \hat L Z \hat Φ(x)`, :math:`Z \in R^{c×q}`, at the MAP
     under the model's own prior :math:`Z \sim MN(0, I_c, I_q)`:
@@ -313,7 +313,7 @@ def _centred_logit_variance(logits: Tensor) -> float:
 
 
 def _logit_variance(dlf, teacher_logits: dict, inputs: dict, centred: bool) -> dict:
-    """SPEC §7 fidelity on logits: the DLF's epistemic logit variance summed over classes
+    """mathematics §7 fidelity on logits: the DLF's epistemic logit variance summed over classes
     (separable ``tr(L L^T) ‖Φ(x)‖²``, full ``‖Φ(x)‖_F²``) against the teachers' sample variance
     summed over classes, both averaged over the inputs (teachers' logits centred per input when
     the DLF's are), at the test and at the design inputs, and the nugget ``c σ_f²`` on the same scale."""

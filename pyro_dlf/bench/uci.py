@@ -26,7 +26,7 @@ statistics, metrics reported in the target's original units.
   The ``oof`` ablation adds "DLF out-of-fold values": design points the
   training inputs, each teacher observed only on the 10 % of them it held out
   from its own fit (:meth:`~pyro_dlf.baselines.DeepEnsembleRegressor.held_out_mask`),
-  fitted by the masked exact EM (SPEC §4): every value it distils is out of
+  fitted by the masked exact EM (mathematics §4): every value it distils is out of
   sample, as the teachers' values at test inputs are.
   The ``design`` ablation adds two DLF variants:
   a random 20 % of the training data that the teachers do not see (the teachers
@@ -62,7 +62,7 @@ statistics, metrics reported in the target's original units.
   ``noise_given_factors="auto"``), or a predictive check -- the law raises the
   expected log density of each teacher's noisy outputs on the rows it held
   out (:func:`pyro_dlf.selection.predictive_log_score`) by more than one
-  standard error over teachers. Otherwise SPEC's i.i.d. law, as ``DLF``.
+  standard error over teachers. Otherwise the i.i.d. law, as ``DLF``.
   The ``length`` ablation adds ``DLF, training length chosen``: body and
   training length chosen together (``distill(hidden=dlf_hidden,
   training_length="auto")``) on the same validation part of the design points
@@ -451,7 +451,7 @@ def _out_of_sample_nll(student, x: torch.Tensor, f: torch.Tensor, observed: Opti
     Teacher :math:`i` did not train on the rows ``observed[i]`` (its own
     held-out 10 %); its values there vary as a new input's would. Under the
     DLF each teacher's values are :math:`N(μ, ΦΦ^T + σ_f^2 I)` on those rows
-    (SPEC §3–4, the masked marginal likelihood), so
+    (mathematics §3–4, the masked marginal likelihood), so
     :math:`-\frac{1}{\#\text{obs}} \sum_i \log p(f_i[\text{obs}_i])` measures how well
     a student reproduces the teachers' disagreement away from their own
     training data -- from the training inputs and the teachers alone, no labels
@@ -732,7 +732,7 @@ def _on_own_splits(rows: list[dict], method: str) -> tuple[Optional[dict], str]:
 def noise_law_summary(rows: list[dict]) -> list[str]:
     """Per set: how often the noise law that follows the factors was adopted by each rule, its
     exponent ``β``, the likelihood-ratio statistic, the held-out predictive check, and the test
-    NLL of ``DLF`` (SPEC's i.i.d. law) against the same fit with the law chosen by each rule."""
+    NLL of ``DLF`` (the i.i.d. law) against the same fit with the law chosen by each rule."""
     fits = [r for r in rows if r["method"] == FACTOR_NOISE and "noise_fit" in r]
     if not fits:
         return []
@@ -740,7 +740,7 @@ def noise_law_summary(rows: list[dict]) -> list[str]:
     lines = ["## The noise law", "",
              f"`{FACTOR_NOISE}` is the `DLF` fit with the teachers' noise variance following each draw's factors, "
              "σ² | z ~ IG(a, b u(z)^β) with u(z) the size of the draw's deviation from the mean function, adopted when a "
-             "likelihood-ratio test on the teachers' own noise variances rejects β = 0 (SPEC's i.i.d. law, the `DLF` row) "
+             "likelihood-ratio test on the teachers' own noise variances rejects β = 0 (the i.i.d. law, the `DLF` row) "
              f"at 1 % (`distill(noise_given_factors=\"auto\")`). `{NOISE_CHECKED}` adopts the same fitted law when it "
              "gives each teacher's noisy outputs on the training rows that teacher held out a higher expected log "
              "predictive density than the i.i.d. law, by more than one standard error over teachers (the check's gain "

@@ -29,7 +29,7 @@ __all__ = ["EM", "expected_complete_nll"]
 
 def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, x: Tensor, f: Tensor,
                           observed: Optional[Tensor] = None) -> Tensor:
-    r"""The M-step objective: ``−Q(θ, σ_f^2)`` per observed scalar on a batch (SPEC §4).
+    r"""The M-step objective: ``−Q(θ, σ_f^2)`` per observed scalar on a batch (mathematics §4).
 
     .. math::
 
@@ -52,7 +52,7 @@ def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, 
 class EM:
     r"""Exact EM for :class:`~pyro_dlf.models.DeepLatentFactor`, a drop-in beside :class:`pyro.infer.SVI`.
 
-    One call of :meth:`step` is one generalized-EM iteration (SPEC §4):
+    One call of :meth:`step` is one generalized-EM iteration (mathematics §4):
 
     1. **E-step** (closed form): the guide's posterior ``q(z_i) = p(z_i | f_i)``
        from all design points (``estep="exact"``, streamed in batches), or from
@@ -424,7 +424,7 @@ class EM:
         :param x: design points ``(m, ...)``.
         :param f: teacher values ``(n, m)`` or ``(n, m, c)``.
         :param observed: optional ``(n, m)`` booleans: teacher ``i`` is observed
-            at point ``j`` (e.g. out-of-fold values; SPEC §4). Every E-step
+            at point ``j`` (e.g. out-of-fold values; mathematics §4). Every E-step
             quantity, ``Q`` and the ``σ_f^2`` update then run over each
             teacher's observed points only (univariate and full models).
         :returns: the negative log marginal likelihood (summed over teachers)

@@ -1,4 +1,4 @@
-r"""Initialization by the MMD-penalized complete likelihood (SPEC §5)."""
+r"""Initialization by the MMD-penalized complete likelihood (mathematics §5)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def mmd_initialize(
     progress: bool = False,
     observed: Optional[Tensor] = None,
 ) -> Tensor:
-    r"""Pre-fit θ by the penalized complete likelihood, so EM starts well (SPEC §5).
+    r"""Pre-fit θ by the penalized complete likelihood, so EM starts well (mathematics §5).
 
     Maximizes over θ (body, heads, ``L``) and free codes ``z_{1:n}`` jointly
 

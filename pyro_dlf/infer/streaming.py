@@ -5,7 +5,7 @@ r"""Exact EM over a stream of design-point batches, on one process or sharded ov
 batches), so the teacher values never need to exist as one ``(n, m)`` tensor:
 
 1. **E-step**: the sufficient statistics ``Σ_j Φ_j^T Φ_j``, ``Σ_j Φ_j^T r_ij``,
-   ``Σ_j ‖r_ij‖²`` (SPEC §3) are sums over design points, accumulated batch by
+   ``Σ_j ‖r_ij‖²`` (mathematics §3) are sums over design points, accumulated batch by
    batch; the posterior of every teacher's factors follows in closed form.
    (They come from the previous iteration's last pass, as in ``EM``.)
 2. **M-step for θ**: one gradient step per batch of the stream, on the

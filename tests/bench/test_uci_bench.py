@@ -73,7 +73,7 @@ def test_uci_bench_smoke(tmp_path, capsys, uci_set_or_diabetes):
         assert record["scale"] > 0 and record["points"] > 0
         assert calibrated["variance_ratio"] == pytest.approx(plain["variance_ratio"] * record["scale"], rel=1e-4)
         # The factor-noise row is the same fit with the law that follows the factors: the same mean;
-        # the same predictive when the teachers gave no evidence against SPEC's law (the test is recorded).
+        # the same predictive when the teachers gave no evidence against the i.i.d. law (the test is recorded).
         factor = by_key[("DLF, noise given factors", seed)]
         assert factor["rmse"] == pytest.approx(plain["rmse"], rel=1e-6) and factor["hidden"] == plain["hidden"]
         law = factor["noise_fit"]

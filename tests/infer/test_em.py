@@ -26,7 +26,7 @@ def _student(in_features=1, num_factors=3, hidden=(32,), seed=1, dtype=torch.flo
 
 
 def test_marginal_likelihood_never_decreases_with_exact_m_step():
-    """Linear heads on a frozen random body: each EM iteration is an exact ECM step (SPEC §4)."""
+    """Linear heads on a frozen random body: each EM iteration is an exact ECM step (mathematics §4)."""
     truth, x, f = synthetic_teachers(40, num_points=50)
     x, f = x.double(), f.double()
     model = _student(dtype=torch.float64)

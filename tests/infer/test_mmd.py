@@ -1,4 +1,4 @@
-"""MMD initialization (SPEC §5)."""
+"""MMD initialization (mathematics §5)."""
 
 import math
 

@@ -61,7 +61,7 @@ def test_kernel_and_mean_equal_the_dlf():
 
 
 def test_exact_gp_marginal_likelihood_equals_dlf():
-    # SPEC: log p(f_i) = log N(f_i; mu, Phi Phi^T + sigma_f^2 I). GPyTorch computes it
+    # mathematics §3: log p(f_i) = log N(f_i; mu, Phi Phi^T + sigma_f^2 I). GPyTorch computes it
     # through the kernel's low-rank root; the DLF through the Woodbury identity.
     dlf = random_dlf(in_features=2, num_factors=3, seed=2, noise_variance=0.05)
     x = torch.randn(40, 2, dtype=torch.float64)
