@@ -41,6 +41,17 @@ def _bars(args: argparse.Namespace) -> bool:
     return not args.no_progress and not progress_disabled()
 
 
+def _task_and_noise(args: argparse.Namespace, f: np.ndarray) -> tuple[str, Optional[np.ndarray]]:
+    """The task (``--task``, else from the teachers' shape) and the ``--noise-variances`` it needs."""
+    task = args.task or ("classification" if f.ndim == 3 else "regression")
+    if task == "regression" and args.noise_variances is None:
+        raise ValueError(f"--noise-variances: regression teachers need each teacher's noise variance, a file of n = {f.shape[0]} "
+                         "values (e.g. each teacher's held-out mean squared error); add --noise-variances FILE, or give "
+                         "(n, m, c) logits for classification")
+    noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
+    return task, noise
+
+
 def check_finite(array: np.ndarray, flag: str, path: str, needs: str) -> None:
     """A one-line error naming ``flag`` and ``path`` where ``array`` holds NaN or Inf (``needs``: what needs finite values)."""
     bad = ~np.isfinite(array)
@@ -103,12 +114,7 @@ def run_distill(args: argparse.Namespace) -> None:
     if x.ndim == 1:
         x = x[:, None]
     check_finite(x, "--x", args.x, "the design points")
-    task = args.task or ("classification" if f.ndim == 3 else "regression")
-    if task == "regression" and args.noise_variances is None:
-        raise ValueError(f"--noise-variances: regression teachers need each teacher's noise variance, a file of n = {f.shape[0]} "
-                         "values (e.g. each teacher's held-out mean squared error); add --noise-variances FILE, or give "
-                         "(n, m, c) logits for classification")
-    noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
+    task, noise = _task_and_noise(args, f)
     observed, held_out = (None if path is None else _load_mask(path, flag)
                           for path, flag in ((args.observed, "--observed"), (args.held_out, "--held-out")))
     q = "q chosen from the teachers' values" if args.num_factors == "auto" else f"q = {args.num_factors}"
@@ -151,9 +157,9 @@ def run_distill(args: argparse.Namespace) -> None:
 
 def _factor_choice(student) -> str:
     """The fit report's words on ``--num-factors auto``: what the chosen q explains of the teachers' spread."""
-    choice = getattr(student, "num_factors_choice", None)
+    choice = student.num_factors_choice  # declared on every student; None when q was given
     words = " (--num-factors auto: chosen from the teachers' values"
-    if choice is not None and len(choice.explained) >= choice.num_factors:
+    if choice is not None:
         words += (f", {100 * choice.explained[choice.num_factors - 1]:.0f} % of their spread in {choice.num_factors} "
                   f"direction(s), {100 * choice.share:.0f} % asked")
     return words + ")"
@@ -199,12 +205,7 @@ def run_distill_stream(args: argparse.Namespace) -> None:
             check_writable(args.out, "--out")
             check_not_input(args.out, "--out", _inputs(args))
         stream = NpyStream(args.x, args.teachers, args.batch_size, rank=rank, world_size=world)
-        task = args.task or ("classification" if stream.f.ndim == 3 else "regression")
-        if task == "regression" and args.noise_variances is None:
-            raise ValueError(f"--noise-variances: regression teachers need each teacher's noise variance, a file of n = "
-                             f"{stream.f.shape[0]} values (e.g. each teacher's held-out mean squared error); add "
-                             "--noise-variances FILE, or give (n, m, c) logits for classification")
-        noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
+        task, noise = _task_and_noise(args, stream.f)
         if is_main_process():
             _say(args, f"Distilling {stream.f.shape[0]} teachers at {stream.x.shape[0]} design points streamed in batches of "
                        f"{args.batch_size} (q = {args.num_factors}; {args.iterations} EM iterations) ...")
