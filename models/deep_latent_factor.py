@@ -118,6 +118,7 @@ class DeepLatentFactor(PyroModule):
         covariance: str = "separable",
         centered_loadings: bool = False,
         loading_hidden: Optional[Sequence[int]] = None,
+        distance_anchors: Optional[int] = None,
     ) -> None:
         # A unique Pyro name per instance: under a Pyro handler PyroModule
         # parameters live in the global param store by name, and two models
@@ -140,14 +141,18 @@ class DeepLatentFactor(PyroModule):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         check_real(noise_variance, "noise_variance", 0, fix="the initial nugget σ_f², e.g. noise_variance=1.0")
+        distance_anchors = check_int(distance_anchors, "distance_anchors", 1, allow_none=True,
+                                     fix="the number of data rows the distance feature measures from, e.g. 256")
         if body is None:
             if in_features is None:
                 raise ValueError("in_features is required when no body is given (or pass body= and body_features=)")
             hidden = check_widths(hidden, "hidden")
-            body = MLP(in_features, hidden[:-1], hidden[-1], ACTIVATIONS[activation]) if hidden else nn.Identity()
+            # Without a loading body the shared body reads the distance feature too (mathematics §9.3).
+            shared_in = in_features + (1 if distance_anchors is not None and loading_hidden is None else 0)
+            body = MLP(shared_in, hidden[:-1], hidden[-1], ACTIVATIONS[activation]) if hidden else nn.Identity()
             if hidden:
                 body.append(ACTIVATIONS[activation]())
-            body_features = hidden[-1] if hidden else in_features
+            body_features = hidden[-1] if hidden else shared_in
             self.custom_body = False
         else:
             if not isinstance(body, nn.Module):
@@ -158,8 +163,11 @@ class DeepLatentFactor(PyroModule):
             hidden = ()
             self.custom_body = True
         loading_hidden = check_loading_hidden(loading_hidden, self.custom_body)
+        if distance_anchors is not None and self.custom_body:
+            raise ValueError("distance_anchors measures distances between (m, d) rows: drop it with a custom body")
         if loading_hidden is not None:
-            self.loading_body = MLP(in_features, loading_hidden[:-1], loading_hidden[-1], ACTIVATIONS[activation])
+            loading_in_features = in_features + (1 if distance_anchors is not None else 0)
+            self.loading_body = MLP(loading_in_features, loading_hidden[:-1], loading_hidden[-1], ACTIVATIONS[activation])
             self.loading_body.append(ACTIVATIONS[activation]())
         self.in_features = in_features
         self.num_factors = num_factors
@@ -170,6 +178,7 @@ class DeepLatentFactor(PyroModule):
         self.body_features = int(body_features)
         self.activation = activation
         self.loading_hidden = loading_hidden
+        self.distance_anchors = distance_anchors
 
         self.body = body
         # The mean reads every feature, [h; g] with a loading body; the loadings read g (else h).
@@ -188,6 +197,10 @@ class DeepLatentFactor(PyroModule):
         self.register_buffer("input_scale", torch.ones(shape_in))
         self.register_buffer("output_loc", torch.zeros(num_outputs or ()))
         self.register_buffer("output_scale", torch.ones(()))
+        if distance_anchors is not None:
+            # Data rows (standardized) and the typical distance of a new input from them (mathematics §9.3).
+            self.register_buffer("anchors", torch.zeros(distance_anchors, in_features))
+            self.register_buffer("distance_scale", torch.ones(()))
 
     # ------------------------------------------------------------------ shape
     @property
@@ -223,6 +236,7 @@ class DeepLatentFactor(PyroModule):
             "covariance": self.covariance_type,
             "centered_loadings": self.centered_loadings,
             "loading_hidden": None if self.loading_hidden is None else list(self.loading_hidden),
+            "distance_anchors": self.distance_anchors,
         }
 
     def check_inputs(self, x: Tensor, name: str = "x") -> None:
@@ -254,9 +268,43 @@ class DeepLatentFactor(PyroModule):
         if is_integer_input(x):
             return self.body(x)  # a custom body embedding ids/codes; nothing to standardize
         x = (x - self.input_loc) / self.input_scale
+        with_distance = x if self.distance_anchors is None else torch.cat([x, self.data_distance(x, standardized=True)], -1)
         if self.loading_hidden is None:
-            return self.body(x)
-        return torch.cat([self.body(x), self.loading_body(x)], -1)
+            return self.body(with_distance)
+        return torch.cat([self.body(x), self.loading_body(with_distance)], -1)
+
+    def set_anchors(self, x: Tensor, generator: Optional[torch.Generator] = None) -> None:
+        r"""Set the distance feature's anchors from the data ``x`` (original units, ``(n, d)``).
+
+        ``distance_anchors`` rows of ``x`` (all of them when there are fewer, drawn without
+        replacement otherwise) are kept in standardized coordinates; the scale is the
+        median distance from an anchor to its nearest other anchor, so the feature is
+        about 1 at a typical new input among the data and grows linearly beyond them
+        (mathematics §9.3).
+        """
+        if self.distance_anchors is None:
+            raise ValueError("set_anchors: this model has no distance feature (distance_anchors=None)")
+        with torch.no_grad():
+            xs = (x.to(self.input_loc) - self.input_loc) / self.input_scale
+            k = self.distance_anchors
+            rows = torch.randperm(xs.shape[0], generator=generator)[:k].to(xs.device) if xs.shape[0] > k else torch.arange(xs.shape[0], device=xs.device)
+            chosen = xs[rows]
+            # Fewer data rows than anchors: repeat the first ones (the minimum distance is unchanged).
+            chosen = chosen[torch.arange(k, device=xs.device) % chosen.shape[0]]
+            gaps = torch.cdist(chosen, chosen)
+            gaps.fill_diagonal_(float("inf"))
+            gaps[gaps == 0] = float("inf")  # repeated rows are not neighbours
+            nearest = gaps.min(1).values
+            nearest = nearest[torch.isfinite(nearest)]
+            scale = nearest.median() if nearest.numel() else torch.ones((), dtype=xs.dtype, device=xs.device)
+            self.anchors.copy_(chosen)
+            self.distance_scale.copy_(scale.clamp_min(torch.finfo(xs.dtype).eps))
+
+    def data_distance(self, x: Tensor, standardized: bool = False) -> Tensor:
+        """Distance of each input from the nearest anchor, in units of ``distance_scale``, ``(m, 1)``."""
+        if not standardized:
+            x = (x - self.input_loc) / self.input_scale
+        return torch.cdist(x, self.anchors).min(-1, keepdim=True).values / self.distance_scale
 
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and loadings from body features (in the teachers' units)."""

@@ -11,11 +11,13 @@ import numbers
 import os
 import warnings
 from numbers import Integral, Real
-from typing import IO, Any, Optional, Sequence, Union
+from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from pyro_dlf.design.sets import DESIGNS
 
 __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_held_out", "check_num_factors", "check_dtype", "check_batch_size", "check_training_length",
            "check_magnitude", "check_loading_hidden", "check_real", "check_int", "check_flag", "check_choice", "check_device",
@@ -306,6 +308,27 @@ def check_flag(value: Any, name: str, *, allow_none: bool = False) -> Optional[b
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False{' (or None)' if allow_none else ''}, got {value!r}")
     return bool(value)
+
+
+def check_flag_or_auto(value: Any, name: str) -> Union[bool, str]:
+    """``True``, ``False`` or ``"auto"``."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be 'auto', True or False, got {value!r}")
+    return bool(value)
+
+
+def check_design_option(value: Any, name: str = "design") -> Union[str, Callable]:
+    """``"auto"``, a named design set (:data:`pyro_dlf.design.sets.DESIGNS`), or a callable ``design(x, generator)``
+    returning the points to add."""
+    if callable(value) and not isinstance(value, str):
+        return value
+    choices = ("auto", *DESIGNS)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices} or a callable design(x, generator) returning the points to add, "
+                         f"got {value!r}")
+    return value
 
 
 def check_choice(value: Any, name: str, choices: Sequence[str], *, allow_none: bool = False) -> Optional[str]:

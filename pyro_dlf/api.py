@@ -3,6 +3,7 @@ r"""One call from a teacher ensemble to a distilled student."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from typing import Callable, Optional, Sequence, Union
@@ -12,11 +13,12 @@ import pyro.optim
 import torch
 from torch import Tensor, nn
 from pyro_dlf._progress import progress_bar
-from pyro_dlf._validation import (MAX_SEED, cast_inputs, check_choice, check_design_points, check_device, check_flag, check_float_dtype,
+from pyro_dlf._validation import (MAX_SEED, cast_inputs, check_choice, check_design_option, check_design_points, check_device, check_flag_or_auto, check_flag, check_float_dtype,
                                   check_held_out, check_int, check_loading_hidden, check_magnitude, check_noise_variances,
                                   check_num_factors, check_num_factors_option, check_num_points, check_real, check_teacher_output,
                                   check_teacher_values, check_training_length, check_value_scale, check_widths)
 from pyro_dlf.calibration import calibrate_spread
+from pyro_dlf.design.choice import DESIGN_CANDIDATES, DesignChoice, choose_design
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.heteroscedastic import fit_heteroscedastic_noise
 from pyro_dlf.infer.em import EM
@@ -30,11 +32,16 @@ from pyro_dlf.sufficient_statistics import observed_count
 
 __all__ = ["distill", "evaluate_teachers", "scheduled_adam"]
 
-TeacherOutputs = Union[Tensor, Sequence[Callable[[Tensor], Tensor]]]
+TeacherOutputs = Union[Tensor, Sequence[Callable[[Tensor], Tensor]], Callable[[Tensor], Tensor]]
 
 
-def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor, batch_size: int = 1024) -> Tensor:
+def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor, batch_size: int = 1024,
+                      where: str = "x_design rows") -> Tensor:
     """Evaluate callables on the design points in batches: ``(n, m)`` or ``(n, m, c)``.
+
+    ``teachers`` is a list of ``n`` callables, or one callable for the whole
+    ensemble that maps ``(b, ...)`` inputs to ``(n, b)`` or ``(n, b, c)``
+    values (e.g. a vectorized ensemble).
 
     Each callable maps ``(b, ...)`` inputs to ``(b,)``, ``(b, 1)`` or ``(b, c)``
     outputs (a tensor, or a NumPy array of real numbers); it runs under
@@ -42,8 +49,10 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     dropout teachers give one function, not a new draw per evaluation),
     restored to its mode afterwards.
     """
+    if callable(teachers) and not isinstance(teachers, (list, tuple)):
+        return _evaluate_ensemble(teachers, x, check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024"))
     if not isinstance(teachers, (list, tuple)):
-        raise TypeError(f"teacher_outputs must be a list of callables, got {type(teachers).__name__}")
+        raise TypeError(f"teacher_outputs must be a list of callables or one callable for the whole ensemble, got {type(teachers).__name__}")
     if len(teachers) == 0:
         raise ValueError("teacher_outputs is an empty list: give at least 2 teachers")
     batch_size = check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024")
@@ -63,7 +72,7 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
                     try:
                         out = teacher(xb)
                     except Exception as err:  # the teacher's own error, kept, with where it happened
-                        err.add_note(f"raised by teacher_outputs[{i}] on x_design rows {s}..{s + xb.shape[0] - 1}")
+                        err.add_note(f"raised by teacher_outputs[{i}] on {where} {s}..{s + xb.shape[0] - 1}")
                         raise
                     parts.append(check_teacher_output(out, i, xb.shape[0]))
             finally:
@@ -77,6 +86,30 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     if len(shapes) != 1:
         raise ValueError(f"teacher_outputs: the teachers returned different shapes {sorted(shapes)}")
     return torch.stack(outputs)
+
+
+def _evaluate_ensemble(ensemble: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
+    """One callable's ``(n, b[, c])`` values on ``x`` in batches (see :func:`evaluate_teachers`)."""
+    training = isinstance(ensemble, nn.Module) and ensemble.training
+    if training:
+        ensemble.eval()
+    parts = []
+    try:
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch_size):
+                xb = x[s:s + batch_size]
+                out = ensemble(xb)
+                if isinstance(out, np.ndarray):
+                    out = torch.from_numpy(np.ascontiguousarray(out))
+                if not isinstance(out, Tensor) or out.dim() not in (2, 3) or out.shape[1] != xb.shape[0] or out.is_complex():
+                    raise ValueError(f"teacher_outputs: the ensemble callable returned {tuple(getattr(out, 'shape', ())) or type(out).__name__} "
+                                     f"for a batch of {xb.shape[0]} inputs; it must return real values (n, {xb.shape[0]}) or "
+                                     f"(n, {xb.shape[0]}, c), one row per teacher")
+                parts.append(out.detach())
+    finally:
+        if training:
+            ensemble.train()
+    return torch.cat(parts, 1)
 
 
 def _standardize_stats(t: Tensor, dim) -> tuple[Tensor, Tensor]:
@@ -124,6 +157,8 @@ def distill(
     progress: bool = True,
     device: Optional[Union[str, torch.device]] = None,
     dtype: torch.dtype = torch.float32,
+    design: Union[str, Callable[[Tensor, torch.Generator], Tensor]] = "auto",
+    distance_feature: Union[bool, str] = "auto",
 ) -> Student:
     r"""Distill a teacher ensemble into a deep latent factor student (Gaussian distillation).
 
@@ -134,8 +169,10 @@ def distill(
     :param x_design: design points (the transfer set), ``(m, ...)``. Held-out
         data from the training distribution works best; more points help.
     :param teacher_outputs: ``(n, m)`` values (regression), ``(n, m, c)`` logits
-        (classification), or a list of ``n`` callables evaluated on
-        ``x_design`` in batches of ``teacher_batch_size``.
+        (classification), a list of ``n`` callables, or one callable for the
+        whole ensemble returning ``(n, b[, c])`` values, evaluated in batches of
+        ``teacher_batch_size``. Callables let ``design`` place points off
+        ``x_design``: the teachers need no labels there.
     :param num_factors: ``q``, or ``"auto"`` (default): the smallest ``q`` whose leading principal
         directions of the teachers' centred deviations ``f_i − \bar f`` at the design points explain
         at least 90 % of their spread, clipped to ``1 ≤ q ≤ min(10, n − 2)`` (separable multivariate:
@@ -289,6 +326,27 @@ def distill(
         ``torch.cuda.is_available()``.
     :param dtype: the model's dtype, ``torch.float32`` or ``torch.float64`` (for values whose
         squares overflow or underflow float32).
+    :param design: where the teachers are evaluated (mathematics §9). With callable teachers,
+        ``x_design`` are the data rows and the design set is built from them:
+        ``"given"`` (the rows only), ``"between"`` (plus a mixup point per row),
+        ``"around"`` (plus a Gaussian perturbation per row), ``"beyond"`` (plus a
+        Gaussian perturbation and an outward probe with reach 0.5 per row), or a
+        callable ``design(x, generator)`` returning the points to add (e.g.
+        :func:`pyro_dlf.design.images.augment_images`). ``"auto"`` (default)
+        compares ``given``, ``around`` and ``beyond`` (the last two with and without the
+        distance feature) by the
+        teachers' held-out values in range, around and beyond the data
+        (:func:`pyro_dlf.design.choice.choose_design`; one fit per candidate on
+        ``1 − validation_fraction`` of the rows, with the first candidate body),
+        then refits on every row. With teacher values (not callables), per-point
+        inputs (``observed``, ``held_out``, per-point noise variances) or a custom
+        body, ``"auto"`` means ``"given"``. ``student.design_choice`` records the
+        design and why (:class:`~pyro_dlf.design.choice.DesignChoice`).
+    :param distance_feature: feed the loadings the distance from the data
+        (``DISTANCE_ANCHORS`` rows; mathematics §9.3), so that ``‖Φ(x)‖`` can keep
+        growing beyond the data. ``"auto"`` (default): with ``design="auto"`` compared
+        with and without it (for the designs off the rows) and chosen by the same
+        held-out score; with a named design, on when the design reaches off the rows.
     :returns: the fitted student; ``student.history`` holds the negative log
         marginal likelihood per observed scalar at each EM iteration (before any
         calibration), ``student.spread_calibration`` the
@@ -302,7 +360,7 @@ def distill(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                student = _distill(x_design, teacher_outputs, **call)
+                student = _distill_with_design(x_design, teacher_outputs, **call)
             except torch.linalg.LinAlgError as err:
                 # The data are checked before the fit, so a singular matrix during it means the weights diverged.
                 raise ValueError(f"the fit diverged (a covariance became singular: {str(err).splitlines()[0][:80]}); this happens "
@@ -314,6 +372,85 @@ def distill(
         raise
     _say_once(caught)
     return student
+
+
+#: Data rows the distance feature measures from (a random subset when there are more; mathematics §9.3).
+DISTANCE_ANCHORS = 256
+
+
+def _no_design_reason(x, teacher_outputs, design, o: dict) -> Optional[str]:
+    """Why no design can be built from ``x`` (``None`` when one can): the teachers must be callables, and
+    per-point inputs exist only at the given points."""
+    if not (isinstance(teacher_outputs, (list, tuple)) or callable(teacher_outputs)):
+        return "the teachers are given as values at x_design; pass them as callables so that they can be evaluated off the data"
+    for name in ("observed", "held_out"):
+        if o[name] is not None:
+            return f"{name} marks the given points only"
+    noise = o["teacher_noise_variances"]
+    if noise is not None and getattr(noise, "ndim", 1) == 2 and len(x) > 0 and noise.shape[1] == len(x):
+        return "teacher_noise_variances gives variances at the given points only"
+    if not callable(design) and (o["body"] is not None or getattr(x, "ndim", 0) != 2):
+        return "the named design sets need (m, d) rows and the default MLP body (pass a callable design= for other inputs)"
+    return None
+
+
+def _distill_with_design(x_design, teacher_outputs, *, design, distance_feature, **o) -> Student:
+    """:func:`_distill` on the design set ``design`` built from the rows ``x_design`` (mathematics §9)."""
+    design = check_design_option(design)
+    distance_feature = check_flag_or_auto(distance_feature, "distance_feature")
+    reason = _no_design_reason(x_design, teacher_outputs, design, o)
+    if reason is not None:
+        if design not in ("auto", "given"):
+            raise ValueError(f"design={design!r} places points off x_design, but {reason}; pass design='given'")
+        if distance_feature is True and o["body"] is not None:
+            raise ValueError("distance_feature=True measures distances between (m, d) rows: drop it with a custom body")
+        choice = DesignChoice("given", None, reason if design == "auto" else "asked for", distance_feature=distance_feature is True,
+                              seed=o["seed"])
+        student = _distill(x_design, teacher_outputs, **o, distance_anchors=DISTANCE_ANCHORS if choice.distance_feature else None)
+        choice.num_data_points = choice.num_design_points = len(x_design)
+        student.design_choice = choice
+        return student
+    x = check_design_points(x_design, "x_design", integer_ok=callable(design))
+    if o["device"] is not None:
+        x = x.to(check_device(o["device"]))
+    ensemble = teacher_outputs if callable(teacher_outputs) else list(teacher_outputs)
+    # The rows first: a failing teacher is named with the rows it failed on, before any design is built.
+    f_rows = evaluate_teachers(ensemble, x, o["teacher_batch_size"])
+    teachers = functools.partial(evaluate_teachers, ensemble, batch_size=o["teacher_batch_size"],
+                                 where="design points built from x_design, rows")
+
+    def fit(design_x: Tensor, design_f: Tensor, rows: Tensor, feature: bool, options: dict) -> Student:
+        return _distill(design_x, design_f, **options, distance_anchors=DISTANCE_ANCHORS if feature else None,
+                        data_rows=rows if feature else None)
+
+    if design == "auto":
+        # Candidates are compared with one body and the whole schedule; the chosen design then gets the caller's options.
+        quick = dict(o, hidden=_first_body(o["hidden"]), training_length=1.0, progress=False)
+        candidates = DESIGN_CANDIDATES if distance_feature == "auto" else tuple(
+            dict.fromkeys((name, reach, distance_feature) for name, reach, _ in DESIGN_CANDIDATES))
+        choice = choose_design(x, teachers, lambda dx, df, rows, feature: fit(dx, df, rows, feature, quick), candidates=candidates,
+                               validation_fraction=o["validation_fraction"], seed=o["seed"], progress=o["progress"])
+    else:
+        name, reach = ("custom", None) if callable(design) else (design, 0.5 if design == "beyond" else None)
+        feature = distance_feature if distance_feature != "auto" else name != "given" and o["body"] is None
+        choice = DesignChoice(name, reach, "asked for", distance_feature=feature)
+    choice.seed = o["seed"]
+    if callable(design):
+        added = design(x, torch.Generator().manual_seed(o["seed"] + 1))
+        design_x = torch.cat([x, check_design_points(added, "design(x, generator)", integer_ok=True).to(x)])
+    else:
+        design_x = choice.points(x)
+    f_design = torch.cat([f_rows, teachers(design_x[len(x):])], 1) if len(design_x) > len(x) else f_rows
+    student = fit(design_x, f_design, x, choice.distance_feature, o)
+    choice.num_data_points, choice.num_design_points = int(x.shape[0]), int(design_x.shape[0])
+    student.design_choice = choice
+    return student
+
+
+def _first_body(hidden):
+    """One body for the design comparison: the given widths, or the first candidate of a list or of ``"auto"``."""
+    candidates = _hidden_candidates(hidden)
+    return hidden if candidates is None else candidates[0]
 
 
 def _say_once(caught: list) -> None:
@@ -368,9 +505,10 @@ def _distill(
     hidden, validation_fraction, training_length, loading_hidden, body, body_features, activation, num_iterations, num_m_steps,
     batch_size, lr, lr_decay, warmup, estep, init, mmd_steps, mmd_penalty, center_logits, include_nugget, noise_given_factors,
     teacher_batch_size, seed, progress, device, dtype, candidate: Optional[str] = None,
+    distance_anchors: Optional[int] = None, data_rows: Optional[Tensor] = None,
 ) -> Student:
     """:func:`distill` without its warning handling; ``candidate`` names a body-selection candidate fit (in warnings)."""
-    call = _check_options({k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs", "candidate")})
+    call = _check_options({k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs", "candidate", "distance_anchors", "data_rows")})
     candidates = _hidden_candidates(call["hidden"])
     lengths = check_training_length(call["training_length"], TRAINING_FAMILY)
     loading_hidden = check_loading_hidden(call["loading_hidden"], body is not None)
@@ -395,10 +533,10 @@ def _distill(
         f = _as_teacher_tensor(teacher_outputs)
     elif isinstance(teacher_outputs, Tensor):
         f = teacher_outputs
-    elif isinstance(teacher_outputs, (list, tuple)):
+    elif isinstance(teacher_outputs, (list, tuple)) or callable(teacher_outputs):
         f = evaluate_teachers(teacher_outputs, x, call["teacher_batch_size"])
     else:
-        raise TypeError(f"teacher_outputs must be a tensor or NumPy array (n, m[, c]) or a list of callables, got {type(teacher_outputs).__name__}")
+        raise TypeError(f"teacher_outputs must be a tensor or NumPy array (n, m[, c]) a list of callables, or one callable for the whole ensemble, got {type(teacher_outputs).__name__}")
     if isinstance(f, Tensor) and f.is_complex():
         check_teacher_values(f, x, None, "teacher_outputs")  # names the argument and says what to pass
     if not isinstance(f, Tensor) or f.dim() not in (2, 3):
@@ -473,7 +611,8 @@ def _distill(
     if candidates is not None:
         # Candidates fit the values as checked here (logits already centred), with the chosen q.
         base = {**call, "num_factors": num_factors, "task": task, "covariance": covariance, "centered_loadings": centered_loadings,
-                "center_logits": False, "teacher_noise_variances": v, "progress": False, "held_out": None}
+                "center_logits": False, "teacher_noise_variances": v, "progress": False, "held_out": None,
+                "distance_anchors": distance_anchors, "data_rows": x if data_rows is None else data_rows}
 
         def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...], mask: Optional[Tensor], idx: Tensor, length: float) -> Student:
             # Candidates are compared as fitted; the chosen body is calibrated after its refit.
@@ -541,11 +680,13 @@ def _distill(
             x.shape[1] if body is None else None, num_factors, hidden, num_outputs,
             body=body, body_features=body_features, activation=call["activation"],
             covariance=covariance if num_outputs is not None else "separable", centered_loadings=bool(centered_loadings),
-            loading_hidden=loading_hidden,
+            loading_hidden=loading_hidden, distance_anchors=distance_anchors,
         ).to(dtype=dtype, device=x.device)
         with torch.no_grad():
             if body is None:
                 model.input_loc, model.input_scale = _standardize_stats(x, 0)
+            if distance_anchors is not None:
+                model.set_anchors(x if data_rows is None else cast_inputs(data_rows.to(x.device), dtype), generator)
             values = f if observed is None else f[observed]  # the observed values only
             loc, _ = _standardize_stats(values, tuple(range(values.dim() - (f.dim() - 2))))
             model.output_loc.copy_(loc)

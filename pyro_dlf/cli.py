@@ -4,8 +4,9 @@ Every user mistake (a bad value, a missing or unreadable file, a folder that
 cannot be written) ends with one line on standard error naming the flag, and
 exit status 2; set ``PYRO_DLF_DEBUG=1`` to see the traceback instead. The
 library's messages name its own arguments (``teacher_outputs``); the command
-line translates them to its flags (``--teachers``) through one table,
-:func:`flag_names`, and prints each distinct warning once, on one line.
+line translates them to its flags (``--teachers``, or ``--teacher-module`` when
+the teachers come as a module) through one table, :func:`flag_names`, and
+prints each distinct warning once, on one line.
 Output folders and files are checked before any long computation starts.
 """
 
@@ -36,6 +37,9 @@ def _count(minimum: int):
 
 
 _POSITIVE, _NONNEGATIVE = _count(1), _count(0)
+
+# pyro_dlf.design.images.IMAGE_FAMILIES (kept literal so the parser imports no model code; a test compares).
+_IMAGE_FAMILIES = ("translate", "scale", "contrast", "occlude", "mix")
 
 
 # The keys of pyro_dlf.bench.text.STUDENT_METHODS (kept literal so the parser imports no model code; a test compares).
@@ -127,11 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true",
                       help="no progress bars and no stage lines (TQDM_DISABLE=1 hides the bars alone)")
 
-    distill = _parser(sub, "distill", "distill your own ensemble from files: design inputs and each teacher's values at them")
+    distill = _parser(sub, "distill", "distill your own ensemble from files: design inputs and each teacher's values at "
+                      "them, or the data rows and the ensemble as TorchScript")
     required = distill.add_argument_group("required arguments")
-    required.add_argument("--x", required=True, metavar="FILE", help="design inputs (m, d): .npy, or .csv/.txt with one row per point")
-    required.add_argument("--teachers", required=True, metavar="FILE",
-                          help="teacher values: (n, m) regression outputs or (n, m, c) logits (.npy), or an (n, m) .csv")
+    required.add_argument("--x", required=True, metavar="FILE",
+                          help="design inputs (m, d), or with --teacher-module the data rows the design is built from: .npy, "
+                               "or .csv/.txt with one row per point")
+    # One source of the teachers: their values at the --x rows, or the ensemble itself (which --design needs).
+    teachers = required.add_mutually_exclusive_group(required=True)
+    teachers.add_argument("--teachers", metavar="FILE",
+                          help="teacher values: (n, m) regression outputs or (n, m, c) logits (.npy), or an (n, m) .csv "
+                               "(or --teacher-module)")
+    teachers.add_argument("--teacher-module", metavar="FILE",
+                          help="the ensemble itself: a TorchScript file (torch.jit.save) mapping float32 inputs (b, d) to the "
+                               "teachers' values (n, b) or logits (n, b, c); the --x rows are then the data and --design may "
+                               "place points off them (or --teachers)")
     required.add_argument("--out", required=True, metavar="FILE",
                           help="the student file to write (e.g. student.pt); a fit report PNG goes beside it")
     regression = distill.add_argument_group("required for regression teachers",
@@ -160,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--covariance", default=None, choices=("separable", "full"),
                          help="several outputs: one per input (full, the default for classification) or one shape for "
                               "every input (separable, the paper's)")
+    distill.add_argument("--design", default="auto", choices=("auto", "given", "between", "around", "beyond"),
+                         help="--teacher-module: where the teachers are evaluated, built from the --x rows: given (the rows), "
+                              "between (plus a mixup point per row), around (plus a Gaussian perturbation per row), beyond "
+                              "(plus a perturbation and an outward probe per row), or auto (chosen by the teachers' held-out "
+                              "values in range, around and beyond the rows; one fit per candidate); with --teachers values "
+                              "only given (auto means given)")
+    distill.add_argument("--distance-feature", default="auto", choices=("auto", "yes", "no"),
+                         help="feed the loadings the distance from the --x rows, so that the spread can grow beyond them "
+                              "(auto: when the design reaches off the rows)")
     distill.add_argument("--iterations", type=_POSITIVE, default=100, help="EM iterations")
     distill.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="steps of the MMD-penalized initialization")
     distill.add_argument("--training-length", type=_training_length, default=1.0,
@@ -207,11 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     uci.add_argument("--dlf-iterations", type=_POSITIVE, default=150, help="EM iterations of every DLF")
     uci.add_argument("--mmd-steps", type=_NONNEGATIVE, default=500, help="MMD initialization steps of every DLF")
     uci.add_argument("--num-factors", type=_POSITIVE, default=10, help="q of every DLF")
-    uci.add_argument("--ablations", nargs="*", default=(), choices=("estep", "init", "q", "design", "nugget", "augment", "oof", "length", "loadings"),
+    uci.add_argument("--ablations", nargs="*", default=(),
+                     choices=("estep", "init", "q", "design", "nugget", "augment", "oof", "length", "loadings", "same-design"),
                      help="DLF variants to add: minibatch E-step, random init, q in {2, 5, 20}, held-out and jittered design "
                           "points, nugget in the predictive, Gaussian/mixup-augmented design points, out-of-fold teacher values, "
                           "training length chosen on held-out design points, the other network (one shared body, or with "
-                          "--dlf-loading-hidden none a separate loading body of the --student-hidden widths)")
+                          "--dlf-loading-hidden none a separate loading body of the --student-hidden widths), and same-design: "
+                          "small-Ens, Hydra and BE on the row DLF's design points, the DLF on the data rows only and without "
+                          "the distance feature")
     uci.add_argument("--max-design", type=_NONNEGATIVE, default=0,
                      help="at most this many training inputs as design points (0: all of them)")
     uci.add_argument("--dlf-hidden", nargs="+", default=["auto"],
@@ -222,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "or none for one body shared by the mean and the loadings")
     uci.add_argument("--design", default="train", choices=("train", "jitter", "gaussian", "mixup", "outward"),
                      help="design points of every student: the training inputs, plus one moved copy of each")
+    uci.add_argument("--dlf-design", default="auto", choices=("auto", "given", "between", "around", "beyond"),
+                     help="the row DLF's design (distill(design=...)): built from the --design points with the teachers "
+                          "evaluated there; auto chooses by the teachers' held-out values, given keeps the points")
     uci.add_argument("--extrapolation", action="store_true",
                      help="hold out the 10%% of rows with the largest first-principal-component projection as "
                           "out-of-range test points (results: uci_extrapolation.*)")
@@ -268,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--shift-sizes", type=_POSITIVE, nargs="+", default=[10, 50, 100, 500, 1000],
                         help="numbers N of flipped training examples for the head-only refits")
     images.add_argument("--shift-seeds", type=_POSITIVE, default=5, help="draws of the N examples per size")
+    images.add_argument("--design", default="augment", choices=("images", "augment"),
+                        help="design points of the DLF rows: the held-out images only, or those plus one label-free augmented "
+                             "copy of each (teachers' logits there); the other students keep the held-out images")
+    images.add_argument("--augment-families", nargs="+", default=list(_IMAGE_FAMILIES), choices=_IMAGE_FAMILIES,
+                        help="augmentation families for --design augment (rotation and Gaussian noise are the tested shifts, "
+                             "never augmentations)")
+    images.add_argument("--augment-strength", type=_fraction, default=1.0, help="scales every augmentation family's magnitude, in (0, 1]")
+    images.add_argument("--ablations", nargs="*", default=(), choices=("design",),
+                        help="design: add small-Ens, Hydra and BE on the augmented design points and the DLF on the other design")
+    images.add_argument("--shift-test-size", type=_count(2), default=None,
+                        help="test images of the rotation/noise shift ladder (default 2000; 200 for digits)")
+    images.add_argument("--rotation-degrees", type=float, nargs="+", default=None,
+                        help="rotation levels of the shift ladder, degrees (default 0 15 ... 180)")
+    images.add_argument("--noise-stds", type=_fraction, nargs="+", default=None,
+                        help="additive Gaussian noise levels of the shift ladder, images in [0, 1] (default 0.1 0.2 0.4 0.6 0.8)")
     images.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
     images.add_argument("--name", default="images", help="file stem of the JSON/Markdown/PNG results")
     images.add_argument("--cache-dir", default="benchmarks/cache", help="fitted teachers ('' to disable)")
@@ -345,14 +389,14 @@ _LIBRARY_NAMES: dict[str, dict[str, str]] = {
     # pyro_dlf.distill and pyro_dlf.distributed.distill_stream
     "distill": {"x_design": "--x", "teacher_outputs": "--teachers", "teacher_noise_variances": "--noise-variances",
                 "num_iterations": "--iterations", "observed": "--observed", "task": "--task", "covariance": "--covariance",
-                "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device", "path": "--out"},
+                "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device", "path": "--out", "design": "--design"},
     # pyro_dlf.Student.load and Student.predict
     "predict": {"path": "--student", "x": "--x", "return_samples": "--samples", "seed": "--seed"},
     # pyro_dlf.demo.DemoConfig
     "demo": {"num_iterations": "--iterations", "seed": "--seed"},
     # the benchmarks' configurations
     "bench uci": {"path": "--data-path", "teachers": "--teachers", "seed": "--seed", "splits": "--splits", "datasets": "--datasets",
-                  "ablations": "--ablations", "design": "--design"},
+                  "ablations": "--ablations", "design": "--design", "dlf_design": "--dlf-design"},
     "bench svi": {"path": "--data-path", "teachers": "--teachers", "split": "--split", "seed": "--seed"},
     "bench images": {"dataset": "--dataset", "teachers": "--teachers", "seed": "--seed"},
     "bench text": {"teachers": "--teachers", "seed": "--seed", "methods": "--methods", "jobs": "--jobs"},
@@ -451,6 +495,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
     names = flag_names(command, parser)
+    if getattr(args, "teacher_module", None) is not None:
+        names["teacher_outputs"] = "--teacher-module"  # the library's teachers are the module's
     with warnings.catch_warnings():
         warnings.showwarning = _Warnings(f"pyro-dlf {command}", names)
         try:
@@ -523,6 +569,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
             dlf_hidden=parse_widths(args.dlf_hidden, "--dlf-hidden"),
             dlf_loading_hidden=(tuple(args.student_hidden) if args.dlf_loading_hidden is None
                                 else parse_loading_widths(args.dlf_loading_hidden, "--dlf-loading-hidden")), design=args.design, extrapolation=args.extrapolation,
+            dlf_design=args.dlf_design,
         )
         json_path, md_path = write_report(run_uci_benchmark(config), config.output_dir, config.name)
         print(f"Wrote {json_path} and {md_path}")
@@ -546,7 +593,10 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
             full_num_factors=args.full_num_factors, dlf_covariance=args.dlf_covariance,
             dlf_iterations=args.dlf_iterations, mmd_steps=args.mmd_steps, shift_sizes=tuple(args.shift_sizes),
             shift_seeds=args.shift_seeds, output_dir=args.output_dir, name=args.name, cache_dir=args.cache_dir or None,
-            seed=args.seed, progress=not args.no_progress,
+            seed=args.seed, progress=not args.no_progress, design=args.design, augment_families=tuple(args.augment_families),
+            augment_strength=args.augment_strength, ablations=tuple(args.ablations), shift_test_size=args.shift_test_size,
+            **({} if args.rotation_degrees is None else {"rotation_degrees": tuple(args.rotation_degrees)}),
+            **({} if args.noise_stds is None else {"noise_stds": tuple(args.noise_stds)}),
             command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]),
         )
         json_path, md_path = write_images_report(run_images_benchmark(config), config.output_dir, config.name)

@@ -1,7 +1,9 @@
 """``pyro-dlf distill`` and ``pyro-dlf predict``: your own ensemble from files, a student to a file.
 
 ``distill`` reads the design inputs and every teacher's values at them (and,
-for regression, each teacher's noise variance), fits the student with
+for regression, each teacher's noise variance), or the data rows and the
+ensemble itself as a TorchScript module, so that ``--design`` can place points
+off the rows (mathematics §9); it fits the student with
 :func:`pyro_dlf.distill`, writes it with :meth:`pyro_dlf.Student.save` and a
 fit report beside it (``<out>_fit.png``: the negative log marginal likelihood
 per observed value over the EM iterations). ``predict`` loads a student and
@@ -18,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -27,7 +30,15 @@ from pyro_dlf._progress import progress_disabled
 from pyro_dlf._validation import MAX_SEED, check_device, check_int, check_not_input
 from pyro_dlf.arrays import check_writable, load_array, save_arrays
 
-__all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths", "check_finite"]
+__all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths", "check_finite", "load_teacher_module",
+           "probe_teacher_module"]
+
+#: Rows of --x a teacher module is first evaluated on, to learn the shape of its values.
+PROBE_ROWS = 8
+
+#: What a --teacher-module file must be, for the errors that say it.
+_MODULE_NEEDS = ("a module saved with torch.jit.save(torch.jit.script(ensemble), path) (or torch.jit.trace) that maps "
+                 "float32 inputs (b, d) to the teachers' values (n, b) or logits (n, b, c)")
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -41,8 +52,11 @@ def _bars(args: argparse.Namespace) -> bool:
     return not args.no_progress and not progress_disabled()
 
 
-def _task_and_noise(args: argparse.Namespace, f: np.ndarray) -> tuple[str, Optional[np.ndarray]]:
-    """The task (``--task``, else from the teachers' shape) and the ``--noise-variances`` it needs."""
+def _task_and_noise(args: argparse.Namespace, f) -> tuple[str, Optional[np.ndarray]]:
+    """The task (``--task``, else from the teachers' shape) and the ``--noise-variances`` it needs.
+
+    :param f: the teachers' values, or any array of their shape's rank with ``n`` rows (a module's values on a few rows).
+    """
     task = args.task or ("classification" if f.ndim == 3 else "regression")
     if task == "regression" and args.noise_variances is None:
         raise ValueError(f"--noise-variances: regression teachers need each teacher's noise variance, a file of n = {f.shape[0]} "
@@ -94,8 +108,70 @@ def _loading_hidden(args: argparse.Namespace):
 
 def _inputs(args: argparse.Namespace) -> dict[str, Optional[str]]:
     """The files a command reads, by flag: its --out must be none of them."""
-    flags = ("--x", "--teachers", "--noise-variances", "--observed", "--held-out", "--student")
+    flags = ("--x", "--teachers", "--teacher-module", "--noise-variances", "--observed", "--held-out", "--student")
     return {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in flags}
+
+
+def load_teacher_module(path: str, device: torch.device):
+    """The ``--teacher-module`` TorchScript ensemble, loaded on the CPU, in eval mode, moved to ``device``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--teacher-module: no file at {path!r}; give {_MODULE_NEEDS}")
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is this flag's file format; torch's notice that it is deprecated is not the user's to act on.
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
+            module = torch.jit.load(path, map_location="cpu")
+    except Exception:  # torch says only that the archive lacks its parts; what the file must be is the useful part
+        raise ValueError(f"--teacher-module: cannot load {path!r} as TorchScript; it must be {_MODULE_NEEDS}") from None
+    module.eval()  # one function per teacher: dropout off, batch-norm statistics frozen
+    return module.to(device)
+
+
+def probe_teacher_module(module, x: torch.Tensor) -> tuple[int, ...]:
+    """The shape ``(n, b)`` or ``(n, b, c)`` of ``module``'s values on the first rows of ``x`` (at most
+    :data:`PROBE_ROWS`), or a one-line error naming ``--teacher-module``. Two batch sizes are tried, so that an
+    output with one row per input (``(b, n)``) is told apart from one row per teacher even where ``n = b``."""
+    first = min(PROBE_ROWS, x.shape[0])
+    shape: tuple[int, ...] = ()
+    for rows in dict.fromkeys((first, max(1, first - 1))):
+        try:
+            with torch.no_grad():
+                out = module(x[:rows])
+        except Exception as err:  # the module's own error (e.g. another input width): its last line says what
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise ValueError(f"--teacher-module: the module fails on the first {rows} rows of --x, shape "
+                             f"{tuple(x[:rows].shape)} ({lines[-1] if lines else type(err).__name__}); it must map float32 "
+                             "inputs (b, d) to the teachers' values (n, b) or logits (n, b, c): check that --x has the "
+                             "columns the module takes") from None
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"--teacher-module: the module returns a {type(out).__name__} for {rows} rows of --x; it must "
+                             f"return one tensor, the teachers' values (n, {rows}) or logits (n, {rows}, c)")
+        if out.dim() not in (2, 3) or out.shape[1] != rows:
+            raise ValueError(f"--teacher-module: the module returns shape {tuple(out.shape)} for {rows} rows of --x; it must "
+                             f"return the teachers' values (n, {rows}) or logits (n, {rows}, c), one row per teacher "
+                             "(transpose a (b, n) output)")
+        if not out.is_floating_point():
+            raise ValueError(f"--teacher-module: the module returns {out.dtype} values; it must return real floating-point "
+                             "values or logits")
+        shape = shape or tuple(out.shape)
+    if shape[0] < 2:  # said before any fit starts (a design choice fits once per candidate)
+        raise ValueError(f"--teacher-module: the module returns the values of {shape[0]} teacher(s); distilling an ensemble needs "
+                         "at least 2, one row each: (n, b) or (n, b, c)")
+    return shape
+
+
+def _check_design(args: argparse.Namespace) -> None:
+    """The ``--design`` options that need the ensemble itself (``--teacher-module``) and none of the per-row masks."""
+    if args.design in ("auto", "given"):
+        return
+    if args.teachers is not None:
+        raise ValueError(f"--design {args.design}: --teachers gives the teachers' values at the --x rows only, so no points "
+                         "can be placed off them; pass the ensemble with --teacher-module FILE, or --design given")
+    masks = [flag for flag, path in (("--observed", args.observed), ("--held-out", args.held_out)) if path is not None]
+    if masks:
+        raise ValueError(f"--design {args.design}: {' and '.join(masks)} mark{'s' if len(masks) == 1 else ''} values at the "
+                         f"--x rows only, so no points can be placed off them; drop {' and '.join(masks)} or pass "
+                         "--design given")
 
 
 def run_distill(args: argparse.Namespace) -> None:
@@ -104,47 +180,67 @@ def run_distill(args: argparse.Namespace) -> None:
     if args.stream:
         run_distill_stream(args)
         return
+    _check_design(args)
     check_writable(args.out, "--out")
     check_not_input(args.out, "--out", _inputs(args))
     device = check_device(args.device)
     hidden = parse_widths(args.hidden, "--hidden")
-    _say(args, f"Reading --x {args.x} and --teachers {args.teachers} ...")
+    module = args.teacher_module is not None
+    source = f"--teacher-module {args.teacher_module}" if module else f"--teachers {args.teachers}"
+    _say(args, f"Reading --x {args.x} and {source} ...")
     x = load_array(args.x, "--x")
-    f = load_array(args.teachers, "--teachers")
     if x.ndim == 1:
         x = x[:, None]
     check_finite(x, "--x", args.x, "the design points")
-    task, noise = _task_and_noise(args, f)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if module:
+        teachers = load_teacher_module(args.teacher_module, device)
+        shape = probe_teacher_module(teachers, x.to(device))
+    else:
+        teachers = torch.as_tensor(load_array(args.teachers, "--teachers"), dtype=torch.float32)
+        shape = tuple(teachers.shape)
+    task, noise = _task_and_noise(args, torch.empty(shape) if module else teachers)
     observed, held_out = (None if path is None else _load_mask(path, flag)
                           for path, flag in ((args.observed, "--observed"), (args.held_out, "--held-out")))
+    n, m = shape[0], x.shape[0]
     q = "q chosen from the teachers' values" if args.num_factors == "auto" else f"q = {args.num_factors}"
     schedule = f"{args.mmd_steps} MMD steps, then {args.iterations} EM iterations"
+    where = f"at {m} design points"
+    if module and args.design == "auto" and observed is None and held_out is None:
+        where = (f"on a design built from {m} rows of --x (given, around or beyond them, chosen first by the teachers' "
+                 "held-out values: one fit per candidate)")
+    elif module and args.design != "given" and args.design != "auto":
+        where = f"on the --design {args.design} points built from {m} rows of --x"
     if hidden == "auto" or args.training_length == "auto":
-        _say(args, f"Distilling {f.shape[0]} teachers at {x.shape[0]} design points ({q}): first the body"
+        _say(args, f"Distilling {n} teachers {where} ({q}): first the body"
              + (" and the training length are" if args.training_length == "auto" else " is")
              + f" chosen by held-out scores of the teachers' values (one fit per candidate), then the student ({schedule}) ...")
     else:
-        _say(args, f"Distilling {f.shape[0]} teachers at {x.shape[0]} design points ({q}; {schedule}) ...")
+        _say(args, f"Distilling {n} teachers {where} ({q}; {schedule}) ...")
     started = time.perf_counter()
-    student = distill(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(f, dtype=torch.float32),
+    student = distill(x, teachers,
                       num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, held_out=held_out,
                       task=args.task, noise_given_factors={"auto": "auto", "yes": True, "no": False}[args.noise_given_factors],
                       covariance=args.covariance,
                       hidden=hidden, loading_hidden=_loading_hidden(args), num_iterations=args.iterations, mmd_steps=args.mmd_steps,
-                      lr=args.lr, seed=args.seed, training_length=args.training_length, progress=_bars(args), device=device)
+                      lr=args.lr, seed=args.seed, training_length=args.training_length, progress=_bars(args), device=device,
+                      design=args.design, distance_feature={"auto": "auto", "yes": True, "no": False}[args.distance_feature])
     seconds = time.perf_counter() - started
     report = os.path.splitext(args.out)[0] + "_fit.png"
     _say(args, f"Writing {args.out} and {report} ...")
     student.save(args.out)
     _fit_plot(report, student.history)
     dlf = student.dlf
-    print(f"Distilled {f.shape[0]} teachers at {x.shape[0]} design points ({student.task}) in {seconds:.1f} s: "
+    choice = student.design_choice
+    print(f"Distilled {n} teachers at {m if choice is None else choice.num_design_points} design points ({student.task}) "
+          f"in {seconds:.1f} s: "
           f"q = {dlf.num_factors}" + (_factor_choice(student) if args.num_factors == "auto" else "")
           + f", body {tuple(dlf.hidden) or 'linear'}"
           + (f", loadings from a body {dlf.loading_hidden}" if dlf.loading_hidden is not None else "")
           + (f" (chosen from {len(student.body_selection.candidates)} by held-out scores"
              + (f"; training length {student.body_selection.chosen_length:g} of the schedule" if len(set(student.body_selection.lengths)) > 1 else "")
              + ")" if student.body_selection else "")
+          + _design_words(args, choice)
           + f", final negative log-likelihood per value {student.history[-1]:.4f}, nugget σ_f² = {float(dlf.noise_variance.detach()):.3g}"
           + (f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})" if student.task == "regression" else "")
           + (f" × u(z)^{student.noise_factor_exponent:.3g} (the teachers' noise follows their factors: likelihood-ratio "
@@ -153,6 +249,26 @@ def run_distill(args: argparse.Namespace) -> None:
              if student.spread_calibration is not None else "")
           + ".")
     print(f"Wrote {args.out} and {report}")
+
+
+def _design_words(args: argparse.Namespace, choice) -> str:
+    """The fit report's words on the design (mathematics §9): which, why, how many points from how many rows, and
+    whether the loadings read the distance from the rows."""
+    if choice is None:
+        return ""
+    masks = [flag for flag, path in (("--observed", args.observed), ("--held-out", args.held_out)) if path is not None]
+    if args.teacher_module is None:
+        why = "the teachers are given as values at the --x rows"
+    elif choice.scores:
+        why = "chosen by the teachers' held-out values"
+    elif args.design == "auto" and masks:
+        why = f"{' and '.join(masks)} mark{'s' if len(masks) == 1 else ''} values at the --x rows only"
+    else:
+        why = "asked for" if args.design != "auto" else choice.reason
+    reach = "" if choice.reach is None else f", reach {choice.reach:g}"
+    points = (f"; {choice.num_design_points:,} design points from {choice.num_data_points:,} rows"
+              if choice.num_design_points != choice.num_data_points else "")
+    return f", design {choice.design}{reach} ({why}{points}; distance feature {'on' if choice.distance_feature else 'off'})"
 
 
 def _factor_choice(student) -> str:
@@ -179,6 +295,14 @@ def run_distill_stream(args: argparse.Namespace) -> None:
     from pyro_dlf.data.streams import NpyStream
     from pyro_dlf.distributed import close_distributed, distill_stream, init_distributed, is_main_process
 
+    if args.teacher_module is not None:
+        raise ValueError("--teacher-module: --stream reads the teachers' values from a .npy file; pass them with --teachers "
+                         "FILE, or drop --stream")
+    if args.design not in ("auto", "given"):
+        raise ValueError(f"--design {args.design}: a streamed fit reads the teachers' values at the --x rows from files, so no "
+                         "points can be placed off them; drop --stream, or pass --design given")
+    if args.distance_feature == "yes":
+        raise ValueError("--distance-feature: a streamed fit has no distance feature; drop --stream or the option")
     for name, path in (("--x", args.x), ("--teachers", args.teachers)):
         if not path.lower().endswith(".npy"):
             raise ValueError(f"{name}: --stream reads .npy files (memory-mapped), got {path!r}")

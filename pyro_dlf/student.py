@@ -32,6 +32,7 @@ from pyro_dlf.sufficient_statistics import combine
 
 if TYPE_CHECKING:  # the records of a fit; those modules do not import the student
     from pyro_dlf.calibration import SpreadCalibration
+    from pyro_dlf.design.choice import DesignChoice
     from pyro_dlf.noise import FactorNoiseFit
     from pyro_dlf.selection import BodySelection, FactorChoice
 
@@ -186,6 +187,8 @@ class Student(PyroModule):
         (:class:`~pyro_dlf.noise.FactorNoiseFit`), or ``None``.
     :ivar spread_calibration: the rescaling of the loadings to the teachers' held-out
         spread (:class:`~pyro_dlf.calibration.SpreadCalibration`), or ``None``.
+    :ivar design_choice: the design points of the fit and why
+        (:class:`~pyro_dlf.design.choice.DesignChoice`), or ``None``.
     """
 
     history: list[float]
@@ -193,6 +196,7 @@ class Student(PyroModule):
     num_factors_choice: Optional["FactorChoice"]
     noise_fit: Optional["FactorNoiseFit"]
     spread_calibration: Optional["SpreadCalibration"]
+    design_choice: Optional["DesignChoice"]
 
     def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None,
                  centered_logits: bool = False, include_nugget: bool = False, *, trainable: bool = False, prefix: str = "",
@@ -254,6 +258,7 @@ class Student(PyroModule):
             raise TypeError(f"prefix must be a str such as 'dlf.', got {type(prefix).__name__}")
         self.prefix = prefix
         self.history, self.body_selection, self.num_factors_choice, self.noise_fit, self.spread_calibration = [], None, None, None, None
+        self.design_choice = None
         if trainable:
             self.unfreeze()
         else:

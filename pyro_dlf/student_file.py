@@ -152,6 +152,8 @@ def _check_config(payload: dict, where: str) -> None:
                 raise ValueError(f"{where}: configuration field loading_hidden must be null or a list of widths, got {loading!r}")
             for i, width in enumerate(loading):
                 _positive(width, f"loading_hidden[{i}]", where)
+        if cfg.get("distance_anchors") is not None:
+            _positive(cfg["distance_anchors"], "distance_anchors", where)
     else:
         _positive(cfg.get("body_features"), "body_features", where)
     if cfg.get("custom_body"):
@@ -230,6 +232,8 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
             covariance=cfg.get("covariance") or "separable", centered_loadings=bool(cfg.get("centered_loadings", False)),
             # Files written before separate loading bodies have none.
             loading_hidden=None if custom or cfg.get("loading_hidden") is None else tuple(cfg["loading_hidden"]),
+            # Files written before the distance feature have none.
+            distance_anchors=None if custom else cfg.get("distance_anchors"),
         )
 
     # A heteroscedastic noise model's weights travel in the same state dict under their own prefix.
@@ -237,7 +241,8 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
     check_network_fields({"in_features": cfg.get("in_features"), "num_factors": cfg["num_factors"],
                           "num_outputs": cfg.get("num_outputs"), "body_features": cfg.get("body_features"),
                           "hidden": None if custom else cfg["hidden"],
-                          "loading_hidden": None if custom else cfg.get("loading_hidden")}, state, where)
+                          "loading_hidden": None if custom else cfg.get("loading_hidden"),
+                          "distance_anchors": None if custom else cfg.get("distance_anchors")}, state, where)
     try:
         with torch.device("meta"):
             # A custom body keeps its own (real) tensors; the heads around it are built on meta.

@@ -4,7 +4,7 @@ import torch
 
 
 def random_dlf(in_features=2, num_factors=3, num_outputs=None, hidden=(8,), seed=0, noise_variance=0.3, dtype=torch.float64,
-               covariance="separable", loading_hidden=None):
+               covariance="separable", loading_hidden=None, distance_anchors=None):
     """A small DLF with random weights (and a random L when separable), in float64 for exact comparisons.
 
     ``num_outputs="full"`` is shorthand for three outputs with the full class covariance.
@@ -15,7 +15,9 @@ def random_dlf(in_features=2, num_factors=3, num_outputs=None, hidden=(8,), seed
         num_outputs, covariance = 3, "full"
     torch.manual_seed(seed)
     model = DeepLatentFactor(in_features, num_factors, hidden, num_outputs, noise_variance=noise_variance,
-                             covariance=covariance, loading_hidden=loading_hidden).to(dtype)
+                             covariance=covariance, loading_hidden=loading_hidden, distance_anchors=distance_anchors).to(dtype)
+    if distance_anchors is not None:
+        model.set_anchors(torch.randn(3 * distance_anchors, in_features, dtype=dtype), torch.Generator().manual_seed(seed))
     if model.separable:
         L = torch.tril(torch.randn(num_outputs, num_outputs, dtype=dtype))
         L.diagonal().copy_(L.diagonal().abs() + 0.5)

@@ -25,7 +25,7 @@ def test_regression_from_tensor_and_from_callables_agree():
     x, f, v = _regression_data()
     from_tensor = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, **FAST)
     teachers = [lambda xb, i=i: f[i][: len(xb)] if len(xb) == len(x) else None for i in range(f.shape[0])]
-    from_callables = pyro_dlf.distill(x, teachers, num_factors=2, teacher_noise_variances=v, **FAST)
+    from_callables = pyro_dlf.distill(x, teachers, num_factors=2, teacher_noise_variances=v, design="given", **FAST)
     assert isinstance(from_tensor, Student) and from_tensor.task == "regression"
     assert torch.equal(from_tensor.dlf.loading(x), from_callables.dlf.loading(x))  # same seed, same data
     assert len(from_tensor.history) == FAST["num_iterations"] + 1
@@ -282,7 +282,8 @@ def test_teacher_callables_that_return_no_tensor_or_complex_values_are_named():
         with pytest.raises(error, match=match):
             pyro_dlf.distill(x, _callables(f, transform), num_factors=2, teacher_noise_variances=v, **FAST)
     # NumPy outputs are real values too: accepted, and the same fit as the tensor's.
-    from_numpy = pyro_dlf.distill(x, _callables(f, lambda out: out.numpy()), num_factors=2, teacher_noise_variances=v, **FAST)
+    from_numpy = pyro_dlf.distill(x, _callables(f, lambda out: out.numpy()), num_factors=2, teacher_noise_variances=v,
+                                  design="given", **FAST)
     assert from_numpy.history == pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, **FAST).history
 
 

@@ -46,6 +46,69 @@ def _files(tmp_path, classification=False):
     return x, f
 
 
+class _Ensemble(torch.nn.Module):
+    """Four tanh networks on 2-D inputs in one module: (b, 2) -> (4, b), or logits (4, b, c)."""
+
+    def __init__(self, num_classes: int = 0, num_teachers: int = 4, width: int = 8):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(num_teachers, 2, width, generator=generator))
+        self.b1 = torch.nn.Parameter(torch.randn(num_teachers, 1, width, generator=generator))
+        self.w2 = torch.nn.Parameter(0.5 * torch.randn(num_teachers, width, max(num_classes, 1), generator=generator))
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.tanh(x @ self.w1 + self.b1) @ self.w2
+        return out if self.num_classes > 0 else out[..., 0]
+
+
+class _Transposed(torch.nn.Module):
+    """One row per input instead of one per teacher: (b, 4)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ torch.ones(2, 4)
+
+
+class _Pair(torch.nn.Module):
+    """Two tensors instead of one."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.T, x.T
+
+
+class _OneTeacher(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1].T
+
+
+class _NotANumber(torch.nn.Module):
+    """Four teachers whose values are all NaN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((4, x.shape[0]), float("nan"))
+
+
+def _module_files(tmp_path):
+    """40 data rows in 2-D, the TorchScript ensembles of the tests, their noise variances; returns (x, ensemble)."""
+    x = torch.as_tensor(np.random.default_rng(0).normal(size=(40, 2)), dtype=torch.float32)
+    np.save(tmp_path / "rows.npy", x.numpy())
+    np.save(tmp_path / "s2_4.npy", np.linspace(0.01, 0.02, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is the format --teacher-module reads
+        ensemble = torch.jit.script(_Ensemble())
+        torch.jit.save(ensemble, str(tmp_path / "ensemble.pt"))
+        torch.jit.save(torch.jit.script(_Ensemble(num_classes=3)), str(tmp_path / "logits.pt"))
+        for name, module in (("transposed", _Transposed()), ("pair", _Pair()), ("one", _OneTeacher()), ("nan", _NotANumber())):
+            torch.jit.save(torch.jit.script(module), str(tmp_path / f"{name}.pt"))
+    torch.save(_Ensemble(), tmp_path / "pickled.pt")  # a module, but not TorchScript
+    return x, ensemble
+
+
+def _module_distill(tmp_path, *extra, out="m.pt"):
+    return ["distill", "--x", str(tmp_path / "rows.npy"), "--teacher-module", str(tmp_path / "ensemble.pt"),
+            "--noise-variances", str(tmp_path / "s2_4.npy"), "--out", str(tmp_path / out), *extra]
+
+
 def test_distill_and_predict_from_files(tmp_path, capsys):
     x, f = _files(tmp_path)
     out = tmp_path / "models" / "student.pt"
@@ -235,6 +298,73 @@ def test_num_factors_defaults_to_auto_and_reaches_the_library(tmp_path, capsys, 
     assert calls[-1]["device"] == torch.device("cpu") and calls[-1]["progress"] is False
 
 
+def test_teacher_module_design_and_distance_feature_reach_the_library(tmp_path, capsys, monkeypatch):
+    x, ensemble = _module_files(tmp_path)
+    args = build_parser().parse_args(["distill", "--x", "x.npy", "--teacher-module", "e.pt", "--out", "s.pt"])
+    assert (args.teachers, args.design, args.distance_feature) == (None, "auto", "auto")
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    required = capsys.readouterr().out.split("required arguments:")[1].split("required for regression teachers:")[0]
+    assert "--teachers FILE" in required and "--teacher-module FILE" in required
+    calls = _record_distill(monkeypatch)
+    for extra, design, feature in (([], "auto", "auto"), (["--design", "between", "--distance-feature", "no"], "between", False),
+                                   (["--design", "given", "--distance-feature", "yes"], "given", True)):
+        assert main(_module_distill(tmp_path, "--no-progress", *extra)) == 2
+        assert capsys.readouterr().err.strip() == "pyro-dlf distill: error: recorded"
+        assert (calls[-1]["design"], calls[-1]["distance_feature"]) == (design, feature)
+    # The loaded module is the one ensemble callable, on the data rows as float32; the values are its own.
+    teachers = calls[-1]["teacher_outputs"]
+    assert isinstance(teachers, torch.jit.ScriptModule) and not teachers.training
+    assert torch.equal(calls[-1]["x_design"], x)
+    torch.testing.assert_close(teachers(x), ensemble(x).detach())
+    assert calls[-1]["teacher_noise_variances"].shape == (4,)
+    # Logits (n, b, c) from the module: classification, no noise variances needed.
+    assert main(["distill", "--x", str(tmp_path / "rows.npy"), "--teacher-module", str(tmp_path / "logits.pt"), "--design",
+                 "beyond", "--out", str(tmp_path / "c.pt"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == "pyro-dlf distill: error: recorded"
+    assert calls[-1]["teacher_noise_variances"] is None and calls[-1]["design"] == "beyond"
+    # --teachers values: auto reaches the library (where it means given).
+    _files(tmp_path)
+    assert main(_distill(tmp_path, "--no-progress")) == 2
+    capsys.readouterr()
+    assert (calls[-1]["design"], calls[-1]["distance_feature"]) == ("auto", "auto")
+    assert isinstance(calls[-1]["teacher_outputs"], torch.Tensor)
+
+
+_TINY_DESIGN = ["--iterations", "3", "--mmd-steps", "5", "--hidden", "8", "--num-factors", "2", "--no-progress"]
+
+
+def test_teacher_module_distilled_on_the_design_it_names(tmp_path, capsys):
+    from pyro_dlf import Student
+
+    x, _ = _module_files(tmp_path)
+    # Asked for: the rows plus one Gaussian perturbation each, with the distance feature (auto: on off the rows).
+    assert main(_module_distill(tmp_path, "--design", "around", *_TINY_DESIGN, out="around.pt")) == 0
+    printed = capsys.readouterr().out
+    assert "Distilled 4 teachers at 80 design points (regression)" in printed
+    assert ", design around (asked for; 80 design points from 40 rows; distance feature on)," in printed
+    student = Student.load(tmp_path / "around.pt")
+    assert student.dlf.distance_anchors is not None
+    assert np.isfinite(student.predict(x, 5).mean.numpy()).all()
+    # Chosen: whichever design wins, the line names it with its points and the distance feature that goes with it.
+    assert main(_module_distill(tmp_path, "--design", "auto", *_TINY_DESIGN, out="auto.pt")) == 0
+    printed = capsys.readouterr().out
+    said = re.search(r", design (given|around|beyond)(, reach (?:0\.5|1))? \(chosen by the teachers' held-out values"
+                     r"(?:; (\d+) design points from 40 rows)?; distance feature (on|off)\)", printed)
+    assert said, printed
+    design, reach, points, feature = said.groups()
+    assert (reach is not None) == (design == "beyond")
+    assert int(points or 40) == 40 * {"given": 1, "around": 2, "beyond": 3}[design]
+    assert feature == ("off" if design == "given" else "on")
+    assert f"Distilled 4 teachers at {int(points or 40)} design points" in printed
+    assert (Student.load(tmp_path / "auto.pt").dlf.distance_anchors is not None) == (feature == "on")
+    # Teacher values: the given rows, and the line says why.
+    _files(tmp_path)
+    assert main(_distill(tmp_path, *_TINY_DESIGN)) == 0
+    assert (", design given (the teachers are given as values at the --x rows; distance feature off),"
+            in capsys.readouterr().out)
+
+
 def test_num_factors_auto_fit_reports_the_chosen_q(tmp_path, capsys):
     _files(tmp_path)
     assert main(_distill(tmp_path, *_TINY, "--no-progress")) == 0
@@ -287,8 +417,35 @@ def _error_cases(tmp_path):
     def bad(*extra):  # a valid q, so that each case fails on its own mistake (a later --num-factors wins)
         return _distill(tmp_path, "--num-factors", "2", *extra)
 
+    _module_files(tmp_path)
+    rows, s2_4 = str(tmp_path / "rows.npy"), str(tmp_path / "s2_4.npy")
+
+    def module(name, *extra):
+        return ["distill", "--x", rows, "--teacher-module", str(tmp_path / name), "--noise-variances", s2_4, "--num-factors", "2",
+                "--out", str(tmp_path / "m.pt"), *extra]
+
     return [
         (["distill", "--x", x, "--teachers", f, "--out", str(tmp_path / "s.pt")], "--noise-variances: regression teachers need"),
+        # The teachers: values or the ensemble, exactly one of the two; the module must be TorchScript of the right shape.
+        (bad("--teacher-module", str(tmp_path / "ensemble.pt")), "argument --teacher-module: not allowed with argument --teachers"),
+        (["distill", "--x", x, "--out", str(tmp_path / "s.pt")], "one of the arguments --teachers --teacher-module is required"),
+        (module("pickled.pt"), "--teacher-module: cannot load"),
+        (module("rows.npy"), "--teacher-module: cannot load"),
+        (module("missing.pt"), "--teacher-module: no file at"),
+        (module("transposed.pt"), "--teacher-module: the module returns shape (8, 4) for 8 rows of --x; it must return"),
+        (module("pair.pt"), "--teacher-module: the module returns a tuple"),
+        (module("ensemble.pt", "--x", x), "--teacher-module: the module fails on the first 8 rows of --x, shape (8, 1)"),
+        (module("one.pt"), "--teacher-module: the module returns the values of 1 teacher(s)"),
+        (module("nan.pt", "--design", "given"), "--teacher-module contains 160 non-finite value(s)"),  # the library's, translated
+        (module("ensemble.pt", "--out", str(tmp_path / "ensemble.pt")), "is the --teacher-module file"),
+        # A design off the rows needs the ensemble itself, and rows without per-value masks.
+        (bad("--design", "beyond"), "--design beyond: --teachers gives the teachers' values at the --x rows only"),
+        (bad("--stream", "--design", "around", "--hidden", "8"), "--design around: a streamed fit reads"),
+        (module("ensemble.pt", "--stream", "--hidden", "8"), "--teacher-module: --stream reads the teachers' values"),
+        (bad("--stream", "--hidden", "8", "--distance-feature", "yes"), "--distance-feature: a streamed fit has no distance"),
+        (module("ensemble.pt", "--design", "between", "--held-out", str(tmp_path / "mask.npy")),
+         "--design between: --held-out marks values at the --x rows only"),
+        (bad("--design", "outward"), "argument --design: invalid choice"),
         (bad("--teachers", s2), "--teachers must have shape"),
         (bad("--held-out", str(tmp_path / "held_short.npy")), "--held-out must have shape (6, 40)"),
         (bad("--covariance", "full"), "--covariance full is an output-covariance structure"),
@@ -369,6 +526,7 @@ def test_translation_table_names_only_real_flags():
         "observed: teachers observed on other points; drop observed=": "--observed: teachers observed on other points; drop --observed",
         "lower lr (now 0.01) or raise num_iterations.": "lower --lr (now 0.01) or raise --iterations.",
         "teacher_outputs[0] returned 3 rows": "--teachers[0] returned 3 rows",
+        "design='beyond' places points off x_design; pass design='given'": "--design beyond places points off --x; pass --design given",
         # Paths, quoted text, attributes and longer words stay as they are; a plain word only as an argument.
         "--x: cannot read '/data/held_out/x_design.npy' (held_out.npy, my_held_out)":
             "--x: cannot read '/data/held_out/x_design.npy' (held_out.npy, my_held_out)",
@@ -438,6 +596,18 @@ def test_device_cuda_fits_in_memory_on_the_gpu(tmp_path, capsys):
     assert main(["predict", "--student", str(tmp_path / "s.pt"), "--x", str(tmp_path / "x.npy"), "--out",
                  str(tmp_path / "p.npz"), "--no-progress"]) == 0
     assert np.isfinite(np.load(tmp_path / "p.npz")["mean"]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_teacher_module_on_cuda_evaluated_where_the_student_is_fitted(tmp_path, capsys):
+    from pyro_dlf import Student
+
+    x, _ = _module_files(tmp_path)
+    assert main(_module_distill(tmp_path, "--design", "around", "--device", "cuda", *_TINY_DESIGN)) == 0
+    assert ", design around (asked for; 80 design points from 40 rows; distance feature on)," in capsys.readouterr().out
+    student = Student.load(tmp_path / "m.pt")
+    assert next(student.dlf.parameters()).device.type == "cpu"
+    assert np.isfinite(student.predict(x, 5).mean.numpy()).all()
 
 
 def test_mistakes_with_files_name_the_flag_and_destroy_no_input(tmp_path, capsys):

@@ -29,6 +29,10 @@ def _loading_body_student():
     return Student(random_dlf(dtype=torch.float32, loading_hidden=(6,)), "regression", 5.0, 4.0)
 
 
+def _distance_student():
+    return Student(random_dlf(dtype=torch.float32, loading_hidden=(6,), distance_anchors=7), "regression", 5.0, 4.0)
+
+
 def test_full_student_draws_have_the_per_input_class_covariance():
     """Predictive / predict draws of the full model: mean μ(x), covariance of the (point, class) pairs
     Φ_stacked Φ_stackedᵀ; 5 standard errors per entry, as for the regression student."""
@@ -126,7 +130,8 @@ def test_classification_prediction():
     assert out["y"].shape == (10, 6)
 
 
-@pytest.mark.parametrize("make", [_regression_student, _classification_student, _full_classification_student, _loading_body_student])
+@pytest.mark.parametrize("make", [_regression_student, _classification_student, _full_classification_student, _loading_body_student,
+                                  _distance_student])
 def test_save_load_round_trip_is_exact(tmp_path, make):
     student = make()
     path = tmp_path / "student.pt"

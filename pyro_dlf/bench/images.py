@@ -13,7 +13,7 @@ Protocol (one run = one data seed):
   initializations and minibatch orders; their logits are the teacher draws.
   Fitted teachers are cached.
 * **Students**, every one the same smaller CNN body (``student_channels``,
-  feature width ``student_width``) and fitted on the design images only:
+  feature width ``student_width``) and fitted on design points only (see Design):
   single CNN (labels of the design images: the plain network a user would
   otherwise train), one-to-one KD from the ensemble mean with each f-DISTILL
   objective (forward KL, reverse KL, JS, TV), small-Ens, Hydra, BatchEnsemble,
@@ -43,6 +43,24 @@ Protocol (one run = one data seed):
   members); parameters; time to predict 1,000 inputs; for the DLF also one
   network forward on 1,000 inputs and the ``S = 1000``-draw predictive
   without the float64 entropies.
+* **Design** (``design``): the one-to-one and rival students (single CNN,
+  KD, small-Ens, Hydra, BE, Proxy-EnD²) are fitted on the held-out design
+  images (the single CNN needs their labels). The DLF rows are fitted on
+  ``design="images"``, the same images, or by default ``design="augment"``:
+  those images plus one label-free augmented copy of each
+  (:func:`pyro_dlf.design.images.augment_images`, families
+  ``augment_families``, strength ``augment_strength``), with the teachers'
+  logits evaluated there. Rotation and additive Gaussian noise are not
+  augmentation families: they are the ladder's shifts. The ``design``
+  ablation (``ablations=("design",)``) adds small-Ens, Hydra and BE
+  distilled on the augmented design points and the DLF on the other design,
+  separating what the design gives from what the model gives.
+* **Shift ladder** (:mod:`pyro_dlf.bench.image_shift`, Ovadia et al., 2019):
+  after the fits, the teachers and every student row on ``shift_test_size``
+  seeded test images (default 2,000; 200 for digits) rotated by
+  ``rotation_degrees`` and with additive Gaussian noise of std
+  ``noise_stds``: accuracy, NLL, ECE and the epistemic AUROC (shifted
+  against unshifted images) per level.
 * **Distribution shift** (mathematics §6.5): MNIST-Flip, ``y → 9 − y``. Each learned
   body is frozen and only a new head is fitted on ``N`` flipped examples drawn
   from the training images the students never saw (``shift_seeds`` draws per
@@ -88,12 +106,20 @@ from pyro_dlf.baselines.classifiers import (
     prediction_from_probs,
 )
 from pyro_dlf.baselines.divergences import DIVERGENCES
+from pyro_dlf.bench.image_shift import (NOISE_STDS, ROTATION_DEGREES, ShiftLadder, check_ladder_levels, ladder_tables,
+                                        ladder_targets, merge_ladder, plot_ladder)
 from pyro_dlf.data import ImageData, flip_labels, load_digits_images, load_fashion_mnist, load_mnist
+from pyro_dlf.design.images import IMAGE_FAMILIES, _check_families, _check_strength, augment_images, augmentation_magnitudes
 from pyro_dlf.nn import ConvBody
 from pyro_dlf.student import ClassificationPrediction
 
-__all__ = ["ImagesBenchConfig", "run_images_benchmark", "write_images_report", "merge_images_results", "fit_linear_head",
-           "fit_latent_head", "class_covariance_concentration"]
+__all__ = ["ImagesBenchConfig", "IMAGE_DESIGNS", "IMAGE_ABLATIONS", "run_images_benchmark", "write_images_report",
+           "merge_images_results", "fit_linear_head", "fit_latent_head", "class_covariance_concentration"]
+
+#: Design points of the DLF rows: the held-out images only, or those plus one augmented copy of each.
+IMAGE_DESIGNS = ("images", "augment")
+#: Optional extra rows of the image benchmark.
+IMAGE_ABLATIONS = ("design",)
 
 _TEACHER_LR = 2e-3
 _DIVERGENCE_LABELS = {"forward_kl": "forward KL", "reverse_kl": "reverse KL", "js": "JS", "tv": "TV"}
@@ -127,6 +153,13 @@ class ImagesBenchConfig:
     shift_sizes: tuple = (10, 50, 100, 500, 1000)
     shift_seeds: int = 5
     head_prior_variance: float = 5.0
+    design: str = "augment"
+    augment_families: tuple = IMAGE_FAMILIES
+    augment_strength: float = 1.0
+    ablations: tuple = ()
+    shift_test_size: Optional[int] = None
+    rotation_degrees: tuple = ROTATION_DEGREES
+    noise_stds: tuple = NOISE_STDS
     seed: int = 0
     output_dir: str = "benchmarks/results"
     cache_dir: Optional[str] = "benchmarks/cache"
@@ -151,6 +184,13 @@ def _design_size(config: ImagesBenchConfig) -> int:
     if config.design_size is not None:
         return config.design_size
     return 500 if config.dataset == "digits" else 10000
+
+
+def _shift_test_size(config: ImagesBenchConfig) -> int:
+    """``shift_test_size``, or by default 2,000 test images (MNIST, Fashion-MNIST) or 200 (digits)."""
+    if config.shift_test_size is not None:
+        return config.shift_test_size
+    return 200 if config.dataset == "digits" else 2000
 
 
 def _load(config: ImagesBenchConfig) -> _Data:
@@ -443,8 +483,8 @@ def _batched(fn: Callable[[Tensor], Tensor], batch_size: int = 1024) -> Callable
     return run
 
 
-def run_images_benchmark(config: ImagesBenchConfig) -> dict:
-    """Teachers, every student, the metrics and the shift experiment; returns the result dictionary."""
+def _check_config(config: ImagesBenchConfig) -> None:
+    """One-line errors for bad settings, before any data is loaded or network trained."""
     if config.teachers < 2:
         raise ValueError(f"teachers must be >= 2, got {config.teachers}")
     if config.num_factors < 1 or config.dlf_iterations < 1 or (config.full_num_factors is not None and config.full_num_factors < 1):
@@ -453,32 +493,123 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
         raise ValueError(f"dlf_covariance must be 'separable' or 'full', got {config.dlf_covariance!r}")
     if any(n < 1 for n in config.shift_sizes) or config.shift_seeds < 1:
         raise ValueError("shift_sizes must be positive and shift_seeds >= 1")
+    if config.design not in IMAGE_DESIGNS:
+        raise ValueError(f"design must be one of {IMAGE_DESIGNS}, got {config.design!r}")
+    unknown = [a for a in config.ablations if a not in IMAGE_ABLATIONS]
+    if isinstance(config.ablations, str) or unknown:
+        raise ValueError(f"ablations must be a list of names from {IMAGE_ABLATIONS}, got {config.ablations!r}")
+    try:
+        _check_families(config.augment_families)
+        _check_strength(config.augment_strength)
+    except ValueError as error:  # the augmentation's messages open with its argument's name: name the config field
+        raise ValueError(f"augment_{error}") from None
+    check_ladder_levels(config.rotation_degrees, config.noise_stds, _shift_test_size(config))
+
+
+def _design_sets(config: ImagesBenchConfig, data: _Data, teachers: ConvEnsemble, teacher_logits: Tensor) -> dict:
+    """``{design: (images, teacher logits there)}`` for every design a row of this run uses.
+
+    ``"augment"``: the held-out images followed by one augmented copy of each (seeded by the data seed).
+    """
+    designs = {"images": (data.x_design, teacher_logits)}
+    if config.design == "augment" or "design" in config.ablations:
+        generator = torch.Generator().manual_seed(20_000 + config.seed)
+        extra = augment_images(data.x_design, 1, families=tuple(config.augment_families), strength=config.augment_strength,
+                               generator=generator)
+        designs["augment"] = (torch.cat([data.x_design, extra]), torch.cat([teacher_logits, teachers.member_logits(extra)], 1))
+    return designs
+
+
+def _plan(config: ImagesBenchConfig) -> tuple[list[tuple[str, str, str]], dict]:
+    """The student rows as ``(method, kind, design)``, and each DLF row's ``(covariance, centred, projected)``."""
+    other = "separable" if config.dlf_covariance == "full" else "full"
+    dlf = {"DLF": (config.dlf_covariance, True, None), f"DLF {other}": (other, True, None),
+           "DLF uncentred logits": (config.dlf_covariance, False, None), "DLF full, loadings not projected": ("full", True, False)}
+    plan = ([("single CNN", "single CNN", "images")] + [(f"KD ({_DIVERGENCE_LABELS[d]})", d, "images") for d in DIVERGENCES]
+            + [(m, m, "images") for m in ("small-Ens", "Hydra", "BE", "Proxy-EnD²")]
+            + [(m, "DLF", config.design) for m in dlf] + [("DLF + nugget", "nugget", config.design)])
+    if "design" in config.ablations:
+        plan += [(f"{m}, augmented design", m, "augment") for m in ("small-Ens", "Hydra", "BE")]
+        name, design = ("DLF, held-out images only", "images") if config.design == "augment" else ("DLF, augmented design", "augment")
+        plan.append((name, "DLF", design))
+        dlf[name] = dlf["DLF"]
+    return plan, dlf
+
+
+def _fit_rival(kind: str, x: Tensor, logits: Tensor, y: Tensor, config: ImagesBenchConfig, image: ImageData):
+    """One non-DLF student (``kind``: a rival's name or an f-divergence for one-to-one KD) and its fit seconds."""
+    shape, c, k = image.image_shape, image.num_classes, config.teachers
+    student = (config.student_channels, config.student_width)
+    common = dict(epochs=config.student_epochs, batch_size=config.batch_size, seed=config.seed, progress=config.progress)
+    log_probs = logits.log_softmax(-1)
+    if kind == "single CNN":
+        return _timed(ConvEnsemble(shape, c, 1, *student).fit, x, y, lr=1e-3, **common)
+    if kind in DIVERGENCES:
+        mean_log_probs = (log_probs.logsumexp(0) - math.log(k)).unsqueeze(0)
+        return _timed(ConvEnsemble(shape, c, 1, *student).distill, x, mean_log_probs, divergence=kind, **common)
+    if kind == "Proxy-EnD²":
+        return _timed(DirichletClassifier(shape, c, *student).distill, x, log_probs, **common)
+    cls = {"small-Ens": ConvEnsemble, "Hydra": HydraClassifier, "BE": BatchEnsembleClassifier}[kind]
+    return _timed(cls(shape, c, k, *student).distill, x, log_probs, **common)
+
+
+def _fit_dlf(x: Tensor, logits: Tensor, settings: tuple, config: ImagesBenchConfig, image: ImageData):
+    """One DLF on design points ``x`` with the teachers' ``logits`` there, and its fit seconds."""
+    covariance, centred, projected = settings
+    shape = image.image_shape
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        body = ConvBody(shape[0], shape[1:], config.student_channels, config.student_width)
+    full_q = config.full_num_factors or config.teachers - 1
+    return _timed(
+        distill, x, logits, num_factors=full_q if covariance == "full" else config.num_factors,
+        covariance=covariance, centered_loadings=projected, body=body,
+        body_features=config.student_width, num_iterations=config.dlf_iterations, batch_size=config.batch_size,
+        lr=config.dlf_lr, mmd_steps=config.mmd_steps, center_logits=centred, seed=config.seed,
+        progress=config.progress)
+
+
+def _design_summary(config: ImagesBenchConfig, designs: dict, image: ImageData) -> dict:
+    """What the result records about the design points: the DLF's design, sizes, families, strength, magnitudes."""
+    summary = {"dlf": config.design, "held_out_images": int(designs["images"][0].shape[0]),
+               "families": list(config.augment_families), "strength": float(config.augment_strength),
+               "magnitudes": {f: m for f, m in augmentation_magnitudes(config.augment_strength, image.image_shape[1:]).items()
+                              if f in config.augment_families},
+               "excluded": ["rotation", "additive Gaussian noise"]}
+    if "augment" in designs:
+        summary["augmented_points"] = int(designs["augment"][0].shape[0])
+    return summary
+
+
+def run_images_benchmark(config: ImagesBenchConfig) -> dict:
+    """Teachers, every student, the metrics, the shift ladder and the MNIST-Flip experiment; returns the result dictionary."""
+    _check_config(config)
     torch.manual_seed(config.seed)
     started = time.time()
     data = _load(config)
     image = data.image
-    shape, c = image.image_shape, image.num_classes
     x_design, x_test, x_ood, y_test = data.x_design, image.x_test, data.x_ood, image.y_test
     x1000 = x_test[:1000]
     teachers, teacher_seconds = _teachers(config, data)
     teacher_logits = teachers.member_logits(x_design)
     teacher_test_logits = teachers.member_logits(x_test)
-    log_probs = teacher_logits.log_softmax(-1)
-    mean_log_probs = (log_probs.logsumexp(0) - math.log(config.teachers)).unsqueeze(0)
+    designs = _design_sets(config, data, teachers, teacher_logits)
+    ladder = ShiftLadder.build(x_test, y_test, _shift_test_size(config), config.rotation_degrees, config.noise_stds, config.seed)
 
-    rows, reliability, bodies, shift_class_factor, default_dlf = [], {}, {}, None, None
+    rows, reliability, bodies, ladder_rows, shift_class_factor, default_dlf = [], {}, {}, [], None, None
     teacher_mi = None
     teacher_variance = _centred_logit_variance(teacher_test_logits)
-    common = dict(epochs=config.student_epochs, batch_size=config.batch_size, seed=config.seed, progress=config.progress)
-    student = (config.student_channels, config.student_width)
 
     def record(method: str, model_predict: Callable[[Tensor], ClassificationPrediction], params: int, seconds: float,
-               test: Optional[ClassificationPrediction] = None, member_logits: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+               test: Optional[ClassificationPrediction] = None, member_logits: Optional[Callable[[Tensor], Tensor]] = None,
+               design: Optional[str] = None) -> None:
         nonlocal teacher_mi
         test = model_predict(x_test) if test is None else test
         ood = model_predict(x_ood)
         row = {"method": method, **_score(test, ood, y_test, teacher_mi), "parameters": params, "fit_seconds": seconds,
                "predict_1000_seconds": metrics.time_call(model_predict, x1000, repeats=3)}
+        if design is not None:
+            row.update({"design": design, "design_points": int(designs[design][0].shape[0])})
         if member_logits is not None:
             # Students made of members (small-Ens, Hydra, BE): their spread of centred logits against the teachers'.
             student_variance = _centred_logit_variance(member_logits(x_test))
@@ -489,61 +620,30 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
             row["mi_ratio_test"] = row["mi_ratio_ood"] = 1.0
         rows.append(row)
         reliability[method] = metrics.reliability_bins(test.probs.double(), y_test)
+        ladder_rows.extend(ladder.evaluate(method, model_predict))
 
     # The teachers' test logits are already at hand: their predictive on the test set reuses them.
     record("teacher ensemble", teachers.predict, metrics.count_parameters(teachers), teacher_seconds,
            test=prediction_from_probs(teacher_test_logits.double().softmax(-1)))
 
-    other = "separable" if config.dlf_covariance == "full" else "full"
-    dlf_variants = {"DLF": (config.dlf_covariance, True, None), f"DLF {other}": (other, True, None),
-                    "DLF uncentred logits": (config.dlf_covariance, False, None)}
-    if config.dlf_covariance == "full" or other == "full":
-        dlf_variants["DLF full, loadings not projected"] = ("full", True, False)
-    plan = ["single CNN"] + [f"KD ({_DIVERGENCE_LABELS[d]})" for d in DIVERGENCES] + [
-        "small-Ens", "Hydra", "BE", "Proxy-EnD²", *dlf_variants, "DLF + nugget"]
-    full_q = config.full_num_factors or config.teachers - 1
-    for method in progress_bar(plan, desc="students", enabled=config.progress, leave=True):
-        if method == "single CNN":
-            model, seconds = _timed(ConvEnsemble(shape, c, 1, *student).fit, x_design, data.y_design, lr=1e-3, **common)
-            net = model.members[0]
-            # Everything the frozen network computes before a new head: its features and its logits.
-            bodies["single CNN"] = _batched(lambda x, net=net: torch.cat([net[0](x), net(x)], -1))
-        elif method.startswith("KD"):
-            divergence = next(d for d in DIVERGENCES if method == f"KD ({_DIVERGENCE_LABELS[d]})")
-            model, seconds = _timed(ConvEnsemble(shape, c, 1, *student).distill, x_design, mean_log_probs,
-                                    divergence=divergence, **common)
-        elif method == "small-Ens":
-            model, seconds = _timed(ConvEnsemble(shape, c, config.teachers, *student).distill, x_design, log_probs, **common)
-        elif method == "Hydra":
-            model, seconds = _timed(HydraClassifier(shape, c, config.teachers, *student).distill, x_design, log_probs, **common)
-            bodies["Hydra"] = _batched(lambda x, net=model.net: torch.cat([net[0](x), net(x)], -1))
-        elif method == "BE":
-            model, seconds = _timed(BatchEnsembleClassifier(shape, c, config.teachers, *student).distill, x_design, log_probs, **common)
-        elif method == "Proxy-EnD²":
-            model, seconds = _timed(DirichletClassifier(shape, c, *student).distill, x_design, log_probs, **common)
-        elif method == "DLF + nugget":
+    plan, dlf_settings = _plan(config)
+    for method, kind, design in progress_bar(plan, desc="students", enabled=config.progress, leave=True):
+        x_fit, logits_fit = designs[design]
+        if kind == "nugget":
             # The default DLF's fit, predicting new teachers: the nugget σ_f² (teacher variation outside
             # the q factors) joins the epistemic logit variance. No refit.
             model = default_dlf
             model.include_nugget = True
-            record(method, lambda x, s=model: _dlf_predict(s, x), metrics.count_parameters(model), 0.0)
+            record(method, lambda x, s=model: _dlf_predict(s, x), metrics.count_parameters(model), 0.0, design=design)
             fit = next(row for row in rows if row["method"] == "DLF")  # its variances, measured once
             student_variance = fit["logit_variance_student"] + fit["logit_nugget"]
             rows[-1].update({"logit_variance_student": student_variance, "logit_variance_teachers": fit["logit_variance_teachers"],
                              "logit_variance_ratio": student_variance / fit["logit_variance_teachers"]})
             model.include_nugget = False
             continue
-        else:
-            covariance, centred, projected = dlf_variants[method]
-            with torch.random.fork_rng():
-                torch.manual_seed(config.seed)
-                body = ConvBody(shape[0], shape[1:], config.student_channels, config.student_width)
-            model, seconds = _timed(
-                distill, x_design, teacher_logits, num_factors=full_q if covariance == "full" else config.num_factors,
-                covariance=covariance, centered_loadings=projected, body=body,
-                body_features=config.student_width, num_iterations=config.dlf_iterations, batch_size=config.batch_size,
-                lr=config.dlf_lr, mmd_steps=config.mmd_steps, center_logits=centred, seed=config.seed,
-                progress=config.progress)
+        if kind == "DLF":
+            covariance, centred, _ = dlf_settings[method]
+            model, seconds = _fit_dlf(x_fit, logits_fit, dlf_settings[method], config, image)
             dlf = model.dlf
 
             def features(x: Tensor, dlf=dlf) -> Tensor:
@@ -553,17 +653,23 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
             if method == "DLF":
                 bodies["DLF"] = _batched(features)
                 default_dlf = model
-            if centred and covariance == "separable":
+            if centred and covariance == "separable" and design == config.design:
                 shift_class_factor = (method, _batched(features), dlf.class_factor)
-            record(method, lambda x, s=model: _dlf_predict(s, x), metrics.count_parameters(model), seconds)
+            record(method, lambda x, s=model: _dlf_predict(s, x), metrics.count_parameters(model), seconds, design=design)
             rows[-1].update({"covariance": covariance, "num_factors": dlf.num_factors, "final_nll_per_scalar": model.history[-1]})
-            rows[-1].update(_logit_variance(dlf, {"test": teacher_test_logits, "design": teacher_logits},
-                                            {"test": x_test, "design": x_design}, centred))
+            rows[-1].update(_logit_variance(dlf, {"test": teacher_test_logits, "design": logits_fit},
+                                            {"test": x_test, "design": x_fit}, centred))
             rows[-1].update(_predictive_cost(model, x1000))
             continue
-        ensemble_like = method in ("small-Ens", "Hydra", "BE")
+        model, seconds = _fit_rival(kind, x_fit, logits_fit, data.y_design, config, image)
+        if method == "single CNN":
+            # Everything the frozen network computes before a new head: its features and its logits.
+            bodies["single CNN"] = _batched(lambda x, net=model.members[0]: torch.cat([net[0](x), net(x)], -1))
+        elif method == "Hydra":
+            bodies["Hydra"] = _batched(lambda x, net=model.net: torch.cat([net[0](x), net(x)], -1))
+        ensemble_like = kind in ("small-Ens", "Hydra", "BE")
         record(method, model.predict, metrics.count_parameters(model), seconds,
-               member_logits=model.evaluate if ensemble_like else None)
+               member_logits=model.evaluate if ensemble_like else None, design=design)
 
     shift_rows = _shift_experiment(config, data, bodies, shift_class_factor)
     return {
@@ -573,11 +679,13 @@ def run_images_benchmark(config: ImagesBenchConfig) -> dict:
         "config": asdict(config),
         "data": {"dataset": image.name, "ood": data.ood_name, "teacher_images": int(data.x_teacher.shape[0]),
                  "design_images": int(x_design.shape[0]), "test_images": int(x_test.shape[0]),
-                 "ood_images": int(x_ood.shape[0])},
+                 "ood_images": int(x_ood.shape[0]), "shift_ladder_images": int(ladder.x.shape[0])},
+        "design": _design_summary(config, designs, image),
         "rows": rows,
         "teacher_disagreement": class_covariance_concentration(teacher_logits),
         "reliability": reliability,
         "shift": shift_rows,
+        "shift_ladder": ladder_rows,
         "versions": {"pyro_dlf": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu"},
@@ -617,7 +725,9 @@ def merge_images_results(results: list[dict]) -> dict:
     the runs, with the standard errors of the table's metrics and of the
     logit-variance ratio under ``row["se"]``; ``runs`` keeps every run's own
     rows, command and wall time. Shift rows are pooled (each tagged with its
-    ``data_seed``); reliability bins are pooled by their counts. The runs must
+    ``data_seed``); the shift-ladder rows become means with standard errors
+    (:func:`~pyro_dlf.bench.image_shift.merge_ladder`); reliability bins are
+    pooled by their counts. The runs must
     share everything but the seed (same dataset and settings).
     """
     if not results:
@@ -667,14 +777,19 @@ def merge_images_results(results: list[dict]) -> dict:
         reliability[method] = {**pooled, "count": total.tolist()}
     shift = [{**row, "data_seed": row.get("data_seed", run["config"]["seed"])} for run in runs for row in run["shift"]]
     disagreement = {key: _mean_and_se([run["teacher_disagreement"][key] for run in runs])[0] for key in first["teacher_disagreement"]}
-    return {
+    merged_result = {
         "benchmark": "images", "command": [run["command"] for run in runs], "seeds": seeds, "config": first["config"],
         "data": first["data"], "rows": rows, "teacher_disagreement": disagreement, "reliability": reliability, "shift": shift,
         "versions": first["versions"], "machine": first["machine"], "wall_seconds": sum(run["wall_seconds"] for run in runs),
-        "runs": [{key: run[key] for key in ("command", "config", "rows", "shift", "reliability", "teacher_disagreement",
-                                            "wall_seconds", "machine")} | {"seeds": run.get("seeds", [run["config"]["seed"]])}
-                 for run in runs],
+        "runs": [{key: run[key] for key in ("command", "config", "rows", "shift", "shift_ladder", "reliability",
+                                            "teacher_disagreement", "wall_seconds", "machine") if key in run}
+                 | {"seeds": run.get("seeds", [run["config"]["seed"]])} for run in runs],
     }
+    if "design" in first:
+        merged_result["design"] = first["design"]
+    if all("shift_ladder" in run for run in runs):
+        merged_result["shift_ladder"] = merge_ladder([run["shift_ladder"] for run in runs])
+    return merged_result
 
 
 def _targets(result: dict, shift: dict) -> list[str]:
@@ -717,8 +832,61 @@ def _targets(result: dict, shift: dict) -> list[str]:
     return lines
 
 
+def _design_lines(result: dict) -> list[str]:
+    """The report's account of the design points: which rows used which, the augmentation families and strength."""
+    design = result.get("design")
+    if design is None:
+        return []
+    n = design["held_out_images"]
+    if design["dlf"] == "augment":
+        dlf = (f"the {n} held-out images plus one label-free augmented copy of each ({design['augmented_points']} points), "
+               "the teachers' logits evaluated there (no labels needed)")
+    else:
+        dlf = f"the {n} held-out images only"
+    lines = ["## Design points", "",
+             f"DLF rows: {dlf}. The other students (single CNN, KD, small-Ens, Hydra, BE, Proxy-EnD²) are fitted on the {n} "
+             "held-out images (the single CNN needs their labels)."]
+    if "augmented_points" in design:
+        lines[-1] += (f" Augmentation (strength {design['strength']:g}, one family drawn per image): "
+                      + "; ".join(f"{family}: {text}" for family, text in design["magnitudes"].items())
+                      + ". Rotation and additive Gaussian noise are not among the families: they are the shifts of the "
+                        "shift ladder below.")
+    if "design" in result["config"].get("ablations", ()):
+        other = "DLF, held-out images only" if design["dlf"] == "augment" else "DLF, augmented design"
+        lines[-1] += (" Ablation rows: small-Ens, Hydra and BE distilled from the teachers' logits on the augmented design "
+                      f"points ('…, augmented design'), and '{other}': together with the default rows they separate what "
+                      "the design gives from what the model gives.")
+    return lines + [""]
+
+
+def _ladder_lines(result: dict, name: str) -> list[str]:
+    """The report's shift-ladder section: setup, target lines, NLL tables per family and the PNGs."""
+    ladder = result.get("shift_ladder")
+    if not ladder:
+        return []
+    config, seeds = result["config"], result.get("seeds", [result["config"]["seed"]])
+    scores = {r["method"]: r["auroc_score"] for r in ladder}
+    entropy_only = [m for m, score in scores.items() if score == "total entropy"]
+    families = list(dict.fromkeys(r["family"] for r in ladder))
+    return [
+        "## Distribution shift ladder: rotation and Gaussian noise (Ovadia et al., 2019)", "",
+        f"{result['data']['shift_ladder_images']} test images (a seeded subset) rotated by "
+        f"{', '.join(f'{d:g}' for d in config['rotation_degrees'])} degrees about the centre (bilinear, zero fill), and with "
+        f"additive Gaussian noise of std {', '.join(f'{v:g}' for v in config['noise_stds'])} (clipped to [0, 1], one noise "
+        "draw for every level); scored for the teachers and every student after the fits. Epistemic AUROC: the shifted "
+        "images against the same images unshifted, scored by mutual information"
+        + (f", or by total entropy for the methods without members ({', '.join(entropy_only)})" if entropy_only else "")
+        + ". Neither shift is among the design augmentations."
+        + (f" Mean ± standard error over {len(seeds)} data seeds." if len(seeds) > 1 else ""), "",
+        *ladder_targets(ladder), "",
+        *ladder_tables(ladder, "nll"),
+        *[line for family in families for line in (f"![{family}]({name}_ladder_{family}.png)", "")],
+    ]
+
+
 def write_images_report(result: dict, output_dir: str, name: str = "images") -> tuple[str, str]:
-    """Write ``{name}.json``, ``{name}.md`` and three PNGs (reliability diagrams, AUROC bars, shift curves)."""
+    """Write ``{name}.json``, ``{name}.md`` and the PNGs (reliability diagrams, AUROC bars, MNIST-Flip
+    curves, one shift-ladder figure per family)."""
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, f"{name}.json")
     with open(json_path, "w") as fh:
@@ -738,7 +906,8 @@ def write_images_report(result: dict, output_dir: str, name: str = "images") -> 
         f"Machine: {machine['platform']}, {machine['cpus']} CPUs, device {machine['device']}, torch {result['versions']['torch']} "
         f"({machine['torch_threads']} threads), pyro_dlf {result['versions']['pyro_dlf']}; wall time {result['wall_seconds'] / 60:.1f} min.  ",
         f"Data: {data['dataset']}: {data['teacher_images']} training images for the teachers, {data['design_images']} held-out "
-        f"training images as design points for every student, {data['test_images']} test images; OOD set: {data['ood']} "
+        f"training images as design points ({'see Design points' if 'design' in result else 'for every student'}), "
+        f"{data['test_images']} test images; OOD set: {data['ood']} "
         f"({data['ood_images']} images).  ",
         f"Teachers: {config['teachers']} CNNs (channels {config['teacher_channels']}, width {config['teacher_width']}, "
         f"{config['teacher_epochs']} epochs). Students: CNN body channels {config['student_channels']}, width "
@@ -750,14 +919,16 @@ def write_images_report(result: dict, output_dir: str, name: str = "images") -> 
         "mean MI on the OOD set relative to the teachers'; logit var.: the epistemic variance of the centred logits "
         "(summed over classes) at the test inputs over the teachers'. Single networks have MI = 0 (AUROC MI not defined).", "",
         "## Targets", "", *_targets(result, shift), "",
+        *_design_lines(result),
         "## Results", "",
-        "| method | " + " | ".join(label for _, label, _ in _COLUMNS) + " | params | fit (s) | predict 1000 (ms) |",
-        "|" + "---|" * (len(_COLUMNS) + 4),
+        "| method | " + " | ".join(label for _, label, _ in _COLUMNS) + " | design | params | fit (s) | predict 1000 (ms) |",
+        "|" + "---|" * (len(_COLUMNS) + 5),
     ]
     for row in result["rows"]:
         se = row.get("se", {})
         cells = ["–" if row.get(key) is None else fmt.format(row[key]) + (f" ± {fmt.format(se[key])}" if key in se else "")
                  for key, _, fmt in _COLUMNS]
+        cells.append(f"{row['design']} ({row['design_points']})" if "design" in row else "–")
         cells += [str(row["parameters"]), f"{row['fit_seconds']:.0f}", f"{1e3 * row['predict_1000_seconds']:.1f}"]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     lines += ["", "Teacher fit time 0 means the fitted teachers came from the cache; predict 1000: the method's whole "
@@ -799,7 +970,7 @@ def write_images_report(result: dict, output_dir: str, name: str = "images") -> 
         for body, by_n in shift.items():
             cells = [f"{by_n[n][index]:.4f} ± {by_n[n][index + 1]:.4f}" for n in config["shift_sizes"] if n in by_n]
             lines.append(f"| {body} ({metric}) | " + " | ".join(cells) + " |")
-    lines += ["", f"![shift]({name}_shift.png)", ""]
+    lines += ["", f"![shift]({name}_shift.png)", "", *_ladder_lines(result, name)]
     md_path = os.path.join(output_dir, f"{name}.md")
     with open(md_path, "w") as fh:
         fh.write("\n".join(lines))
@@ -856,3 +1027,5 @@ def _plots(output_dir: str, name: str, result: dict, shift: dict) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, f"{name}_shift.png"), dpi=110)
     plt.close(fig)
+    if result.get("shift_ladder"):
+        plot_ladder(result["shift_ladder"], output_dir, name)

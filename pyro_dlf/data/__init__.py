@@ -1,6 +1,6 @@
 """Data utilities: standardisation, the random split protocols, design points, the UCI, image and text loaders, and a UCI-layout writer."""
 
-from pyro_dlf.data.design import gaussian_perturbation, mixup, neighbour_jitter, outward_probes, scott_bandwidth
+from pyro_dlf.design.tabular import gaussian_perturbation, mixup, neighbour_jitter, outward_probes, scott_bandwidth
 from pyro_dlf.data.images import (
     ImageData,
     flip_labels,

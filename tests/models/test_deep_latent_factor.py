@@ -198,3 +198,38 @@ def test_network_methods_name_their_inputs():
     with pytest.raises(ValueError, match="x1 contains 10 non-finite"):
         model.covariance(x * float("nan"))
     assert model.covariance(x).shape == (5, 5)
+
+
+@pytest.mark.parametrize("loading_hidden", [(5,), None])
+def test_distance_feature_is_zero_at_the_anchors_and_grows_linearly_beyond_them(loading_hidden):
+    """d(x) = min_a ‖x − a‖ / s in standardized coordinates (mathematics §9.3): 0 at an anchor, and along a ray
+    far from the data it grows by ‖Δx‖ / s per step."""
+    model = random_dlf(hidden=(8,), loading_hidden=loading_hidden, distance_anchors=6)
+    anchors = model.anchors * model.input_scale + model.input_loc
+    torch.testing.assert_close(model.data_distance(anchors), torch.zeros(6, 1, dtype=torch.float64), atol=1e-12, rtol=0)
+    direction = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    far = torch.cat([100 * direction, 101 * direction])
+    step = model.data_distance(far).diff(dim=0)
+    torch.testing.assert_close(step, torch.ones(1, 1, dtype=torch.float64) / model.distance_scale, rtol=1e-3, atol=0)
+    body = model.loading_body if loading_hidden is not None else model.body
+    assert body[0].in_features == 3  # two inputs and the distance
+    assert model.config()["distance_anchors"] == 6
+
+
+def test_distance_feature_keeps_the_exact_marginal_likelihood():
+    """The feature is a fixed function of x: log p(f_i) is still N(μ, ΦΦᵀ + σ_f² I) (mathematics §3)."""
+    model = random_dlf(hidden=(8,), loading_hidden=(5,), distance_anchors=6)
+    x = torch.randn(9, 2, dtype=torch.float64) * 3
+    f = torch.randn(4, 9, dtype=torch.float64)
+    mean, loading = model.mean_and_loading(x)
+    dense = torch.distributions.MultivariateNormal(mean, loading @ loading.T + model.noise_variance * torch.eye(9, dtype=torch.float64))
+    torch.testing.assert_close(model.log_marginal_likelihood(x, f), dense.log_prob(f).detach())
+
+
+def test_distance_feature_needs_rows_and_anchors():
+    with pytest.raises(ValueError, match="distance_anchors measures distances between"):
+        DeepLatentFactor(None, 2, body=nn.Linear(3, 4), body_features=4, distance_anchors=5)
+    with pytest.raises(ValueError, match="set_anchors: this model has no distance feature"):
+        random_dlf().set_anchors(torch.randn(5, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="distance_anchors must be"):
+        DeepLatentFactor(2, 2, distance_anchors=0)

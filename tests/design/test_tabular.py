@@ -1,9 +1,10 @@
-"""Tests for pyro_dlf.data.design (neighbour-distance jitter)."""
+"""Tests for pyro_dlf.design.tabular (neighbour-distance jitter)."""
 
 import pytest
 import torch
 
-from pyro_dlf.data import Standardizer, neighbour_jitter
+from pyro_dlf.data import Standardizer
+from pyro_dlf.design import neighbour_jitter
 
 
 def test_jitter_moves_each_row_by_its_nearest_neighbour_distance():
@@ -35,7 +36,7 @@ def test_jitter_bad_inputs():
 def test_gaussian_perturbation_has_scotts_bandwidth():
     """Displacements in standardized coordinates are N(0, h²) with h = n^(−1/(D+4)): check mean and
     variance against their sampling errors (5 standard errors)."""
-    from pyro_dlf.data import gaussian_perturbation, scott_bandwidth
+    from pyro_dlf.design import gaussian_perturbation, scott_bandwidth
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64) + 5
@@ -52,7 +53,7 @@ def test_gaussian_perturbation_has_scotts_bandwidth():
 
 
 def test_mixup_stays_on_segments_between_rows():
-    from pyro_dlf.data import mixup
+    from pyro_dlf.design import mixup
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 2, generator=g, dtype=torch.float64)
@@ -81,7 +82,7 @@ def test_mixup_stays_on_segments_between_rows():
 def test_outward_probes_push_each_row_away_from_the_centroid_by_up_to_reach():
     """In standardized coordinates each probe is (1 + ρu) x_i: on the ray from the centroid through x_i,
     between 1 and 1 + ρ times as far out, with u uniform (mean 1/2, variance 1/12; 5 standard errors)."""
-    from pyro_dlf.data import outward_probes
+    from pyro_dlf.design import outward_probes
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1, 3.0], dtype=torch.float64) - 2

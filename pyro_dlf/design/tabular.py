@@ -1,4 +1,4 @@
-r"""Design points off the training inputs: neighbour-distance jitter, Gaussian perturbation, mixup, outward probes.
+r"""Design points for tabular inputs: neighbour-distance jitter, Gaussian perturbation, mixup, outward probes.
 
 Teachers are usually fitted to their training inputs and agree most there, so
 their spread at the training inputs under-states their spread at new inputs.
@@ -49,10 +49,25 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyro_dlf.data.splits import Standardizer
 from pyro_dlf.nn import _positive_int
 
 __all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "outward_probes", "scott_bandwidth"]
+
+
+class _Standardized:
+    """Per-feature mean and population standard deviation of ``x``; a (numerically) constant feature keeps scale 1."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.loc = x.mean(0)
+        scale = x.std(0, unbiased=False)
+        floor = torch.finfo(x.dtype).eps * (1 + self.loc.abs())
+        self.scale = torch.where(scale > floor, scale, torch.ones_like(scale))
+
+    def transform(self, x: Tensor) -> Tensor:
+        return (x - self.loc) / self.scale
+
+    def inverse(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.loc
 
 
 def _check_inputs(x: Tensor) -> None:
@@ -80,7 +95,7 @@ def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[flo
     h = scott_bandwidth(*x.shape) if bandwidth is None else float(bandwidth)
     if not h > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
-    standardizer = Standardizer.fit(x, dim=0)
+    standardizer = _Standardized(x)
     xs = standardizer.transform(x)
     noise = torch.randn(copies, *x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return standardizer.inverse((xs + h * noise).reshape(-1, x.shape[1]))
@@ -124,7 +139,7 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
     _check_inputs(x)
     copies = _positive_int(copies, "copies")
     chunk_size = _positive_int(chunk_size, "chunk_size")
-    standardizer = Standardizer.fit(x, dim=0)
+    standardizer = _Standardized(x)
     xs = standardizer.transform(x)
     distance = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[0], chunk_size):
@@ -152,7 +167,7 @@ def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator:
     copies = _positive_int(copies, "copies")
     if not (isinstance(reach, (int, float)) and reach > 0 and reach < float("inf")):
         raise ValueError(f"reach must be a positive number (e.g. 0.5: up to half the data's reach beyond it), got {reach!r}")
-    standardizer = Standardizer.fit(x, dim=0)
+    standardizer = _Standardized(x)
     xs = standardizer.transform(x)
     u = torch.rand(copies, x.shape[0], 1, generator=generator, dtype=x.dtype).to(x.device)
     return standardizer.inverse(((1 + reach * u) * xs.unsqueeze(0)).reshape(-1, x.shape[1]))
