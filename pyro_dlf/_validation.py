@@ -320,13 +320,13 @@ def check_flag_or_auto(value: Any, name: str) -> Union[bool, str]:
 
 
 def check_design_option(value: Any, name: str = "design") -> Union[str, Callable]:
-    """``"auto"``, a named design set (:data:`pyro_dlf.design.sets.DESIGNS`), or a callable ``design(x, generator)``
+    """``"auto"``, a named design set (:data:`pyro_dlf.design.sets.DESIGNS`), or a callable ``design(x, *, generator)``
     returning the points to add."""
     if callable(value) and not isinstance(value, str):
         return value
     choices = ("auto", *DESIGNS)
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices} or a callable design(x, generator) returning the points to add, "
+        raise ValueError(f"{name} must be one of {choices} or a callable design(x, *, generator) returning the points to add, "
                          f"got {value!r}")
     return value
 

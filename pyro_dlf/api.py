@@ -331,7 +331,7 @@ def distill(
         ``"given"`` (the rows only), ``"between"`` (plus a mixup point per row),
         ``"around"`` (plus a Gaussian perturbation per row), ``"beyond"`` (plus a
         Gaussian perturbation and an outward probe with reach 0.5 per row), or a
-        callable ``design(x, generator)`` returning the points to add (e.g.
+        callable ``design(x, *, generator)`` returning the points to add (e.g.
         :func:`pyro_dlf.design.images.augment_images`). ``"auto"`` (default)
         compares ``given``, ``around`` and ``beyond`` (the last two with and without the
         distance feature) by the
@@ -419,16 +419,17 @@ def _distill_with_design(x_design, teacher_outputs, *, design, distance_feature,
     teachers = functools.partial(evaluate_teachers, ensemble, batch_size=o["teacher_batch_size"],
                                  where="design points built from x_design, rows")
 
-    def fit(design_x: Tensor, design_f: Tensor, rows: Tensor, feature: bool, options: dict) -> Student:
+    def fit(design_x: Tensor, design_f: Tensor, rows: Tensor, feature: bool, options: dict, label: Optional[str] = None) -> Student:
         return _distill(design_x, design_f, **options, distance_anchors=DISTANCE_ANCHORS if feature else None,
-                        data_rows=rows if feature else None)
+                        data_rows=rows if feature else None, candidate=label)
 
     if design == "auto":
         # Candidates are compared with one body and the whole schedule; the chosen design then gets the caller's options.
         quick = dict(o, hidden=_first_body(o["hidden"]), training_length=1.0, progress=False)
         candidates = DESIGN_CANDIDATES if distance_feature == "auto" else tuple(
             dict.fromkeys((name, reach, distance_feature) for name, reach, _ in DESIGN_CANDIDATES))
-        choice = choose_design(x, teachers, lambda dx, df, rows, feature: fit(dx, df, rows, feature, quick), candidates=candidates,
+        choice = choose_design(x, teachers, lambda dx, df, rows, feature: fit(dx, df, rows, feature, quick, f"design choice (distance_feature={feature})"),
+                               candidates=candidates,
                                validation_fraction=o["validation_fraction"], seed=o["seed"], progress=o["progress"])
     else:
         name, reach = ("custom", None) if callable(design) else (design, 0.5 if design == "beyond" else None)
@@ -436,7 +437,7 @@ def _distill_with_design(x_design, teacher_outputs, *, design, distance_feature,
         choice = DesignChoice(name, reach, "asked for", distance_feature=feature)
     choice.seed = o["seed"]
     if callable(design):
-        added = design(x, torch.Generator().manual_seed(o["seed"] + 1))
+        added = design(x, generator=torch.Generator().manual_seed(o["seed"] + 1))
         design_x = torch.cat([x, check_design_points(added, "design(x, generator)", integer_ok=True).to(x)])
     else:
         design_x = choice.points(x)
@@ -619,7 +620,7 @@ def _distill(
             options = {**base, "hidden": widths, "training_length": length, "observed": mask}
             if v is not None and v.dim() == 2 and num_outputs is None:
                 options["teacher_noise_variances"] = v[:, idx]  # heteroscedastic: the fitting part's columns
-            return _distill(xs, fs, **options, candidate=f"hidden={widths}, training_length={length:g}")
+            return _distill(xs, fs, **options, candidate=f"body selection (hidden={widths}, training_length={length:g})")
 
         scalar_noise = v if task == "regression" and num_outputs is None and v.dim() == 1 else None
 
@@ -686,7 +687,9 @@ def _distill(
             if body is None:
                 model.input_loc, model.input_scale = _standardize_stats(x, 0)
             if distance_anchors is not None:
-                model.set_anchors(x if data_rows is None else cast_inputs(data_rows.to(x.device), dtype), generator)
+                # Their own draws, so that a fit with the feature keeps the minibatch order of one without it.
+                model.set_anchors(x if data_rows is None else cast_inputs(data_rows.to(x.device), dtype),
+                                  torch.Generator().manual_seed(seed + 2))
             values = f if observed is None else f[observed]  # the observed values only
             loc, _ = _standardize_stats(values, tuple(range(values.dim() - (f.dim() - 2))))
             model.output_loc.copy_(loc)
@@ -741,7 +744,7 @@ def _warn_if_diverged(model: DeepLatentFactor, x: Tensor, values: Tensor, histor
     its start by more than a nat per observed value (each iteration of exact EM
     should not lose likelihood, up to minibatch noise); or an epistemic variance at the design points a hundred
     times the teachers' total spread (a maximum-likelihood fit matches the
-    teachers' second moments). ``candidate`` names a body-selection candidate fit (said in the warning).
+    teachers' second moments). ``candidate`` names a candidate fit of a selection (said in the warning).
     """
     with torch.no_grad():
         spread = float(values.double().var())
@@ -751,7 +754,7 @@ def _warn_if_diverged(model: DeepLatentFactor, x: Tensor, values: Tensor, histor
     # A loss of a whole nat per observed value is far beyond minibatch noise (fits differ by hundredths).
     worse = history[-1] > history[0] + 1.0
     if not finite or worse or variance > 100 * max(spread, 1e-300) * (model.num_outputs or 1):
-        which = "the fit" if candidate is None else f"a candidate fit of the body selection ({candidate})"
+        which = "the fit" if candidate is None else f"a candidate fit of the {candidate}"
         warnings.warn(
             f"distill: {which} looks diverged (negative log-likelihood per value {history[0]:.4g} at the start of EM, "
             f"{history[-1]:.4g} at the end; epistemic variance at the design points {variance:.3g} against the teachers' "

@@ -6,7 +6,7 @@ ensemble of MLPs is trained on the train part, each member with its own
 held-out noise variance. The teachers need no labels, so the design points
 are every input outside the test part (train and design) plus
 ``design_copies`` Gaussian perturbations of each
-(:func:`pyro_dlf.data.gaussian_perturbation`, Scott's bandwidth): more design
+(:func:`pyro_dlf.design.gaussian_perturbation`, Scott's bandwidth): more design
 points, and points between and slightly beyond the data, let the student
 follow the ensemble's mean instead of guessing it from 88 points. The
 student's body for the mean is chosen by a held-out score of the teachers'
@@ -35,7 +35,8 @@ from pyro_dlf import metrics
 from pyro_dlf._progress import progress_disabled
 from pyro_dlf.api import distill
 from pyro_dlf.baselines import DeepEnsembleRegressor
-from pyro_dlf.data import gaussian_perturbation, train_design_test_split
+from pyro_dlf.data import train_design_test_split
+from pyro_dlf.design import gaussian_perturbation
 
 __all__ = ["DemoConfig", "run_demo", "format_table"]
 

@@ -7,7 +7,7 @@ Gaussian-perturbed copy of each, plus an outward-probe copy of each; seeds as in
 -- and score each by three checks that use only the training inputs and the teachers:
 
 * probe AUROC: the AUROC of the student's epistemic variance ||Phi(x)||^2 at outward probes
-  (`pyro_dlf.data.outward_probes`, a fresh draw) against the training rows -- does its variance
+  (`pyro_dlf.design.outward_probes`, a fresh draw) against the training rows -- does its variance
   rise beyond the data?
 * rank agreement, pooled: Spearman correlation between the student's ||Phi(x)||^2 and the teachers'
   spread over the training rows and the probes together;
@@ -36,7 +36,7 @@ from pyro_dlf import metrics
 from pyro_dlf._files import atomic_write
 from pyro_dlf.api import distill
 from pyro_dlf.bench.uci import UCIBenchConfig, _augmented, _datasets, _teachers
-from pyro_dlf.data import outward_probes
+from pyro_dlf.design import outward_probes
 
 BODIES = ((50,), (100, 100))
 #: (design, seed offset) as in the benchmark's design variants.

@@ -441,7 +441,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
 
 
 def text_targets(result: dict) -> list[str]:
-    """The issue's targets, each with its verdict and figures."""
+    """The benchmark's targets, each with its verdict and figures."""
     rows = {r["method"]: r for r in result["rows"]}
     dlf, teach = rows.get("DLF"), rows.get("teacher ensemble")
     if dlf is None or teach is None:

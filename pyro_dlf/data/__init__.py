@@ -1,6 +1,8 @@
-"""Data utilities: standardisation, the random split protocols, design points, the UCI, image and text loaders, and a UCI-layout writer."""
+"""Data utilities: standardisation, the random split protocols, the UCI, image and text loaders, and a UCI-layout writer.
 
-from pyro_dlf.design.tabular import gaussian_perturbation, mixup, neighbour_jitter, outward_probes, scott_bandwidth
+Design points built from data live in :mod:`pyro_dlf.design`.
+"""
+
 from pyro_dlf.data.images import (
     ImageData,
     flip_labels,
@@ -23,11 +25,6 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "read_idx",
-    "neighbour_jitter",
-    "gaussian_perturbation",
-    "mixup",
-    "outward_probes",
-    "scott_bandwidth",
     "Standardizer",
     "train_design_test_split",
     "train_test_split",

@@ -117,8 +117,9 @@ def choose_design(x: Tensor, teachers: Callable[[Tensor], Tensor], fit: Callable
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     cut = max(5, int(round(validation_fraction * x.shape[0])))
     held, kept = x[order[:cut]], x[order[cut:]]
-    points = {"in_range": held, "around": gaussian_perturbation(held, generator=generator),
-              "beyond": outward_probes(held, reach=EVALUATION_REACH, generator=generator)}
+    # Standardized, and with the bandwidth, as the candidates' designs are: by the rows they are built from.
+    points = {"in_range": held, "around": gaussian_perturbation(held, generator=generator, reference=kept),
+              "beyond": outward_probes(held, reach=EVALUATION_REACH, generator=generator, reference=kept)}
     values = {k: teachers(v) for k, v in points.items()}
     scores = []
     for name, reach, distance in progress_bar(list(candidates), desc="design", enabled=progress):

@@ -83,19 +83,23 @@ def scott_bandwidth(num_points: int, num_features: int) -> float:
 
 
 def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[float] = None,
-                          generator: Optional[torch.Generator] = None) -> Tensor:
+                          generator: Optional[torch.Generator] = None, reference: Optional[Tensor] = None) -> Tensor:
     """Draws ``x_i + h ε`` (standardized coordinates), ``copies`` per row; see the module docstring.
 
     :param x: inputs ``(n, D)``, ``n >= 2``, in original units.
-    :param bandwidth: ``h`` in standard deviations of each feature (default :func:`scott_bandwidth`).
+    :param bandwidth: ``h`` in standard deviations of each feature (default :func:`scott_bandwidth` of the reference rows).
+    :param reference: the rows whose feature scales and count set the standardization and the default bandwidth
+        (default ``x``): pass the data when ``x`` are a few of its rows, so that their draws are the data's.
     :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
     _check_inputs(x)
+    reference = x if reference is None else reference
+    _check_inputs(reference)
     copies = _positive_int(copies, "copies")
-    h = scott_bandwidth(*x.shape) if bandwidth is None else float(bandwidth)
+    h = scott_bandwidth(*reference.shape) if bandwidth is None else float(bandwidth)
     if not h > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
-    standardizer = _Standardized(x)
+    standardizer = _Standardized(reference)
     xs = standardizer.transform(x)
     noise = torch.randn(copies, *x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return standardizer.inverse((xs + h * noise).reshape(-1, x.shape[1]))
@@ -153,7 +157,8 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
     return standardizer.inverse(jittered.reshape(-1, x.shape[1]))
 
 
-def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator: Optional[torch.Generator] = None) -> Tensor:
+def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator: Optional[torch.Generator] = None,
+                   reference: Optional[Tensor] = None) -> Tensor:
     r"""Rows pushed away from the data's centroid by a random share of their own distance from it.
 
     In standardized coordinates :math:`\tilde x = (1 + ρ u) x`, :math:`u \sim \mathrm{Uniform}(0, 1)`
@@ -161,13 +166,17 @@ def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator:
 
     :param x: inputs ``(n, D)``, ``n >= 2``, in original units.
     :param reach: ``ρ > 0``, how far beyond each row the probes may go, as a share of its distance from the centroid.
+    :param reference: the rows whose centroid and feature scales define the standardized coordinates (default ``x``):
+        pass the data when ``x`` are a few of its rows.
     :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
     _check_inputs(x)
+    reference = x if reference is None else reference
+    _check_inputs(reference)
     copies = _positive_int(copies, "copies")
     if not (isinstance(reach, (int, float)) and reach > 0 and reach < float("inf")):
         raise ValueError(f"reach must be a positive number (e.g. 0.5: up to half the data's reach beyond it), got {reach!r}")
-    standardizer = _Standardized(x)
+    standardizer = _Standardized(reference)
     xs = standardizer.transform(x)
     u = torch.rand(copies, x.shape[0], 1, generator=generator, dtype=x.dtype).to(x.device)
     return standardizer.inverse(((1 + reach * u) * xs.unsqueeze(0)).reshape(-1, x.shape[1]))

@@ -316,7 +316,7 @@ def test_extrapolation_target_is_not_decided_without_other_students():
     assert "not decided (no other student in these rows)" in text and "met on" not in text
     rivals = alone + [row("small-Ens", s, 0.97) for s in range(2)]
     text = "\n".join(extrapolation_summary(rivals))
-    assert "met on 0 of 1 sets" in text and "small-Ens 0.970: **not met**" in text
+    assert "AUROC ≥ every other student's (small-Ens, Hydra, BE) on 0 of 1" in text and "small-Ens 0.970 (**not met**)" in text
 
 
 def test_a_variant_on_fewer_splits_is_compared_on_its_own_splits():
