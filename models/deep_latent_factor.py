@@ -92,6 +92,11 @@ class DeepLatentFactor(PyroModule):
         :data:`ACTIVATIONS`).
     :param noise_variance: initial nugget ``σ_f^2`` (a ``PyroParam`` with a
         positive constraint).
+    :param distance_anchors: default MLP body only: the loading body (or, without one,
+        the shared body) also reads ``d(x)``, the distance from ``x`` to the nearest of
+        this many anchor rows of the data, in units of their typical spacing
+        (mathematics §9.3; set by :meth:`set_anchors`), so that ``‖Φ(x)‖`` can keep
+        growing beyond the data. Default ``None``: no distance feature.
     :param name: the Pyro name (prefix of the param-store names); unique per
         instance by default so that several models can run under Pyro handlers
         in one process without sharing parameters.
@@ -264,7 +269,8 @@ class DeepLatentFactor(PyroModule):
         return slice(self.body_features, None) if self.loading_hidden is not None else slice(None)
 
     def features(self, x: Tensor) -> Tensor:
-        """Body features of standardized inputs, ``(m, d)``: ``h_θ(x)``, or ``[h_θ(x); g_θ(x)]`` with a loading body."""
+        """Body features of standardized inputs, ``(m, d)``: ``h_θ(x)``, or ``[h_θ(x); g_θ(x)]`` with a loading body; with
+        the distance feature the loading body (else the shared body) reads ``[x; d(x)]`` (mathematics §9.3)."""
         if is_integer_input(x):
             return self.body(x)  # a custom body embedding ids/codes; nothing to standardize
         x = (x - self.input_loc) / self.input_scale

@@ -26,11 +26,11 @@ from pyro_dlf.infer.mmd import mmd_initialize
 from pyro_dlf.models.deep_latent_factor import ACTIVATIONS, DeepLatentFactor
 from pyro_dlf.noise import FACTOR_NOISE_TEST_LEVEL, HeavyTailWarning, fit_inverse_gamma, fit_noise_given_factors
 from pyro_dlf.selection import (BODY_FAMILY, TRAINING_FAMILY, check_selection_size, choose_num_factors, deviation_gram, factor_limit,
-                                 predictive_log_score, select_hidden)
+                                 minimum_design_points, predictive_log_score, select_hidden)
 from pyro_dlf.student import Student
 from pyro_dlf.sufficient_statistics import observed_count
 
-__all__ = ["distill", "evaluate_teachers", "scheduled_adam"]
+__all__ = ["distill", "evaluate_teachers", "scheduled_adam", "DISTANCE_ANCHORS"]
 
 TeacherOutputs = Union[Tensor, Sequence[Callable[[Tensor], Tensor]], Callable[[Tensor], Tensor]]
 
@@ -49,9 +49,9 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     dropout teachers give one function, not a new draw per evaluation),
     restored to its mode afterwards.
     """
-    if callable(teachers) and not isinstance(teachers, (list, tuple)):
-        return _evaluate_ensemble(teachers, x, check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024"))
-    if not isinstance(teachers, (list, tuple)):
+    if callable(teachers) and not _is_teacher_list(teachers):
+        return _evaluate_ensemble(teachers, x, check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024"), where)
+    if not _is_teacher_list(teachers):
         raise TypeError(f"teacher_outputs must be a list of callables or one callable for the whole ensemble, got {type(teachers).__name__}")
     if len(teachers) == 0:
         raise ValueError("teacher_outputs is an empty list: give at least 2 teachers")
@@ -88,7 +88,12 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     return torch.stack(outputs)
 
 
-def _evaluate_ensemble(ensemble: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
+def _is_teacher_list(teachers) -> bool:
+    """A list of teachers (a list, tuple or ``nn.ModuleList``), as opposed to one callable for the whole ensemble."""
+    return isinstance(teachers, (list, tuple, nn.ModuleList))
+
+
+def _evaluate_ensemble(ensemble: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, where: str) -> Tensor:
     """One callable's ``(n, b[, c])`` values on ``x`` in batches (see :func:`evaluate_teachers`)."""
     training = isinstance(ensemble, nn.Module) and ensemble.training
     if training:
@@ -98,18 +103,32 @@ def _evaluate_ensemble(ensemble: Callable[[Tensor], Tensor], x: Tensor, batch_si
         with torch.no_grad():
             for s in range(0, x.shape[0], batch_size):
                 xb = x[s:s + batch_size]
-                out = ensemble(xb)
-                if isinstance(out, np.ndarray):
-                    out = torch.from_numpy(np.ascontiguousarray(out))
-                if not isinstance(out, Tensor) or out.dim() not in (2, 3) or out.shape[1] != xb.shape[0] or out.is_complex():
-                    raise ValueError(f"teacher_outputs: the ensemble callable returned {tuple(getattr(out, 'shape', ())) or type(out).__name__} "
-                                     f"for a batch of {xb.shape[0]} inputs; it must return real values (n, {xb.shape[0]}) or "
-                                     f"(n, {xb.shape[0]}, c), one row per teacher")
-                parts.append(out.detach())
+                try:
+                    out = ensemble(xb)
+                except Exception as err:  # the ensemble's own error, kept, with where it happened
+                    err.add_note(f"raised by teacher_outputs on {where} {s}..{s + xb.shape[0] - 1}")
+                    raise
+                parts.append(_ensemble_batch(out, xb.shape[0], parts[0].shape if parts else None))
     finally:
         if training:
             ensemble.train()
     return torch.cat(parts, 1)
+
+
+def _ensemble_batch(out, rows: int, first: Optional[torch.Size]) -> Tensor:
+    """One batch of an ensemble callable's output, checked: real floating ``(n, rows[, c])``, shaped as the first batch."""
+    if isinstance(out, np.ndarray) and out.dtype.kind == "f":
+        out = torch.from_numpy(np.ascontiguousarray(out))
+    wanted = f"real floating values (n, {rows}) or (n, {rows}, c), one row per teacher"
+    if not isinstance(out, Tensor) or not out.is_floating_point() or out.dim() not in (2, 3) or out.shape[1] != rows:
+        got = tuple(out.shape) if isinstance(out, (Tensor, np.ndarray)) else type(out).__name__
+        dtype = f" of dtype {out.dtype}" if isinstance(out, (Tensor, np.ndarray)) else ""
+        raise ValueError(f"teacher_outputs: the ensemble callable returned {got}{dtype} for a batch of {rows} inputs; it must "
+                         f"return {wanted}")
+    if first is not None and (out.shape[0], *out.shape[2:]) != (first[0], *first[2:]):
+        raise ValueError(f"teacher_outputs: the ensemble callable returned {tuple(out.shape)} after {tuple(first)} on an earlier "
+                         "batch; it must return the same teachers (and classes) for every batch")
+    return out.detach()
 
 
 def _standardize_stats(t: Tensor, dim) -> tuple[Tensor, Tensor]:
@@ -381,7 +400,7 @@ DISTANCE_ANCHORS = 256
 def _no_design_reason(x, teacher_outputs, design, o: dict) -> Optional[str]:
     """Why no design can be built from ``x`` (``None`` when one can): the teachers must be callables, and
     per-point inputs exist only at the given points."""
-    if not (isinstance(teacher_outputs, (list, tuple)) or callable(teacher_outputs)):
+    if not (_is_teacher_list(teacher_outputs) or callable(teacher_outputs)):
         return "the teachers are given as values at x_design; pass them as callables so that they can be evaluated off the data"
     for name in ("observed", "held_out"):
         if o[name] is not None:
@@ -391,6 +410,10 @@ def _no_design_reason(x, teacher_outputs, design, o: dict) -> Optional[str]:
         return "teacher_noise_variances gives variances at the given points only"
     if not callable(design) and (o["body"] is not None or getattr(x, "ndim", 0) != 2):
         return "the named design sets need (m, d) rows and the default MLP body (pass a callable design= for other inputs)"
+    fraction = o["validation_fraction"]
+    if design == "auto" and hasattr(x, "shape") and isinstance(fraction, float) and 0 < fraction < 1 and len(x) < minimum_design_points(fraction):
+        return (f"{len(x)} rows are too few to hold some out for the choice (at least {minimum_design_points(fraction)} at "
+                f"validation_fraction={fraction:g})")
     return None
 
 
@@ -398,12 +421,12 @@ def _distill_with_design(x_design, teacher_outputs, *, design, distance_feature,
     """:func:`_distill` on the design set ``design`` built from the rows ``x_design`` (mathematics §9)."""
     design = check_design_option(design)
     distance_feature = check_flag_or_auto(distance_feature, "distance_feature")
+    if distance_feature is True and o["body"] is not None:
+        raise ValueError("distance_feature=True measures distances between (m, d) rows: drop it with a custom body")
     reason = _no_design_reason(x_design, teacher_outputs, design, o)
     if reason is not None:
         if design not in ("auto", "given"):
             raise ValueError(f"design={design!r} places points off x_design, but {reason}; pass design='given'")
-        if distance_feature is True and o["body"] is not None:
-            raise ValueError("distance_feature=True measures distances between (m, d) rows: drop it with a custom body")
         choice = DesignChoice("given", None, reason if design == "auto" else "asked for", distance_feature=distance_feature is True,
                               seed=o["seed"])
         student = _distill(x_design, teacher_outputs, **o, distance_anchors=DISTANCE_ANCHORS if choice.distance_feature else None)
@@ -411,9 +434,10 @@ def _distill_with_design(x_design, teacher_outputs, *, design, distance_feature,
         student.design_choice = choice
         return student
     x = check_design_points(x_design, "x_design", integer_ok=callable(design))
+    check_num_points(x.shape[0], "x_design")
     if o["device"] is not None:
         x = x.to(check_device(o["device"]))
-    ensemble = teacher_outputs if callable(teacher_outputs) else list(teacher_outputs)
+    ensemble = list(teacher_outputs) if _is_teacher_list(teacher_outputs) else teacher_outputs
     # The rows first: a failing teacher is named with the rows it failed on, before any design is built.
     f_rows = evaluate_teachers(ensemble, x, o["teacher_batch_size"])
     teachers = functools.partial(evaluate_teachers, ensemble, batch_size=o["teacher_batch_size"],
@@ -437,8 +461,13 @@ def _distill_with_design(x_design, teacher_outputs, *, design, distance_feature,
         choice = DesignChoice(name, reach, "asked for", distance_feature=feature)
     choice.seed = o["seed"]
     if callable(design):
-        added = design(x, generator=torch.Generator().manual_seed(o["seed"] + 1))
-        design_x = torch.cat([x, check_design_points(added, "design(x, generator)", integer_ok=True).to(x)])
+        added = check_design_points(design(x, generator=torch.Generator().manual_seed(o["seed"] + 1)), "design(x, generator)",
+                                    integer_ok=not x.is_floating_point())
+        if added.shape[1:] != x.shape[1:] or added.is_floating_point() != x.is_floating_point():
+            raise ValueError(f"design: the callable returned points {tuple(added.shape)} of dtype {added.dtype} for rows "
+                             f"{tuple(x.shape)} of dtype {x.dtype}; it must return (k, {', '.join(map(str, x.shape[1:]))}) points "
+                             "of the rows' kind")
+        design_x = torch.cat([x, added.to(x)])
     else:
         design_x = choice.points(x)
     f_design = torch.cat([f_rows, teachers(design_x[len(x):])], 1) if len(design_x) > len(x) else f_rows
@@ -534,8 +563,9 @@ def _distill(
         f = _as_teacher_tensor(teacher_outputs)
     elif isinstance(teacher_outputs, Tensor):
         f = teacher_outputs
-    elif isinstance(teacher_outputs, (list, tuple)) or callable(teacher_outputs):
-        f = evaluate_teachers(teacher_outputs, x, call["teacher_batch_size"])
+    elif _is_teacher_list(teacher_outputs) or callable(teacher_outputs):
+        f = evaluate_teachers(list(teacher_outputs) if _is_teacher_list(teacher_outputs) else teacher_outputs, x,
+                              call["teacher_batch_size"])
     else:
         raise TypeError(f"teacher_outputs must be a tensor or NumPy array (n, m[, c]) a list of callables, or one callable for the whole ensemble, got {type(teacher_outputs).__name__}")
     if isinstance(f, Tensor) and f.is_complex():

@@ -264,7 +264,9 @@ def _design_words(args: argparse.Namespace, choice) -> str:
     elif args.design == "auto" and masks:
         why = f"{' and '.join(masks)} mark{'s' if len(masks) == 1 else ''} values at the --x rows only"
     else:
-        why = "asked for" if args.design != "auto" else choice.reason
+        from pyro_dlf.cli import flag_names, translate  # the parser's module imports this one
+
+        why = "asked for" if args.design != "auto" else translate(choice.reason, flag_names("distill"))
     reach = "" if choice.reach is None else f", reach {choice.reach:g}"
     points = (f"; {choice.num_design_points:,} design points from {choice.num_data_points:,} rows"
               if choice.num_design_points != choice.num_data_points else "")

@@ -283,14 +283,16 @@ def _dlf_variants(config: UCIBenchConfig) -> list[tuple[str, dict]]:
     variants = [("DLF", dict(rule, design=config.dlf_design))]
     if rule != {"hidden": tuple(config.student_hidden), "loading_hidden": None}:
         variants.append((_widths_name(config.student_hidden), {}))
+    # The length and loadings rows change one thing against the DLF row, so they keep its design rule.
     if "length" in config.ablations:
-        variants.append((LENGTH_CHOSEN, dict(rule, training_length="auto")))
+        variants.append((LENGTH_CHOSEN, dict(rule, training_length="auto", design=config.dlf_design)))
     if "loadings" in config.ablations:
         # The other network: one shared body when the DLF row has a loading body, and vice versa.
         if config.dlf_loading_hidden is not None:
-            variants.append((SHARED_BODY, {"hidden": config.dlf_hidden}))
+            variants.append((SHARED_BODY, {"hidden": config.dlf_hidden, "design": config.dlf_design}))
         else:
-            variants.append((loading_body_name(config.student_hidden), {"hidden": config.dlf_hidden, "loading_hidden": tuple(config.student_hidden)}))
+            variants.append((loading_body_name(config.student_hidden), {"hidden": config.dlf_hidden, "loading_hidden": tuple(config.student_hidden),
+                                                                        "design": config.dlf_design}))
     if "estep" in config.ablations:
         variants.append(("DLF minibatch E-step", {"estep": "minibatch"}))
     if "init" in config.ablations:
@@ -662,6 +664,11 @@ def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None,
     if any(m not in present or (methods is not None and m not in methods) for m in recomputed):
         raise ValueError(f"recomputed: {[m for m in recomputed if m not in present or (methods is not None and m not in methods)]} "
                          f"are not among the kept methods; choose from {sorted(present if methods is None else methods)}")
+    # The row DLF's design rule is part of its definition (a run without the key fitted the given points).
+    rules = {result.get("config", {}).get("dlf_design", "given") for result in results}
+    if len(rules) > 1 and "DLF" not in recomputed and (methods is None or "DLF" in methods):
+        raise ValueError(f"results: the inputs' DLF rows follow different designs {sorted(rules)}; list 'DLF' as recomputed "
+                         "(new runs first) or leave it out of the methods")
     runs, rows, datasets, seen = [], [], {}, {}
     source: dict = {}  # (set, recomputed method) -> the input its rows come from
     difference = 0.0

@@ -75,7 +75,8 @@ class DesignChoice:
         return asdict(self)
 
     def points(self, x: Tensor) -> Tensor:
-        """The design points of the fit, rebuilt from its data rows ``x`` (a named design only)."""
+        """The design points of the fit, rebuilt from its data rows ``x`` (a named design only): the draws use
+        ``seed + 1`` (the held-out split of a choice used ``seed``). Exact for the same ``x``, dtype and device."""
         if self.design == "custom":
             raise ValueError("points: a callable design is not recorded; keep the points it returned")
         return design_points(x, self.design, self.reach, self.seed)
@@ -88,13 +89,16 @@ def design_points(x: Tensor, name: str, reach: Optional[float], seed: int) -> Te
 
 def held_out_score(student, points: dict[str, Tensor], values: dict[str, Tensor]) -> dict[str, float]:
     """Negative log density per value of the teachers' ``values[k]`` at ``points[k]`` under ``student``'s process,
-    for each family ``k``, and their mean (``"score"``)."""
+    for each family ``k``, and their mean (``"score"``). Logits are centred per input first when the student fits
+    centred logits; a value is one scalar (one output of one teacher at one point)."""
     dlf = student.dlf
-    dtype = dlf.loading_head.weight.dtype
+    weight = dlf.loading_head.weight
     out = {}
     for family, x in points.items():
-        f = values[family]
-        log_density = dlf.log_marginal_likelihood(x.to(dtype), f.to(dtype))
+        f = values[family].to(dtype=weight.dtype, device=weight.device)
+        if getattr(student, "centered_logits", False):
+            f = f - f.mean(-1, keepdim=True)  # the student fits centred logits: score those
+        log_density = dlf.log_marginal_likelihood(x.to(dtype=weight.dtype, device=weight.device), f)
         out[family] = float(-log_density.sum() / f.numel())
     out["score"] = sum(out[k] for k in points) / len(points)
     return out
@@ -109,7 +113,8 @@ def choose_design(x: Tensor, teachers: Callable[[Tensor], Tensor], fit: Callable
     :param teachers: maps inputs ``(k, D)`` to the teachers' values ``(n_teachers, k[, c])``.
     :param fit: ``fit(x_design, f_design, data_rows, distance_feature)`` returns a :class:`~pyro_dlf.student.Student`
         fitted to a candidate's design, with the distance feature (measured from ``data_rows``) or without.
-    :param validation_fraction: the share of rows held out (at least 5 rows on each side).
+    :param validation_fraction: the share of rows held out (the caller makes sure both parts keep at least 5 rows:
+        :func:`pyro_dlf.selection.minimum_design_points`).
     :param seed: the split and every draw of points.
     :returns: the choice; the caller refits on all rows with the chosen design.
     """

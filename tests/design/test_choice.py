@@ -149,9 +149,62 @@ def test_bad_distance_feature_option_names_the_argument():
 
 def test_ensemble_callable_with_a_wrong_shape_is_named():
     bad = lambda t: t[:, 0]  # noqa: E731 - one row, not (n, b)
-    with pytest.raises(ValueError, match=r"the ensemble callable returned \((\d+),\) for a batch of \1 inputs"):
+    with pytest.raises(ValueError, match=r"the ensemble callable returned \((\d+),\) of dtype torch.float32 for a batch of \1 inputs"):
         distill(_rows(), bad, teacher_noise_variances=torch.full((5,), 0.01), **QUICK)
 
 
 def test_the_named_designs_are_the_documented_ones():
     assert DESIGNS == ("given", "between", "around", "beyond")
+
+
+def test_too_few_rows_for_the_choice_keep_the_given_points_and_say_why():
+    student = distill(_rows(12), _teachers(), teacher_noise_variances=torch.full((5,), 0.01), **QUICK)
+    assert student.design_choice.design == "given" and "too few to hold some out" in student.design_choice.reason
+
+
+def test_teachers_in_a_module_list_are_a_list_of_teachers():
+    class Net(torch.nn.Module):
+        def __init__(self, seed):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+            torch.nn.init.normal_(self.layer.weight, generator=torch.Generator().manual_seed(seed))
+
+        def forward(self, t):
+            return torch.tanh(self.layer(t)).squeeze(-1)
+
+    nets = torch.nn.ModuleList(Net(i) for i in range(4))
+    student = distill(_rows(), nets, teacher_noise_variances=torch.full((4,), 0.01), design="around", **QUICK)
+    assert student.design_choice.num_design_points == 2 * len(_rows())
+
+
+def test_classification_choice_scores_centred_logits():
+    """A teacher's offset along the all-ones direction moves no probability; the centred student must not be scored on it."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 2, 3, generator=g)
+    shift = torch.randn(4, 1, 1, generator=g) * 50  # large per-teacher offsets on every class
+    ensemble = lambda t: torch.einsum("nd,kdc->knc", t, w) + shift  # noqa: E731
+    student = distill(_rows(), ensemble, **QUICK)
+    assert student.centered_logits
+    # Centred, the offsets vanish: every score is a modest number of nats per value, not ~50² / 2σ².
+    assert all(abs(s["score"]) < 50 for s in student.design_choice.scores)
+
+
+def test_a_callable_design_of_the_wrong_shape_is_named():
+    with pytest.raises(ValueError, match=r"design: the callable returned points \(80, 3\)"):
+        distill(_rows(), _teachers(), teacher_noise_variances=torch.full((5,), 0.01),
+                design=lambda rows, generator: torch.zeros(len(rows), 3), **QUICK)
+
+
+def test_distance_feature_with_a_custom_body_is_refused_by_name():
+    with pytest.raises(ValueError, match="distance_feature=True measures distances between"):
+        distill(_rows(), _teachers(), teacher_noise_variances=torch.full((5,), 0.01), distance_feature=True,
+                body=torch.nn.Linear(2, 4), body_features=4, **QUICK)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda t: torch.ones(3, len(t), dtype=torch.int64), "of dtype torch.int64"),
+    (lambda t: torch.ones(3 if len(t) > 20 else 4, len(t)), r"after \(3, \d+\) on an earlier batch"),
+])
+def test_an_ensemble_callable_with_bad_batches_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        distill(_rows(), bad, teacher_noise_variances=torch.full((3,), 0.01), teacher_batch_size=32, **QUICK)
