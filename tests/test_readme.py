@@ -28,6 +28,20 @@ def test_readme_one_call_example_runs():
     assert namespace["student"].dlf.hidden in ((16,), (32,))
 
 
+def test_readme_design_example_reaches_beyond_the_data():
+    """The "Beyond the data" snippet on the one-call example's ensemble: a design is chosen and recorded, and the
+    student's epistemic variance far beyond the data exceeds its variance in range."""
+    blocks = [b for b in _blocks() if "design_choice" in b]
+    assert blocks, "README has no design example"
+    namespace = {}
+    exec(compile(_blocks()[1], "README.md", "exec"), namespace)  # noqa: S102 - the one-call example's ensemble
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - the design example
+    choice = namespace["choice"]
+    assert choice.scores and choice.design in ("given", "around", "beyond") and choice.num_data_points == 200
+    far = namespace["far"]
+    assert far[1] > far[0]
+
+
 def _blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
@@ -40,10 +54,11 @@ def test_readme_prior_example_recovers_the_truth():
     from pyro.infer.mcmc.util import diagnostics
 
     blocks = _blocks()
-    assert len(blocks) >= 3, "README has no prior example"
+    prior = [b for b in blocks if "NUTS" in b]
+    assert len(blocks) >= 3 and prior, "README has no prior example"
     namespace = {}
     exec(compile(blocks[1], "README.md", "exec"), namespace)  # noqa: S102 - the student of the one-call example
-    exec(compile(blocks[2], "README.md", "exec"), namespace)  # noqa: S102 - the prior example
+    exec(compile(prior[0], "README.md", "exec"), namespace)  # noqa: S102 - the prior example
     mcmc, posterior, x_obs, y_obs = namespace["mcmc"], namespace["posterior"], namespace["x_obs"], namespace["y_obs"]
     assert posterior["sigma"].shape == (500,)
     r_hat = {site: float(stats["r_hat"].max()) for site, stats in diagnostics(mcmc.get_samples(group_by_chain=True)).items()}
