@@ -825,7 +825,10 @@ def variance_decomposition(rows: list[dict]) -> list[str]:
              "Share of the teachers' spread at the design points held by ‖Φ‖² and by the nugget σ_f², and the "
              "teachers' spread at the design points relative to the test inputs (means over splits). For the "
              "calibrated fit, also the teachers' pooled spread among their held-out values (each teacher's values "
-             "on the training rows it did not train on; no labels) relative to their spread at the test inputs.", "",
+             "on the training rows it did not train on; no labels) relative to their spread at the test inputs. "
+             "For a fit whose design reaches off the rows (the `DLF` row when its design is not `given`, "
+             "`DLF, no distance feature`), the columns are measured at the rows, the design's first part: its nugget, "
+             "fitted where the teachers disagree more, can then exceed their spread at the rows.", "",
              "| set | method | n | ‖Φ‖² share | nugget share | design / test spread | held-out / test spread |",
              "|---|---|---|---|---|---|---|"]
     for (dataset, method), items in groups.items():
