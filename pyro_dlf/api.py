@@ -49,39 +49,26 @@ def evaluate_teachers(teachers: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     dropout teachers give one function, not a new draw per evaluation),
     restored to its mode afterwards.
     """
+    batch_size = check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024")
     if callable(teachers) and not _is_teacher_list(teachers):
-        return _evaluate_ensemble(teachers, x, check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024"), where)
+        first: list = []  # every batch must name the teachers (and classes) of the first
+
+        def check_ensemble(out, rows: int) -> Tensor:
+            first.append(_ensemble_batch(out, rows, first[0].shape if first else None))
+            return first[-1]
+
+        return torch.cat(_in_batches(teachers, x, batch_size, "teacher_outputs", where, check_ensemble), 1)
     if not _is_teacher_list(teachers):
         raise TypeError(f"teacher_outputs must be a list of callables or one callable for the whole ensemble, got {type(teachers).__name__}")
     if len(teachers) == 0:
         raise ValueError("teacher_outputs is an empty list: give at least 2 teachers")
-    batch_size = check_int(batch_size, "batch_size", 1, fix="e.g. batch_size=1024")
     outputs = []
-    with torch.no_grad():
-        for i, teacher in enumerate(teachers):
-            if not callable(teacher):
-                raise TypeError(f"teacher_outputs[{i}] is a {type(teacher).__name__}, not a callable; pass a tensor or a list of callables")
-            # A module is evaluated in eval mode (dropout off, batch-norm statistics frozen), then put back.
-            training = isinstance(teacher, nn.Module) and teacher.training
-            if training:
-                teacher.eval()
-            try:
-                parts = []
-                for s in range(0, x.shape[0], batch_size):
-                    xb = x[s:s + batch_size]
-                    try:
-                        out = teacher(xb)
-                    except Exception as err:  # the teacher's own error, kept, with where it happened
-                        err.add_note(f"raised by teacher_outputs[{i}] on {where} {s}..{s + xb.shape[0] - 1}")
-                        raise
-                    parts.append(check_teacher_output(out, i, xb.shape[0]))
-            finally:
-                if training:
-                    teacher.train()
-            out = torch.cat(parts)
-            if out.dim() == 2 and out.shape[1] == 1:
-                out = out.squeeze(1)
-            outputs.append(out)
+    for i, teacher in enumerate(teachers):
+        if not callable(teacher):
+            raise TypeError(f"teacher_outputs[{i}] is a {type(teacher).__name__}, not a callable; pass a tensor or a list of callables")
+        out = torch.cat(_in_batches(teacher, x, batch_size, f"teacher_outputs[{i}]", where,
+                                    lambda out, rows, i=i: check_teacher_output(out, i, rows)))
+        outputs.append(out.squeeze(1) if out.dim() == 2 and out.shape[1] == 1 else out)
     shapes = {tuple(o.shape) for o in outputs}
     if len(shapes) != 1:
         raise ValueError(f"teacher_outputs: the teachers returned different shapes {sorted(shapes)}")
@@ -93,26 +80,27 @@ def _is_teacher_list(teachers) -> bool:
     return isinstance(teachers, (list, tuple, nn.ModuleList))
 
 
-def _evaluate_ensemble(ensemble: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, where: str) -> Tensor:
-    """One callable's ``(n, b[, c])`` values on ``x`` in batches (see :func:`evaluate_teachers`)."""
-    training = isinstance(ensemble, nn.Module) and ensemble.training
+def _in_batches(fn: Callable, x: Tensor, batch_size: int, label: str, where: str, check: Callable) -> list[Tensor]:
+    """``check(fn(x_b), b)`` for each batch ``x_b`` of ``x``, without gradients; a module runs in eval mode (dropout off,
+    batch-norm statistics frozen) and is put back. ``fn``'s own error is kept, noted with ``label`` and the rows."""
+    training = isinstance(fn, nn.Module) and fn.training
     if training:
-        ensemble.eval()
+        fn.eval()
     parts = []
     try:
         with torch.no_grad():
             for s in range(0, x.shape[0], batch_size):
                 xb = x[s:s + batch_size]
                 try:
-                    out = ensemble(xb)
-                except Exception as err:  # the ensemble's own error, kept, with where it happened
-                    err.add_note(f"raised by teacher_outputs on {where} {s}..{s + xb.shape[0] - 1}")
+                    out = fn(xb)
+                except Exception as err:
+                    err.add_note(f"raised by {label} on {where} {s}..{s + xb.shape[0] - 1}")
                     raise
-                parts.append(_ensemble_batch(out, xb.shape[0], parts[0].shape if parts else None))
+                parts.append(check(out, xb.shape[0]))
     finally:
         if training:
-            ensemble.train()
-    return torch.cat(parts, 1)
+            fn.train()
+    return parts
 
 
 def _ensemble_batch(out, rows: int, first: Optional[torch.Size]) -> Tensor:
@@ -452,9 +440,11 @@ def _distill_with_design(x_design, teacher_outputs, *, design, distance_feature,
         quick = dict(o, hidden=_first_body(o["hidden"]), training_length=1.0, progress=False)
         candidates = DESIGN_CANDIDATES if distance_feature == "auto" else tuple(
             dict.fromkeys((name, reach, distance_feature) for name, reach, _ in DESIGN_CANDIDATES))
-        choice = choose_design(x, teachers, lambda dx, df, rows, feature: fit(dx, df, rows, feature, quick, f"design choice (distance_feature={feature})"),
-                               candidates=candidates,
-                               validation_fraction=o["validation_fraction"], seed=o["seed"], progress=o["progress"])
+        def fit_candidate(dx: Tensor, df: Tensor, rows: Tensor, feature: bool) -> Student:
+            return fit(dx, df, rows, feature, quick, f"design choice (distance_feature={feature})")
+
+        choice = choose_design(x, teachers, fit_candidate, candidates=candidates, validation_fraction=o["validation_fraction"],
+                               seed=o["seed"], progress=o["progress"])
     else:
         name, reach = ("custom", None) if callable(design) else (design, 0.5 if design == "beyond" else None)
         feature = distance_feature if distance_feature != "auto" else name != "given" and o["body"] is None
