@@ -179,7 +179,9 @@ def distill(
         (classification), a list of ``n`` callables, or one callable for the
         whole ensemble returning ``(n, b[, c])`` values, evaluated in batches of
         ``teacher_batch_size``. Callables let ``design`` place points off
-        ``x_design``: the teachers need no labels there.
+        ``x_design``: the teachers need no labels there. They must be
+        deterministic (a module is put in eval mode; a callable that draws
+        noise gives every evaluation, and so every design candidate, a new draw).
     :param num_factors: ``q``, or ``"auto"`` (default): the smallest ``q`` whose leading principal
         directions of the teachers' centred deviations ``f_i − \bar f`` at the design points explain
         at least 90 % of their spread, clipped to ``1 ≤ q ≤ min(10, n − 2)`` (separable multivariate:
