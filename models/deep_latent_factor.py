@@ -23,6 +23,8 @@ head -- defines a Gaussian process (mathematics §1):
 
 Each teacher is one draw observed at the design points with a small isotropic
 nugget ``σ_f^2`` (the noisy DLF), which keeps the likelihood well conditioned.
+With the distance feature the nugget grows with the distance from the data,
+``σ_f^2 (1 + d(x))^β`` (mathematics §9.4).
 """
 
 from __future__ import annotations
@@ -206,6 +208,9 @@ class DeepLatentFactor(PyroModule):
             # Data rows (standardized) and the typical distance of a new input from them (mathematics §9.3).
             self.register_buffer("anchors", torch.zeros(distance_anchors, in_features))
             self.register_buffer("distance_scale", torch.ones(()))
+            # The nugget's growth with the distance, σ_f²(x) = σ_f² (1 + d(x))^β (mathematics §9.4): the
+            # teachers' disagreement the q factors do not carry grows away from the data too.
+            self.nugget_growth = PyroParam(torch.tensor(0.5), constraints.positive)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -312,6 +317,27 @@ class DeepLatentFactor(PyroModule):
             x = (x - self.input_loc) / self.input_scale
         return torch.cdist(x, self.anchors).min(-1, keepdim=True).values / self.distance_scale
 
+    def nugget_weight(self, x: Tensor) -> Optional[Tensor]:
+        r"""The nugget's relative size ``w(x) = (1 + d(x))^β`` at each input, ``(m,)``, or ``None``
+        without the distance feature (a constant nugget; mathematics §9.4)."""
+        if self.distance_anchors is None:
+            return None
+        return (1 + self.data_distance(x)[:, 0]).pow(self.nugget_growth)
+
+    def nugget_variance(self, x: Tensor) -> Tensor:
+        r"""The nugget ``σ_f^2(x) = σ_f^2 w(x)`` at each input, ``(m,)`` (mathematics §9.4)."""
+        weight = self.nugget_weight(x)
+        noise = self.noise_variance
+        return noise.expand(x.shape[0]) if weight is None else noise * weight
+
+    def nugget_growth_variance(self, x: Tensor) -> Tensor:
+        r"""The nugget's growth beyond a typical new input among the data, ``σ_f^2 ((1 + d(x))^β − 2^β)_+``, ``(m,)``;
+        zero without the distance feature (``d ≈ 1`` at such an input by its scale; mathematics §9.4)."""
+        weight = self.nugget_weight(x)
+        if weight is None:
+            return self.noise_variance.new_zeros(x.shape[0])
+        return self.noise_variance * (weight - 2 ** self.nugget_growth).clamp_min(0)
+
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and loadings from body features (in the teachers' units)."""
         mean = self.output_loc + self.output_scale * self.mean_head(h)
@@ -399,9 +425,10 @@ class DeepLatentFactor(PyroModule):
         total = None
         with torch.no_grad():
             for start in range(0, m, step):
-                mean, loading = self.mean_and_loading(x[start:start + step])
+                xb = x[start:start + step]
+                mean, loading = self.mean_and_loading(xb)
                 mask = None if observed is None else observed[:, start:start + step]
-                part = batch_statistics(mean, loading, f[:, start:start + step], observed=mask)
+                part = batch_statistics(mean, loading, f[:, start:start + step], observed=mask, weight=self.nugget_weight(xb))
                 total = part if total is None else total + part
         return total
 
@@ -442,7 +469,8 @@ class DeepLatentFactor(PyroModule):
             z = torch.randn((num_samples, 1) + tuple(self.factor_shape), dtype=loading.dtype, device=loading.device)
             values = combine(mean, loading, z, self.separable_class_factor)  # z (S, 1, ...) broadcasts over inputs
             if include_noise:
-                values = values + self.noise_variance.sqrt() * torch.randn_like(values)
+                scale = self.nugget_variance(x).sqrt()
+                values = values + (scale.unsqueeze(-1) if self.multivariate else scale) * torch.randn_like(values)
         return values
 
     # ------------------------------------------------------------ Pyro model
@@ -478,10 +506,9 @@ class DeepLatentFactor(PyroModule):
         else:
             n = 1 if num_members is None else int(num_members)
         L = self.separable_class_factor
-        noise_scale = self.noise_variance.sqrt()
         event = len(self.factor_shape)
         with pyro.plate("members", n, dim=-2):
-            z = pyro.sample("z", dist.Normal(noise_scale.new_zeros(()), 1.0).expand(self.factor_shape).to_event(event))
+            z = pyro.sample("z", dist.Normal(self.noise_variance.new_zeros(()), 1.0).expand(self.factor_shape).to_event(event))
             with pyro.plate("design_points", m, subsample_size=subsample_size, dim=-1) as idx:
                 if subsample_size is not None:
                     x = x[idx]
@@ -490,7 +517,8 @@ class DeepLatentFactor(PyroModule):
                 mean, loading = self.mean_and_loading(x)
                 function = combine(mean, loading, z, L)
                 function = pyro.deterministic("function", function, event_dim=1 if self.multivariate else 0)
-                likelihood = dist.Normal(function, noise_scale)
+                noise_scale = self.nugget_variance(x).sqrt()
+                likelihood = dist.Normal(function, noise_scale.unsqueeze(-1) if self.multivariate else noise_scale)
                 if self.multivariate:
                     likelihood = likelihood.to_event(1)
                 if observed is not None:

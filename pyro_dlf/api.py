@@ -353,7 +353,8 @@ def distill(
         design and why (:class:`~pyro_dlf.design.choice.DesignChoice`).
     :param distance_feature: feed the loadings the distance from the data
         (``DISTANCE_ANCHORS`` rows; mathematics §9.3), so that ``‖Φ(x)‖`` can keep
-        growing beyond the data. ``"auto"`` (default): with ``design="auto"`` compared
+        growing beyond the data, and let the nugget grow with it,
+        ``σ_f² (1 + d(x))^β``, its growth kept by the predictive (§9.4). ``"auto"`` (default): with ``design="auto"`` compared
         with and without it (for the designs off the rows) and chosen by the same
         held-out score; with a named design, on when the design reaches off the rows.
     :returns: the fitted student; ``student.history`` holds the negative log

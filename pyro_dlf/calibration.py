@@ -28,7 +28,11 @@ weighted by them). :func:`calibrate_spread` rescales the loadings once,
 
 .. math::
 
-    s = \frac{\hat v - σ_f^2\,[\text{nugget included}]}{\sum_j (k_j - 1)\,\|Φ(x_j)\|^2 / \sum_j (k_j - 1)},
+    s = \frac{\hat v - \bar n}{\sum_j (k_j - 1)\,\|Φ(x_j)\|^2 / \sum_j (k_j - 1)},
+
+with ``\bar n`` the same weighted average of the nugget the predictive keeps
+(``σ_f^2(x_j)`` with the nugget included, else its growth beyond the data, zero
+for a constant nugget; mathematics §9.4),
 
 so that the epistemic variance the student reports, averaged over the same
 points with the same weights, equals ``\hat v``. This is a one-parameter
@@ -105,12 +109,6 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
     if f.dim() != 2 or f.shape[1] != x.shape[0]:
         raise ValueError(f"f must hold teacher values (n, m) at the {x.shape[0]} design points, got shape {tuple(f.shape)}")
     spread, weight = out_of_sample_spread(f, held_out)
-    target = spread
-    if student.include_nugget:
-        target = spread - float(dlf.noise_variance.detach())
-        if target <= 0:
-            raise ValueError("held_out: the nugget σ_f² alone exceeds the teachers' out-of-sample spread, so no loading "
-                             "scale matches it; distill with include_nugget=False")
     weights = dlf.loading_head.weight
     points = weight > 0
     # Token ids or category codes reach a custom body unchanged; float inputs take the model's dtype.
@@ -118,7 +116,13 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
     with torch.no_grad():
         variance = torch.cat([dlf.loading(xs[s:s + batch_size]).double().pow(2).sum(-1)
                               for s in range(0, xs.shape[0], batch_size)])
+        # The nugget the predictive keeps (all of it with include_nugget, else its growth beyond the data).
+        kept = torch.cat([student._nugget(xs[s:s + batch_size]).double() for s in range(0, xs.shape[0], batch_size)])
         w = weight[points].to(variance.device)
+        target = spread - float((w * kept.to(w.device)).sum() / w.sum())
+        if target <= 0:
+            raise ValueError("held_out: the nugget the predictive keeps alone exceeds the teachers' out-of-sample spread, so no "
+                             "loading scale matches it; distill with include_nugget=False")
         before = float((w * variance).sum() / w.sum())
         if not before > 0:
             raise ValueError("held_out: the student's loadings are zero at the held-out points, so no scale can match the "

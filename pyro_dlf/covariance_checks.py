@@ -27,6 +27,7 @@ that no fit can beat, against which the full DLF is measured.
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
 from scipy.stats import chi2, kstest
@@ -119,13 +120,23 @@ def davis_kahan_bound(K_hat: Tensor, K: Tensor, q: int) -> float:
     return min(1.0, 2 * float(torch.linalg.matrix_norm((K_hat - K).double(), ord=2)) / lam_q)
 
 
-def mahalanobis_distances(mean: Tensor, loading: Tensor, noise_variance: float, draws: Tensor) -> Tensor:
-    r"""Squared Mahalanobis distances of ``draws`` ``(S, m)`` under :math:`\mathcal N(\text{mean}, \Phi\Phi^\top + \sigma^2 I)`, in float64."""
-    noise_variance = check_real(noise_variance, "noise_variance", 0, fix="the nugget σ², e.g. float(model.noise_variance)")
+def mahalanobis_distances(mean: Tensor, loading: Tensor, noise_variance: Union[float, Tensor], draws: Tensor) -> Tensor:
+    r"""Squared Mahalanobis distances of ``draws`` ``(S, m)`` under :math:`\mathcal N(\text{mean}, \Phi\Phi^\top + \sigma^2 I)`, in float64.
+
+    ``noise_variance`` is the nugget: one number, or one per point ``(m,)`` (a nugget that
+    grows with the distance from the data, mathematics §9.4).
+    """
     m = mean.shape[0]
+    if isinstance(noise_variance, Tensor) and noise_variance.dim() == 1:
+        if noise_variance.shape[0] != m or not bool(torch.all(noise_variance > 0)):
+            raise ValueError(f"noise_variance: give one positive nugget per point ({m},), got shape {tuple(noise_variance.shape)}")
+        nugget = torch.diag(noise_variance.double())
+    else:
+        noise_variance = check_real(noise_variance, "noise_variance", 0, fix="the nugget σ², e.g. float(model.noise_variance)")
+        nugget = float(noise_variance) * torch.eye(m, dtype=torch.float64)
     if loading.shape[0] != m or draws.dim() != 2 or draws.shape[1] != m:
         raise ValueError(f"mean (m,), loading (m, q) and draws (S, m) must agree on m = {m}")
-    cov = loading.double() @ loading.double().T + float(noise_variance) * torch.eye(m, dtype=torch.float64)
+    cov = loading.double() @ loading.double().T + nugget
     r = (draws - mean).double()
     return (r * torch.linalg.solve(cov, r.T).T).sum(-1)
 
@@ -143,5 +154,6 @@ def mahalanobis_ks_test(model, x: Tensor, draws: Tensor) -> tuple[float, Tensor]
         raise TypeError(f"model must be a univariate pyro_dlf.models.DeepLatentFactor, got {type(model).__name__}")
     with torch.no_grad():
         mean, loading = model.mean_and_loading(x)
-        distances = mahalanobis_distances(mean, loading, float(model.noise_variance), draws)
+        nugget = model.nugget_variance(x) if getattr(model, "distance_anchors", None) is not None else float(model.noise_variance)
+        distances = mahalanobis_distances(mean, loading, nugget, draws)
     return float(kstest(distances.numpy(), chi2(x.shape[0]).cdf).pvalue), distances

@@ -127,7 +127,11 @@ class Student(PyroModule):
 
     The predictive draws follow mathematics §6 and leave out the nugget ``σ_f²``: it is
     the model's allowance for teacher variation outside the ``q`` factors, not
-    part of the smooth process.
+    part of the smooth process. A nugget that grows with the distance from the
+    data, ``σ_f² (1 + d(x))^β``, is a different matter: its growth beyond a
+    typical new input among the data (``d ≈ 1``) is the teachers' disagreement
+    beyond the data, so the draws keep ``σ_f² ((1 + d(x))^β − 2^β)_+`` (site
+    ``nugget``, mathematics §9.4).
 
     Under a Pyro handler a student registers its parameters in Pyro's global
     param store under a name unique to the instance, so several students can
@@ -167,7 +171,9 @@ class Student(PyroModule):
         *teacher* rather than the smooth process. The default follows mathematics §6
         (the smooth process); the nugget holds teacher variation outside the
         ``q`` factors, which can be a large share of the ensemble's spread on
-        points the teachers were trained on.
+        points the teachers were trained on. A nugget that grows with the
+        distance from the data (mathematics §9.4) keeps its growth
+        ``σ_f² ((1 + d(x))^β − 2^β)_+`` in the predictive either way (site ``nugget``).
     :param centered_logits: classification: the teachers' logits were centred
         per input before fitting, so the student's logits are centred too
         (compare them with centred teacher logits; probabilities are unaffected).
@@ -304,12 +310,14 @@ class Student(PyroModule):
         (``mc×q``); separable ``W = Φ(x) ⊗ L`` (``mc×cq``, since
         ``L Z Φ(x) = (Φ(x)^T ⊗ L) vec Z``).
 
-        ``D = σ_f² I`` by default: the fitted model's own law of a new teacher's
+        ``D = diag σ_f²(x)`` by default (``σ_f² I`` unless the nugget grows with the
+        distance from the data, mathematics §9.4): the fitted model's own law of a new teacher's
         function at ``x`` (the marginal the teachers were fitted under), which is
         what a prior on ``f`` in a model needs -- a proper density on ``R^m``
         whose posterior geometry NUTS and SVI handle. With
         ``include_nugget=False`` it is the smooth process of the predictive
-        (mathematics §6): rank ``≤ q``, so ``D`` is a jitter of ``10⁻⁶ σ_f²`` (a
+        (mathematics §6): rank ``≤ q`` plus the nugget's growth beyond the data (zero
+        with a constant nugget), so ``D`` adds a jitter of ``10⁻⁶ σ_f²`` (a
         :class:`~pyro.distributions.LowRankMultivariateNormal` needs a positive
         diagonal); that law is nearly singular in ``R^m`` -- fine for drawing,
         ill-conditioned as a prior for inference (use the factors themselves
@@ -323,10 +331,12 @@ class Student(PyroModule):
         x = check_design_points(x, "x", integer_ok=self.dlf.custom_body, fix=PREDICT_FIX)
         self.dlf.check_inputs(x, "x")
         mean, loading, L, noise = self._network(x)
+        nugget = self._nugget(x, include_nugget).to(mean)
         if self.dlf.multivariate:
             loading = torch.kron(loading, L) if L is not None else loading.flatten(0, 1)
+            nugget = nugget.expand(mean.shape).flatten()
             mean = mean.flatten()
-        diagonal = (noise if include_nugget else 1e-6 * noise).expand(mean.shape)
+        diagonal = (nugget + (0 if include_nugget else 1e-6 * noise)).expand(mean.shape)
         return dist.LowRankMultivariateNormal(mean, loading, diagonal)
 
     # ---------------------------------------------------------------- Pyro
@@ -338,7 +348,7 @@ class Student(PyroModule):
         if y is not None:
             shape = (x.shape[0],) + ((dlf.num_outputs,) if dlf.multivariate and self.task == "regression" else ())
             y = check_targets(y, shape, dlf.num_outputs if self.task == "classification" else None)
-        mean, loading, L, sigma2 = self._network(x)
+        mean, loading, L, _ = self._network(x)
         z = pyro.sample(name + "z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
         if self.task == "regression" and self.noise_model is None:
             prior = dist.InverseGamma(*self._noise_prior(loading, z))
@@ -352,8 +362,10 @@ class Student(PyroModule):
                 # One level per draw, shared by every input: a noisier or quieter teacher everywhere.
                 noise_variance = pyro.deterministic(name + "noise_variance", (log_location + spread * level).exp())
             function = combine(mean, loading, z, L)
-            if self.include_nugget:
-                nugget = dist.Normal(torch.zeros_like(function), sigma2.sqrt())
+            if self.include_nugget or dlf.distance_anchors is not None:
+                # The nugget, or its growth beyond the data (zero at the anchors: a tiny floor keeps the scale valid).
+                scale = self._nugget(x).to(function).sqrt().clamp_min(torch.finfo(function.dtype).tiny)
+                nugget = dist.Normal(torch.zeros_like(function), scale.expand_as(function) if dlf.multivariate else scale)
                 function = function + pyro.sample(name + "nugget", nugget.to_event(1) if dlf.multivariate else nugget)
             function = pyro.deterministic(name + "function", function, event_dim=1 if dlf.multivariate else 0)
             if self.task == "regression":
@@ -361,15 +373,20 @@ class Student(PyroModule):
                 return pyro.sample(name + "y", likelihood.to_event(1) if dlf.multivariate else likelihood, obs=y)
             return pyro.sample(name + "y", dist.Categorical(logits=function), obs=y)
 
-    def _nugget(self) -> Tensor:
-        """``σ_f²`` when the predictive includes the nugget, else 0."""
-        noise = self.dlf.noise_variance.detach()
-        return noise if self.include_nugget else torch.zeros_like(noise)
+    def _nugget(self, x: Tensor, include_nugget: Optional[bool] = None) -> Tensor:
+        r"""The part of the nugget the predictive keeps at ``x``, ``(m,)`` (``(m, 1)`` for several outputs):
+        ``σ_f²(x)`` when it includes the nugget, else its growth beyond the data ``σ_f² (w(x) − 2^β)_+``,
+        zero for a constant nugget (mathematics §6, §9.4)."""
+        dlf = self.dlf
+        include = self.include_nugget if include_nugget is None else include_nugget
+        with poutine.block(hide_types=["param"]) if not self._trainable else contextlib.nullcontext():
+            part = dlf.nugget_variance(x) if include else dlf.nugget_growth_variance(x)
+        return part.unsqueeze(-1) if dlf.multivariate else part
 
-    def _add_nugget(self, values: Tensor) -> Tensor:
-        if not self.include_nugget:
+    def _add_nugget(self, values: Tensor, x: Tensor) -> Tensor:
+        if not self.include_nugget and self.dlf.distance_anchors is None:
             return values
-        return values + self.dlf.noise_variance.detach().sqrt() * torch.randn_like(values)
+        return values + self._nugget(x).to(values).sqrt() * torch.randn_like(values)
 
     def set_noise_law(self, concentration: float, rate: float, exponent: float = 0.0, gram: Optional[Tensor] = None) -> "Student":
         r"""Replace the regression noise law by ``IG(a, b · u(z)^β)``, ``u(z) = z^T \hat G z``.
@@ -483,7 +500,7 @@ class Student(PyroModule):
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start:start + batch_size]
                 mean, loading = dlf.mean_and_loading(xb)
-                draws = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor)) if (
+                draws = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor), xb) if (
                     return_samples or self.task == "classification") else None
                 if self.task == "regression":
                     if self.noise_model is None:
@@ -491,7 +508,7 @@ class Student(PyroModule):
                     else:
                         aleatoric = self.noise_model.mean(xb)
                         noise_draws = self.noise_model.sample(xb, levels) if return_samples else None
-                    epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget()
+                    epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget(xb).to(mean)
                     # The network's outputs; an inverse gamma with a <= 1 has an infinite mean by law, not by overflow.
                     heteroscedastic = aleatoric if self.noise_model is not None else None
                     check_finite_outputs((mean, epistemic, heteroscedastic, draws, noise_draws), xb, dtype, "x")
@@ -564,9 +581,9 @@ class Student(PyroModule):
                 noise = (unit * self._deviation_size(z).pow(self.noise_factor_exponent)).unsqueeze(-1)  # (K, 1)
                 means = combine(mean, loading, z.unsqueeze(-2))  # (K, m)
                 check_finite_outputs((means,), x, mean.dtype, "x")
-                return means, (noise + self._nugget()).expand_as(means).clone()
+                return means, (noise + self._nugget(x).to(mean)).expand_as(means).clone()
             epistemic = self.dlf.function_variance(x) if self.dlf.multivariate else loading.pow(2).sum(-1)
-            variances = epistemic + self._nugget() + nodes
+            variances = epistemic + self._nugget(x).to(mean) + nodes
             check_finite_outputs((mean, variances), x, mean.dtype, "x")
         return mean.expand_as(variances), variances
 

@@ -36,6 +36,11 @@ mask), every sum above runs over ``O_i`` only, so each teacher has its own
 Gram ``G_i = Σ_{j∈O_i} Φ_j^T Φ_j``, posterior ``C_i^{-1}`` and ``|O_i|``
 observed scalars (univariate and full models).
 
+A nugget that varies over the design points, ``σ_f^2 w_j`` (mathematics §9.4), is
+whitened away: dividing ``μ``, ``Φ`` and ``f`` at point ``j`` by ``\sqrt{w_j}`` gives the
+model above with the nugget ``σ_f^2``, and the log-density gains ``-\tfrac12 \sum_j \log w_j``
+(per observed scalar), kept in :attr:`FactorStatistics.log_weight`.
+
 Marginal likelihood (determinant lemma and Woodbury, never an ``m×m`` matrix):
 
 .. math::
@@ -65,6 +70,8 @@ __all__ = [
     "combine",
     "expected_squared_error",
     "observed_count",
+    "whiten",
+    "log_weight_sum",
 ]
 
 
@@ -81,6 +88,8 @@ class FactorStatistics:
         statistics: 1 (univariate model) or ``c`` (the full multivariate model,
         whose ``(point, class)`` pairs are the rows); the separable model keeps
         its classes in ``cross`` instead.
+    :ivar log_weight: ``Σ log w_j`` over the observed scalars of a nugget that varies
+        over the points (:func:`whiten`); 0 for a constant nugget, ``(n,)`` with a mask.
     """
 
     gram: Tensor
@@ -89,6 +98,7 @@ class FactorStatistics:
     num_points: int
     outputs_per_point: int = 1
     observed_counts: Optional[Tensor] = None
+    log_weight: object = 0.0
 
     @property
     def masked(self) -> bool:
@@ -122,6 +132,7 @@ class FactorStatistics:
             self.num_points + other.num_points,
             self.outputs_per_point,
             None if self.observed_counts is None else self.observed_counts + other.observed_counts,
+            self.log_weight + other.log_weight,
         )
 
 
@@ -164,8 +175,32 @@ class FactorPosterior:
         )
 
 
+def whiten(mean: Tensor, loading: Tensor, f: Tensor, weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``μ``, ``Φ`` and ``f`` divided by ``\sqrt{w_j}`` at each design point ``j``.
+
+    A nugget ``σ_f^2 w_j`` becomes ``σ_f^2`` (mathematics §9.4); ``weight`` ``(b,)`` or ``None``
+    (a constant nugget: the inputs come back unchanged).
+    """
+    if weight is None:
+        return mean, loading, f
+    scale = weight.rsqrt()
+    per = lambda t, lead: scale.reshape((1,) * lead + (-1,) + (1,) * (t.dim() - lead - 1))  # noqa: E731
+    return mean * per(mean, 0), loading * per(loading, 0), f * per(f, 1)
+
+
+def log_weight_sum(weight: Optional[Tensor], f: Tensor, observed: Optional[Tensor] = None):
+    """``Σ log w_j`` over the observed scalars of ``f`` (``(n, b)`` or ``(n, b, c)``): a float-typed
+    scalar, ``(n,)`` with an ``observed`` mask, or 0 without ``weight``."""
+    if weight is None:
+        return 0.0
+    log_w = weight.log() * (f.shape[-1] if f.dim() == 3 else 1)  # every class of a point shares w_j
+    if observed is None:
+        return log_w.sum()  # the same for every teacher
+    return observed.to(log_w.dtype) @ log_w
+
+
 def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[torch.dtype] = torch.float64,
-                     observed: Optional[Tensor] = None) -> FactorStatistics:
+                     observed: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> FactorStatistics:
     """Sufficient statistics of one minibatch of ``b`` design points.
 
     :param mean: ``μ`` at the batch, ``(b,)`` or ``(b, c)``.
@@ -178,9 +213,17 @@ def batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, dtype: Optional[t
     :param observed: optional boolean mask ``(n, b)``: teacher ``i`` is observed
         at point ``j`` (univariate and full models); values at unobserved
         entries are ignored (they may be NaN).
+    :param weight: the nugget's relative size ``w_j`` at each point, ``(b,)`` (mathematics §9.4), or ``None``.
     """
     if dtype is not None:
         mean, loading, f = mean.to(dtype), loading.to(dtype), f.to(dtype)
+        weight = None if weight is None else weight.to(dtype)
+    stats = _batch_statistics(*whiten(mean, loading, f, weight), observed)
+    stats.log_weight = log_weight_sum(weight, f, observed)
+    return stats
+
+
+def _batch_statistics(mean: Tensor, loading: Tensor, f: Tensor, observed: Optional[Tensor]) -> FactorStatistics:
     residual = f - mean
     if observed is not None:
         if loading.dim() == 2 and residual.dim() == 3:
@@ -266,7 +309,7 @@ def log_marginal_likelihood(stats: FactorStatistics, posterior: FactorPosterior,
     quad = (stats.residual_sq - explained) / noise
     # log|C|: one per teacher with an observation mask (variances (n, q), N (n,)), else shared.
     log_variances = post.variances.log()
-    logdet = -(log_variances.sum(-1) if stats.masked else log_variances.sum()) + N * noise.log()
+    logdet = -(log_variances.sum(-1) if stats.masked else log_variances.sum()) + N * noise.log() + stats.log_weight
     return -0.5 * (N * math.log(2 * math.pi) + logdet + quad)
 
 
@@ -300,7 +343,7 @@ def combine(mean: Tensor, loading: Tensor, z: Tensor, class_factor: Optional[Ten
 
 
 def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: FactorPosterior, class_factor: Optional[Tensor] = None,
-                           observed: Optional[Tensor] = None) -> Tensor:
+                           observed: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tensor:
     r"""``Σ_i E‖f_i − μ − Φ z_i‖²`` over one batch, under a fixed posterior.
 
     This is the data term of the expected complete-data log-likelihood ``Q``
@@ -313,7 +356,10 @@ def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: 
       n Σ_a (V^T L^T L V)_{aa} Σ_b s_{ab} (U^T Φ^T Φ U)_{bb}``;
     * with an ``observed`` mask (univariate, full): both sums over each
       teacher's observed entries only, ``Σ_i Σ_{j∈O_i} [(r_ij − Φ_j E z_i)² + Φ_j S_i Φ_j^T]``.
+
+    With ``weight`` (``(b,)``, a nugget ``σ_f^2 w_j``) every term is divided by ``w_j`` (:func:`whiten`).
     """
+    mean, loading, f = whiten(mean, loading, f, weight)
     post = posterior.to(loading.dtype)
     n = f.shape[0]
     if observed is not None:

@@ -637,3 +637,32 @@ def test_absurd_draw_counts_are_refused_before_allocating():
         student.predict(x, num_samples=10 ** 12)
     with pytest.raises(ValueError, match="num_components=10000000000 needs about"):
         student.predictive_mixture(x, num_components=10 ** 10)
+
+
+def test_the_predictive_keeps_the_nugget_growth_beyond_the_data():
+    """A nugget σ_f² (1 + d(x))^β (mathematics §9.4): the predictive keeps its growth beyond a typical new input
+    among the data, σ_f² ((1 + d)^β − 2^β)₊ -- zero at the anchors -- in its summaries, in its mixture, in
+    ``function_dist`` and in the draws of the site ``nugget`` (variance within 5 standard errors, √(2/S)
+    relative); with ``include_nugget`` all of σ_f² (1 + d)^β."""
+    student = _distance_student()
+    dlf = student.dlf
+    anchors = dlf.anchors * dlf.input_scale + dlf.input_loc
+    x = torch.cat([anchors[:2], 4 * torch.randn(4, 2, generator=torch.Generator().manual_seed(0))])
+    with torch.no_grad():
+        smooth = dlf.function_variance(x)
+        nugget = dlf.nugget_variance(x)
+        distance = dlf.data_distance(x)[:, 0]
+        growth = dlf.noise_variance * ((1 + distance).pow(dlf.nugget_growth) - 2 ** dlf.nugget_growth).clamp_min(0)
+    assert torch.all(growth[:2] == 0) and torch.all(distance[2:] > 1) and torch.all(growth[2:] > 0)
+    torch.testing.assert_close(student.predict(x, 10).epistemic_variance, smooth + growth)
+    means, variances = student.predictive_mixture(x)
+    torch.testing.assert_close(variances[0] - variances[0].min(), (smooth + growth) - (smooth + growth).min(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(student.function_dist(x, include_nugget=False).cov_diag, growth + 1e-6 * dlf.noise_variance.detach())
+    torch.testing.assert_close(dlf.nugget_growth_variance(x).detach(), growth)
+    torch.testing.assert_close(student.function_dist(x).cov_diag, nugget)
+    S = 20_000
+    torch.manual_seed(1)
+    draws = Predictive(student, num_samples=S, parallel=True)(x)["function"].detach()
+    assert torch.all((draws.var(0) / (smooth + growth) - 1).abs() < 5 * (2 / S) ** 0.5)
+    student.include_nugget = True
+    torch.testing.assert_close(student.predict(x, 10).epistemic_variance, smooth + nugget)

@@ -408,7 +408,10 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
             spread = {"teacher_spread_design": float(f_dlf.var(0).mean()),
                       "teacher_spread_test": float(teacher_test.var(0).mean()),
                       "student_variance_design": float(student.predict(x_dlf, 1, return_samples=False).epistemic_variance.mean()),
-                      "nugget_variance": float(student.dlf.noise_variance.detach())}
+                      # The nugget at the rows: σ_f², or its mean there when it grows with the distance (§9.4).
+                      "nugget_variance": float(student.dlf.nugget_variance(x_dlf).detach().mean())}
+            if student.dlf.distance_anchors is not None:
+                spread["nugget_growth"] = float(student.dlf.nugget_growth.detach())
             if student.body_selection is not None:
                 spread["body_selection"] = student.body_selection.as_dict()
             if student.design_choice is not None and not callable(options.get("design")):

@@ -34,8 +34,8 @@ from pyro_dlf.design.tabular import gaussian_perturbation, outward_probes
 __all__ = ["DESIGN_CANDIDATES", "EVALUATION_REACH", "FAMILIES", "DesignChoice", "choose_design", "design_points", "held_out_score"]
 
 #: The candidates ``design="auto"`` compares: (name, reach of the outward probes or ``None``, distance feature).
-#: The distance feature is compared too: it lets the loadings grow away from the data, which some teachers do
-#: and others do not (mathematics §9.3); on the rows alone it has nothing to learn from.
+#: The distance feature is compared too: it lets the loadings and the nugget grow away from the data, which some
+#: teachers' disagreement does and some does not (mathematics §9.3–9.4); on the rows alone it has nothing to learn from.
 DESIGN_CANDIDATES: tuple[tuple[str, Optional[float], bool], ...] = (
     ("given", None, False), ("around", None, False), ("around", None, True), ("beyond", 0.5, False), ("beyond", 0.5, True))
 

@@ -21,6 +21,7 @@ from pyro_dlf.sufficient_statistics import (
     batch_statistics,
     expected_squared_error,
     log_marginal_likelihood,
+    log_weight_sum,
     observed_count,
 )
 
@@ -35,7 +36,10 @@ def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, 
 
         -\frac{Q}{nbc} = \tfrac12 \log(2π σ_f^2) + \frac{\sum_i E\|f_i − μ − Φ z_i\|^2}{2 σ_f^2\, n b c}
 
-    with the expectation under the guide's (fixed) posterior. It is a sum over
+    with the expectation under the guide's (fixed) posterior. With a nugget
+    ``σ_f^2 w_j`` that grows with the distance from the data (mathematics §9.4)
+    each squared residual is divided by ``w_j`` and ``\tfrac12 \log w_j`` is added
+    per scalar, so ``Q`` also fits the growth ``β``. It is a sum over
     design points, so minibatch gradients are unbiased given the posterior.
     Normalizing per scalar keeps the scale (and Adam's step sizes) independent
     of the number of teachers and design points. With an ``observed`` mask the
@@ -44,9 +48,14 @@ def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, 
     mean, loading = model.mean_and_loading(x)
     L = model.separable_class_factor
     noise = model.noise_variance.detach()
-    sq = expected_squared_error(mean, loading, f, guide.posterior, L, observed=observed)
+    weight = model.nugget_weight(x)
+    sq = expected_squared_error(mean, loading, f, guide.posterior, L, observed=observed, weight=weight)
     count = max(observed_count(f, observed), 1)  # a minibatch may hold no observed value
-    return 0.5 * torch.log(2 * math.pi * noise) + sq / (2 * noise * count)
+    log_weight = 0.0
+    if weight is not None:  # Σ log w_j over every observed scalar of the batch
+        log_weight = log_weight_sum(weight, f, observed)
+        log_weight = log_weight * f.shape[0] if observed is None else log_weight.sum()
+    return 0.5 * torch.log(2 * math.pi * noise) + (log_weight + sq / noise) / (2 * count)
 
 
 class EM:
@@ -66,8 +75,9 @@ class EM:
        exact maximizer over the linear heads with the body frozen (univariate
        model; classical factor-analysis regression, a least-squares solve);
     3. **M-step for σ_f²** (closed form): the mean of
-       ``E(f_ij − μ(x_j) − Φ(x_j)^T z_i)^2`` over teachers, points (and
-       classes) at the new θ, floored at ``noise_floor``.
+       ``E(f_ij − μ(x_j) − Φ(x_j)^T z_i)^2 / w_j`` over teachers, points (and
+       classes) at the new θ, floored at ``noise_floor`` (``w_j = 1`` unless the
+       nugget grows with the distance from the data, mathematics §9.4).
 
     With an exact M-step each iteration cannot decrease the marginal likelihood.
     The statistics pass of step 3 is reused by the next E-step when θ has not
@@ -124,6 +134,9 @@ class EM:
             if model.loading_hidden is not None:
                 raise NotImplementedError("mstep='linear_heads' solves heads that read the same features; with a separate loading body "
                                           "(loading_hidden) use mstep='gradient'")
+            if model.distance_anchors is not None:
+                raise NotImplementedError("mstep='linear_heads' assumes a constant nugget; with the distance feature (distance_anchors) "
+                                          "use mstep='gradient'")
         if loss is not None and not callable(loss):
             raise TypeError(f"loss must be None (the expected complete negative log-likelihood) or a callable, got {type(loss).__name__}")
         check_generator(generator)
@@ -267,11 +280,13 @@ class EM:
             if self.estep == "exact":
                 stats = None
                 for start in range(0, x.shape[0], size):
-                    mean, loading = model.mean_and_loading(x[start:start + size])
+                    xb = x[start:start + size]
+                    mean, loading = model.mean_and_loading(xb)
+                    weight = model.nugget_weight(xb)
                     fb, ob = f[:, start:start + size], self._mask(slice(start, start + size))
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob))
+                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob, weight=weight))
                     # The same pass gives the next E-step's statistics (they do not depend on σ_f^2).
-                    part = batch_statistics(mean, loading, fb, observed=ob)
+                    part = batch_statistics(mean, loading, fb, observed=ob, weight=weight)
                     stats = part if stats is None else stats + part
                 self._set_noise(total / self._count(f))
                 self._cache = (self._fingerprint(x, f, sums), stats)
@@ -280,7 +295,8 @@ class EM:
                     xb, fb, ob = x[start:start + size], f[:, start:start + size], self._mask(slice(start, start + size))
                     self.guide.set_statistics(model.statistics(xb, fb, observed=ob))
                     mean, loading = model.mean_and_loading(xb)
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob))
+                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob,
+                                                          weight=model.nugget_weight(xb)))
                 self._set_noise(total / self._count(f))
 
     def _expand(self) -> None:

@@ -11,7 +11,7 @@ from pyro_dlf._progress import progress_bar
 from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_flag, check_generator, check_int,
                                   check_num_factors, check_real, check_teacher_values)
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
-from pyro_dlf.sufficient_statistics import combine
+from pyro_dlf.sufficient_statistics import combine, whiten
 
 __all__ = ["mmd", "mmd_initialize"]
 
@@ -142,9 +142,12 @@ def mmd_initialize(
         L = model.separable_class_factor
         count = 0
         for start in range(0, m, size):
-            mean, loading = model.mean_and_loading(x[start:start + size])
+            xb = x[start:start + size]
+            mean, loading = model.mean_and_loading(xb)
             ob = None if observed is None else observed[:, start:start + size]
-            sq = _squared_residuals(f[:, start:start + size], combine(mean, loading, codes.unsqueeze(align), L), ob)
+            weight = model.nugget_weight(xb)  # a nugget σ_f² w(x) (mathematics §9.4): σ_f² from residuals² / w
+            mean, loading, fb = whiten(mean, loading, f[:, start:start + size], weight)
+            sq = _squared_residuals(fb, combine(mean, loading, codes.unsqueeze(align), L), ob)
             total += float(sq.sum())
             count += sq.numel()  # every entry, or the observed ones (flattened) under a mask
         model.set_noise_variance(total / count, noise_floor)

@@ -135,16 +135,19 @@ class StreamingEM(EM):
             for xb, fb in stream:
                 fb = self._check_batch(xb, fb)
                 mean, loading = model.mean_and_loading(xb)
-                part = batch_statistics(mean, loading, fb)
+                weight = model.nugget_weight(xb)
+                part = batch_statistics(mean, loading, fb, weight=weight)
                 stats = part if stats is None else stats + part
                 if with_error:
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L))
+                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, weight=weight))
                 count += fb.numel()
                 batches += 1
         self._check_batch_count(batches)
         if stats is None:
             raise ValueError("stream: yielded no batch; a design stream must yield (x_batch, f_batch) pairs")
         stats.gram, stats.cross, stats.residual_sq = (self._sum(t.clone()) for t in (stats.gram, stats.cross, stats.residual_sq))
+        if isinstance(stats.log_weight, torch.Tensor):  # a nugget that grows with the distance (mathematics §9.4)
+            stats.log_weight = self._sum(stats.log_weight.clone())
         sums = self._sum(torch.tensor([total, float(count), float(stats.num_points)], dtype=torch.float64))
         stats.num_points = int(sums[2])
         check_num_factors(model.num_factors, stats.num_members, model.num_outputs, model.covariance_type)

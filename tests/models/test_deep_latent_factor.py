@@ -216,14 +216,65 @@ def test_distance_feature_is_zero_at_the_anchors_and_grows_linearly_beyond_them(
     assert model.config()["distance_anchors"] == 6
 
 
-def test_distance_feature_keeps_the_exact_marginal_likelihood():
-    """The feature is a fixed function of x: log p(f_i) is still N(μ, ΦΦᵀ + σ_f² I) (mathematics §3)."""
-    model = random_dlf(hidden=(8,), loading_hidden=(5,), distance_anchors=6)
-    x = torch.randn(9, 2, dtype=torch.float64) * 3
-    f = torch.randn(4, 9, dtype=torch.float64)
+def _dense_law(model, x):
+    """N(vec μ, Φ_stacked Φ_stackedᵀ + diag σ_f²(x)) of one teacher's values, classes fastest (dense, float64)."""
     mean, loading = model.mean_and_loading(x)
-    dense = torch.distributions.MultivariateNormal(mean, loading @ loading.T + model.noise_variance * torch.eye(9, dtype=torch.float64))
-    torch.testing.assert_close(model.log_marginal_likelihood(x, f), dense.log_prob(f).detach())
+    nugget = model.nugget_variance(x)
+    if model.separable:
+        k_x, k_c = model.covariance(x)
+        cov = torch.kron(k_x, k_c)
+    else:
+        cov = model.covariance(x) if model.multivariate else loading @ loading.T
+    if model.multivariate:
+        nugget = nugget.repeat_interleave(model.num_outputs)
+    return torch.distributions.MultivariateNormal(mean.flatten(), cov + torch.diag(nugget))
+
+
+@pytest.mark.parametrize("num_outputs", [None, 3, "full"])
+def test_distance_feature_keeps_the_exact_marginal_likelihood(num_outputs):
+    """The feature is a fixed function of x and the nugget grows with it, σ_f² (1 + d(x))^β (mathematics §9.4):
+    log p(f_i) is still exactly N(μ, ΦΦᵀ + diag σ_f²(x)), by whitening (univariate, separable and full models)."""
+    model = random_dlf(hidden=(8,), loading_hidden=(5,), distance_anchors=6, num_outputs=num_outputs)
+    model.nugget_growth = torch.tensor(1.7, dtype=torch.float64)
+    x = torch.randn(9, 2, dtype=torch.float64) * 3
+    shape = (4, 9) if not model.multivariate else (4, 9, model.num_outputs)
+    f = torch.randn(shape, dtype=torch.float64)
+    weight = model.nugget_weight(x)
+    assert float(weight.max() / weight.min()) > 2  # the nugget does vary over these points
+    dense = _dense_law(model, x)
+    torch.testing.assert_close(model.log_marginal_likelihood(x, f), dense.log_prob(f.flatten(1)).detach())
+    torch.testing.assert_close(model.log_marginal_likelihood(x, f, batch_size=4), dense.log_prob(f.flatten(1)).detach())
+
+
+def test_growing_nugget_with_teachers_observed_on_different_points():
+    """With an observation mask each teacher's density is its observed values' marginal of the dense law."""
+    model = random_dlf(hidden=(8,), loading_hidden=(5,), distance_anchors=6)
+    x = torch.randn(7, 2, dtype=torch.float64) * 3
+    f = torch.randn(3, 7, dtype=torch.float64)
+    observed = torch.ones(3, 7, dtype=torch.bool)
+    observed[0, :3] = False
+    observed[2, 5:] = False
+    dense = _dense_law(model, x)
+    expected = []
+    for i in range(3):
+        keep = observed[i]
+        law = torch.distributions.MultivariateNormal(dense.loc[keep], dense.covariance_matrix[keep][:, keep])
+        expected.append(law.log_prob(f[i, keep]))
+    torch.testing.assert_close(model.log_marginal_likelihood(x, f, observed=observed), torch.stack(expected).detach())
+
+
+def test_growing_nugget_in_the_pyro_model_and_its_draws():
+    """The site ``f`` has scale σ_f(x) = σ_f (1 + d(x))^{β/2}; ``sample(include_noise=True)`` draws that nugget."""
+    model = random_dlf(hidden=(8,), loading_hidden=(5,), distance_anchors=6)
+    x = torch.randn(5, 2, dtype=torch.float64) * 3
+    trace = poutine.trace(model).get_trace(x, torch.zeros(2, 5, dtype=torch.float64))
+    torch.testing.assert_close(trace.nodes["f"]["fn"].scale.expand(2, 5)[0], model.nugget_variance(x).sqrt().detach())
+    torch.manual_seed(0)
+    draws = model.sample(x, 40_000, include_noise=True)
+    smooth = model.function_variance(x).detach()
+    # The draws' variance is ‖Φ‖² + σ_f²(x) up to sampling error (4.5 standard errors of a variance: √(2/S)).
+    total = smooth + model.nugget_variance(x).detach()
+    assert torch.all((draws.var(0) / total - 1).abs() < 4.5 * (2 / 40_000) ** 0.5)
 
 
 def test_distance_feature_needs_rows_and_anchors():
