@@ -363,7 +363,7 @@ class Student(PyroModule):
                 noise_variance = pyro.deterministic(name + "noise_variance", (log_location + spread * level).exp())
             function = combine(mean, loading, z, L)
             if self.include_nugget or dlf.distance_anchors is not None:
-                # The nugget, or its growth beyond the data (zero at the anchors: a tiny floor keeps the scale valid).
+                # The nugget, or its growth beyond the data (zero where d(x) ≤ 1: a tiny floor keeps the scale valid).
                 scale = self._nugget(x).to(function).sqrt().clamp_min(torch.finfo(function.dtype).tiny)
                 nugget = dist.Normal(torch.zeros_like(function), scale.expand_as(function) if dlf.multivariate else scale)
                 function = function + pyro.sample(name + "nugget", nugget.to_event(1) if dlf.multivariate else nugget)
