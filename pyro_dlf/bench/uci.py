@@ -470,9 +470,10 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 seconds += time.perf_counter() - start
                 means, variances = student.predictive_mixture(x_test)
                 epistemic = student.predict(x_test, 1, return_samples=False).epistemic_variance
-                spread = dict(spread, spread_calibration=calibration.as_dict(),
-                              # ‖Φ‖² scales by the same factor at every input: no second pass over the design.
-                              student_variance_design=spread["student_variance_design"] * calibration.scale,
+                # ‖Φ‖² scales by the same factor at every input, a growing nugget's kept part does not (§9.4).
+                design_variance = (spread["student_variance_design"] * calibration.scale if student.dlf.distance_anchors is None
+                                   else float(student.predict(x_dlf, 1, return_samples=False).epistemic_variance.mean()))
+                spread = dict(spread, spread_calibration=calibration.as_dict(), student_variance_design=design_variance,
                               teacher_oof_nll=_out_of_sample_nll(student, x_oof, f_oof, oof_mask),
                               teacher_probe_nll=_out_of_sample_nll(student, x_probe, f_probe, None))
                 record(CALIBRATED, design, means, variances, epistemic, teacher_test,
