@@ -276,13 +276,20 @@ class DeepLatentFactor(PyroModule):
     def features(self, x: Tensor) -> Tensor:
         """Body features of standardized inputs, ``(m, d)``: ``h_θ(x)``, or ``[h_θ(x); g_θ(x)]`` with a loading body; with
         the distance feature the loading body (else the shared body) reads ``[x; d(x)]`` (mathematics §9.3)."""
+        return self._features_and_distance(x)[0]
+
+    def _features_and_distance(self, x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """:meth:`features` and the distance ``d(x)`` ``(m, 1)`` they read (``None`` without the feature)."""
         if is_integer_input(x):
-            return self.body(x)  # a custom body embedding ids/codes; nothing to standardize
+            return self.body(x), None  # a custom body embedding ids/codes; nothing to standardize
         x = (x - self.input_loc) / self.input_scale
-        with_distance = x if self.distance_anchors is None else torch.cat([x, self.data_distance(x, standardized=True)], -1)
+        if self.distance_anchors is None:
+            return (self.body(x) if self.loading_hidden is None else torch.cat([self.body(x), self.loading_body(x)], -1)), None
+        distance = self.data_distance(x, standardized=True)
+        with_distance = torch.cat([x, distance], -1)
         if self.loading_hidden is None:
-            return self.body(with_distance)
-        return torch.cat([self.body(x), self.loading_body(with_distance)], -1)
+            return self.body(with_distance), distance
+        return torch.cat([self.body(x), self.loading_body(with_distance)], -1), distance
 
     def set_anchors(self, x: Tensor, generator: Optional[torch.Generator] = None) -> None:
         r"""Set the distance feature's anchors from the data ``x`` (original units, ``(n, d)``).
@@ -322,7 +329,10 @@ class DeepLatentFactor(PyroModule):
         without the distance feature (a constant nugget; mathematics §9.4)."""
         if self.distance_anchors is None:
             return None
-        return (1 + self.data_distance(x)[:, 0]).pow(self.nugget_growth)
+        return self._weight(self.data_distance(x))
+
+    def _weight(self, distance: Tensor) -> Tensor:
+        return (1 + distance[:, 0]).pow(self.nugget_growth)
 
     def nugget_variance(self, x: Tensor) -> Tensor:
         r"""The nugget ``σ_f^2(x) = σ_f^2 w(x)`` at each input, ``(m,)`` (mathematics §9.4)."""
@@ -352,12 +362,17 @@ class DeepLatentFactor(PyroModule):
 
     def mean_and_loading(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``μ_θ(x)`` (``(m,)`` or ``(m, c)``) and ``Φ_θ(x)`` (``(m, q)``, full model ``(m, c, q)``) in one body pass."""
+        return self.mean_loading_and_weight(x)[:2]
+
+    def mean_loading_and_weight(self, x: Tensor) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """:meth:`mean_and_loading` and :meth:`nugget_weight` in one pass (the distance ``d(x)`` is measured once)."""
         try:
-            return self.heads(self.features(x))
+            h, distance = self._features_and_distance(x)
         except (RuntimeError, AttributeError, TypeError):
             # Diagnosed only on failure, so the training loops pay nothing: name the input and its fix.
             self.check_inputs(x, "x")
             raise
+        return (*self.heads(h), None if distance is None else self._weight(distance))
 
     def mean(self, x: Tensor) -> Tensor:
         """The mean function ``μ_θ(x)``."""
@@ -425,10 +440,9 @@ class DeepLatentFactor(PyroModule):
         total = None
         with torch.no_grad():
             for start in range(0, m, step):
-                xb = x[start:start + step]
-                mean, loading = self.mean_and_loading(xb)
+                mean, loading, weight = self.mean_loading_and_weight(x[start:start + step])
                 mask = None if observed is None else observed[:, start:start + step]
-                part = batch_statistics(mean, loading, f[:, start:start + step], observed=mask, weight=self.nugget_weight(xb))
+                part = batch_statistics(mean, loading, f[:, start:start + step], observed=mask, weight=weight)
                 total = part if total is None else total + part
         return total
 
@@ -514,10 +528,10 @@ class DeepLatentFactor(PyroModule):
                     x = x[idx]
                     f = None if f is None else f[:, idx]
                     observed = None if observed is None else observed[:, idx]
-                mean, loading = self.mean_and_loading(x)
+                mean, loading, weight = self.mean_loading_and_weight(x)
                 function = combine(mean, loading, z, L)
                 function = pyro.deterministic("function", function, event_dim=1 if self.multivariate else 0)
-                noise_scale = self.nugget_variance(x).sqrt()
+                noise_scale = (self.noise_variance if weight is None else self.noise_variance * weight).sqrt()
                 likelihood = dist.Normal(function, noise_scale.unsqueeze(-1) if self.multivariate else noise_scale)
                 if self.multivariate:
                     likelihood = likelihood.to_event(1)

@@ -45,10 +45,9 @@ def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, 
     of the number of teachers and design points. With an ``observed`` mask the
     sums and the count run over the observed entries only.
     """
-    mean, loading = model.mean_and_loading(x)
+    mean, loading, weight = model.mean_loading_and_weight(x)
     L = model.separable_class_factor
     noise = model.noise_variance.detach()
-    weight = model.nugget_weight(x)
     sq = expected_squared_error(mean, loading, f, guide.posterior, L, observed=observed, weight=weight)
     count = max(observed_count(f, observed), 1)  # a minibatch may hold no observed value
     log_weight = 0.0
@@ -280,9 +279,7 @@ class EM:
             if self.estep == "exact":
                 stats = None
                 for start in range(0, x.shape[0], size):
-                    xb = x[start:start + size]
-                    mean, loading = model.mean_and_loading(xb)
-                    weight = model.nugget_weight(xb)
+                    mean, loading, weight = model.mean_loading_and_weight(x[start:start + size])
                     fb, ob = f[:, start:start + size], self._mask(slice(start, start + size))
                     total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob, weight=weight))
                     # The same pass gives the next E-step's statistics (they do not depend on σ_f^2).
@@ -294,9 +291,8 @@ class EM:
                 for start in range(0, x.shape[0], size):
                     xb, fb, ob = x[start:start + size], f[:, start:start + size], self._mask(slice(start, start + size))
                     self.guide.set_statistics(model.statistics(xb, fb, observed=ob))
-                    mean, loading = model.mean_and_loading(xb)
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob,
-                                                          weight=model.nugget_weight(xb)))
+                    mean, loading, weight = model.mean_loading_and_weight(xb)
+                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob, weight=weight))
                 self._set_noise(total / self._count(f))
 
     def _expand(self) -> None:

@@ -142,10 +142,9 @@ def mmd_initialize(
         L = model.separable_class_factor
         count = 0
         for start in range(0, m, size):
-            xb = x[start:start + size]
-            mean, loading = model.mean_and_loading(xb)
+            mean, loading, weight = model.mean_loading_and_weight(x[start:start + size])
             ob = None if observed is None else observed[:, start:start + size]
-            weight = model.nugget_weight(xb)  # a nugget σ_f² w(x) (mathematics §9.4): σ_f² from residuals² / w
+            # A nugget σ_f² w(x) (mathematics §9.4): σ_f² from residuals² / w.
             mean, loading, fb = whiten(mean, loading, f[:, start:start + size], weight)
             sq = _squared_residuals(fb, combine(mean, loading, codes.unsqueeze(align), L), ob)
             total += float(sq.sum())

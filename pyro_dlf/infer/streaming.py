@@ -134,8 +134,7 @@ class StreamingEM(EM):
         with torch.no_grad():
             for xb, fb in stream:
                 fb = self._check_batch(xb, fb)
-                mean, loading = model.mean_and_loading(xb)
-                weight = model.nugget_weight(xb)
+                mean, loading, weight = model.mean_loading_and_weight(xb)
                 part = batch_statistics(mean, loading, fb, weight=weight)
                 stats = part if stats is None else stats + part
                 if with_error:
