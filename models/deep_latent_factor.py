@@ -50,13 +50,17 @@ from pyro_dlf.sufficient_statistics import (
     log_marginal_likelihood,
 )
 
-__all__ = ["DeepLatentFactor", "ACTIVATIONS", "COVARIANCES"]
+__all__ = ["DeepLatentFactor", "ACTIVATIONS", "COVARIANCES", "DISTANCE_REFERENCE_TAIL"]
 
 #: Activations a default body may use; a saved student records the name.
 ACTIVATIONS = {name: getattr(nn, name) for name in ("ReLU", "Tanh", "GELU", "SiLU", "ELU", "Softplus", "LeakyReLU")}
 
 #: Class-covariance structures of a multivariate model.
 COVARIANCES = ("separable", "full")
+
+#: The share of new inputs among the data whose distance d(x) may exceed ``distance_reference``, where the
+#: predictive starts to keep the nugget's growth (mathematics §9.4): a 95 % reach, as a tolerance interval takes it.
+DISTANCE_REFERENCE_TAIL = 0.05
 
 
 class DeepLatentFactor(PyroModule):
@@ -208,6 +212,9 @@ class DeepLatentFactor(PyroModule):
             # Data rows (standardized) and the typical distance of a new input from them (mathematics §9.3).
             self.register_buffer("anchors", torch.zeros(distance_anchors, in_features))
             self.register_buffer("distance_scale", torch.ones(()))
+            # Where "beyond the data" starts for the predictive's nugget growth: the distance that all but
+            # DISTANCE_REFERENCE_TAIL of new inputs among the data stay within (mathematics §9.4).
+            self.register_buffer("distance_reference", torch.ones(()))
             # The nugget's growth with the distance, σ_f²(x) = σ_f² (1 + d(x))^β (mathematics §9.4): the
             # teachers' disagreement the q factors do not carry grows away from the data too.
             self.nugget_growth = PyroParam(torch.tensor(0.5), constraints.positive)
@@ -307,16 +314,19 @@ class DeepLatentFactor(PyroModule):
             k = self.distance_anchors
             rows = torch.randperm(xs.shape[0], generator=generator)[:k].to(xs.device) if xs.shape[0] > k else torch.arange(xs.shape[0], device=xs.device)
             chosen = xs[rows]
-            # Fewer data rows than anchors: repeat the first ones (the minimum distance is unchanged).
-            chosen = chosen[torch.arange(k, device=xs.device) % chosen.shape[0]]
             gaps = torch.cdist(chosen, chosen)
             gaps.fill_diagonal_(float("inf"))
             gaps[gaps == 0] = float("inf")  # repeated rows are not neighbours
             nearest = gaps.min(1).values
             nearest = nearest[torch.isfinite(nearest)]
             scale = nearest.median() if nearest.numel() else torch.ones((), dtype=xs.dtype, device=xs.device)
-            self.anchors.copy_(chosen)
-            self.distance_scale.copy_(scale.clamp_min(torch.finfo(xs.dtype).eps))
+            scale = scale.clamp_min(torch.finfo(xs.dtype).eps)
+            # An anchor's distance to the other anchors is that of a new input drawn among the data rows.
+            reach = torch.quantile(nearest / scale, 1 - DISTANCE_REFERENCE_TAIL) if nearest.numel() else torch.ones_like(scale)
+            # Fewer data rows than anchors: repeat the first ones (the minimum distance is unchanged).
+            self.anchors.copy_(chosen[torch.arange(k, device=xs.device) % chosen.shape[0]])
+            self.distance_scale.copy_(scale)
+            self.distance_reference.copy_(reach.clamp_min(1.0))
 
     def data_distance(self, x: Tensor, standardized: bool = False) -> Tensor:
         """Distance of each input from the nearest anchor, in units of ``distance_scale``, ``(m, 1)``."""
@@ -341,12 +351,13 @@ class DeepLatentFactor(PyroModule):
         return noise.expand(x.shape[0]) if weight is None else noise * weight
 
     def nugget_growth_variance(self, x: Tensor) -> Tensor:
-        r"""The nugget's growth beyond a typical new input among the data, ``σ_f^2 ((1 + d(x))^β − 2^β)_+``, ``(m,)``;
-        zero without the distance feature (``d ≈ 1`` at such an input by its scale; mathematics §9.4)."""
+        r"""The nugget's growth beyond the distances of new inputs among the data,
+        ``σ_f^2 ((1 + d(x))^β − (1 + d_ref)^β)_+`` with ``d_ref`` = ``distance_reference``, ``(m,)``;
+        zero without the distance feature (mathematics §9.4)."""
         weight = self.nugget_weight(x)
         if weight is None:
             return self.noise_variance.new_zeros(x.shape[0])
-        return self.noise_variance * (weight - 2 ** self.nugget_growth).clamp_min(0)
+        return self.noise_variance * (weight - (1 + self.distance_reference).pow(self.nugget_growth)).clamp_min(0)
 
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and loadings from body features (in the teachers' units)."""

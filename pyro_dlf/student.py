@@ -128,10 +128,10 @@ class Student(PyroModule):
     The predictive draws follow mathematics §6 and leave out the nugget ``σ_f²``: it is
     the model's allowance for teacher variation outside the ``q`` factors, not
     part of the smooth process. A nugget that grows with the distance from the
-    data, ``σ_f² (1 + d(x))^β``, is a different matter: its growth beyond a
-    typical new input among the data (``d ≈ 1``) is the teachers' disagreement
-    beyond the data, so the draws keep ``σ_f² ((1 + d(x))^β − 2^β)_+`` (site
-    ``nugget``, mathematics §9.4).
+    data, ``σ_f² (1 + d(x))^β``, is a different matter: its growth beyond the
+    distances new inputs among the data have (``d_ref``, their 95 % reach) is the
+    teachers' disagreement beyond the data, so the draws keep
+    ``σ_f² ((1 + d(x))^β − (1 + d_ref)^β)_+`` (site ``nugget``, mathematics §9.4).
 
     Under a Pyro handler a student registers its parameters in Pyro's global
     param store under a name unique to the instance, so several students can
@@ -173,7 +173,7 @@ class Student(PyroModule):
         ``q`` factors, which can be a large share of the ensemble's spread on
         points the teachers were trained on. A nugget that grows with the
         distance from the data (mathematics §9.4) keeps its growth
-        ``σ_f² ((1 + d(x))^β − 2^β)_+`` in the predictive either way (site ``nugget``).
+        ``σ_f² ((1 + d(x))^β − (1 + d_ref)^β)_+`` in the predictive either way (site ``nugget``).
     :param centered_logits: classification: the teachers' logits were centred
         per input before fitting, so the student's logits are centred too
         (compare them with centred teacher logits; probabilities are unaffected).
@@ -363,7 +363,7 @@ class Student(PyroModule):
                 noise_variance = pyro.deterministic(name + "noise_variance", (log_location + spread * level).exp())
             function = combine(mean, loading, z, L)
             if self.include_nugget or dlf.distance_anchors is not None:
-                # The nugget, or its growth beyond the data (zero where d(x) ≤ 1: a tiny floor keeps the scale valid).
+                # The nugget, or its growth beyond the data (zero where d(x) ≤ d_ref: a tiny floor keeps the scale valid).
                 scale = self._nugget(x).to(function).sqrt().clamp_min(torch.finfo(function.dtype).tiny)
                 nugget = dist.Normal(torch.zeros_like(function), scale.expand_as(function) if dlf.multivariate else scale)
                 function = function + pyro.sample(name + "nugget", nugget.to_event(1) if dlf.multivariate else nugget)
@@ -375,7 +375,7 @@ class Student(PyroModule):
 
     def _nugget(self, x: Tensor, include_nugget: Optional[bool] = None) -> Tensor:
         r"""The part of the nugget the predictive keeps at ``x``, ``(m,)`` (``(m, 1)`` for several outputs):
-        ``σ_f²(x)`` when it includes the nugget, else its growth beyond the data ``σ_f² (w(x) − 2^β)_+``,
+        ``σ_f²(x)`` when it includes the nugget, else its growth beyond the data ``σ_f² (w(x) − (1 + d_ref)^β)_+``,
         zero for a constant nugget (mathematics §6, §9.4)."""
         dlf = self.dlf
         include = self.include_nugget if include_nugget is None else include_nugget

@@ -640,8 +640,8 @@ def test_absurd_draw_counts_are_refused_before_allocating():
 
 
 def test_the_predictive_keeps_the_nugget_growth_beyond_the_data():
-    """A nugget σ_f² (1 + d(x))^β (mathematics §9.4): the predictive keeps its growth beyond a typical new input
-    among the data, σ_f² ((1 + d)^β − 2^β)₊ -- zero at the anchors -- in its summaries, in its mixture, in
+    """A nugget σ_f² (1 + d(x))^β (mathematics §9.4): the predictive keeps its growth beyond the reach of new inputs
+    among the data, σ_f² ((1 + d)^β − (1 + d_ref)^β)₊ -- zero at the anchors -- in its summaries, in its mixture, in
     ``function_dist`` and in the draws of the site ``nugget`` (variance within 5 standard errors, √(2/S)
     relative); with ``include_nugget`` all of σ_f² (1 + d)^β."""
     student = _distance_student()
@@ -652,8 +652,9 @@ def test_the_predictive_keeps_the_nugget_growth_beyond_the_data():
         smooth = dlf.function_variance(x)
         nugget = dlf.nugget_variance(x)
         distance = dlf.data_distance(x)[:, 0]
-        growth = dlf.noise_variance * ((1 + distance).pow(dlf.nugget_growth) - 2 ** dlf.nugget_growth).clamp_min(0)
-    assert torch.all(growth[:2] == 0) and torch.all(distance[2:] > 1) and torch.all(growth[2:] > 0)
+        reference = (1 + dlf.distance_reference).pow(dlf.nugget_growth)
+        growth = dlf.noise_variance * ((1 + distance).pow(dlf.nugget_growth) - reference).clamp_min(0)
+    assert torch.all(growth[:2] == 0) and torch.all(distance[2:] > dlf.distance_reference) and torch.all(growth[2:] > 0)
     torch.testing.assert_close(student.predict(x, 10).epistemic_variance, smooth + growth)
     means, variances = student.predictive_mixture(x)
     torch.testing.assert_close(variances[0] - variances[0].min(), (smooth + growth) - (smooth + growth).min(), rtol=1e-5, atol=1e-6)

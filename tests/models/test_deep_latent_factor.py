@@ -7,6 +7,7 @@ from pyro.infer import Predictive
 from torch import nn
 
 from pyro_dlf.models import DeepLatentFactor
+from pyro_dlf.models.deep_latent_factor import DISTANCE_REFERENCE_TAIL
 
 from synthetic import random_dlf
 
@@ -214,6 +215,22 @@ def test_distance_feature_is_zero_at_the_anchors_and_grows_linearly_beyond_them(
     body = model.loading_body if loading_hidden is not None else model.body
     assert body[0].in_features == 3  # two inputs and the distance
     assert model.config()["distance_anchors"] == 6
+
+
+def test_distance_reference_is_the_reach_of_new_inputs_among_the_data():
+    """``distance_reference`` (mathematics §9.4) is the 1 − DISTANCE_REFERENCE_TAIL quantile of each anchor's distance
+    to the nearest other anchor, in units of the median of those distances: all but that share of the anchors,
+    each a new input among the others, lie within it."""
+    model = DeepLatentFactor(3, num_factors=2, hidden=(4,), distance_anchors=256).double()
+    x = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model.set_anchors(x)
+    xs = (x - model.input_loc) / model.input_scale
+    gaps = torch.cdist(xs, xs).fill_diagonal_(float("inf")).min(1).values
+    expected = torch.quantile(gaps / gaps.median(), 1 - DISTANCE_REFERENCE_TAIL)
+    torch.testing.assert_close(model.distance_reference, expected)
+    inside = (gaps / model.distance_scale <= model.distance_reference).double().mean()
+    assert inside >= 1 - DISTANCE_REFERENCE_TAIL
+    assert model.distance_reference > 1  # the median is 1: the reach of 95 % lies beyond it
 
 
 def _dense_law(model, x):
