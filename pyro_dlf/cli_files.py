@@ -242,7 +242,8 @@ def run_distill(args: argparse.Namespace) -> None:
              + ")" if student.body_selection else "")
           + _design_words(args, choice)
           + f", final negative log-likelihood per value {student.history[-1]:.4f}, nugget σ_f² = {float(dlf.noise_variance.detach()):.3g}"
-          + (f" × (1 + d(x))^{float(dlf.nugget_growth.detach()):.3g}" if dlf.distance_anchors is not None else "")
+          + (f" × (1 + d(x))^{float(dlf.nugget_growth.detach()):.3g} (the predictive keeps the growth past d = "
+             f"{float(dlf.distance_reference):.3g})" if dlf.distance_anchors is not None else "")
           + (f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})" if student.task == "regression" else "")
           + (f" × u(z)^{student.noise_factor_exponent:.3g} (the teachers' noise follows their factors: likelihood-ratio "
              f"p = {student.noise_fit.p_value:.2g})" if getattr(student, "noise_factor_exponent", 0.0) else "")
