@@ -303,9 +303,12 @@ class DeepLatentFactor(PyroModule):
 
         ``distance_anchors`` rows of ``x`` (all of them when there are fewer, drawn without
         replacement otherwise) are kept in standardized coordinates; the scale is the
-        median distance from an anchor to its nearest other anchor, so the feature is
-        about 1 at a typical new input among the data and grows linearly beyond them
-        (mathematics §9.3).
+        median distance from an anchor to its nearest other anchor (repeated rows are
+        not neighbours), so the feature is about 1 at a typical new input among the data
+        and grows linearly beyond them (mathematics §9.3). ``distance_reference`` is the
+        ``1 − DISTANCE_REFERENCE_TAIL`` quantile of those distances in the same units (at
+        least 1; 1 when no two rows differ): where the predictive starts to keep the
+        nugget's growth (mathematics §9.4).
         """
         if self.distance_anchors is None:
             raise ValueError("set_anchors: this model has no distance feature (distance_anchors=None)")
@@ -314,7 +317,8 @@ class DeepLatentFactor(PyroModule):
             k = self.distance_anchors
             rows = torch.randperm(xs.shape[0], generator=generator)[:k].to(xs.device) if xs.shape[0] > k else torch.arange(xs.shape[0], device=xs.device)
             chosen = xs[rows]
-            gaps = torch.cdist(chosen, chosen)
+            # Exact differences, not the matrix-product shortcut, so that repeated rows give exactly 0.
+            gaps = torch.cdist(chosen, chosen, compute_mode="donot_use_mm_for_euclid_dist")
             gaps.fill_diagonal_(float("inf"))
             gaps[gaps == 0] = float("inf")  # repeated rows are not neighbours
             nearest = gaps.min(1).values

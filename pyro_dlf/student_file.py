@@ -238,6 +238,12 @@ def build_model(payload: dict, body: Optional[nn.Module], where: str):
 
     # A heteroscedastic noise model's weights travel in the same state dict under their own prefix.
     state = {k: v for k, v in payload["state_dict"].items() if not k.startswith(NOISE_PREFIX)}
+    if not custom and cfg.get("distance_anchors") is not None:
+        # Files written before the nugget grew with the distance: a constant nugget (β at the smallest positive
+        # number, so (1 + d)^β is 1 in floating point); before the reference distance: d_ref = 1, as they kept it.
+        dtype = getattr(torch, payload["dtype"])
+        state.setdefault("nugget_growth_unconstrained", torch.tensor(torch.finfo(dtype).tiny, dtype=dtype).log())
+        state.setdefault("distance_reference", torch.ones((), dtype=dtype))
     check_network_fields({"in_features": cfg.get("in_features"), "num_factors": cfg["num_factors"],
                           "num_outputs": cfg.get("num_outputs"), "body_features": cfg.get("body_features"),
                           "hidden": None if custom else cfg["hidden"],

@@ -393,6 +393,32 @@ def test_files_without_the_body_record_load_as_before(tmp_path):
         Student.load(tmp_path / "old.pt", body=torch.nn.Sequential())
 
 
+def test_distance_files_without_the_growth_or_the_reference_load_as_they_predicted(tmp_path):
+    """Files written before the nugget grew with the distance load with a constant nugget; files written before the
+    reference distance keep their growth past d = 1, as they did (mathematics §9.4)."""
+    from pyro_dlf.student_file import checksum
+
+    student = _distance_student()
+    student.save(tmp_path / "s.pt")
+    payload = torch.load(tmp_path / "s.pt", weights_only=True)
+    state = payload["state_dict"]
+    assert "distance_reference" in state and "nugget_growth_unconstrained" in state
+    x = torch.cat([student.dlf.anchors[:2] * student.dlf.input_scale + student.dlf.input_loc, 5 * torch.ones(2, 2)])
+    for key in ("distance_reference", "nugget_growth_unconstrained"):
+        del state[key]
+        payload["checksum"] = checksum(payload)
+        torch.save(payload, tmp_path / "old.pt")
+        dlf = Student.load(tmp_path / "old.pt").dlf
+        with torch.no_grad():
+            if key == "distance_reference":
+                reference = 2 ** student.dlf.nugget_growth
+                expected = student.dlf.noise_variance * (student.dlf.nugget_weight(x) - reference).clamp_min(0)
+                torch.testing.assert_close(dlf.nugget_growth_variance(x), expected)
+            else:
+                torch.testing.assert_close(dlf.nugget_variance(x), student.dlf.noise_variance.expand(4), rtol=0, atol=0)
+                assert torch.all(dlf.nugget_growth_variance(x) == 0)
+
+
 def test_load_checks_body_and_map_location(tmp_path):
     plain, custom = _regression_student(), _custom_student(_TanhBody())
     plain.save(tmp_path / "plain.pt")
