@@ -350,9 +350,12 @@ class DeepLatentFactor(PyroModule):
 
     def nugget_variance(self, x: Tensor) -> Tensor:
         r"""The nugget ``σ_f^2(x) = σ_f^2 w(x)`` at each input, ``(m,)`` (mathematics §9.4)."""
-        weight = self.nugget_weight(x)
+        return self._scaled_nugget(self.nugget_weight(x), x.shape[0])
+
+    def _scaled_nugget(self, weight: Optional[Tensor], num_points: int) -> Tensor:
+        """``σ_f^2 w``, or ``σ_f^2`` at each of ``num_points`` inputs for a constant nugget (``weight=None``)."""
         noise = self.noise_variance
-        return noise.expand(x.shape[0]) if weight is None else noise * weight
+        return noise.expand(num_points) if weight is None else noise * weight
 
     def nugget_growth_variance(self, x: Tensor) -> Tensor:
         r"""The nugget's growth beyond the distances of new inputs among the data,
@@ -546,7 +549,7 @@ class DeepLatentFactor(PyroModule):
                 mean, loading, weight = self.mean_loading_and_weight(x)
                 function = combine(mean, loading, z, L)
                 function = pyro.deterministic("function", function, event_dim=1 if self.multivariate else 0)
-                noise_scale = (self.noise_variance if weight is None else self.noise_variance * weight).sqrt()
+                noise_scale = self._scaled_nugget(weight, x.shape[0]).sqrt()
                 likelihood = dist.Normal(function, noise_scale.unsqueeze(-1) if self.multivariate else noise_scale)
                 if self.multivariate:
                     likelihood = likelihood.to_event(1)
