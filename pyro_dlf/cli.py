@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--student", required=True, metavar="FILE", help="a student file written by 'pyro-dlf distill' or Student.save")
     predict.add_argument("--x", required=True, metavar="FILE", help="inputs (m, d): .npy, or .csv/.txt with one row per point")
     predict.add_argument("--out", required=True, metavar="FILE", help="predictions: .npz (every array) or .csv (one row per input)")
-    predict.add_argument("--num-samples", type=_POSITIVE, default=1000, help="draws of the latent factors")
+    predict.add_argument("--num-samples", type=_POSITIVE, default=None,
+                         help="draws of the latent factors (default: none -- regression summaries are closed form, classification "
+                              "integrates over the factors with a fixed rule; 1000 draws with --samples)")
     predict.add_argument("--batch-size", type=_POSITIVE, default=4096, help="inputs per network pass")
     predict.add_argument("--samples", action="store_true", help="also write the function (or logit) draws (.npz only)")
     predict.add_argument("--seed", type=_NONNEGATIVE, default=0, help="seed of the draws")

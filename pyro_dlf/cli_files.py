@@ -377,7 +377,9 @@ def run_predict(args: argparse.Namespace) -> None:
     if x.ndim == 1:
         x = x[:, None]
     check_finite(x, "--x", args.x, "predictions")
-    _say(args, f"Predicting {x.shape[0]} inputs with {args.num_samples} draws ...")
+    how = (f"{args.num_samples or 1000} draws" if args.num_samples or args.samples else
+           "closed-form summaries" if student.task == "regression" else "the fixed integration rule")
+    _say(args, f"Predicting {x.shape[0]} inputs with {how} ...")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(args.seed)
     try:
@@ -389,7 +391,7 @@ def run_predict(args: argparse.Namespace) -> None:
     if student.task == "regression":
         arrays["total_variance"] = arrays["epistemic_variance"] + arrays["aleatoric_variance"]
     save_arrays(args.out, arrays)
-    print(f"Predicted {x.shape[0]} inputs with {args.num_samples} draws; wrote {', '.join(arrays)} to {args.out}")
+    print(f"Predicted {x.shape[0]} inputs with {how}; wrote {', '.join(arrays)} to {args.out}")
 
 
 def _fit_plot(path: str, history: list[float]) -> None:

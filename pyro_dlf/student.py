@@ -22,10 +22,10 @@ from pyro_dlf import __version__
 from pyro_dlf._validation import (PREDICT_FIX, cast_inputs, check_batch_size, check_design_points, check_finite_outputs, check_flag,
                                   check_int, check_map_location, check_memory, check_noise_law, check_noise_prior, check_path,
                                   check_targets)
-from pyro_dlf.metrics import entropy_decomposition
 from pyro_dlf.heteroscedastic import HeteroscedasticNoise
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import HeavyTailWarning, inverse_gamma_quantiles
+from pyro_dlf.quadrature import GaussianRule, gaussian_rule, scrambled_sobol, softmax_summary
 from pyro_dlf.student_file import (FORMAT_NAME, FORMAT_VERSION, NOISE_PREFIX, body_record, build_model, build_noise_model,
                                    read_payload, write_payload)
 from pyro_dlf.sufficient_statistics import combine
@@ -441,8 +441,7 @@ class Student(PyroModule):
         ``(z, σ²)`` jointly, so the noise law's tail is sampled as finely as ``z``."""
         weight = self.dlf.loading_head.weight
         q = self.dlf.num_factors
-        engine = torch.quasirandom.SobolEngine(q + int(with_levels), scramble=True, seed=0)
-        uniform = engine.draw(num // 2, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        uniform = scrambled_sobol(q + int(with_levels), num // 2)
         half = torch.special.ndtri(uniform[:, :q])
         z = torch.cat([half, -half]).to(dtype=weight.dtype, device=weight.device)
         return (z, uniform[:, q].repeat(2)) if with_levels else z
@@ -463,45 +462,61 @@ class Student(PyroModule):
             return tuple(mean(a, b) for a, b in zip(self.noise_concentration, self.noise_rate))
         return mean(self.noise_concentration, self.noise_rate)
 
-    def predict(self, x: Tensor, num_samples: int = 1000, *, batch_size: int = 4096,
-                return_samples: bool = False) -> Union[RegressionPrediction, ClassificationPrediction]:
+    def predict(self, x: Tensor, num_samples: Optional[int] = None, *, batch_size: int = 4096,
+                return_samples: bool = False, max_nodes: int = 512) -> Union[RegressionPrediction, ClassificationPrediction]:
         """Predictive summaries at ``x``; the body runs once per input, in batches of ``batch_size``.
+
+        Regression summaries are closed form (mathematics §6.1). Classification summaries
+        integrate over the factors with a fixed rule of at most ``max_nodes`` nodes
+        (:func:`pyro_dlf.quadrature.gaussian_rule`, mathematics §6.1) unless ``num_samples``
+        asks for Monte Carlo draws.
 
         :param x: inputs ``(m, ...)``, finite, and small enough that the network's
             outputs do not overflow the student's dtype (else a :class:`ValueError`).
-        :param num_samples: ``S`` draws of ``z`` (shared across inputs, so the
-            function draws are coherent over ``x``), a positive int.
+        :param num_samples: ``S`` draws of ``z`` (a positive int), shared across inputs so the
+            function draws are coherent over ``x``. ``None`` (default): no draws for the
+            summaries, and 1,000 draws when ``return_samples`` asks for them. Regression
+            summaries never draw, so there it matters only with ``return_samples``.
         :param batch_size: inputs per body pass, a positive int (``None``: all at
-            once); with ``return_samples=False`` memory is ``O(batch_size · S · c)``
-            whatever the number of inputs.
+            once); with ``return_samples=False`` memory is ``O(batch_size · K · c)``
+            (``K`` nodes or draws) whatever the number of inputs.
         :param return_samples: also return the ``S`` function (or logit) draws at
             every input, ``(S, m)`` or ``(S, m, c)`` -- kept only when asked, since
             they grow with ``S · m · c`` (16 GB at 200k inputs, 1,000 draws, 10 classes).
+        :param max_nodes: node budget of the classification rule, a positive int.
         """
         x = check_design_points(x, "x", integer_ok=self.dlf.custom_body, fix=PREDICT_FIX)
-        num_samples = check_int(num_samples, "num_samples")
+        if num_samples is not None:
+            num_samples = check_int(num_samples, "num_samples")
         check_batch_size(batch_size)
         batch_size = x.shape[0] if batch_size is None else batch_size
         return_samples = check_flag(return_samples, "return_samples")
+        max_nodes = check_int(max_nodes, "max_nodes")
         dlf = self.dlf
         dtype, device = dlf.loading_head.weight.dtype, dlf.loading_head.weight.device
         x = cast_inputs(x, dtype, device)
         dlf.check_inputs(x, "x")
-        # z, the draws of one batch (and their softmax), and with return_samples every draw at every input.
+        draws_wanted = return_samples or (num_samples is not None and self.task == "classification")
+        num_draws = (1000 if num_samples is None else num_samples) if draws_wanted else 0
+        use_rule = self.task == "classification" and not draws_wanted
+        # z, the draws or nodes (at most max_nodes) of one batch and their softmax, and with return_samples every draw.
         outputs, rows = dlf.num_outputs or 1, min(batch_size, x.shape[0])
-        check_memory(dtype.itemsize * num_samples * (math.prod(dlf.factor_shape) + 3 * rows * outputs
-                                                     + (x.shape[0] * outputs if return_samples else 0)),
-                     device, "num_samples", num_samples, "use fewer draws (e.g. num_samples=1000)"
-                     + ("" if return_samples else " or a smaller batch_size"))
-        z = torch.randn((num_samples, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
-        levels = torch.randn(num_samples, dtype=dtype, device=device) if self.noise_model is not None else None
+        per_batch = num_draws or (max_nodes if use_rule else 1)
+        check_memory(dtype.itemsize * (num_draws * math.prod(dlf.factor_shape) + 3 * per_batch * rows * outputs
+                                       + (num_draws * x.shape[0] * outputs if return_samples else 0)),
+                     device, *(("num_samples", num_samples, "use fewer draws (e.g. num_samples=1000)"
+                                + ("" if return_samples else " or a smaller batch_size")) if num_draws else
+                               ("max_nodes", max_nodes, "use fewer nodes (the default is 512) or a smaller batch_size")))
+        rule = self.integration_rule(max_nodes).to(dlf.loading_head.weight) if use_rule else None
+        z = torch.randn((num_draws, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
+        levels = torch.randn(num_draws, dtype=dtype, device=device) if self.noise_model is not None else None
         parts = []
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start:start + batch_size]
                 mean, loading = dlf.mean_and_loading(xb)
-                draws = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor), xb) if (
-                    return_samples or self.task == "classification") else None
+                check_finite_outputs((mean, loading), xb, dtype, "x")
+                draws = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor), xb) if draws_wanted else None
                 if self.task == "regression":
                     if self.noise_model is None:
                         aleatoric, noise_draws = torch.zeros_like(mean) + mean.new_tensor(self.aleatoric_variance), None
@@ -509,14 +524,16 @@ class Student(PyroModule):
                         aleatoric = self.noise_model.mean(xb)
                         noise_draws = self.noise_model.sample(xb, levels) if return_samples else None
                     epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget(xb).to(mean)
-                    # The network's outputs; an inverse gamma with a <= 1 has an infinite mean by law, not by overflow.
+                    # An inverse gamma with a <= 1 has an infinite mean by law, not by overflow.
                     heteroscedastic = aleatoric if self.noise_model is not None else None
-                    check_finite_outputs((mean, epistemic, heteroscedastic, draws, noise_draws), xb, dtype, "x")
+                    check_finite_outputs((epistemic, heteroscedastic, draws, noise_draws), xb, dtype, "x")
                     parts.append((mean, epistemic, draws, aleatoric, noise_draws))
+                elif rule is None:
+                    weights = draws.new_full((num_draws,), 1.0 / num_draws)
+                    parts.append((*softmax_summary(draws.permute(1, 2, 0), weights), draws if return_samples else None))
                 else:
-                    check_finite_outputs((mean, loading, draws), xb, dtype, "x")
-                    probs = draws.softmax(-1)  # (S, b, c)
-                    parts.append((probs.mean(0), *entropy_decomposition(probs), draws if return_samples else None))
+                    mean, factor = self._logit_law(xb, mean, loading)
+                    parts.append((*softmax_summary(mean.unsqueeze(-1) + factor @ rule.nodes.T, rule.weights), None))
             cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
             if self.task == "classification":
                 return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))
@@ -525,11 +542,38 @@ class Student(PyroModule):
             elif return_samples and self.noise_factor_exponent:
                 noise_samples = dist.InverseGamma(*self._noise_prior(z, z.squeeze(-2))).sample()  # one per draw of z
             elif return_samples:
-                noise_samples = dist.InverseGamma(*self._noise_prior(z)).sample((num_samples,))
+                noise_samples = dist.InverseGamma(*self._noise_prior(z)).sample((num_draws,))
             else:
                 noise_samples = None
             return RegressionPrediction(mean=cat(0), epistemic_variance=cat(1), aleatoric_variance=cat(3),
                                         function_samples=cat(2, 1), noise_variance_samples=noise_samples)
+
+    def integration_rule(self, max_nodes: int = 512) -> GaussianRule:
+        """The fixed rule of the classification predictive: :func:`~pyro_dlf.quadrature.gaussian_rule` in the
+        dimension ``d`` of the per-input logit law ``μ(x) + B(x) u`` (``q`` for the full model, ``c`` for the
+        separable one, ``c`` more when a nugget is kept; mathematics §6.1)."""
+        if self.task != "classification":
+            raise ValueError("integration_rule: regression summaries are closed form; the rule is for classification students")
+        dlf = self.dlf
+        kept_nugget = self.include_nugget or dlf.distance_anchors is not None
+        dim = (dlf.num_outputs if dlf.separable else dlf.num_factors) + (dlf.num_outputs if kept_nugget else 0)
+        return gaussian_rule(dim, check_int(max_nodes, "max_nodes"))
+
+    def _logit_law(self, x: Tensor, mean: Tensor, loading: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The logits at each input as ``μ(x) + B(x) u``, ``u ~ N(0, I_d)`` (mathematics §6.1).
+
+        Full: ``B = Φ(x)`` (``c×q``). Separable: ``L Z φ(x)`` has the law of ``‖φ(x)‖ L u``,
+        ``u ∈ R^c``. A kept nugget ``s²(x)`` adds the columns ``s(x) I_c``. Pointwise summaries
+        need only this per-input law, not draws shared across inputs.
+        """
+        dlf = self.dlf
+        L = dlf.separable_class_factor
+        factor = loading if L is None else loading.norm(dim=-1)[:, None, None] * L
+        if self.include_nugget or dlf.distance_anchors is not None:
+            scale = self._nugget(x).to(mean).sqrt()  # (b, 1)
+            eye = torch.eye(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+            factor = torch.cat([factor, scale.unsqueeze(-1) * eye], -1)
+        return mean, factor
 
     def predictive_mixture(self, x: Tensor, num_components: int = 64) -> tuple[Tensor, Tensor]:
         r"""The regression predictive density as an equal-weight Gaussian mixture.

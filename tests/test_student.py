@@ -529,9 +529,11 @@ def test_a_file_whose_noise_prior_is_not_positive_is_named(tmp_path):
 def test_predict_names_its_bad_arguments():
     student = _regression_student()
     x = torch.randn(3, 2)
-    for bad, error in ((True, TypeError), (2.5, TypeError), ("10", TypeError), (None, TypeError), (0, ValueError), (-1, ValueError)):
+    for bad, error in ((True, TypeError), (2.5, TypeError), ("10", TypeError), (0, ValueError), (-1, ValueError)):
         with pytest.raises(error, match="num_samples must be a positive int"):
             student.predict(x, bad)
+        with pytest.raises(error, match="max_nodes must be a positive int"):
+            student.predict(x, max_nodes=bad)
     for bad in (False, 2.5, 0, "10"):
         with pytest.raises(ValueError, match="batch_size must be None or a positive int"):
             student.predict(x, 10, batch_size=bad)
@@ -660,7 +662,12 @@ def test_absurd_draw_counts_are_refused_before_allocating():
     student = _regression_student()
     x = torch.randn(4, 2)
     with pytest.raises(ValueError, match="num_samples=1000000000000 needs about"):
-        student.predict(x, num_samples=10 ** 12)
+        student.predict(x, num_samples=10 ** 12, return_samples=True)
+    with pytest.raises(ValueError, match="num_samples=1000000000000 needs about"):
+        _full_classification_student().predict(x, num_samples=10 ** 12)
+    with pytest.raises(ValueError, match="max_nodes=1000000000000 needs about"):
+        Student(random_dlf(num_outputs=3, num_factors=1, dtype=torch.float32), "classification", include_nugget=True).predict(
+            x, max_nodes=10 ** 12)
     with pytest.raises(ValueError, match="num_components=10000000000 needs about"):
         student.predictive_mixture(x, num_components=10 ** 10)
 

@@ -67,7 +67,7 @@ from pyro_dlf.api import distill
 from pyro_dlf.baselines.classifiers import prediction_from_probs
 from pyro_dlf.baselines.divergences import DIVERGENCES
 from pyro_dlf.baselines.text import TextBatchEnsemble, TextEnsemble, TextHydra
-from pyro_dlf.bench.images import _centred_logit_variance, _dlf_predict, _score
+from pyro_dlf.bench.images import _centred_logit_variance, _dlf_predict_draws, _score
 from pyro_dlf.data.text import TextData, load_rotten_tomatoes
 from pyro_dlf.student import ClassificationPrediction
 from pyro_dlf.text_encoder import TextEncoder, load_tokenizer, minilm_path, require_text_extra, tokenize
@@ -390,7 +390,7 @@ def run_text_benchmark(config: TextBenchConfig) -> dict:
             seconds = time.time() - t0
 
             def predict(ids: Tensor, s=model) -> ClassificationPrediction:
-                return _dlf_predict(s, ids, num_samples=config.num_samples, batch_size=config.batch_size * 4)
+                return _dlf_predict_draws(s, ids, config.num_samples, batch_size=config.batch_size * 4)
 
             with torch.no_grad():
                 loading = torch.cat([model.dlf.loading(ids_test[s:s + 256]) for s in range(0, ids_test.shape[0], 256)])

@@ -76,6 +76,11 @@ def test_images_bench_smoke(smoke_run):
     assert (rows["DLF separable"]["covariance"], rows["DLF separable"]["num_factors"]) == ("separable", 4)
     for method in ("DLF", "DLF separable"):
         assert 0 < rows[method]["forward_1000_seconds"] < rows[method]["predictive_s1000_1000_seconds"]
+        assert 0 < rows[method]["predictive_rule_1000_seconds"]
+    # The default rule against 10⁴ draws: differences of the size of Monte Carlo error, not of the scores.
+    check = rows["DLF"]["integration_check"]
+    assert check["rule"] == "Gauss–Hermite 8^3" and check["reference_draws"] == 10_000
+    assert abs(check["nll_difference"]) < 0.01 and abs(check["auroc_entropy_difference"]) < 0.02
     # The nugget joins the default fit's epistemic variance: a larger ratio, from the same fit.
     assert rows["DLF + nugget"]["logit_variance_ratio"] > rows["DLF"]["logit_variance_ratio"]
     assert rows["DLF + nugget"]["mi_test"] >= rows["DLF"]["mi_test"]

@@ -1,0 +1,91 @@
+"""Accuracy of the classification predictive's integration rules on the teachers' own logit laws.
+
+At every MNIST test and OOD (Fashion-MNIST) image, the cached teacher CNNs of the images benchmark
+(``pyro-dlf bench images --dataset mnist --seed 0`` writes them to ``benchmarks/cache``) give five
+logit vectors; their mean and the rank-4 factor of their covariance define a Gaussian logit law
+μ + B u, u ~ N(0, I_4), of the realistic scale a distilled full student with q = 4 carries. Each rule
+integrates softmax and the entropies under that law; the table compares NLL, ECE, AUROC (total
+entropy, mutual information) and the mean absolute error of the mutual information with a
+Gauss–Hermite 6^4 reference (1,296 nodes).
+
+    python benchmarks/scripts/integration_rules.py --data-dir ../shared/data --out benchmarks/results/integration_rules.md
+"""
+import argparse
+import math
+import platform
+import time
+
+import torch
+
+from pyro_dlf import metrics
+from pyro_dlf.bench import images
+from pyro_dlf.quadrature import GaussianRule, gauss_hermite_rule, gaussian_rule, softmax_summary, sobol_rule
+
+
+def _laws(logits: torch.Tensor, rank: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (m, c) and rank-``rank`` factor B (m, c, rank) of the teachers' logits (n, m, c)."""
+    values = logits.double().permute(1, 2, 0)
+    mean = values.mean(-1)
+    U, S, _ = torch.linalg.svd((values - mean.unsqueeze(-1)) / math.sqrt(values.shape[-1]), full_matrices=False)
+    return mean, U[..., :rank] * S[..., None, :rank]
+
+
+def _summary(mean, factor, rule: GaussianRule, batch: int = 256):
+    parts = [softmax_summary(mean[i:i + batch].unsqueeze(-1) + factor[i:i + batch] @ rule.nodes.T, rule.weights)
+             for i in range(0, mean.shape[0], batch)]
+    return [torch.cat([p[j] for p in parts]) for j in range(4)]
+
+
+def _draws(num: int, dim: int, seed: int) -> GaussianRule:
+    nodes = torch.randn(num, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return GaussianRule(nodes, torch.full((num,), 1.0 / num, dtype=torch.float64), f"{num:,} draws (seed {seed})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    started = time.time()
+    torch.set_num_threads(1)
+    config = images.ImagesBenchConfig(data_dir=args.data_dir, dataset="mnist", seed=0)
+    data = images._load(config)
+    teachers, seconds = images._teachers(config, data)
+    if seconds:
+        print("the teachers were trained, not read from the cache")
+    with torch.no_grad():
+        logits = {name: torch.cat([torch.stack([m(x[i:i + 1000]) for m in teachers.members]) for i in range(0, x.shape[0], 1000)], 1)
+                  for name, x in (("test", data.image.x_test), ("ood", data.x_ood))}
+    laws = {name: _laws(value) for name, value in logits.items()}
+    y = data.image.y_test
+
+    def score(rule: GaussianRule) -> dict:
+        test, ood = _summary(*laws["test"], rule), _summary(*laws["ood"], rule)
+        return {"probs": test[0], "mi": test[3], "nll": float(metrics.categorical_nll(test[0], y)),
+                "ece": float(metrics.expected_calibration_error(test[0], y)),
+                "auroc_h": metrics.auroc(test[1], ood[1]), "auroc_mi": metrics.auroc(test[3], ood[3])}
+
+    reference = score(gauss_hermite_rule(4, 6))
+    rules = [gaussian_rule(4), gauss_hermite_rule(4, 3), sobol_rule(4, 512), _draws(1000, 4, 0), _draws(1000, 4, 1), _draws(10_000, 4, 0)]
+    lines = ["# Integration rules on the teachers' logit laws (MNIST)", "",
+             "Command: `python benchmarks/scripts/integration_rules.py --data-dir ../shared/data --out benchmarks/results/integration_rules.md`  ",
+             f"Machine: {platform.platform()}, 1 thread, torch {torch.__version__}; wall time {{wall:.1f}} min.", "",
+             __doc__.split("\n\n")[1].replace("\n", " "), "",
+             f"Reference (Gauss–Hermite 6^4): NLL {reference['nll']:.5f}, ECE {reference['ece']:.5f}, AUROC H {reference['auroc_h']:.5f}, "
+             f"AUROC MI {reference['auroc_mi']:.5f}, mean MI {float(reference['mi'].mean()):.4f} nats.", "",
+             "| rule | nodes | NLL − ref | ECE − ref | AUROC H − ref | AUROC MI − ref | mean abs MI error | max abs prob error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for rule in rules:
+        s = score(rule)
+        default = " (default)" if rule.name == gaussian_rule(4).name else ""
+        lines.append(f"| {rule.name}{default} | {rule.num_nodes} | {s['nll'] - reference['nll']:+.1e} | {s['ece'] - reference['ece']:+.1e} | "
+                     f"{s['auroc_h'] - reference['auroc_h']:+.1e} | {s['auroc_mi'] - reference['auroc_mi']:+.1e} | "
+                     f"{float((s['mi'] - reference['mi']).abs().mean()):.1e} | {float((s['probs'] - reference['probs']).abs().max()):.1e} |")
+    text = "\n".join(lines).replace("{wall:.1f}", f"{(time.time() - started) / 60:.1f}") + "\n"
+    with open(args.out, "w") as handle:
+        handle.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
