@@ -533,7 +533,9 @@ class Student(PyroModule):
                     parts.append((*softmax_summary(draws.permute(1, 2, 0), weights), draws if return_samples else None))
                 else:
                     mean, factor = self._logit_law(xb, mean, loading)
-                    parts.append((*softmax_summary(mean.unsqueeze(-1) + factor @ rule.nodes.T, rule.weights), None))
+                    # μ + B u_k at every node in one product, (b·c, d) by (d, K), classes on dimension 1.
+                    logits = torch.addmm(mean.reshape(-1, 1), factor.reshape(-1, factor.shape[-1]), rule.nodes.T)
+                    parts.append((*softmax_summary(logits.view(*mean.shape, -1), rule.weights), None))
             cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
             if self.task == "classification":
                 return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))

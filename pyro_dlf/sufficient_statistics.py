@@ -69,6 +69,7 @@ __all__ = [
     "log_marginal_likelihood",
     "combine",
     "expected_squared_error",
+    "expected_squared_error_from_statistics",
     "observed_count",
     "whiten",
     "log_weight_sum",
@@ -381,3 +382,32 @@ def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: 
         rotated = loading @ post.factor_basis  # (b, q): U^T Φ_j
         trace = (lv.pow(2).sum(0) @ post.variances @ rotated.pow(2).sum(0))
     return (f - fitted).pow(2).sum() + n * trace
+
+
+def expected_squared_error_from_statistics(stats: FactorStatistics, posterior: FactorPosterior,
+                                           class_factor: Optional[Tensor] = None) -> Tensor:
+    r""":func:`expected_squared_error` summed over the design points, from their statistics alone.
+
+    The statistics at θ and a posterior held fixed determine it (mathematics §4.3), so the
+    ``σ_f^2`` update needs no pass over the data beyond the one that sums the statistics:
+
+    * univariate and full (per-teacher ``G_i``, ``S_i`` with a mask):
+      ``Σ_i [‖r_i‖² − 2 m_i^T Φ^T r_i + m_i^T G_i m_i + tr(G_i S_i)]``;
+    * separable, with ``A_i = L M_i`` (``c×q``) and ``G = Φ^T Φ``:
+      ``Σ_i [‖R_i‖² − 2 ⟨R_i^T Φ, A_i⟩ + ⟨A_i G, A_i⟩] +
+      n Σ_a (V^T L^T L V)_{aa} Σ_b s_{ab} (U^T G U)_{bb}``.
+
+    Computed in the statistics' dtype (float64 by default): the sums cancel where the factors
+    explain most of the residual, ``‖r‖²`` against a small remainder, and float64 keeps
+    ``10^{-16}`` of ``‖r‖²``.
+    """
+    post = posterior.to(stats.gram.dtype)
+    gram, cross, mean = stats.gram, stats.cross, post.mean
+    if class_factor is None:
+        fitted = mean.unsqueeze(-2) @ gram @ mean.unsqueeze(-1) if gram.dim() == 3 else (mean @ gram * mean).sum(-1)
+        trace = (gram * post.covariance.mT).sum((-2, -1))  # tr(G S), per teacher with a mask
+        return (stats.residual_sq - 2 * (mean * cross).sum(-1) + fitted.reshape(-1)).sum() + trace.expand(mean.shape[0]).sum()
+    loaded = class_factor.to(gram.dtype) @ mean  # (n, c, q): L M_i
+    trace = (class_factor.to(gram.dtype) @ post.class_basis).pow(2).sum(0) @ post.variances @ (
+        post.factor_basis.mT @ gram @ post.factor_basis).diagonal()
+    return (stats.residual_sq - 2 * (cross * loaded).sum((-2, -1)) + (loaded @ gram * loaded).sum((-2, -1))).sum() + mean.shape[0] * trace

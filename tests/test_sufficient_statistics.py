@@ -7,6 +7,7 @@ from torch.distributions import LowRankMultivariateNormal, MultivariateNormal
 from pyro_dlf.sufficient_statistics import (
     batch_statistics,
     expected_squared_error,
+    expected_squared_error_from_statistics,
     factor_posterior,
     log_marginal_likelihood,
 )
@@ -115,3 +116,32 @@ def test_expected_squared_error_at_other_parameters(num_outputs):
     S = post.dense_covariance()
     dense = (r2 - post.mean.reshape(f.shape[0], -1) @ W2.T).pow(2).sum() + f.shape[0] * torch.trace(W2 @ S @ W2.T)
     torch.testing.assert_close(expected_squared_error(mean2, loading2, f, post, L2), dense, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_outputs", KINDS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_expected_squared_error_from_statistics_is_the_residual_pass(num_outputs, weighted):
+    """The σ_f² update's sum from the statistics at θ_new equals the pass over the residuals, for the
+    posterior of θ_old (float64; the statistics' sums cancel to 1e-10 relative at these sizes)."""
+    model, x, f, mean, loading, L = _problem(num_outputs)
+    post = factor_posterior(batch_statistics(mean, loading, f), model.noise_variance.detach(), L)
+    _, _, _, mean2, loading2, L2 = _problem(num_outputs, seed=7)
+    weight = torch.rand(mean2.shape[0], dtype=torch.float64) + 0.5 if weighted else None
+    halves = [slice(0, 3), slice(3, None)]  # summed over batches, as EM streams them
+    stats = sum((batch_statistics(mean2[h], loading2[h], f[:, h], weight=None if weight is None else weight[h]) for h in halves[1:]),
+                batch_statistics(mean2[halves[0]], loading2[halves[0]], f[:, halves[0]], weight=None if weight is None else weight[halves[0]]))
+    torch.testing.assert_close(expected_squared_error_from_statistics(stats, post, L2),
+                               expected_squared_error(mean2, loading2, f, post, L2, weight=weight), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_outputs", [None, "full"])
+def test_expected_squared_error_from_masked_statistics(num_outputs):
+    """Teachers observed on different points: per-teacher Grams and posterior covariances."""
+    model, x, f, mean, loading, L = _problem(num_outputs)
+    observed = torch.rand(f.shape[:2], generator=torch.Generator().manual_seed(3)) < 0.7
+    observed[:, 0] = True
+    post = factor_posterior(batch_statistics(mean, loading, f, observed=observed), model.noise_variance.detach(), L)
+    _, _, _, mean2, loading2, _ = _problem(num_outputs, seed=7)
+    stats = batch_statistics(mean2, loading2, f, observed=observed)
+    torch.testing.assert_close(expected_squared_error_from_statistics(stats, post),
+                               expected_squared_error(mean2, loading2, f, post, observed=observed), rtol=1e-10, atol=1e-9)

@@ -20,6 +20,7 @@ from pyro_dlf.sufficient_statistics import (
     FactorStatistics,
     batch_statistics,
     expected_squared_error,
+    expected_squared_error_from_statistics,
     log_marginal_likelihood,
     log_weight_sum,
     observed_count,
@@ -277,14 +278,15 @@ class EM:
         with torch.no_grad():
             L = model.separable_class_factor
             if self.estep == "exact":
+                # One pass gives the next E-step's statistics (they do not depend on σ_f^2), and with the
+                # posterior held fixed they determine the expected squared residual at the new θ.
                 stats = None
                 for start in range(0, x.shape[0], size):
                     mean, loading, weight = model.mean_loading_and_weight(x[start:start + size])
                     fb, ob = f[:, start:start + size], self._mask(slice(start, start + size))
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, observed=ob, weight=weight))
-                    # The same pass gives the next E-step's statistics (they do not depend on σ_f^2).
                     part = batch_statistics(mean, loading, fb, observed=ob, weight=weight)
                     stats = part if stats is None else stats + part
+                total = float(expected_squared_error_from_statistics(stats, self.guide.posterior, L))
                 self._set_noise(total / self._count(f))
                 self._cache = (self._fingerprint(x, f, sums), stats)
             else:

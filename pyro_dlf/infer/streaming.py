@@ -44,7 +44,7 @@ from pyro_dlf._validation import check_dtype, check_num_factors, check_teacher_v
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.em import EM
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
-from pyro_dlf.sufficient_statistics import FactorStatistics, batch_statistics, expected_squared_error
+from pyro_dlf.sufficient_statistics import FactorStatistics, batch_statistics, expected_squared_error_from_statistics
 
 __all__ = ["StreamingEM"]
 
@@ -126,19 +126,16 @@ class StreamingEM(EM):
         check_dtype(fb, self.model, "f_batch")
         return fb
 
-    def _pass(self, stream: Iterable, with_error: bool) -> tuple[FactorStatistics, float, int]:
-        """Statistics (summed over processes), and at the current posterior the summed expected squared
-        residual and observed scalars (for ``σ_f²``)."""
-        model, L = self.model, self.model.separable_class_factor
-        stats, total, count, batches = None, 0.0, 0, 0
+    def _pass(self, stream: Iterable) -> tuple[FactorStatistics, int]:
+        """Statistics (summed over processes) and the observed scalars (for ``σ_f²``)."""
+        model = self.model
+        stats, count, batches = None, 0, 0
         with torch.no_grad():
             for xb, fb in stream:
                 fb = self._check_batch(xb, fb)
                 mean, loading, weight = model.mean_loading_and_weight(xb)
                 part = batch_statistics(mean, loading, fb, weight=weight)
                 stats = part if stats is None else stats + part
-                if with_error:
-                    total += float(expected_squared_error(mean, loading, fb, self.guide.posterior, L, weight=weight))
                 count += fb.numel()
                 batches += 1
         self._check_batch_count(batches)
@@ -147,10 +144,10 @@ class StreamingEM(EM):
         stats.gram, stats.cross, stats.residual_sq = (self._sum(t.clone()) for t in (stats.gram, stats.cross, stats.residual_sq))
         if isinstance(stats.log_weight, torch.Tensor):  # a nugget that grows with the distance (mathematics §9.4)
             stats.log_weight = self._sum(stats.log_weight.clone())
-        sums = self._sum(torch.tensor([total, float(count), float(stats.num_points)], dtype=torch.float64))
-        stats.num_points = int(sums[2])
+        sums = self._sum(torch.tensor([float(count), float(stats.num_points)], dtype=torch.float64))
+        stats.num_points = int(sums[1])
         check_num_factors(model.num_factors, stats.num_members, model.num_outputs, model.covariance_type)
-        return stats, float(sums[0]), int(sums[1])
+        return stats, int(sums[0])
 
     # ------------------------------------------------------------------ API
     def step(self, stream: Iterable, observed: Optional[Tensor] = None) -> float:  # type: ignore[override]
@@ -160,7 +157,7 @@ class StreamingEM(EM):
             raise NotImplementedError("observed: masked teachers are not streamed yet; use EM with observed=")
         self._broadcast_parameters()
         if self._stream_stats is None:
-            self._stream_stats = self._pass(stream, with_error=False)[0]
+            self._stream_stats = self._pass(stream)[0]
         stats = self._stream_stats
         self.guide.set_statistics(stats)
         loss = -float(self._log_likelihood(stats).sum())
@@ -168,14 +165,14 @@ class StreamingEM(EM):
             self._expand()
         for xb, fb in stream:
             self._gradient_step(xb, self._check_batch(xb, fb))
-        # σ_f² at the new θ and the next E-step's statistics, in one pass.
-        stats, total, count = self._pass(stream, with_error=True)
-        self._set_noise(total / count)
+        # The next E-step's statistics; σ_f² at the new θ (and the posterior of the old) follows from them.
+        stats, count = self._pass(stream)
+        self._set_noise(float(expected_squared_error_from_statistics(stats, self.guide.posterior, self.model.separable_class_factor)) / count)
         self._stream_stats = stats
         return loss
 
     def evaluate_loss(self, stream: Iterable) -> float:  # type: ignore[override]
         """The negative log marginal likelihood at the current parameters (one pass; no update)."""
-        stats = self._pass(stream, with_error=False)[0]
+        stats = self._pass(stream)[0]
         self.guide.set_statistics(stats)
         return -float(self._log_likelihood(stats).sum())
