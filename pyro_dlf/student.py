@@ -507,7 +507,7 @@ class Student(PyroModule):
                      device, *(("num_samples", num_samples, "use fewer draws (e.g. num_samples=1000)"
                                 + ("" if return_samples else " or a smaller batch_size")) if num_draws else
                                ("max_nodes", max_nodes, "use fewer nodes (the default is 512) or a smaller batch_size")))
-        rule = self.integration_rule(max_nodes).to(dlf.loading_head.weight) if use_rule else None
+        rule = self._rule(max_nodes).to(dlf.loading_head.weight) if use_rule else None
         z = torch.randn((num_draws, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
         levels = torch.randn(num_draws, dtype=dtype, device=device) if self.noise_model is not None else None
         parts = []
@@ -556,10 +556,13 @@ class Student(PyroModule):
         separable one, ``c`` more when a nugget is kept; mathematics §6.1)."""
         if self.task != "classification":
             raise ValueError("integration_rule: regression summaries are closed form; the rule is for classification students")
+        return self._rule(check_int(max_nodes, "max_nodes"))
+
+    def _rule(self, max_nodes: int) -> GaussianRule:
         dlf = self.dlf
         kept_nugget = self.include_nugget or dlf.distance_anchors is not None
         dim = (dlf.num_outputs if dlf.separable else dlf.num_factors) + (dlf.num_outputs if kept_nugget else 0)
-        return gaussian_rule(dim, check_int(max_nodes, "max_nodes"))
+        return gaussian_rule(dim, max_nodes)
 
     def _logit_law(self, x: Tensor, mean: Tensor, loading: Tensor) -> tuple[Tensor, Tensor]:
         r"""The logits at each input as ``μ(x) + B(x) u``, ``u ~ N(0, I_d)`` (mathematics §6.1).

@@ -112,3 +112,12 @@ def test_draws_are_used_only_when_asked():
     torch.testing.assert_close(c.probs, d.probs, atol=1e-15, rtol=0)  # the same draws either way
     assert d.logit_samples.shape == (50, 4, 3)
     assert student.predict(x, return_samples=True).logit_samples.shape == (1000, 4, 3)
+
+
+def test_the_rule_is_named_and_regression_has_none():
+    assert Student(random_dlf(num_outputs="full"), "classification").integration_rule().name == "Gauss–Hermite 8^3"
+    assert Student(random_dlf(num_outputs=3), "classification").integration_rule(27).name == "Gauss–Hermite 3^3"
+    with pytest.raises(ValueError, match="max_nodes must be a positive int"):
+        Student(random_dlf(num_outputs=3), "classification").integration_rule(0)
+    with pytest.raises(ValueError, match="integration_rule: regression summaries are closed form"):
+        Student(random_dlf(), "regression", 3.0, 1.0).integration_rule()
