@@ -25,10 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GaussianRule", "gauss_hermite_rule", "sobol_rule", "scrambled_sobol", "gaussian_rule", "softmax_summary"]
+__all__ = ["GaussianRule", "gauss_hermite_rule", "sobol_rule", "scrambled_sobol", "gaussian_rule", "softmax_summary",
+           "integrate_softmax"]
 
 #: Points per axis beyond which a one-dimensional Gauss–Hermite rule gains nothing here.
 _MAX_POINTS_PER_AXIS = 32
+
+#: Logits evaluated at once by :func:`integrate_softmax` (about 512 KB in float32): temporaries that
+#: stay in the cache and are reused by the allocator cost a fraction of fresh multi-megabyte ones.
+_CHUNK_ELEMENTS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -112,3 +117,22 @@ def softmax_summary(logits: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Te
     log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
     mutual_information = ((p * (log_p - log_probs.unsqueeze(-1))).sum(1) @ weights).clamp_min(0.0)
     return probs, expected + mutual_information, expected, mutual_information
+
+
+def integrate_softmax(mean: Tensor, factor: Tensor, rule: GaussianRule) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""``E softmax(μ + B u)``, ``u ~ N(0, I_d)``, and its entropy decomposition at every input, by ``rule``.
+
+    :param mean: ``μ``, ``(m, c)``.
+    :param factor: ``B``, ``(m, c, d)``.
+    :param rule: nodes and weights in ``mean``'s dtype and device.
+    :return: as :func:`softmax_summary`. The inputs go in chunks of about 2^17 logits (all nodes
+        of a few dozen inputs), one matrix product each for ``μ + B u_k`` at every node.
+    """
+    m, c, d = factor.shape
+    rows = max(1, _CHUNK_ELEMENTS // (c * rule.num_nodes))
+    parts = []
+    for start in range(0, m, rows):
+        mu, loading = mean[start:start + rows], factor[start:start + rows]
+        logits = torch.addmm(mu.reshape(-1, 1), loading.reshape(-1, d), rule.nodes.T).view(mu.shape[0], c, -1)
+        parts.append(softmax_summary(logits, rule.weights))
+    return tuple(torch.cat([part[k] for part in parts]) for k in range(4))

@@ -25,7 +25,7 @@ from pyro_dlf._validation import (PREDICT_FIX, cast_inputs, check_batch_size, ch
 from pyro_dlf.heteroscedastic import HeteroscedasticNoise
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import HeavyTailWarning, inverse_gamma_quantiles
-from pyro_dlf.quadrature import GaussianRule, gaussian_rule, scrambled_sobol, softmax_summary
+from pyro_dlf.quadrature import GaussianRule, gaussian_rule, integrate_softmax, scrambled_sobol, softmax_summary
 from pyro_dlf.student_file import (FORMAT_NAME, FORMAT_VERSION, NOISE_PREFIX, body_record, build_model, build_noise_model,
                                    read_payload, write_payload)
 from pyro_dlf.sufficient_statistics import combine
@@ -532,10 +532,7 @@ class Student(PyroModule):
                     weights = draws.new_full((num_draws,), 1.0 / num_draws)
                     parts.append((*softmax_summary(draws.permute(1, 2, 0), weights), draws if return_samples else None))
                 else:
-                    mean, factor = self._logit_law(xb, mean, loading)
-                    # μ + B u_k at every node in one product, (b·c, d) by (d, K), classes on dimension 1.
-                    logits = torch.addmm(mean.reshape(-1, 1), factor.reshape(-1, factor.shape[-1]), rule.nodes.T)
-                    parts.append((*softmax_summary(logits.view(*mean.shape, -1), rule.weights), None))
+                    parts.append((*integrate_softmax(*self._logit_law(xb, mean, loading), rule), None))
             cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
             if self.task == "classification":
                 return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))
