@@ -1,6 +1,7 @@
 """Cost of the classification predictive against one student forward and against the ensemble it replaces.
 
-Two settings, each timed in one process (one thread, median of 5 after a warm-up); the cost of a network
+Two settings, each timed in one process (one thread; every call timed in turn in each of 15 rounds after a
+warm-up round, medians); the cost of a network
 does not depend on its weights, so the networks keep their random initial weights:
 
 * MNIST: five teacher CNNs (channels 16, 32, width 64) against the images benchmark's full student
@@ -29,15 +30,27 @@ from pyro_dlf.models import DeepLatentFactor
 from pyro_dlf.nn import ConvBody
 
 
-def _median_seconds(fn, repeats: int = 5) -> float:
+def _paragraphs(blocks: list[str]) -> list[str]:
+    """Docstring paragraphs as Markdown: wrapped lines joined, each ``*`` item on its own line."""
+    lines = []
+    for block in blocks:
+        text = " ".join(line.strip() for line in block.splitlines())
+        lines += [("* " + item.strip()) if k else item.strip() for k, item in enumerate(text.split("* ")) if item.strip()] + [""]
+    return lines[:-1]
+
+
+def _interleaved_medians(calls: dict, repeats: int = 15) -> dict:
+    """Median seconds of each call, the calls timed in turn within every round (after one warm-up
+    round): a load that comes and goes then falls on all of them alike, and the ratios stay fair."""
+    times = {name: [] for name in calls}
     with torch.no_grad():
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for round_ in range(repeats + 1):
+            for name, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _student(num_factors: int, body: nn.Module = None, in_features: int = None, body_features: int = None) -> Student:
@@ -46,12 +59,19 @@ def _student(num_factors: int, body: nn.Module = None, in_features: int = None, 
     return Student(dlf, "classification", centered_logits=True)
 
 
-def _row(name: str, student: Student, x: torch.Tensor, ensemble_seconds: float) -> str:
-    forward = _median_seconds(lambda: student.dlf.mean_and_loading(x))
-    rule = _median_seconds(lambda: student.predict(x))
-    draws = _median_seconds(lambda: student.predict(x, 1000))
-    return (f"| {name} | {student.integration_rule().name} | {1e3 * forward:.1f} | {1e3 * rule:.1f} | {1e3 * draws:.1f} | "
-            f"{rule / forward:.2f} | {draws / forward:.1f} | {ensemble_seconds / rule:.2f} | {ensemble_seconds / draws:.2f} |")
+def _rows(ensemble, students: dict, x: torch.Tensor) -> tuple[float, list[str]]:
+    """The ensemble's predictive seconds and one table row per student, all timed in the same rounds."""
+    calls = {"ensemble": ensemble}
+    for name, student in students.items():
+        calls.update({(name, "forward"): lambda s=student: s.dlf.mean_and_loading(x), (name, "rule"): lambda s=student: s.predict(x),
+                      (name, "draws"): lambda s=student: s.predict(x, 1000)})
+    t = _interleaved_medians(calls)
+    rows = []
+    for name, student in students.items():
+        forward, rule, draws, ens = t[(name, "forward")], t[(name, "rule")], t[(name, "draws")], t["ensemble"]
+        rows.append(f"| {name} | {student.integration_rule().name} | {1e3 * forward:.1f} | {1e3 * rule:.1f} | {1e3 * draws:.1f} | "
+                    f"{rule / forward:.2f} | {draws / forward:.1f} | {ens / rule:.2f} | {ens / draws:.2f} |")
+    return t["ensemble"], rows
 
 
 def main() -> None:
@@ -65,20 +85,20 @@ def main() -> None:
     torch.manual_seed(0)
     images = torch.rand(1000, 1, 28, 28)
     cnns = ConvEnsemble((1, 28, 28), 10, 5, (16, 32), 64).eval()
-    cnn_seconds = _median_seconds(lambda: cnns.predict(images))
     cnn_student = _student(4, body=ConvBody(1, (28, 28), (8, 16), 32), body_features=32)
+    cnn_seconds, cnn_rows = _rows(lambda: cnns.predict(images), {"CNN body, full, q = 4": cnn_student}, images)
     lines = ["# Predictive cost: classification students", "",
              "Command: `python benchmarks/scripts/predictive_cost.py --out benchmarks/results/predictive_cost.md`  ",
-             f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} (1 thread); wall time {{wall}} min.", "",
-             __doc__.split("\n\n")[1].replace("\n", " "), "", __doc__.split("\n\n")[2].replace("\n", " "), "",
-             f"## MNIST: 5 CNNs, predictive {1e3 * cnn_seconds:.1f} ms per 1,000 images", "", *header,
-             _row("CNN body, full, q = 4", cnn_student, images, cnn_seconds), ""]
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} (1 thread), load average "
+             f"{os.getloadavg()[0]:.1f} at the start (other jobs share the CPUs above 1); wall time {{wall}} min.", "",
+             *_paragraphs(__doc__.split("\n\n")[1:3]), "",
+             f"## MNIST: 5 CNNs, predictive {1e3 * cnn_seconds:.1f} ms per 1,000 images", "", *header, *cnn_rows, ""]
     inputs = torch.randn(1000, 16)
     mlps = [nn.Sequential(nn.Linear(16, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10)).eval() for _ in range(50)]
-    mlp_seconds = _median_seconds(lambda: prediction_from_probs(torch.stack([m(inputs) for m in mlps]).double().softmax(-1)))
-    lines += [f"## Tabular: 50 MLPs [100, 100], 10 classes, predictive {1e3 * mlp_seconds:.1f} ms per 1,000 inputs", "", *header]
-    for q in (4, 10):
-        lines.append(_row(f"MLP body [50], full, q = {q}", _student(q, in_features=16), inputs, mlp_seconds))
+    mlp_seconds, mlp_rows = _rows(lambda: prediction_from_probs(torch.stack([m(inputs) for m in mlps]).double().softmax(-1)),
+                                  {f"MLP body [50], full, q = {q}": _student(q, in_features=16) for q in (4, 10)}, inputs)
+    lines += [f"## Tabular: 50 MLPs [100, 100], 10 classes, predictive {1e3 * mlp_seconds:.1f} ms per 1,000 inputs", "", *header,
+              *mlp_rows]
     text = "\n".join(lines).replace("{wall}", f"{(time.time() - started) / 60:.1f}") + "\n"
     with open(args.out, "w") as handle:
         handle.write(text)
