@@ -1,6 +1,7 @@
 """Accuracy of the classification predictive's integration rules on the teachers' own logit laws.
 
-At every MNIST test and OOD (Fashion-MNIST) image, the cached teacher CNNs of the images benchmark
+At every test and OOD image (MNIST against Fashion-MNIST, or the reverse with ``--dataset
+fashion-mnist``), the cached teacher CNNs of the images benchmark
 (``pyro-dlf bench images --dataset mnist --seed 0`` writes them to ``benchmarks/cache``) give five
 logit vectors; their mean and the rank-4 factor of their covariance define a Gaussian logit law
 μ + B u, u ~ N(0, I_4), of the realistic scale a distilled full student with q = 4 carries. Each rule
@@ -9,6 +10,8 @@ entropy, mutual information) and the mean absolute error of the mutual informati
 Gauss–Hermite 6^4 reference (1,296 nodes).
 
     python benchmarks/scripts/integration_rules.py --data-dir ../shared/data --out benchmarks/results/integration_rules.md
+    python benchmarks/scripts/integration_rules.py --data-dir ../shared/data --dataset fashion-mnist \
+        --out benchmarks/results/integration_rules_fashion.md
 """
 import argparse
 import math
@@ -44,11 +47,12 @@ def _draws(num: int, dim: int, seed: int) -> GaussianRule:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     started = time.time()
     torch.set_num_threads(1)
-    config = images.ImagesBenchConfig(data_dir=args.data_dir, dataset="mnist", seed=0)
+    config = images.ImagesBenchConfig(data_dir=args.data_dir, dataset=args.dataset, seed=0)
     data = images._load(config)
     teachers, seconds = images._teachers(config, data)
     if seconds:
@@ -67,8 +71,8 @@ def main() -> None:
 
     reference = score(gauss_hermite_rule(4, 6))
     rules = [gaussian_rule(4), gauss_hermite_rule(4, 3), sobol_rule(4, 512), _draws(1000, 4, 0), _draws(1000, 4, 1), _draws(10_000, 4, 0)]
-    lines = ["# Integration rules on the teachers' logit laws (MNIST)", "",
-             "Command: `python benchmarks/scripts/integration_rules.py --data-dir ../shared/data --out benchmarks/results/integration_rules.md`  ",
+    lines = [f"# Integration rules on the teachers' logit laws ({args.dataset})", "",
+             f"Command: `python benchmarks/scripts/integration_rules.py --data-dir ../shared/data --dataset {args.dataset} --out {args.out}`  ",
              f"Machine: {platform.platform()}, 1 thread, torch {torch.__version__}; wall time {{wall:.1f}} min.", "",
              __doc__.split("\n\n")[1].replace("\n", " "), "",
              f"Reference (Gauss–Hermite 6^4): NLL {reference['nll']:.5f}, ECE {reference['ece']:.5f}, AUROC H {reference['auroc_h']:.5f}, "
