@@ -96,7 +96,6 @@ def gaussian_rule(dim: int, max_nodes: int = 512) -> GaussianRule:
     return sobol_rule(dim, max(2, max_nodes - max_nodes % 2))
 
 
-
 def softmax_summary(logits: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""Probabilities and the entropy decomposition from logits at ``K`` nodes (mathematics §6.1).
 
