@@ -22,7 +22,7 @@ import torch
 
 from pyro_dlf import metrics
 from pyro_dlf.bench import images
-from pyro_dlf.quadrature import GaussianRule, gauss_hermite_rule, gaussian_rule, softmax_summary, sobol_rule
+from pyro_dlf.quadrature import GaussianRule, gauss_hermite_rule, gaussian_rule, integrate_softmax, sobol_rule
 
 
 def _laws(logits: torch.Tensor, rank: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,12 +31,6 @@ def _laws(logits: torch.Tensor, rank: int = 4) -> tuple[torch.Tensor, torch.Tens
     mean = values.mean(-1)
     U, S, _ = torch.linalg.svd((values - mean.unsqueeze(-1)) / math.sqrt(values.shape[-1]), full_matrices=False)
     return mean, U[..., :rank] * S[..., None, :rank]
-
-
-def _summary(mean, factor, rule: GaussianRule, batch: int = 256):
-    parts = [softmax_summary(mean[i:i + batch].unsqueeze(-1) + factor[i:i + batch] @ rule.nodes.T, rule.weights)
-             for i in range(0, mean.shape[0], batch)]
-    return [torch.cat([p[j] for p in parts]) for j in range(4)]
 
 
 def _draws(num: int, dim: int, seed: int) -> GaussianRule:
@@ -64,7 +58,7 @@ def main() -> None:
     y = data.image.y_test
 
     def score(rule: GaussianRule) -> dict:
-        test, ood = _summary(*laws["test"], rule), _summary(*laws["ood"], rule)
+        test, ood = integrate_softmax(*laws["test"], rule), integrate_softmax(*laws["ood"], rule)
         return {"probs": test[0], "mi": test[3], "nll": float(metrics.categorical_nll(test[0], y)),
                 "ece": float(metrics.expected_calibration_error(test[0], y)),
                 "auroc_h": metrics.auroc(test[1], ood[1]), "auroc_mi": metrics.auroc(test[3], ood[3])}
