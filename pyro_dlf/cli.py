@@ -364,8 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--stream-sizes", type=_POSITIVE, nargs="+", default=[10_000, 1_000_000, 10_000_000],
                        help="design points m of the streamed EM (teachers evaluated per batch)")
     scale.add_argument("--processes", type=_POSITIVE, default=2, help="processes of the data-parallel run (gloo)")
-    scale.add_argument("--race-budget", type=_fraction, default=120.0,
-                       help="seconds each method of the covariance race (DLF, SVGP, exact GP) may train per size")
+    scale.add_argument("--race-budget", type=_fraction, default=60.0,
+                       help="seconds each method of the covariance race (DLF, deep-kernel GP, SVGP, exact GP) may train per size")
+    scale.add_argument("--race-sizes", type=_POSITIVE, nargs="*", default=[1_000, 10_000, 100_000],
+                       help="design points m of the covariance race (none: skip the race)")
     scale.add_argument("--device", type=_device_name, default="cpu", help="cpu or cuda for the single-process runs")
     scale.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
     scale.add_argument("--name", default="scale", help="file stem of the JSON/Markdown/PNG results")
@@ -403,7 +405,8 @@ _LIBRARY_NAMES: dict[str, dict[str, str]] = {
     "bench images": {"dataset": "--dataset", "teachers": "--teachers", "seed": "--seed"},
     "bench text": {"teachers": "--teachers", "seed": "--seed", "methods": "--methods", "jobs": "--jobs"},
     "bench seqkd": {"epochs": "--epochs", "seed": "--seed"},
-    "bench scale": {"sizes": "--sizes", "processes": "--processes", "race_budget_seconds": "--race-budget", "device": "--device"},
+    "bench scale": {"sizes": "--sizes", "processes": "--processes", "race_budget_seconds": "--race-budget", "race_sizes": "--race-sizes",
+                    "device": "--device"},
     "bench report": {"methods": "--methods", "recomputed": "--recomputed"},
 }
 
@@ -634,7 +637,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
         if check_device(args.device).type == "mps":
             raise ValueError("--device: the scale benchmark runs on cpu or cuda; use --device cpu")
         config = ScaleBenchConfig(sizes=tuple(args.sizes), stream_sizes=tuple(args.stream_sizes), processes=args.processes,
-                                  race_budget_seconds=args.race_budget, device=args.device, progress=not args.no_progress,
+                                  race_sizes=tuple(args.race_sizes), race_budget_seconds=args.race_budget, device=args.device, progress=not args.no_progress,
                                   command=" ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)]))
         json_path, md_path = write_scale_report(run_scale_benchmark(config), args.output_dir, args.name)
         print(f"Wrote {json_path} and {md_path}")

@@ -4,7 +4,9 @@ r"""Distilling from a stream of batches, on one process or on many (``torchrun``
 not held in memory: the design points and the teachers' values arrive as a
 design stream (:mod:`pyro_dlf.data.streams`), and the fit is
 :class:`~pyro_dlf.infer.StreamingEM` (exact E-step from streamed statistics,
-one M-step gradient step per batch, closed-form ``σ_f²``). Under
+by default one M-step gradient step per batch -- the schedule of
+:func:`~pyro_dlf.distill`, one pass of minibatch steps per iteration -- or, with
+``num_m_steps=k``, ``k`` steps on the whole stream's gradient; closed-form ``σ_f²``). Under
 ``torch.distributed`` each process passes its own shard and the processes
 agree on every update (see :mod:`pyro_dlf.infer.streaming`); only rank 0
 shows progress. :func:`init_distributed` starts the process group from the
@@ -212,6 +214,7 @@ def distill_stream(
     hidden: Sequence[int] = (50,),
     loading_hidden: Optional[Sequence[int]] = None,
     num_iterations: int = 100,
+    num_m_steps: Optional[int] = None,
     lr: float = 1e-2,
     lr_decay: float = 0.1,
     warmup: float = 0.1,
@@ -236,7 +239,11 @@ def distill_stream(
     :param covariance: multivariate teachers: ``"full"`` (classification default) or ``"separable"``.
     :param hidden: widths of the MLP body.
     :param loading_hidden: widths of a separate body for the loadings (as :func:`~pyro_dlf.distill`).
-    :param num_iterations: EM iterations (each: two passes over the stream).
+    :param num_iterations: EM iterations.
+    :param num_m_steps: ``None`` (default): one gradient step per batch, one pass per iteration (what
+        :func:`~pyro_dlf.distill` does with its minibatches, here in stream order; one collective per
+        batch under ``torch.distributed``); an integer ``k``: ``k`` steps per iteration, each on the
+        whole stream's gradient (``k`` passes, one collective each; :class:`~pyro_dlf.infer.StreamingEM`).
     :param lr, lr_decay, warmup: Adam's step size and its schedule (as :func:`~pyro_dlf.distill`).
     :param seed: seeds the network initialization (identical on every process).
     :param progress: show a bar over the EM iterations (rank 0 only; ``TQDM_DISABLE`` hides it).
@@ -252,14 +259,14 @@ def distill_stream(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             student = _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden,
-                                      num_iterations, lr, lr_decay, warmup, seed, progress, device, dtype)
+                                      num_iterations, num_m_steps, lr, lr_decay, warmup, seed, progress, device, dtype)
     finally:
         _say_once(caught)
     return student
 
 
 def _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden, num_iterations,
-                    lr, lr_decay, warmup, seed, progress, device, dtype) -> Student:
+                    num_m_steps, lr, lr_decay, warmup, seed, progress, device, dtype) -> Student:
     if isinstance(stream, (Tensor, np.ndarray, str, bytes)) or not isinstance(stream, Iterable):
         raise TypeError(f"stream must be a re-iterable design stream of (x_batch, f_batch) pairs (TensorStream, NpyStream, "
                         f"TeacherStream or a list), got {type(stream).__name__}; for tensors use TensorStream(x, f, batch_size)")
@@ -272,6 +279,8 @@ def _distill_stream(stream, num_factors, teacher_noise_variances, task, covarian
     hidden = check_widths(hidden, "hidden")
     loading_hidden = check_loading_hidden(loading_hidden, False)
     num_iterations = check_int(num_iterations, "num_iterations", 1)
+    num_m_steps = check_int(num_m_steps, "num_m_steps", 1, allow_none=True,
+                            fix="None takes one step per batch, an integer k takes k whole-stream steps per iteration")
     lr = check_real(lr, "lr", 0, fix="Adam's step size, e.g. lr=1e-2")
     lr_decay = check_real(lr_decay, "lr_decay", 0, 1, fix="e.g. lr_decay=0.1")
     warmup = check_real(warmup, "warmup", 0, 1, low_open=False, fix="a fraction of the EM iterations, e.g. warmup=0.1")
@@ -328,7 +337,10 @@ def _distill_stream(stream, num_factors, teacher_noise_variances, task, covarian
         model.output_scale.copy_(survey.f_sd)
     model.set_noise_variance(0.1 * float(survey.f_sd) ** 2)
     optim = scheduled_adam(lr, lr_decay, warmup, num_iterations)
-    em = StreamingEM(model, ExactFactorPosterior(model), optim)
+    if num_m_steps is None:
+        em = StreamingEM(model, ExactFactorPosterior(model), optim, per_batch_steps=True)
+    else:
+        em = StreamingEM(model, ExactFactorPosterior(model), optim, num_m_steps=num_m_steps)
     history: list[float] = []
     count = None
     bar = progress_bar(range(num_iterations), desc="EM (stream)", enabled=progress and is_main_process())

@@ -38,6 +38,10 @@ def test_a_streamed_fit_follows_the_teachers():
     two = distill_stream(TensorStream(x, f, 50), num_factors=3, teacher_noise_variances=v, loading_hidden=(8,), num_iterations=20,
                          progress=False)
     assert two.dlf.loading_hidden == (8,) and two.history[-1] < two.history[0] - 1
+    # Whole-stream M-steps (num_m_steps per iteration, one pass each) fit too, in fewer, larger steps.
+    whole = distill_stream(TensorStream(x, f, 50), num_factors=3, teacher_noise_variances=v, num_m_steps=8, num_iterations=30,
+                           progress=False)
+    assert whole.history[-1] < whole.history[0] - 1
 
 
 def _write(tmp_path):
@@ -129,6 +133,8 @@ def test_stream_inputs_are_checked_before_the_fit():
         distill_stream([(x[:1], f[:, :1])], teacher_noise_variances=v, **options)
     with pytest.raises(ValueError, match=r"lr must be a finite number > 0, got nan"):
         distill_stream(TensorStream(x, f, 10), teacher_noise_variances=v, **{**options, "lr": float("nan")})
+    with pytest.raises(ValueError, match=r"num_m_steps must be None or a positive int, got 0; None takes one step per batch"):
+        distill_stream(TensorStream(x, f, 10), teacher_noise_variances=v, num_m_steps=0, **options)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device='cuda' but torch.cuda.is_available\(\) is False; pass device='cpu'"):
             distill_stream(TensorStream(x, f, 10), teacher_noise_variances=v, device="cuda", **options)

@@ -1,7 +1,7 @@
 """Where one in-memory EM iteration spends its time (the evidence for the bound ratio in scale.md).
 
-The configuration of ``pyro-dlf bench scale`` (synthetic teachers, 1 x 50 body, n = 50, q = 10,
-chunks of 4,096, one thread): median of 5 iterations after a warm-up, then one iteration under
+The configuration of ``pyro-dlf bench scale`` (synthetic teachers, 1 x 50 body, n = 50, q = 10, one
+M-step on all points, one thread): median of 5 iterations after a warm-up, then one iteration under
 cProfile, grouped by what the time does.
 
     python benchmarks/scripts/profile_em_iteration.py 1000000
@@ -20,10 +20,8 @@ from pyro_dlf.infer import EM
 torch.set_num_threads(1)
 m = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 model, guide = scale._model(10, torch.device("cpu"))
-teachers = scale._teacher_functions(50)
-x = scale._inputs(m)
-f = torch.cat([teachers(x[i:i + 65536]) for i in range(0, m, 65536)], 1)
-em = EM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1, batch_size=4096)
+x, f = scale.in_memory_design(m, 50, 4096)
+em = EM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1, batch_size=None)
 em.step(x, f)
 times = []
 for _ in range(5):

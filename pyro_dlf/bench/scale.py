@@ -6,29 +6,37 @@ is that configuration's alone), on synthetic teachers with a known truth:
 * **Teachers**: ``x ~ N(0, I_d)`` (``d = 8``); a random DLF (body 1 × 50,
   ``q_true = 5``) gives ``f_i(x) = μ(x) + Φ(x)^T z_i + σ ε`` with
   ``z_i ~ N(0, I)``, ``σ² = 0.01`` (float32).
-* **In memory** (:class:`~pyro_dlf.infer.EM`): one iteration is the exact
-  E-step over all ``m`` points (statistics streamed in chunks of
-  ``batch_size``) plus one M-step gradient step on a minibatch of
-  ``batch_size`` and the closed-form ``σ_f²`` pass, for a 1 × 50 body and
-  ``q`` factors; the median of ``repeats`` iterations after one warm-up.
+* **In memory** (:class:`~pyro_dlf.infer.EM` with ``num_m_steps=1,
+  batch_size=None``): one iteration is one M-step gradient step on all ``m``
+  points and one pass for the next E-step's statistics (from which the
+  closed-form ``σ_f²`` follows), for a 1 × 50 body and ``q`` factors; the
+  median of ``repeats`` iterations after one warm-up.
   Grid: ``m`` in ``sizes`` at ``n = 50, q = 10``; ``n`` in ``(10, 50, 200)``
   and ``q`` in ``(5, 20)`` at the middle size.
-* **Streamed** (:class:`~pyro_dlf.infer.StreamingEM` on a
-  :class:`~pyro_dlf.data.streams.TeacherStream`: the teachers are evaluated
-  batch by batch and never stored): peak memory and time per iteration at
-  ``stream_sizes``; the iteration is two passes (M-step and statistics).
+* **Streamed** (:class:`~pyro_dlf.infer.StreamingEM` with ``num_m_steps=1``
+  on teachers evaluated batch by batch, ``batch_size`` points at a time, and
+  never stored): the same mathematics as the in-memory iteration -- one step
+  on the whole stream's accumulated gradient, one statistics pass -- so the
+  ratio of the two at equal ``m`` is the cost of streaming; peak memory and
+  time per iteration at ``stream_sizes``. The in-memory rows are built from
+  the same batches, so both see the same design points and teacher values
+  (each batch's observation noise is fixed by its position, so every pass
+  sees the same values).
 * **Processes**: the streamed iteration at the largest streamed size on 1 and
-  on 2 processes (``torch.multiprocessing`` with gloo), each process its shard.
+  on 2 processes (``torch.multiprocessing`` with gloo), each process its shard
+  (one gradient all-reduce per M-step, four for the statistics).
 * **Limits**: the bytes of teacher values one iteration must read (``4·n·m``,
-  twice: statistics and ``σ_f²``), against the memory bandwidth measured on
-  this machine (a large ``sum``), and the body's forward flops
-  (``2·m·(d·50 + 50·(1 + q))``) against the measured matmul rate; the ratio of
-  measured time to that bound is reported.
+  twice: the M-step and the statistics pass), against the memory bandwidth
+  measured on this machine (a large ``sum``), and the body's flops (one
+  forward pass ``2·m·(d·50 + 50·(1 + q))`` for the statistics, and a forward
+  and a backward pass, counted as three, for the M-step) against the measured
+  matmul rate; the ratio of measured time to that bound is reported.
 * **Prediction**: ``S`` draws of the student at 1,000 inputs against ``n``
   forwards of a teacher ensemble (2 × 100 MLPs).
-* **Covariance race** (:mod:`pyro_dlf.bench.covariance_race`): the DLF,
-  GPyTorch's SVGP (``q`` inducing points) and its exact GP fitting the same
-  teachers' covariance, each for ``race_budget_seconds`` at ``race_sizes``.
+* **Covariance race** (:mod:`pyro_dlf.bench.covariance_race`): the DLF, a
+  deep-kernel GP of the same network, GPyTorch's SVGP (``q`` inducing points)
+  and its exact GP fitting the same teachers' covariance, each for
+  ``race_budget_seconds`` of training at ``race_sizes``, scored on one clock.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import torch
 from pyro_dlf import __version__
 from pyro_dlf._files import atomic_write
 
-__all__ = ["ScaleBenchConfig", "run_scale_benchmark", "write_scale_report", "measure"]
+__all__ = ["ScaleBenchConfig", "in_memory_design", "measure", "run_scale_benchmark", "write_scale_report"]
 
 _D, _Q_TRUE, _HIDDEN = 8, 5, 50
 
@@ -64,11 +72,8 @@ class ScaleBenchConfig:
     batch_size: int = 4096
     repeats: int = 3
     processes: int = 2
-    num_samples: int = 1000
     race_sizes: tuple = (1_000, 10_000, 100_000)
-    # SVGP's best covariance error came 4–6 s into a 300 s budget at every size, and got worse
-    # after it (benchmarks/results/scale.md); 120 s leaves a wide margin.
-    race_budget_seconds: float = 120.0
+    race_budget_seconds: float = 60.0
     device: str = "cpu"
     timeout_seconds: float = 1800.0
     progress: bool = True
@@ -83,15 +88,18 @@ def _truth(seed: int = 0):
 
 
 def _teacher_functions(n: int, seed: int = 1):
+    """The ``n`` teachers as one function ``values(x, key) -> (n, len(x))``; the observation noise is
+    drawn from a generator seeded by ``key`` (a batch's first index), so a batch has the same values
+    on every pass over a stream."""
     truth = _truth()
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, _Q_TRUE, generator=g)
+    z = torch.randn(n, _Q_TRUE, generator=torch.Generator().manual_seed(seed))
 
-    def values(x: torch.Tensor) -> torch.Tensor:
+    def values(x: torch.Tensor, key: int) -> torch.Tensor:
         with torch.no_grad():
             mean, loading = truth.mean_and_loading(x.cpu())
             f = mean + z @ loading.T
-            return (f + 0.1 * torch.randn(f.shape, generator=g)).to(x.device)
+            noise = torch.randn(f.shape, generator=torch.Generator().manual_seed(1_000_003 * seed + key))
+            return (f + 0.1 * noise).to(x.device)
 
     return values
 
@@ -144,27 +152,31 @@ def measure(kind: str, m: int, n: int, q: int, batch_size: int, repeats: int, de
     torch.set_num_threads(1)
     dev = torch.device(device)
     model, guide = _model(q, dev)
-    teachers = _teacher_functions(n)
     before = _peak_rss_mib()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if kind == "memory":
-        x = _inputs(m)
-        f = torch.cat([teachers(x[s:s + 65536]) for s in range(0, m, 65536)], 1)
-        x, f = x.to(dev), f.to(dev)
-        em = EM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1, batch_size=batch_size)
+        x, f = (t.to(dev) for t in in_memory_design(m, n, batch_size))
+        em = EM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1, batch_size=None)
         seconds = _time(lambda: em.step(x, f), repeats, dev)
     elif kind == "stream":
         starts = range(rank * batch_size, m, batch_size * world_size)
-        batches = _LazyBatches(starts, batch_size, m, dev)
-        stream = _Stream(batches, teachers)
-        em = StreamingEM(model, guide, pyro.optim.Adam({"lr": 1e-3}))
+        stream = _Stream(_LazyBatches(starts, batch_size, m, dev), _teacher_functions(n))
+        em = StreamingEM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1)
         seconds = _time(lambda: em.step(stream), repeats, dev)
     else:
         raise ValueError(f"kind must be 'memory' or 'stream', got {kind!r}")
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _peak_rss_mib()
     return {"kind": kind, "m": m, "n": n, "q": q, "seconds": seconds, "peak_mib": peak, "baseline_mib": before,
             "device": device, "processes": world_size}
+
+
+def in_memory_design(m: int, n: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The streamed design's ``m`` points and ``n`` teachers' values as two tensors ``(m, d)``, ``(n, m)``
+    (the same batches, joined)."""
+    stream = _Stream(_LazyBatches(range(0, m, batch_size), batch_size, m, torch.device("cpu")), _teacher_functions(n))
+    xs, fs = zip(*stream)
+    return torch.cat(xs), torch.cat(fs, 1)
 
 
 class _LazyBatches:
@@ -176,7 +188,7 @@ class _LazyBatches:
     def __iter__(self):
         for start in self.starts:
             size = min(self.batch_size, self.m - start)
-            yield torch.randn(size, _D, generator=torch.Generator().manual_seed(10_000 + start)).to(self.device)
+            yield start, torch.randn(size, _D, generator=torch.Generator().manual_seed(10_000 + start)).to(self.device)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -189,8 +201,8 @@ class _Stream:
         self.batches, self.teachers = batches, teachers
 
     def __iter__(self):
-        for xb in self.batches:
-            yield xb, self.teachers(xb)
+        for start, xb in self.batches:
+            yield xb, self.teachers(xb, start)
 
 
 def _subprocess(args: dict, timeout: float) -> dict:
@@ -256,14 +268,16 @@ def _limits(n: int, m: int, q: int) -> dict:
     for _ in range(5):
         a @ b
     flops = 5 * 2 * 2048 * 512 * 512 / (time.perf_counter() - start)
-    bytes_read = 2 * 4 * n * m  # teacher values, read by the statistics pass and by the σ_f² pass
-    forward = 2 * 2 * m * (_D * _HIDDEN + _HIDDEN * (1 + q))  # two body passes per iteration
+    bytes_read = 2 * 4 * n * m  # teacher values, read by the M-step and by the statistics pass
+    # The statistics pass's forward, and the M-step's forward and backward (about twice a forward).
+    forward = 4 * 2 * m * (_D * _HIDDEN + _HIDDEN * (1 + q))
     return {"bandwidth_gb_s": bandwidth / 1e9, "matmul_gflop_s": flops / 1e9,
-            "bound_seconds": bytes_read / bandwidth + forward / flops, "bytes_read": bytes_read, "forward_flops": forward}
+            "bound_seconds": bytes_read / bandwidth + forward / flops, "bytes_read": bytes_read, "flops": forward}
 
 
-def _predictive(n: int, num_samples: int) -> dict:
-    """Seconds to predict 1,000 inputs: the student's ``S``-draw predictive against ``n`` teacher forwards."""
+def _predictive(n: int) -> dict:
+    """Seconds to predict 1,000 inputs: the student's predictive (closed form for regression) against ``n``
+    teacher forwards."""
     from torch import nn
 
     from pyro_dlf import Student
@@ -280,8 +294,8 @@ def _predictive(n: int, num_samples: int) -> dict:
             return torch.stack([member(x) for member in members])
 
     device = torch.device("cpu")
-    return {"student_seconds": _time(lambda: student.predict(x, num_samples), 3, device),
-            "teacher_seconds": _time(ensemble, 3, device), "teachers": n, "num_samples": num_samples}
+    return {"student_seconds": _time(lambda: student.predict(x), 3, device),
+            "teacher_seconds": _time(ensemble, 3, device), "teachers": n}
 
 
 def run_scale_benchmark(config: ScaleBenchConfig) -> dict:
@@ -309,9 +323,10 @@ def run_scale_benchmark(config: ScaleBenchConfig) -> dict:
     limits = _limits(50, max(config.sizes), 10)
     from pyro_dlf.bench.covariance_race import covariance_race
 
-    race = [covariance_race(m, budget_seconds=config.race_budget_seconds) for m in config.race_sizes]
+    race = [covariance_race(m, budget_seconds=config.race_budget_seconds)
+            for m in progress_bar(config.race_sizes, desc="covariance race", enabled=config.progress, leave=True)]
     return {"benchmark": "scale", "command": config.command, "config": asdict(config), "rows": rows, "parallel": parallel,
-            "limits": limits, "race": race, "predictive": [_predictive(n, config.num_samples) for n in config.teachers],
+            "limits": limits, "race": race, "predictive": [_predictive(n) for n in config.teachers],
             "versions": {"pyro_dlf": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": config.device,
                         "gpu": torch.cuda.get_device_name(0) if config.device.startswith("cuda") else None},
@@ -362,26 +377,16 @@ def write_scale_report(result: dict, output_dir: str, name: str = "scale") -> tu
         lines.append(f"- within 3× of the bandwidth/flop bound at m = {big['m']:,}: {'met' if ratio <= 3 else '**not met**'} "
                      f"({big['seconds']:.3g} s against {limits['bound_seconds']:.3g} s: {ratio:.1f}×; bandwidth "
                      f"{limits['bandwidth_gb_s']:.1f} GB/s, matmul {limits['matmul_gflop_s']:.1f} GFLOP/s)")
-    race = result.get("race", [])
-    if race:
-        lines += ["", "## Fitting the teachers' covariance: DLF against GPyTorch's SVGP and exact GP", "",
-                  f"Relative Frobenius error of each fit's covariance at 200 held-out inputs against the truth, best within "
-                  f"{race[0]['budget_seconds']:.0f} s per method (n = {race[0]['n']} teachers, q = {race[0]['q']} factors = "
-                  "inducing points; exact GP only while its m × m Cholesky fits).", "",
-                  "| m | DLF | SVGP | exact GP | SVGP: s to its best | DLF: s to SVGP's best | speed-up |", "|---|---|---|---|---|---|---|"]
-        for r in race:
-            e = r["best_error"]
-            cell = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"  # noqa: E731
-            lines.append(f"| {r['m']:,} | {cell(e['DLF'])} | {cell(e['SVGP'])} | {cell(e['exact GP'])} | "
-                         f"{cell(r['svgp_seconds_to_its_best'])} | {cell(r['dlf_seconds_to_svgp_best'])} | {cell(r['speedup'])} |")
-        done = [r["speedup"] for r in race if r["speedup"] is not None]
-        if done:
-            lines.append("")
-            lines.append(f"- DLF ≥ 10× faster than SVGP to the same held-out covariance error: "
-                         f"{'met' if min(done) >= 10 else '**not met**'} (speed-ups {', '.join(f'{v:.1f}×' for v in done)})")
-    lines += ["", "## Prediction at 1,000 inputs", "", "| teachers n | student S draws (s) | teacher ensemble (s) |", "|---|---|---|"]
+    memory = {r["m"]: r["seconds"] for r in rows if r["kind"] == "memory" and r["n"] == 50 and r["q"] == 10 and "seconds" in r}
+    both = sorted(set(memory) & {m for m, r in stream.items() if "seconds" in r})
+    if both:
+        lines.append("- streamed against in-memory iteration (the same mathematics, the same data): "
+                     + ", ".join(f"{stream[m]['seconds'] / memory[m]:.2f}× at m = {m:,}" for m in both))
+    lines += _race_lines(result.get("race", []), name)
+    lines += ["", "## Prediction at 1,000 inputs", "", "| teachers n | student predict, closed form (s) | teacher ensemble (s) |",
+              "|---|---|---|"]
     for p in result["predictive"]:
-        lines.append(f"| {p['teachers']} | {p['student_seconds']:.4g} ({p['num_samples']} draws) | {p['teacher_seconds']:.4g} |")
+        lines.append(f"| {p['teachers']} | {p['student_seconds']:.4g} | {p['teacher_seconds']:.4g} |")
     lines += ["", f"![scaling]({name}.png)", ""]
     atomic_write(md_path, lambda fh: fh.write("\n".join(lines)))
     import matplotlib
@@ -399,8 +404,50 @@ def write_scale_report(result: dict, output_dir: str, name: str = "scale") -> tu
     axes[0].set(xlabel="design points m", ylabel="seconds per EM iteration")
     axes[1].set(xlabel="design points m", ylabel="peak memory (MiB)")
     for ax in axes:
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     atomic_write(os.path.join(output_dir, f"{name}.png"), lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
     plt.close(fig)
+    race = result.get("race", [])
+    if race:
+        fig, axes = plt.subplots(1, len(race), figsize=(4.2 * len(race), 3.8), squeeze=False)
+        for ax, r in zip(axes[0], race):
+            for method, curve in r["curves"].items():
+                trained = [(t, e) for t, e in curve if t > 0]
+                if trained:
+                    ax.loglog([t for t, _ in trained], [e for _, e in trained], label=method)
+            ax.set(title=f"m = {r['m']:,}", xlabel="training seconds", ylabel="covariance error (relative Frobenius)")
+        axes[0][0].legend()
+        fig.tight_layout()
+        atomic_write(os.path.join(output_dir, f"{name}_race.png"), lambda fh: fig.savefig(fh, format="png", dpi=110), binary=True)
+        plt.close(fig)
     return json_path, md_path
+
+
+def _race_lines(race: list[dict], name: str) -> list[str]:
+    """The covariance race as tables: each method's error at the checkpoints, and who leads at each."""
+    if not race:
+        return []
+    first = race[0]
+    lines = ["", "## Fitting the teachers' covariance, on one clock: DLF, deep-kernel GP, SVGP, exact GP", "",
+             f"Relative Frobenius error of each method's covariance at 200 held-out inputs against the truth, after the given "
+             f"seconds of training (the fit it holds then; the clock pauses while it is scored); n = {first['n']} teachers, "
+             f"q = {first['q']} factors (= inducing points), {first['budget_seconds']:.0f} s each; every method starts from "
+             "random weights in the teachers' standardized units, Adam with step size 0.01; the exact GP only while its "
+             "m × m Cholesky fits.", ""]
+    cell = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"  # noqa: E731
+    for r in race:
+        marks = r["checkpoints"]
+        lines += [f"m = {r['m']:,}:", "", "| method | " + " | ".join(f"{t:g} s" for t in marks) + " |",
+                  "|---|" + "---|" * len(marks)]
+        for method, errors in r["error_at"].items():
+            lines.append(f"| {method} | " + " | ".join(cell(e) for e in errors) + " |")
+        leaders = []
+        for k, t in enumerate(marks):
+            held = {method: errors[k] for method, errors in r["error_at"].items() if errors[k] is not None}
+            leaders.append(f"{t:g} s: {min(held, key=held.get)}" if held else f"{t:g} s: –")
+        lines += ["", "Lowest error — " + "; ".join(leaders) + f". The {r['n']} teachers' own sample covariance at the "
+                  f"held-out inputs: {r['sample_covariance_error']:.3g}.", ""]
+    lines.append(f"![covariance race]({name}_race.png)")
+    return lines

@@ -26,7 +26,11 @@ from pyro_dlf.sufficient_statistics import (
     observed_count,
 )
 
-__all__ = ["EM", "expected_complete_nll"]
+__all__ = ["CHUNK_VALUES", "EM", "expected_complete_nll"]
+
+#: Teacher values per chunk of a pass over all design points when no ``batch_size`` bounds it
+#: (``2¹⁸``: its float64 temporaries stay within a CPU's cache-sized working set).
+CHUNK_VALUES = 1 << 18
 
 
 def expected_complete_nll(model: DeepLatentFactor, guide: ExactFactorPosterior, x: Tensor, f: Tensor,
@@ -91,7 +95,9 @@ class EM:
     :param loss: ``loss(model, guide, x_batch, f_batch) -> Tensor``, the M-step
         objective; default :func:`expected_complete_nll`.
     :param num_m_steps: gradient steps per iteration.
-    :param batch_size: design points per minibatch (default: all of them).
+    :param batch_size: design points per minibatch, and per chunk of the statistics pass (default: all
+        of them per step, each step's gradient and each pass computed in chunks of about
+        :data:`CHUNK_VALUES` teacher values; mathematics §4.6).
     :param estep: ``"exact"`` (default) or ``"minibatch"``.
     :param mstep: ``"gradient"`` (default) or ``"linear_heads"``.
     :param noise_floor: lower bound of ``σ_f^2`` relative to ``model.output_scale ** 2``
@@ -171,6 +177,15 @@ class EM:
     def _params(self) -> list[Tensor]:
         noise = self.model.noise_variance_unconstrained
         return [p for p in self.model.parameters() if p.requires_grad and p is not noise]
+
+    def _chunk(self, f: Tensor) -> int:
+        """Design points per chunk of a pass over all of them: ``batch_size`` when given (the user's memory
+        bound, e.g. for an image body), else about :data:`CHUNK_VALUES` teacher values, so that a pass
+        works in cache-sized pieces instead of on ``(n, m)`` temporaries."""
+        if self.batch_size is not None:
+            return self.batch_size
+        per_point = f[:, :1].numel()  # teachers × outputs at one point
+        return max(1, CHUNK_VALUES // max(per_point, 1))
 
     def _checksums(self, x: Tensor, f: Tensor) -> list[float]:
         """A checksum of each data tensor: ``Σ_j w_j Σ_k t_{jk} u_k`` with fixed random weights.
@@ -259,7 +274,7 @@ class EM:
         key = self._fingerprint(x, f, sums)
         if self._cache is not None and self._same(self._cache[0], key):
             return self._cache[1]
-        stats = self.model.statistics(x, f, self.batch_size, self._mask())
+        stats = self.model.statistics(x, f, self._chunk(f), self._mask())
         self._cache = (key, stats)
         return stats
 
@@ -273,7 +288,7 @@ class EM:
     def _noise_update(self, x: Tensor, f: Tensor, sums: Optional[list[float]] = None) -> None:
         """Closed-form ``σ_f^2``: mean expected squared residual at the new θ (``sums``: the
         data's checksums, when the caller has them)."""
-        model, size = self.model, self.batch_size or x.shape[0]
+        model, size = self.model, self._chunk(f)
         total = 0.0
         with torch.no_grad():
             L = model.separable_class_factor
@@ -366,6 +381,26 @@ class EM:
         post.covariance = inv @ post.covariance @ inv.T
 
     def _gradient_step(self, xb: Tensor, fb: Tensor, ob: Optional[Tensor] = None) -> None:
+        """One optimizer step on the objective of one minibatch."""
+        self._apply_gradients(self._backward(xb, fb, ob))
+
+    def _full_step(self, x: Tensor, f: Tensor) -> None:
+        """One optimizer step on all design points. The default objective is a mean over observed values,
+        so its gradient is the count-weighted sum of its chunks' gradients: it is accumulated chunk by
+        chunk (the same step, in cache-sized pieces). A user's ``loss`` is called once on all points."""
+        if self.loss is not expected_complete_nll:
+            self._gradient_step(x, f, self._mask())
+            return
+        size, total, params = self._chunk(f), max(self._count(f), 1), []
+        for start in range(0, x.shape[0], size):
+            part = slice(start, start + size)
+            fb, ob = f[:, part], self._mask(part)
+            params = self._backward(x[part], fb, ob, scale=observed_count(fb, ob) / total)
+        self._apply_gradients(params)
+
+    def _backward(self, xb: Tensor, fb: Tensor, ob: Optional[Tensor] = None, scale: float = 1.0) -> list[Tensor]:
+        """Add ``scale`` times the gradient of the minibatch objective to the parameters' ``.grad``;
+        returns the parameters it reaches."""
         # As SVI does: trace the loss for its param sites, so every parameter is registered in
         # Pyro's param store under its name and the PyroOptim keeps one state per named parameter
         # (optim.get_state() / save() / load() then work); σ_f² has its own closed-form update.
@@ -383,7 +418,11 @@ class EM:
         noise = self.model.noise_variance_unconstrained
         params = [site["value"].unconstrained() for site in tape.trace.nodes.values()]
         params = [p for p in params if p is not noise and p.requires_grad] or self._params()
-        loss.backward()
+        (loss if scale == 1.0 else loss * scale).backward()
+        return params
+
+    def _apply_gradients(self, params: list[Tensor]) -> None:
+        """The optimizer step on the gradients in ``.grad`` (reduced over processes first); clears them."""
         self._reduce_gradients(params)
         self.optim(params)
         for p in params:
@@ -461,7 +500,9 @@ class EM:
             if self.mstep == "linear_heads":
                 self._linear_heads(x, f)
             else:
-                for idx in self._batches(x.shape[0], self.num_m_steps):
+                for _ in range(self.num_m_steps) if self.batch_size is None else ():
+                    self._full_step(x, f)
+                for idx in self._batches(x.shape[0], self.num_m_steps) if self.batch_size is not None else ():
                     self._gradient_step(x[idx], f[:, idx], self._mask(idx))
         else:
             loss = 0.0

@@ -8,22 +8,32 @@ batches), so the teacher values never need to exist as one ``(n, m)`` tensor:
    ``Σ_j ‖r_ij‖²`` (mathematics §3) are sums over design points, accumulated batch by
    batch; the posterior of every teacher's factors follows in closed form.
    (They come from the previous iteration's last pass, as in ``EM``.)
-2. **M-step for θ**: one gradient step per batch of the stream, on the
-   expected complete-data negative log-likelihood (one pass);
+2. **M-step for θ**: ``num_m_steps`` optimizer steps, each on the gradient of the
+   expected complete-data negative log-likelihood of the *whole* stream,
+   accumulated over one pass (each batch's per-scalar objective weighted by its
+   share of the scalars). This is the mathematics of ``EM(..., num_m_steps=k,
+   batch_size=None)``: the same objective, the same steps, up to the order of
+   floating-point sums. With ``per_batch_steps=True`` the M-step is instead one
+   pass of one step per batch (stochastic minibatch steps in stream order, as
+   ``EM(..., batch_size=b)`` takes them in shuffled order).
 3. **M-step for σ_f²** and the next E-step's statistics: one more pass at the
    new θ.
 
-So an iteration is two passes over the stream, and memory is that of one
-batch plus ``O(n q²)``.
+So an iteration is ``num_m_steps + 1`` passes over the stream (two with
+``per_batch_steps=True``), and memory is that of one batch plus ``O(n q²)``.
 
 **Several processes** (``torch.distributed`` initialized, e.g. by ``torchrun``;
 gloo on CPU, NCCL on GPU): each process streams its own shard of the design
 points (:meth:`~pyro_dlf.data.streams.TensorStream.shard`); the statistics and
 the ``σ_f²`` sums are all-reduced, so every process computes the same
-posterior, the same PX-EM step and the same ``σ_f²``; the gradients of each
-M-step batch are averaged over processes before the optimizer step (what
-``DistributedDataParallel`` does), so with equal shard batches the iteration
-is the single-process one on the union of the shards' batches. Parameters are
+posterior, the same PX-EM step and the same ``σ_f²``. Each M-step's gradient is
+all-reduced once (summed: each process has weighted its batches by their share
+of *all* processes' scalars), so the fit is the single-process fit on the union
+of the shards and an iteration costs ``num_m_steps + 2`` collectives whatever
+the number of batches. With ``per_batch_steps=True`` each batch's gradient is
+averaged over processes before its step (what ``DistributedDataParallel``
+does): one collective per batch, and with equal shard batches the iteration is
+the single-process one on the union of the shards' batches. Parameters are
 broadcast from rank 0 at the first step. Every process must yield the same
 number of batches (checked at the first pass); collective operations time out
 after the process group's ``timeout``, so a crashed process ends the job with
@@ -40,7 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pyro_dlf._validation import check_dtype, check_num_factors, check_teacher_values
+from pyro_dlf._validation import check_dtype, check_flag, check_num_factors, check_teacher_values
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.em import EM
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
@@ -55,21 +65,29 @@ class StreamingEM(EM):
     :param model: a :class:`~pyro_dlf.models.DeepLatentFactor`.
     :param guide: its :class:`~pyro_dlf.guides.ExactFactorPosterior`.
     :param optim: a :class:`pyro.optim.PyroOptim`, as for SVI.
-    :param loss: the M-step objective (default :func:`~pyro_dlf.infer.expected_complete_nll`).
+    :param loss: the M-step objective (default :func:`~pyro_dlf.infer.expected_complete_nll`), a
+        mean over a batch's scalars (the whole stream's objective is their count-weighted mean).
+    :param num_m_steps: optimizer steps per iteration, each on the whole stream's gradient (one pass each),
+        as ``EM(num_m_steps=..., batch_size=None)``; ignored with ``per_batch_steps=True``.
+    :param per_batch_steps: take one step per batch instead (one pass per iteration; stochastic minibatch
+        steps in stream order, one collective per batch under ``torch.distributed``).
     :param noise_floor: lower bound of ``σ_f²`` relative to ``model.output_scale ** 2``.
     :param expand: the parameter-expanded EM step after each E-step.
     :param process_group: the ``torch.distributed`` group (default: the world, when initialized).
     """
 
     def __init__(self, model: DeepLatentFactor, guide: ExactFactorPosterior, optim: pyro.optim.PyroOptim,
-                 loss: Optional[Callable[..., Tensor]] = None, *, noise_floor: float = 1e-6, expand: bool = True,
-                 process_group=None) -> None:
-        super().__init__(model, guide, optim, loss, num_m_steps=1, batch_size=None, noise_floor=noise_floor, expand=expand)
+                 loss: Optional[Callable[..., Tensor]] = None, *, num_m_steps: int = 10, per_batch_steps: bool = False,
+                 noise_floor: float = 1e-6, expand: bool = True, process_group=None) -> None:
+        super().__init__(model, guide, optim, loss, num_m_steps=num_m_steps, batch_size=None, noise_floor=noise_floor, expand=expand)
+        self.per_batch_steps = check_flag(per_batch_steps, "per_batch_steps")
         self.distributed = dist.is_available() and dist.is_initialized()
         self.group = process_group
         self._stream_stats: Optional[FactorStatistics] = None
+        self._stream_count: Optional[int] = None
         self._num_batches: Optional[int] = None
         self._synced = False
+        self._summing = False  # gradients already weighted by their share of all processes' scalars
 
     # ---------------------------------------------------------- collectives
     @property
@@ -89,14 +107,15 @@ class StreamingEM(EM):
         if not self.distributed:
             return
         # One all-reduce per dtype (as DDP buckets them): a collective's latency, not its size,
-        # dominates at these parameter counts, and there is one per minibatch.
+        # dominates at these parameter counts.
         buckets: dict = {}
         for p in params:
             buckets.setdefault((p.dtype, p.device), []).append(p)
         for group in buckets.values():
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-            flat /= self.world_size
+            if not self._summing:
+                flat /= self.world_size
             for p, part in zip(group, flat.split([p.numel() for p in group])):
                 p.grad = part.view_as(p)
 
@@ -149,26 +168,44 @@ class StreamingEM(EM):
         check_num_factors(model.num_factors, stats.num_members, model.num_outputs, model.covariance_type)
         return stats, int(sums[0])
 
+    def _accumulated_step(self, stream: Iterable, count: int) -> None:
+        """One optimizer step on the whole stream's objective: the batches' gradients, each weighted
+        by its share of the ``count`` scalars of all processes, summed over one pass and over processes."""
+        params: list[Tensor] = []
+        for xb, fb in stream:
+            fb = self._check_batch(xb, fb)
+            params = self._backward(xb, fb, scale=fb.numel() / count)
+        self._summing = True
+        try:
+            self._apply_gradients(params)
+        finally:
+            self._summing = False
+
     # ------------------------------------------------------------------ API
     def step(self, stream: Iterable, observed: Optional[Tensor] = None) -> float:  # type: ignore[override]
-        """One EM iteration over ``stream`` (two passes); returns the negative log marginal likelihood
-        (summed over teachers and over all processes' design points) before the update."""
+        """One EM iteration over ``stream`` (``num_m_steps + 1`` passes, or two with ``per_batch_steps``);
+        returns the negative log marginal likelihood (summed over teachers and over all processes'
+        design points) before the update."""
         if observed is not None:
             raise NotImplementedError("observed: masked teachers are not streamed yet; use EM with observed=")
         self._broadcast_parameters()
         if self._stream_stats is None:
-            self._stream_stats = self._pass(stream)[0]
+            self._stream_stats, self._stream_count = self._pass(stream)
         stats = self._stream_stats
         self.guide.set_statistics(stats)
         loss = -float(self._log_likelihood(stats).sum())
         if self.expand:
             self._expand()
-        for xb, fb in stream:
-            self._gradient_step(xb, self._check_batch(xb, fb))
+        if self.per_batch_steps:
+            for xb, fb in stream:
+                self._gradient_step(xb, self._check_batch(xb, fb))
+        else:
+            for _ in range(self.num_m_steps):
+                self._accumulated_step(stream, self._stream_count)
         # The next E-step's statistics; σ_f² at the new θ (and the posterior of the old) follows from them.
         stats, count = self._pass(stream)
         self._set_noise(float(expected_squared_error_from_statistics(stats, self.guide.posterior, self.model.separable_class_factor)) / count)
-        self._stream_stats = stats
+        self._stream_stats, self._stream_count = stats, count
         return loss
 
     def evaluate_loss(self, stream: Iterable) -> float:  # type: ignore[override]

@@ -11,15 +11,31 @@ from pyro_dlf.guides import ExactFactorPosterior
 from pyro_dlf.infer import EM, StreamingEM
 
 from distributed_workers import fit as _fit
-from distributed_workers import free_port, small_model, streaming_worker
+from distributed_workers import SCHEDULES, free_port, small_model, streaming_worker
 from synthetic import synthetic_teachers
 
 
-def test_streaming_em_is_the_in_memory_em_with_one_gradient_step_per_batch():
+def test_streaming_em_is_the_in_memory_em_on_the_whole_stream():
+    """The default M-step: each step on the gradient of the whole stream (accumulated over its batches),
+    which is ``EM(batch_size=None)``'s step; the two differ only in the order of float64 sums."""
+    _, x, f = synthetic_teachers(12, 96, seed=3)
+    x, f = x.double(), f.double()
+    streamed, losses = _fit(StreamingEM, TensorStream(x, f, batch_size=32), 5, num_m_steps=3)
+    in_memory, reference = _fit(EM, (x, f), 5, num_m_steps=3, batch_size=None)
+    assert losses == pytest.approx(reference, rel=1e-10)
+    for a, b in zip(streamed.parameters(), in_memory.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # Batch sizes that do not divide the points: the batches weigh by their share of the values.
+    uneven, _ = _fit(StreamingEM, TensorStream(x, f, batch_size=40), 5, num_m_steps=3)
+    for a, b in zip(uneven.parameters(), in_memory.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_per_batch_steps_are_the_in_memory_em_with_one_gradient_step_per_batch():
     _, x, f = synthetic_teachers(12, 96, seed=3)
     x, f = x.double(), f.double()
     stream = TensorStream(x, f, batch_size=32)
-    streamed, losses = _fit(StreamingEM, stream, 5)
+    streamed, losses = _fit(StreamingEM, stream, 5, per_batch_steps=True)
     pyro.clear_param_store()
     model = small_model(0)
     em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), num_m_steps=3, batch_size=32)
@@ -28,6 +44,8 @@ def test_streaming_em_is_the_in_memory_em_with_one_gradient_step_per_batch():
     assert losses == pytest.approx(reference, rel=1e-10)
     for a, b in zip(streamed.parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="per_batch_steps must be True or False"):
+        StreamingEM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), per_batch_steps="yes")
 
 
 def test_streams_from_files_and_from_callables_match_the_tensor_stream(tmp_path):
@@ -69,16 +87,21 @@ def test_a_stream_that_changes_between_passes_is_refused():
         _fit(StreamingEM, Shrinking(), 1)
 
 
-def test_two_gloo_processes_fit_what_one_process_fits_on_the_union_of_their_batches(tmp_path):
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_two_gloo_processes_fit_what_one_process_fits_on_the_union_of_their_batches(tmp_path, schedule):
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(streaming_worker, args=(2, free_port(), out, False), nprocs=2, join=True)
+    mp.spawn(streaming_worker, args=(2, free_port(), out, False, schedule), nprocs=2, join=True)
     result = torch.load(out, weights_only=True)
     _, x, f = synthetic_teachers(12, 96, seed=3)
     # One process, global batch k = the union of both shards' batch k = rows [32k, 32k + 32).
-    single, losses = _fit(StreamingEM, TensorStream(x.double(), f.double(), 32), 4, seed=0)
+    single, losses = _fit(StreamingEM, TensorStream(x.double(), f.double(), 32), 4, seed=0, **SCHEDULES[schedule])
     assert result["losses"] == pytest.approx(losses, rel=1e-9)
     for name, value in single.state_dict().items():
         torch.testing.assert_close(result["state"][name], value, rtol=1e-6, atol=1e-8)
+    # Collectives per iteration: the statistics pass's four (three sums of statistics and the counts),
+    # then one per M-step -- two accumulated steps, or one per batch.
+    steps = SCHEDULES[schedule].get("num_m_steps") or result["batches"]
+    assert result["batches"] == 3 and result["all_reduces"] == 4 + steps
 
 
 def test_a_crashed_process_ends_the_job_with_its_error_instead_of_a_hang(tmp_path):
