@@ -15,12 +15,13 @@ import pyro.optim
 import torch
 
 from pyro_dlf.bench import scale
+from pyro_dlf.bench.known_teachers import in_memory_design
 from pyro_dlf.infer import EM
 
 torch.set_num_threads(1)
 m = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 model, guide = scale._model(10, torch.device("cpu"))
-x, f = scale.in_memory_design(m, 50, 4096)
+x, f = in_memory_design(m, 50, 4096)
 em = EM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1, batch_size=None)
 em.step(x, f)
 times = []

@@ -1,7 +1,7 @@
 r"""How fast each method fits the teachers' covariance, on one clock: the DLF by exact EM against GPs.
 
 Part of ``pyro-dlf bench scale``. The teachers are ``n`` draws of a known DLF
-(:mod:`pyro_dlf.bench.scale`: ``f_i = μ(x) + Φ(x)^T z_i + σ ε``), so the true
+(:mod:`pyro_dlf.bench.known_teachers`: ``f_i = μ(x) + Φ(x)^T z_i + σ ε``), so the true
 covariance of a teacher at any inputs is known: ``K = Φ Φ^T + σ² I``. Each
 method fits a distribution over functions to the same ``n × m`` teacher
 values and is scored, as it trains, by the relative error of its covariance
@@ -50,6 +50,8 @@ import time
 from typing import Callable, Optional
 
 import torch
+
+from pyro_dlf.bench.known_teachers import inputs, teacher_functions, truth
 
 __all__ = ["CHECKPOINTS", "covariance_race", "error_at"]
 
@@ -228,14 +230,12 @@ def covariance_race(m: int, n: int = 50, q: int = 10, budget_seconds: float = 60
     """Fit the DLF, the deep-kernel GP, SVGP and (small ``m``) the exact GP to the same teachers; see the
     module docstring. Returns each method's curve of ``(training seconds, error)`` and its error at
     :data:`CHECKPOINTS` within the budget."""
-    from pyro_dlf.bench.scale import _inputs, _teacher_functions, _truth
-
     torch.set_num_threads(1)
-    truth = _truth()
-    x, x_star = _inputs(m, seed=2), _inputs(200, seed=99)
-    teachers = _teacher_functions(n)
+    known = truth()
+    x, x_star = inputs(m, seed=2), inputs(200, seed=99)
+    teachers = teacher_functions(n)
     f = teachers(x, 0)
-    k_true = _truth_covariance(truth, x_star, 0.01)
+    k_true = _truth_covariance(known, x_star, 0.01)
     # The floor n teachers allow: their own sample covariance at X*, as if every teacher were seen there.
     at_star = teachers(x_star, -1)
     floor = _relative_error(torch.cov(at_star.T, correction=0), k_true)

@@ -55,10 +55,10 @@ import torch
 
 from pyro_dlf import __version__
 from pyro_dlf._files import atomic_write
+from pyro_dlf.bench.known_teachers import HIDDEN, INPUT_DIM, DesignBatches, TeacherBatches, in_memory_design, inputs, teacher_functions
 
-__all__ = ["ScaleBenchConfig", "in_memory_design", "measure", "run_scale_benchmark", "write_scale_report"]
+__all__ = ["ScaleBenchConfig", "measure", "run_scale_benchmark", "write_scale_report"]
 
-_D, _Q_TRUE, _HIDDEN = 8, 5, 50
 
 
 @dataclass
@@ -80,34 +80,6 @@ class ScaleBenchConfig:
     command: str = field(default_factory=lambda: " ".join(["pyro-dlf"] + sys.argv[1:]))
 
 
-def _truth(seed: int = 0):
-    from pyro_dlf.models import DeepLatentFactor
-
-    torch.manual_seed(seed)
-    return DeepLatentFactor(_D, _Q_TRUE, (_HIDDEN,), name="scale_truth")
-
-
-def _teacher_functions(n: int, seed: int = 1):
-    """The ``n`` teachers as one function ``values(x, key) -> (n, len(x))``; the observation noise is
-    drawn from a generator seeded by ``key`` (a batch's first index), so a batch has the same values
-    on every pass over a stream."""
-    truth = _truth()
-    z = torch.randn(n, _Q_TRUE, generator=torch.Generator().manual_seed(seed))
-
-    def values(x: torch.Tensor, key: int) -> torch.Tensor:
-        with torch.no_grad():
-            mean, loading = truth.mean_and_loading(x.cpu())
-            f = mean + z @ loading.T
-            noise = torch.randn(f.shape, generator=torch.Generator().manual_seed(1_000_003 * seed + key))
-            return (f + 0.1 * noise).to(x.device)
-
-    return values
-
-
-def _inputs(m: int, seed: int = 2) -> torch.Tensor:
-    return torch.randn(m, _D, generator=torch.Generator().manual_seed(seed))
-
-
 def _peak_rss_mib() -> float:
     import resource
 
@@ -122,7 +94,7 @@ def _model(q: int, device):
 
     pyro.clear_param_store()
     torch.manual_seed(0)
-    model = DeepLatentFactor(_D, q, (_HIDDEN,), name=f"scale{q}").to(device)
+    model = DeepLatentFactor(INPUT_DIM, q, (HIDDEN,), name=f"scale{q}").to(device)
     return model, ExactFactorPosterior(model)
 
 
@@ -161,7 +133,7 @@ def measure(kind: str, m: int, n: int, q: int, batch_size: int, repeats: int, de
         seconds = _time(lambda: em.step(x, f), repeats, dev)
     elif kind == "stream":
         starts = range(rank * batch_size, m, batch_size * world_size)
-        stream = _Stream(_LazyBatches(starts, batch_size, m, dev), _teacher_functions(n))
+        stream = TeacherBatches(DesignBatches(starts, batch_size, m, dev), teacher_functions(n))
         em = StreamingEM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1)
         seconds = _time(lambda: em.step(stream), repeats, dev)
     else:
@@ -169,40 +141,6 @@ def measure(kind: str, m: int, n: int, q: int, batch_size: int, repeats: int, de
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _peak_rss_mib()
     return {"kind": kind, "m": m, "n": n, "q": q, "seconds": seconds, "peak_mib": peak, "baseline_mib": before,
             "device": device, "processes": world_size}
-
-
-def in_memory_design(m: int, n: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The streamed design's ``m`` points and ``n`` teachers' values as two tensors ``(m, d)``, ``(n, m)``
-    (the same batches, joined)."""
-    stream = _Stream(_LazyBatches(range(0, m, batch_size), batch_size, m, torch.device("cpu")), _teacher_functions(n))
-    xs, fs = zip(*stream)
-    return torch.cat(xs), torch.cat(fs, 1)
-
-
-class _LazyBatches:
-    """Design-point batches generated on demand (the same points on every pass; nothing stored)."""
-
-    def __init__(self, starts, batch_size: int, m: int, device) -> None:
-        self.starts, self.batch_size, self.m, self.device = list(starts), batch_size, m, device
-
-    def __iter__(self):
-        for start in self.starts:
-            size = min(self.batch_size, self.m - start)
-            yield start, torch.randn(size, _D, generator=torch.Generator().manual_seed(10_000 + start)).to(self.device)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-
-class _Stream:
-    """``(x_b, f_b)`` with all teachers evaluated at once on each batch (one body pass of the truth)."""
-
-    def __init__(self, batches, teachers) -> None:
-        self.batches, self.teachers = batches, teachers
-
-    def __iter__(self):
-        for start, xb in self.batches:
-            yield xb, self.teachers(xb, start)
 
 
 def _subprocess(args: dict, timeout: float) -> dict:
@@ -270,7 +208,7 @@ def _limits(n: int, m: int, q: int) -> dict:
     flops = 5 * 2 * 2048 * 512 * 512 / (time.perf_counter() - start)
     bytes_read = 2 * 4 * n * m  # teacher values, read by the M-step and by the statistics pass
     # The statistics pass's forward, and the M-step's forward and backward (about twice a forward).
-    forward = 4 * 2 * m * (_D * _HIDDEN + _HIDDEN * (1 + q))
+    forward = 4 * 2 * m * (INPUT_DIM * HIDDEN + HIDDEN * (1 + q))
     return {"bandwidth_gb_s": bandwidth / 1e9, "matmul_gflop_s": flops / 1e9,
             "bound_seconds": bytes_read / bandwidth + forward / flops, "bytes_read": bytes_read, "flops": forward}
 
@@ -283,11 +221,11 @@ def _predictive(n: int) -> dict:
     from pyro_dlf import Student
 
     torch.set_num_threads(1)
-    x = _inputs(1000)
+    x = inputs(1000)
     model, _ = _model(10, torch.device("cpu"))
     student = Student(model, "regression", 3.0, 1.0)
     torch.manual_seed(0)
-    members = [nn.Sequential(nn.Linear(_D, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 1)) for _ in range(n)]
+    members = [nn.Sequential(nn.Linear(INPUT_DIM, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 1)) for _ in range(n)]
 
     def ensemble() -> torch.Tensor:
         with torch.no_grad():

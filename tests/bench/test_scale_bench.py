@@ -46,9 +46,9 @@ def test_error_at_a_checkpoint_is_the_fit_held_then():
 def test_the_teacher_stream_gives_a_batch_the_same_values_on_every_pass():
     import torch
 
-    from pyro_dlf.bench.scale import _LazyBatches, _Stream, _teacher_functions
+    from pyro_dlf.bench.known_teachers import DesignBatches, TeacherBatches, teacher_functions
 
-    stream = _Stream(_LazyBatches(range(0, 100, 40), 40, 100, torch.device("cpu")), _teacher_functions(3))
+    stream = TeacherBatches(DesignBatches(range(0, 100, 40), 40, 100, torch.device("cpu")), teacher_functions(3))
     first, second = list(stream), list(stream)
     assert [xb.shape[0] for xb, _ in first] == [40, 40, 20]
     for (xa, fa), (xb, fb) in zip(first, second):
