@@ -41,7 +41,7 @@ total = max(cumulative.values())
 groups = {
     "body forward (features + heads)": ["deep_latent_factor.py:features", "deep_latent_factor.py:heads"],
     "float64 statistics (ΦᵀΦ, Φᵀr_i, ‖r_i‖²)": ["sufficient_statistics.py:batch_statistics"],
-    "expected squared residual (σ_f² update)": ["sufficient_statistics.py:expected_squared_error"],
+    "expected squared residual (M-step objective)": ["sufficient_statistics.py:expected_squared_error"],
     "cache checksums of x and f": ["em.py:checksum"],
 }
 accounted = 0.0
@@ -49,5 +49,5 @@ for label, keys in groups.items():
     seconds = sum(cumulative.get(k, 0.0) for k in keys)
     accounted += seconds
     print(f"  {label:<45s} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
-print(f"  {'the rest (M-step minibatch, E-step solve, Python)':<45s} {total - accounted:7.3f} s  "
+print(f"  {'the rest (M-step backward and step, E-step, Python)':<45s} {total - accounted:7.3f} s  "
       f"{100 * (total - accounted) / total:5.1f} %")
