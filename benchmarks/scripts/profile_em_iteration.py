@@ -15,7 +15,7 @@ import pyro.optim
 import torch
 
 from pyro_dlf.bench import scale
-from pyro_dlf.bench.known_teachers import in_memory_design
+from pyro_dlf.bench.known_teachers import DesignBatches, TeacherBatches, in_memory_design, teacher_functions
 from pyro_dlf.infer import EM
 
 torch.set_num_threads(1)
@@ -51,3 +51,10 @@ for label, keys in groups.items():
     print(f"  {label:<45s} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
 print(f"  {'the rest (M-step backward and step, E-step, Python)':<45s} {total - accounted:7.3f} s  "
       f"{100 * (total - accounted) / total:5.1f} %")
+
+# The streamed row's data: its teachers are evaluated on every pass (two per iteration), the in-memory row's once.
+stream = TeacherBatches(DesignBatches(range(0, m, 4096), 4096, m, torch.device("cpu")), teacher_functions(50))
+start = time.perf_counter()
+for _ in stream:
+    pass
+print(f"  one pass of the streamed row's teachers (x_b, f_b) over the {m:,} points: {time.perf_counter() - start:.3f} s")

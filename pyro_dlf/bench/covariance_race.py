@@ -105,7 +105,8 @@ def _dlf(x, f, q: int, seed: int):
     return model
 
 
-def _dlf_curve(x, f, x_star, k_true, q: int, budget: float, seed: int, interval: float) -> list[tuple[float, float]]:
+def _dlf_curve(x, f, x_star, k_true, q: int, budget: float, seed: int, interval: float,
+               fitted: Optional[dict] = None) -> list[tuple[float, float]]:
     import pyro.optim
 
     from pyro_dlf.guides import ExactFactorPosterior
@@ -113,6 +114,8 @@ def _dlf_curve(x, f, x_star, k_true, q: int, budget: float, seed: int, interval:
 
     model = _dlf(x, f, q, seed)
     em = EM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": _LR}), num_m_steps=4, batch_size=_BATCH)
+    if fitted is not None:  # the caller inspects the fitted network
+        fitted["DLF"] = model
 
     def covariance() -> torch.Tensor:
         phi = model.loading(x_star)
@@ -121,16 +124,21 @@ def _dlf_curve(x, f, x_star, k_true, q: int, budget: float, seed: int, interval:
     return _run(lambda: em.step(x, f), covariance, k_true, budget, interval)
 
 
-def _deep_kernel_curve(x, f, x_star, k_true, q: int, budget: float, seed: int, interval: float) -> list[tuple[float, float]]:
+def _deep_kernel_curve(x, f, x_star, k_true, q: int, budget: float, seed: int, interval: float,
+                       fitted: Optional[dict] = None) -> list[tuple[float, float]]:
     from linear_operator.operators import ConstantDiagLinearOperator, LowRankRootLinearOperator
 
     model = _dlf(x, f, q, seed)  # the same network and starting point as the DLF's
+    if fitted is not None:  # the network, and its noise variance in standardized units (trained in place)
+        fitted["deep-kernel GP"] = model
     n, m = f.shape
     scale = model.output_scale.detach()
     ft = (f - model.output_loc.detach()) / scale  # standardized, as the DLF's heads see them
     log_noise = torch.tensor([math.log(float(model.noise_variance.detach()) / float(scale) ** 2)], requires_grad=True)
     params = [p for p in model.parameters() if p.requires_grad and p is not model.noise_variance_unconstrained]
     optimizer = torch.optim.Adam([*params, log_noise], lr=_LR)
+    if fitted is not None:
+        fitted["deep-kernel GP: log noise"] = log_noise
 
     def step() -> None:
         optimizer.zero_grad()

@@ -669,7 +669,8 @@ def merge_results(results: list[dict], methods: Optional[Sequence[str]] = None,
         raise ValueError(f"recomputed: {[m for m in recomputed if m not in present or (methods is not None and m not in methods)]} "
                          f"are not among the kept methods; choose from {sorted(present if methods is None else methods)}")
     # The row DLF's design rule is part of its definition (a run without the key fitted the given points).
-    rules = {result.get("config", {}).get("dlf_design", "given") for result in results}
+    # A merged input carries its source runs' configurations under ``runs``.
+    rules = {run.get("config", {}).get("dlf_design", "given") for result in results for run in result.get("runs", [result])}
     if len(rules) > 1 and "DLF" not in recomputed and (methods is None or "DLF" in methods):
         raise ValueError(f"results: the inputs' DLF rows follow different designs {sorted(rules)}; list 'DLF' as recomputed "
                          "(new runs first) or leave it out of the methods")

@@ -133,6 +133,15 @@ def test_uci_bench_smoke(tmp_path, capsys, uci_set_or_diabetes):
     merged_md = (out / "merged.md").read_text()
     assert "## Targets" in merged_md and "(set, metric, rival) cells" in merged_md
     assert "## Where the variance goes" in merged_md
+    # A merged file merges again: its source runs say which design the DLF rows followed.
+    assert main(["bench", "report", str(out / "merged.json"), str(out / "smoke.json"), "--output-dir", str(out), "--name", "again"]) == 0
+    for design, code in ((result["config"]["dlf_design"], 0), ("beyond", 2), ("given", 2)):
+        if design == result["config"]["dlf_design"] and code == 2:
+            continue
+        other = dict(result, config=dict(result["config"], dlf_design=design))
+        (out / "other.json").write_text(json.dumps(other))
+        assert main(["bench", "report", str(out / "merged.json"), str(out / "other.json"), "--output-dir", str(out),
+                     "--name", "other"]) == code
     # The calibrated fit's line carries the teachers' held-out spread against their test spread.
     line = next(l for l in merged_md.splitlines() if l.startswith(f"| {name} | DLF, out-of-sample spread |"))
     expected = sum(r["spread_calibration"]["teacher_spread"] / r["teacher_spread_test"] for r in result["rows"]
