@@ -499,10 +499,11 @@ class EM:
                 self._expand()
             if self.mstep == "linear_heads":
                 self._linear_heads(x, f)
-            else:
-                for _ in range(self.num_m_steps) if self.batch_size is None else ():
+            elif self.batch_size is None:
+                for _ in range(self.num_m_steps):
                     self._full_step(x, f)
-                for idx in self._batches(x.shape[0], self.num_m_steps) if self.batch_size is not None else ():
+            else:
+                for idx in self._batches(x.shape[0], self.num_m_steps):
                     self._gradient_step(x[idx], f[:, idx], self._mask(idx))
         else:
             loss = 0.0

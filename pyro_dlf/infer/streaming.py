@@ -29,8 +29,9 @@ the ``σ_f²`` sums are all-reduced, so every process computes the same
 posterior, the same PX-EM step and the same ``σ_f²``. Each M-step's gradient is
 all-reduced once (summed: each process has weighted its batches by their share
 of *all* processes' scalars), so the fit is the single-process fit on the union
-of the shards and an iteration costs ``num_m_steps + 2`` collectives whatever
-the number of batches. With ``per_batch_steps=True`` each batch's gradient is
+of the shards and an iteration costs ``num_m_steps`` all-reduces for the M-step
+and four for the statistics (five with a nugget that grows with the distance),
+whatever the number of batches. With ``per_batch_steps=True`` each batch's gradient is
 averaged over processes before its step (what ``DistributedDataParallel``
 does): one collective per batch, and with equal shard batches the iteration is
 the single-process one on the union of the shards' batches. Parameters are
