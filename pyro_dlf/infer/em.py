@@ -391,12 +391,17 @@ class EM:
         if self.loss is not expected_complete_nll:
             self._gradient_step(x, f, self._mask())
             return
-        size, total, params = self._chunk(f), max(self._count(f), 1), []
-        for start in range(0, x.shape[0], size):
-            part = slice(start, start + size)
-            fb, ob = f[:, part], self._mask(part)
-            params = self._backward(x[part], fb, ob, scale=observed_count(fb, ob) / total)
-        self._apply_gradients(params)
+        size = self._chunk(f)
+        chunks = ((x[s:s + size], f[:, s:s + size], self._mask(slice(s, s + size))) for s in range(0, x.shape[0], size))
+        self._apply_gradients(self._accumulate(chunks, max(self._count(f), 1)))
+
+    def _accumulate(self, batches, total: int) -> list[Tensor]:
+        """The gradient of a mean over ``total`` observed values, from ``(x_b, f_b, observed_b)`` batches whose
+        objectives are means over their own values: each batch's gradient weighted by its share."""
+        params: list[Tensor] = []
+        for xb, fb, ob in batches:
+            params = self._backward(xb, fb, ob, scale=observed_count(fb, ob) / total)
+        return params
 
     def _backward(self, xb: Tensor, fb: Tensor, ob: Optional[Tensor] = None, scale: float = 1.0) -> list[Tensor]:
         """Add ``scale`` times the gradient of the minibatch objective to the parameters' ``.grad``;

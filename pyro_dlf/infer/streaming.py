@@ -172,10 +172,7 @@ class StreamingEM(EM):
     def _accumulated_step(self, stream: Iterable, count: int) -> None:
         """One optimizer step on the whole stream's objective: the batches' gradients, each weighted
         by its share of the ``count`` scalars of all processes, summed over one pass and over processes."""
-        params: list[Tensor] = []
-        for xb, fb in stream:
-            fb = self._check_batch(xb, fb)
-            params = self._backward(xb, fb, scale=fb.numel() / count)
+        params = self._accumulate(((xb, self._check_batch(xb, fb), None) for xb, fb in stream), count)
         self._summing = True
         try:
             self._apply_gradients(params)
