@@ -129,16 +129,14 @@ def _deep_kernel_curve(x, f, x_star, k_true, q: int, budget: float, seed: int, i
     from linear_operator.operators import ConstantDiagLinearOperator, LowRankRootLinearOperator
 
     model = _dlf(x, f, q, seed)  # the same network and starting point as the DLF's
-    if fitted is not None:  # the network, and its noise variance in standardized units (trained in place)
-        fitted["deep-kernel GP"] = model
     n, m = f.shape
     scale = model.output_scale.detach()
     ft = (f - model.output_loc.detach()) / scale  # standardized, as the DLF's heads see them
     log_noise = torch.tensor([math.log(float(model.noise_variance.detach()) / float(scale) ** 2)], requires_grad=True)
     params = [p for p in model.parameters() if p.requires_grad and p is not model.noise_variance_unconstrained]
     optimizer = torch.optim.Adam([*params, log_noise], lr=_LR)
-    if fitted is not None:
-        fitted["deep-kernel GP: log noise"] = log_noise
+    if fitted is not None:  # the network, and its noise variance in standardized units (trained in place)
+        fitted["deep-kernel GP"], fitted["deep-kernel GP: log noise"] = model, log_noise
 
     def step() -> None:
         optimizer.zero_grad()

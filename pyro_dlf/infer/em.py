@@ -426,14 +426,15 @@ class EM:
         (loss if scale == 1.0 else loss * scale).backward()
         return params
 
-    def _apply_gradients(self, params: list[Tensor]) -> None:
-        """The optimizer step on the gradients in ``.grad`` (reduced over processes first); clears them."""
-        self._reduce_gradients(params)
+    def _apply_gradients(self, params: list[Tensor], average: bool = True) -> None:
+        """The optimizer step on the gradients in ``.grad`` (reduced over processes first: averaged, or summed
+        when each process has already weighted its share); clears them."""
+        self._reduce_gradients(params, average)
         self.optim(params)
         for p in params:
             p.grad = None
 
-    def _reduce_gradients(self, params: list[Tensor]) -> None:
+    def _reduce_gradients(self, params: list[Tensor], average: bool = True) -> None:
         """Hook between the backward pass and the optimizer step (data-parallel subclasses average here)."""
 
     def _linear_heads(self, x: Tensor, f: Tensor) -> None:

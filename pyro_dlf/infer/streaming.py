@@ -88,7 +88,6 @@ class StreamingEM(EM):
         self._stream_count: Optional[int] = None
         self._num_batches: Optional[int] = None
         self._synced = False
-        self._summing = False  # gradients already weighted by their share of all processes' scalars
 
     # ---------------------------------------------------------- collectives
     @property
@@ -104,7 +103,7 @@ class StreamingEM(EM):
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t
 
-    def _reduce_gradients(self, params: list[Tensor]) -> None:
+    def _reduce_gradients(self, params: list[Tensor], average: bool = True) -> None:
         if not self.distributed:
             return
         # One all-reduce per dtype (as DDP buckets them): a collective's latency, not its size,
@@ -115,7 +114,7 @@ class StreamingEM(EM):
         for group in buckets.values():
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-            if not self._summing:
+            if average:
                 flat /= self.world_size
             for p, part in zip(group, flat.split([p.numel() for p in group])):
                 p.grad = part.view_as(p)
@@ -173,11 +172,7 @@ class StreamingEM(EM):
         """One optimizer step on the whole stream's objective: the batches' gradients, each weighted
         by its share of the ``count`` scalars of all processes, summed over one pass and over processes."""
         params = self._accumulate(((xb, self._check_batch(xb, fb), None) for xb, fb in stream), count)
-        self._summing = True
-        try:
-            self._apply_gradients(params)
-        finally:
-            self._summing = False
+        self._apply_gradients(params, average=False)  # each process weighted its batches by their share of all
 
     # ------------------------------------------------------------------ API
     def step(self, stream: Iterable, observed: Optional[Tensor] = None) -> float:  # type: ignore[override]
