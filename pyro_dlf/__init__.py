@@ -6,8 +6,6 @@ Docstrings cite the repository's mathematics page, ``docs/mathematics.md``, by
 section ("mathematics §4").
 """
 
-__version__ = "0.1.0"
-
 import os as _os
 
 # In a source checkout the subpackages pyro_dlf.models and pyro_dlf.guides live in the top-level
@@ -18,6 +16,7 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__))
         _os.path.isfile(_os.path.join(_root, sub, "__init__.py")) for sub in ("models", "guides")):
     __path__.append(_root)  # noqa: F821 - the package's own __path__
 
+from pyro_dlf._version import __version__  # noqa: E402
 from pyro_dlf.api import distill, evaluate_teachers  # noqa: E402
 from pyro_dlf.student import ClassificationPrediction, RegressionPrediction, Student  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""Atomic file replacement: a file is either its old self or completely written, never half-written."""
+"""Files: atomic replacement (a file is either its old self or completely written, never half-written) and the
+record of a custom body's classes saved with a student."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import tempfile
 from collections.abc import Callable
 from typing import IO
 
-__all__ = ["atomic_write"]
+from torch import nn
+
+__all__ = ["atomic_write", "body_record"]
 
 
 def _umask() -> int:
@@ -79,3 +82,14 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -
         if isinstance(err, OSError):
             raise _naming(err, path) from None
         raise
+
+
+def body_record(body: nn.Module) -> tuple[str, list[list[str]]]:
+    """A custom body's class as ``module.qualname`` and ``[[name, class], ...]`` over its submodules.
+
+    Saved with the student, so that :meth:`~pyro_dlf.student.Student.load`
+    refuses a body of another class (or another layer layout) whose weights
+    merely have the same shapes.
+    """
+    name = lambda m: f"{type(m).__module__}.{type(m).__qualname__}"  # noqa: E731
+    return name(body), [[key, name(module)] for key, module in body.named_modules() if key]

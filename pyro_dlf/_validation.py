@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_dlf.design.sets import DESIGNS
+from pyro_dlf._files import body_record
+
 
 __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teacher_values", "check_observed", "check_held_out", "check_num_factors", "check_dtype", "check_batch_size", "check_training_length",
            "check_magnitude", "check_loading_hidden", "check_real", "check_int", "check_flag", "check_choice", "check_device",
@@ -25,7 +26,7 @@ __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teac
            "check_num_factors_option", "check_teacher_output", "check_magnitude_value", "check_spread", "MIN_DESIGN_POINTS",
            "DISTILL_FIX", "PREDICT_FIX", "check_noise_prior", "check_noise_law", "check_finite_outputs", "check_path",
            "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes", "check_targets",
-           "check_generator", "check_memory", "check_not_input", "MAX_SEED"]
+           "check_generator", "check_memory", "check_not_input", "MAX_SEED", "check_positive_int", "check_positive_float", "check_nonnegative_float", "check_bool", "check_training_inputs", "check_output_structure"]
 
 #: Design points a fit needs: the inputs are standardized by their spread, and a covariance across inputs needs two.
 MIN_DESIGN_POINTS = 2
@@ -319,12 +320,12 @@ def check_flag_or_auto(value: Any, name: str) -> Union[bool, str]:
     return bool(value)
 
 
-def check_design_option(value: Any, name: str = "design") -> Union[str, Callable]:
-    """``"auto"``, a named design set (:data:`pyro_dlf.design.sets.DESIGNS`), or a callable ``design(x, *, generator)``
-    returning the points to add."""
+def check_design_option(value: Any, designs: Sequence[str], name: str = "design") -> Union[str, Callable]:
+    """``"auto"``, one of the named design sets ``designs`` (:data:`pyro_dlf.design.sets.DESIGNS`), or a callable
+    ``design(x, *, generator)`` returning the points to add."""
     if callable(value) and not isinstance(value, str):
         return value
-    choices = ("auto", *DESIGNS)
+    choices = ("auto", *designs)
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices} or a callable design(x, *, generator) returning the points to add, "
                          f"got {value!r}")
@@ -663,8 +664,6 @@ def check_body_record(body, saved_class: Optional[str], saved_modules) -> None:
     ``[[name, class], ...]`` over its submodules; files without the record
     (``None``) are not checked.
     """
-    from pyro_dlf.student_file import body_record
-
     if saved_class is None:
         return
     found_class, found_modules = body_record(body)
@@ -771,3 +770,75 @@ def check_not_input(path: str, name: str, inputs: dict[str, Optional[str]]) -> N
             continue
         if os.path.samefile(path, source):
             raise ValueError(f"{name} {path!r} is the {other} file: writing it would overwrite the input; give {name} a new file name")
+
+
+# ------------------------------------------------------------------ networks and their training
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an ``int``, raising if it is not a positive integer."""
+    # bool is an Integral subclass; ``True`` as a width is always a mistake.
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(
+            f"{name} must be a positive int, got {type(value).__name__} {value!r}; "
+            f"pass e.g. {name}=1"
+        )
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}; pass a value >= 1")
+    return int(value)
+
+
+def check_positive_float(value: object, name: str) -> float:
+    """A finite positive real number (not a bool), as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative_float(value: object, name: str) -> float:
+    """A finite non-negative real number (not a bool), as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a non-negative number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Exactly ``True`` or ``False`` (a Python bool)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_training_inputs(t: object, name: str, integer_ok: bool = False) -> Tensor:
+    """Inputs or targets of :func:`pyro_dlf.training.fit_networks`: a finite floating tensor with rows (int64 ids or
+    labels when ``integer_ok``)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}; wrap it with torch.as_tensor")
+    if not t.is_floating_point() and not (integer_ok and t.dtype == torch.long):
+        kind = "a floating dtype" if not integer_ok else (
+            "a floating dtype (or int64 token ids with vectorize=False)" if name == "x" else "a floating dtype (or int64 labels for the cross-entropy)")
+        raise TypeError(f"{name} must have {kind}, got {t.dtype}; convert it with {name}.float()")
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row, got shape {tuple(t.shape)}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; clean or impute them first")
+    return t
+
+
+def check_output_structure(task: str, num_outputs: Optional[int], covariance: str, centered: Optional[bool],
+                           center_logits: bool) -> bool:
+    """The teachers' outputs fit the asked structure (at least 2 classes; ``covariance="full"`` and centred
+    loadings for several outputs only); returns whether full loadings are centred (default: for centred logits)."""
+    if num_outputs is not None and num_outputs < 2:
+        raise ValueError(f"teacher_outputs: classification needs at least 2 classes, got {num_outputs}")
+    if task == "regression" and centered:
+        raise ValueError("centered_loadings applies to classification logits (centred per input); drop it for regression")
+    if task == "regression" and covariance != "separable" and num_outputs is None:
+        raise ValueError("covariance='full' is an output-covariance structure for (n, m, c) teachers; drop it for one regression output")
+    if centered is None:
+        return covariance == "full" and task == "classification" and center_logits
+    if centered and covariance != "full":
+        raise ValueError("centered_loadings=True applies to covariance='full' only")
+    return centered

@@ -25,12 +25,12 @@ streamed).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
+from dataclasses import replace
 from typing import Optional, Union
 
 import numpy as np
@@ -39,15 +39,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pyro_dlf._progress import progress_bar
-from pyro_dlf._validation import (MAX_SEED, check_choice, check_design_points, check_device, check_flag, check_float_dtype, check_int,
-                                  check_loading_hidden, check_magnitude_value, check_noise_variances, check_num_factors,
-                                  check_num_factors_option, check_num_points, check_real, check_spread, check_widths)
-from pyro_dlf.api import scheduled_adam
+from pyro_dlf._validation import (check_choice, check_design_points, check_int, check_magnitude_value, check_noise_variances,
+                                  check_num_points, check_spread)
+from pyro_dlf.fitting.data import resolve_num_factors
+from pyro_dlf.fitting.fit import new_network, scheduled_adam, warn_if_diverged
+from pyro_dlf.fitting.options import DistillOptions, check_options
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.streaming import StreamingEM
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
 from pyro_dlf.noise import HeavyTailWarning, fit_inverse_gamma
-from pyro_dlf.selection import choose_num_factors, deviation_gram, factor_limit
+from pyro_dlf.selection import deviation_gram
 from pyro_dlf.student import Student
 
 #: How long :func:`close_distributed` lets gloo's worker threads release their last tensors.
@@ -252,7 +253,7 @@ def distill_stream(
     :returns: the fitted :class:`~pyro_dlf.student.Student`; ``student.history`` holds the
         negative log marginal likelihood per observed scalar before each iteration.
     """
-    from pyro_dlf.api import _say_once
+    from pyro_dlf.api import say_once
 
     caught: list = []
     try:
@@ -261,104 +262,108 @@ def distill_stream(
             student = _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden,
                                       num_iterations, num_m_steps, lr, lr_decay, warmup, seed, progress, device, dtype)
     finally:
-        _say_once(caught)
+        say_once(caught)
     return student
 
 
-def _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden, num_iterations,
-                    num_m_steps, lr, lr_decay, warmup, seed, progress, device, dtype) -> Student:
+def _stream_options(stream, num_factors, task, covariance, hidden, loading_hidden, num_iterations, num_m_steps, lr, lr_decay,
+                    warmup, seed, progress, device, dtype) -> DistillOptions:
+    """The options :func:`distill_stream` shares with :func:`~pyro_dlf.distill`, checked once by the same
+    :func:`~pyro_dlf.fitting.options.check_options`, and the stream's own constraints."""
     if isinstance(stream, (Tensor, np.ndarray, str, bytes)) or not isinstance(stream, Iterable):
         raise TypeError(f"stream must be a re-iterable design stream of (x_batch, f_batch) pairs (TensorStream, NpyStream, "
                         f"TeacherStream or a list), got {type(stream).__name__}; for tensors use TensorStream(x, f, batch_size)")
     if isinstance(stream, Iterator):
         raise TypeError("stream is a one-shot iterator (e.g. a generator); EM passes over the stream several times: pass a "
                         "list of batches, TensorStream, NpyStream or TeacherStream")
-    num_factors = check_num_factors_option(num_factors)
     task = check_choice(task, "task", ("regression", "classification"))
-    covariance = check_choice(covariance, "covariance", ("separable", "full"), allow_none=True)
-    hidden = check_widths(hidden, "hidden")
-    loading_hidden = check_loading_hidden(loading_hidden, False)
     num_iterations = check_int(num_iterations, "num_iterations", 1)
     num_m_steps = check_int(num_m_steps, "num_m_steps", 1, allow_none=True,
                             fix="None takes one step per batch, an integer k takes k whole-stream steps per iteration")
-    lr = check_real(lr, "lr", 0, fix="Adam's step size, e.g. lr=1e-2")
-    lr_decay = check_real(lr_decay, "lr_decay", 0, 1, fix="e.g. lr_decay=0.1")
-    warmup = check_real(warmup, "warmup", 0, 1, low_open=False, fix="a fraction of the EM iterations, e.g. warmup=0.1")
-    seed = check_int(seed, "seed", 0, maximum=MAX_SEED)
-    progress = check_flag(progress, "progress")
-    device = check_device(device) or torch.device("cpu")
-    dtype = check_float_dtype(dtype)
-    if task == "classification" and teacher_noise_variances is not None:
+    o = check_options(num_factors=num_factors, covariance=covariance, hidden=hidden, loading_hidden=loading_hidden, lr=lr,
+                      lr_decay=lr_decay, warmup=warmup, seed=seed, progress=progress, device=device, dtype=dtype)
+    if o.hidden_candidates is not None:
+        raise ValueError(f"hidden: a streamed fit takes one body's widths such as (50,), got {hidden!r}")
+    return replace(o, task=task, num_iterations=num_iterations, num_m_steps=num_m_steps, device=o.device or torch.device("cpu"))
+
+
+def _survey(stream, o: DistillOptions, teacher_noise_variances) -> tuple["_Survey", tuple]:
+    """One checking pass over the stream (layout, magnitudes, spread) and the regression noise law (mathematics §2.4)."""
+    if o.task == "classification" and teacher_noise_variances is not None:
         raise ValueError("teacher_noise_variances is for regression teachers; drop it for logits")
-    if task == "regression" and teacher_noise_variances is None:
+    if o.task == "regression" and teacher_noise_variances is None:
         raise ValueError("teacher_noise_variances: regression needs each teacher's noise variance (n values)")
-
-    covariance_default = covariance or ("full" if task == "classification" else "separable")
-    survey = _Survey(stream, task == "classification", covariance_default == "separable", dtype, device)
-    multivariate = survey.num_outputs is not None
-    if task == "classification" and not multivariate:
+    covariance = o.covariance or ("full" if o.task == "classification" else "separable")
+    survey = _Survey(stream, o.task == "classification", covariance == "separable", o.dtype, o.device)
+    if o.task == "classification" and survey.num_outputs is None:
         raise ValueError("stream: classification batches must hold logits (n, b, c)")
-    if covariance is not None and not multivariate:
-        raise ValueError(f"covariance={covariance!r} is an output-covariance structure for (n, b, c) teachers; drop it for one regression output")
+    if o.covariance is not None and survey.num_outputs is None:
+        raise ValueError(f"covariance={o.covariance!r} is an output-covariance structure for (n, b, c) teachers; drop it for one regression output")
     check_num_points(survey.rows, "stream (its design points)")
-    check_magnitude_value(survey.x_max, survey.rows * survey.in_features, dtype, "stream x_batch (the design points)")
-    check_magnitude_value(survey.f_max, survey.values * (survey.num_outputs or 1), dtype, "stream f_batch (the teacher values)")
-    check_spread(survey.spread, dtype, "stream f_batch (the teacher values)")
-    n = survey.num_teachers
-    if task == "regression":
-        v = check_noise_variances(teacher_noise_variances, n)
-        if v.dim() != 1:
-            raise ValueError(f"teacher_noise_variances: a streamed fit takes one variance per teacher ({n},), got {tuple(v.shape)}")
-        noise_prior = fit_inverse_gamma(v)
-    else:
-        noise_prior = (None, None)
-    num_outputs = survey.num_outputs
-    covariance = covariance_default
-    # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
-    free_outputs = None if num_outputs is None else num_outputs - (1 if task == "classification" else 0)
-    factor_choice = None
-    if num_factors == "auto":
-        factor_choice = choose_num_factors(survey.gram, factor_limit(n, free_outputs, covariance if multivariate else None))
-        num_factors = factor_choice.num_factors
-    check_num_factors(num_factors, n, free_outputs, covariance if multivariate else "separable")
+    check_magnitude_value(survey.x_max, survey.rows * survey.in_features, o.dtype, "stream x_batch (the design points)")
+    check_magnitude_value(survey.f_max, survey.values * (survey.num_outputs or 1), o.dtype, "stream f_batch (the teacher values)")
+    check_spread(survey.spread, o.dtype, "stream f_batch (the teacher values)")
+    if o.task != "regression":
+        return survey, (None, None)
+    v = check_noise_variances(teacher_noise_variances, survey.num_teachers)
+    if v.dim() != 1:
+        raise ValueError(f"teacher_noise_variances: a streamed fit takes one variance per teacher ({survey.num_teachers},), "
+                         f"got {tuple(v.shape)}")
+    return survey, fit_inverse_gamma(v)
 
-    source = _OnDevice(stream, device, dtype)
-    moved = _Centred(source) if task == "classification" else source
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = DeepLatentFactor(survey.in_features, num_factors, hidden, num_outputs,
-                                 covariance=covariance if multivariate else "separable",
-                                 centered_loadings=task == "classification" and covariance == "full",
-                                 loading_hidden=loading_hidden).to(dtype=dtype, device=device)
+
+def _run_stream_em(model: DeepLatentFactor, moved: Iterable, o: DistillOptions) -> list[float]:
+    """EM on the stream (:class:`~pyro_dlf.infer.StreamingEM`) with :func:`~pyro_dlf.distill`'s Adam schedule."""
+    optim = scheduled_adam(o.lr, o.lr_decay, o.warmup, o.num_iterations)
+    if o.num_m_steps is None:
+        em = StreamingEM(model, ExactFactorPosterior(model), optim, per_batch_steps=True)
+    else:
+        em = StreamingEM(model, ExactFactorPosterior(model), optim, num_m_steps=o.num_m_steps)
+    history: list[float] = []
+    count = None
+    bar = progress_bar(range(o.num_iterations), desc="EM (stream)", enabled=o.progress and is_main_process())
+    for _ in bar:
+        loss = em.step(moved)
+        if count is None:  # observed scalars: teachers × points × outputs, over all processes
+            count = em._stream_stats.num_members * em._stream_stats.num_points * (model.num_outputs or 1)
+        history.append(loss / count)
+        optim.step()
+        bar.set_postfix(nll=f"{history[-1]:.4f}")
+    history.append(em.evaluate_loss(moved) / count)
+    return history
+
+
+def _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden, num_iterations,
+                    num_m_steps, lr, lr_decay, warmup, seed, progress, device, dtype) -> Student:
+    o = _stream_options(stream, num_factors, task, covariance, hidden, loading_hidden, num_iterations, num_m_steps, lr,
+                        lr_decay, warmup, seed, progress, device, dtype)
+    survey, noise_prior = _survey(stream, o, teacher_noise_variances)
+    num_outputs, multivariate = survey.num_outputs, survey.num_outputs is not None
+    covariance = o.covariance or ("full" if o.task == "classification" else "separable")
+    # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
+    free_outputs = None if num_outputs is None else num_outputs - (1 if o.task == "classification" else 0)
+    num_factors, factor_choice = resolve_num_factors(o.num_factors, lambda: survey.gram, survey.num_teachers, free_outputs,
+                                                     covariance, multivariate)
+    source = _OnDevice(stream, o.device, o.dtype)
+    moved = _Centred(source) if o.task == "classification" else source
+    with torch.random.fork_rng(devices=[o.device] if o.device.type == "cuda" else []):
+        torch.manual_seed(o.seed)
+        model = new_network(survey.in_features, num_factors, o.hidden, num_outputs, covariance,
+                            o.task == "classification" and covariance == "full", o, o.device)
     with torch.no_grad():
         model.input_loc.copy_(survey.x_mean)
         model.input_scale.copy_(survey.x_sd)
         model.output_loc.copy_(survey.f_mean if multivariate else survey.f_mean.reshape(()))
         model.output_scale.copy_(survey.f_sd)
     model.set_noise_variance(0.1 * float(survey.f_sd) ** 2)
-    optim = scheduled_adam(lr, lr_decay, warmup, num_iterations)
-    if num_m_steps is None:
-        em = StreamingEM(model, ExactFactorPosterior(model), optim, per_batch_steps=True)
-    else:
-        em = StreamingEM(model, ExactFactorPosterior(model), optim, num_m_steps=num_m_steps)
-    history: list[float] = []
-    count = None
-    bar = progress_bar(range(num_iterations), desc="EM (stream)", enabled=progress and is_main_process())
-    for _ in bar:
-        loss = em.step(moved)
-        if count is None:  # observed scalars: teachers × points × outputs, over all processes
-            count = em._stream_stats.num_members * em._stream_stats.num_points * (num_outputs or 1)
-        history.append(loss / count)
-        optim.step()
-        bar.set_postfix(nll=f"{history[-1]:.4f}")
-    history.append(em.evaluate_loss(moved) / count)
+    history = _run_stream_em(model, moved, o)
+    # The design points' epistemic variance would need another pass: the likelihood's signs are checked.
+    warn_if_diverged(history, o.lr, 0.0, survey.spread, num_outputs, caller="distill_stream")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HeavyTailWarning)  # fit_inverse_gamma said it, naming teacher_noise_variances
-        student = Student(model, task, *noise_prior, centered_logits=task == "classification")
+        student = Student(model, o.task, *noise_prior, centered_logits=o.task == "classification")
     student.history = history
     student.num_factors_choice = factor_choice
-    if not all(math.isfinite(h) for h in history):
-        raise RuntimeError(f"distill_stream: the fit diverged (negative log-likelihood per value {history[-1]}); lower lr (now {lr:g})")
     return student
 
 

@@ -94,11 +94,11 @@ def fit_heteroscedastic_noise(x: Tensor, variances: Tensor, *, observed: Optiona
     """Maximum-likelihood :class:`HeteroscedasticNoise` from the teachers' variances ``(n, m)`` at ``x`` ``(m, d)``.
 
     ``g`` is fitted by full-batch Adam (the one training loop,
-    :func:`pyro_dlf.baselines.training.fit_networks`) to the per-point mean log
+    :func:`pyro_dlf.training.fit_networks`) to the per-point mean log
     variance over the (observed) teachers; ``τ²`` is the mean squared residual of
     every (observed) log variance about ``g``.
     """
-    from pyro_dlf.baselines.training import fit_networks
+    from pyro_dlf.training import fit_networks
 
     if not isinstance(variances, Tensor) or variances.dim() != 2 or variances.shape[1] != x.shape[0]:
         raise ValueError(f"teacher_noise_variances must be (n,) or (n, m) = (teachers, design points), got "

@@ -18,7 +18,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_dlf import __version__
+from pyro_dlf._version import __version__
 from pyro_dlf._validation import (PREDICT_FIX, cast_inputs, check_batch_size, check_design_points, check_finite_outputs, check_flag,
                                   check_int, check_map_location, check_memory, check_noise_law, check_noise_prior, check_path,
                                   check_targets)
@@ -518,16 +518,7 @@ class Student(PyroModule):
                 check_finite_outputs((mean, loading), xb, dtype, "x")
                 draws = self._add_nugget(combine(mean, loading, z, dlf.separable_class_factor), xb) if draws_wanted else None
                 if self.task == "regression":
-                    if self.noise_model is None:
-                        aleatoric, noise_draws = torch.zeros_like(mean) + mean.new_tensor(self.aleatoric_variance), None
-                    else:
-                        aleatoric = self.noise_model.mean(xb)
-                        noise_draws = self.noise_model.sample(xb, levels) if return_samples else None
-                    epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget(xb).to(mean)
-                    # An inverse gamma with a <= 1 has an infinite mean by law, not by overflow.
-                    heteroscedastic = aleatoric if self.noise_model is not None else None
-                    check_finite_outputs((epistemic, heteroscedastic, draws, noise_draws), xb, dtype, "x")
-                    parts.append((mean, epistemic, draws, aleatoric, noise_draws))
+                    parts.append(self._regression_batch(xb, mean, loading, draws, levels if return_samples else None))
                 elif rule is None:
                     weights = draws.new_full((num_draws,), 1.0 / num_draws)
                     parts.append((*softmax_summary(draws.permute(1, 2, 0), weights), draws if return_samples else None))
@@ -536,16 +527,31 @@ class Student(PyroModule):
             cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
             if self.task == "classification":
                 return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))
-            if self.noise_model is not None:
-                noise_samples = cat(4, 1)
-            elif return_samples and self.noise_factor_exponent:
-                noise_samples = dist.InverseGamma(*self._noise_prior(z, z.squeeze(-2))).sample()  # one per draw of z
-            elif return_samples:
-                noise_samples = dist.InverseGamma(*self._noise_prior(z)).sample((num_draws,))
-            else:
-                noise_samples = None
+            noise_samples = cat(4, 1) if self.noise_model is not None else self._noise_samples(z) if return_samples else None
             return RegressionPrediction(mean=cat(0), epistemic_variance=cat(1), aleatoric_variance=cat(3),
                                         function_samples=cat(2, 1), noise_variance_samples=noise_samples)
+
+    def _regression_batch(self, xb: Tensor, mean: Tensor, loading: Tensor, draws: Optional[Tensor],
+                          levels: Optional[Tensor]) -> tuple:
+        """One batch's regression summaries (mathematics §6.1): ``(mean, epistemic, draws, aleatoric, noise draws)``;
+        heteroscedastic noise is drawn at ``levels`` when given."""
+        dlf = self.dlf
+        if self.noise_model is None:
+            aleatoric, noise_draws = torch.zeros_like(mean) + mean.new_tensor(self.aleatoric_variance), None
+        else:
+            aleatoric = self.noise_model.mean(xb)
+            noise_draws = self.noise_model.sample(xb, levels) if levels is not None else None
+        epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget(xb).to(mean)
+        # An inverse gamma with a <= 1 has an infinite mean by law, not by overflow.
+        heteroscedastic = aleatoric if self.noise_model is not None else None
+        check_finite_outputs((epistemic, heteroscedastic, draws, noise_draws), xb, mean.dtype, "x")
+        return mean, epistemic, draws, aleatoric, noise_draws
+
+    def _noise_samples(self, z: Tensor) -> Tensor:
+        """The inverse-gamma noise variance paired with each draw of ``z`` ``(S, 1, ...)`` (mathematics §2.4, §6.3)."""
+        if self.noise_factor_exponent:
+            return dist.InverseGamma(*self._noise_prior(z, z.squeeze(-2))).sample()  # one per draw of z
+        return dist.InverseGamma(*self._noise_prior(z)).sample((z.shape[0],))
 
     def integration_rule(self, max_nodes: int = 512) -> GaussianRule:
         """The fixed rule of the classification predictive: :func:`~pyro_dlf.quadrature.gaussian_rule` in the
@@ -595,7 +601,7 @@ class Student(PyroModule):
         of ``z`` (``σ²`` integrated exactly) this quadrature is within 0.03 nats per point
         on the synthetic teachers of ``tests/test_noise_given_factors.py``.
 
-        :returns: ``(means, variances)`` of shape ``(K, m)``, for :mod:`pyro_dlf.metrics`.
+        :returns: ``(means, variances)`` of shape ``(K, m)``, for :mod:`pyro_dlf_bench.metrics`.
         """
         if self.task != "regression":
             raise ValueError("predictive_mixture is for regression students; use predict(x).probs for classification")

@@ -33,7 +33,7 @@ from typing import IO, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from pyro_dlf._files import atomic_write
+from pyro_dlf._files import atomic_write, body_record
 from pyro_dlf._validation import check_body_record, check_network_fields, check_state_shapes
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "checksum", "write_payload", "read_payload", "build_model", "body_record",
@@ -48,17 +48,6 @@ PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
 
 #: State-dict prefix of a heteroscedastic noise model's weights in a student file.
 NOISE_PREFIX = "noise_model."
-
-
-def body_record(body: nn.Module) -> tuple[str, list[list[str]]]:
-    """A custom body's class as ``module.qualname`` and ``[[name, class], ...]`` over its submodules.
-
-    Saved with the student, so that :meth:`~pyro_dlf.student.Student.load`
-    refuses a body of another class (or another layer layout) whose weights
-    merely have the same shapes.
-    """
-    name = lambda m: f"{type(m).__module__}.{type(m).__qualname__}"  # noqa: E731
-    return name(body), [[key, name(module)] for key, module in body.named_modules() if key]
 
 
 def _describe(source: PathOrFile) -> str:

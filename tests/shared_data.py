@@ -88,7 +88,7 @@ def write_diabetes(parent: Path) -> Path:
     """Write scikit-learn's diabetes set (442 rows, 10 inputs; ships with the package) to ``parent/diabetes``."""
     from sklearn.datasets import load_diabetes
 
-    from pyro_dlf.data import write_uci_layout
+    from pyro_dlf_bench.datasets import write_uci_layout
 
     x, y = load_diabetes(return_X_y=True, scaled=False)
     return write_uci_layout(parent / "diabetes", x, y)

@@ -143,7 +143,25 @@ def test_custom_body_with_wrong_width_is_reported():
         pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, body=torch.nn.Linear(1, 4), body_features=3, **FAST)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(init="zeros"), "init"), (dict(dtype=torch.float16), "dtype"), (dict(num_iterations=-1), "num_iterations"), (dict(lr_decay=0.0), "lr_decay"), (dict(warmup=2.0), "warmup"), (dict(task="survival"), "task")])
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(mmd_penalty=float("nan")), ValueError, r"mmd_penalty must be a finite number > 0"),
+    (dict(estep="stochastic"), ValueError, r"estep must be 'exact' or 'minibatch'"),
+    (dict(init="zeros"), ValueError, r"init must be 'mmd' or 'random'"),
+    (dict(epochs=3), TypeError, r"unexpected keyword argument 'epochs'"),
+])
+def test_ablation_switches_are_checked_by_the_options_not_offered_by_distill(kwargs, error, match):
+    """``estep``, ``init`` and ``mmd_penalty`` switch ablations (the lab reaches them through ``check_options``);
+    ``distill`` does not take them."""
+    import inspect
+
+    from pyro_dlf.fitting import check_options
+
+    with pytest.raises(error, match=match):
+        check_options(**kwargs)
+    assert not {"estep", "init", "mmd_penalty"} & set(inspect.signature(pyro_dlf.distill).parameters)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(dtype=torch.float16), "dtype"), (dict(num_iterations=-1), "num_iterations"), (dict(lr_decay=0.0), "lr_decay"), (dict(warmup=2.0), "warmup"), (dict(task="survival"), "task")])
 def test_bad_options(kwargs, match):
     x, f, v = _regression_data()
     with pytest.raises(ValueError, match=match):
@@ -243,10 +261,8 @@ def _callables(f, transform=lambda out: out):
         (dict(num_factors=2.5), TypeError, r"num_factors must be 'auto' .* got 2.5"),
         (dict(num_factors="3"), ValueError, r"num_factors must be 'auto' .* got '3'"),
         (dict(num_iterations=True), TypeError, r"num_iterations must be a non-negative int, got True"),
-        (dict(mmd_penalty=float("nan")), ValueError, r"mmd_penalty must be a finite number > 0"),
         (dict(seed=-1), ValueError, r"seed must be a non-negative int"),
         (dict(include_nugget="yes"), TypeError, r"include_nugget must be True or False"),
-        (dict(estep="stochastic"), ValueError, r"estep must be 'exact' or 'minibatch'"),
         (dict(body_features=4), ValueError, r"body_features is the output width of a custom body"),
         (dict(hidden=(50, 0)), ValueError, r"hidden must be positive widths"),
         (dict(teacher_noise_variances=torch.tensor([0.01, 0.02, float("inf"), 0.01, 0.01, 0.01])), ValueError,

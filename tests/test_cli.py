@@ -508,10 +508,12 @@ def test_debug_variable_shows_the_traceback(tmp_path, monkeypatch):
 
 
 def test_translation_table_names_only_real_flags():
-    from pyro_dlf.cli import _LIBRARY_NAMES, _subparser
+    from pyro_dlf.cli.main import _LIBRARY_NAMES, _subparser
+    from pyro_dlf.cli.plugins import installed_commands
 
     parser = build_parser()
-    for command in _LIBRARY_NAMES:
+    commands = list(_LIBRARY_NAMES) + [name for plugin in installed_commands() for name in plugin.flag_names]
+    for command in commands:
         options = {o for action in _subparser(parser, command)._actions for o in action.option_strings}
         table = flag_names(command, parser)
         assert set(table.values()) <= options, (command, set(table.values()) - options)
@@ -639,3 +641,18 @@ def test_mistakes_with_files_name_the_flag_and_destroy_no_input(tmp_path, capsys
         assert code == 2, (argv, err)
         assert "\n" not in err and "Traceback" not in err and expected in err, (argv, err)
     assert (tmp_path / "x.npy").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv", [["bench", "uci", "--data-dir", "x"], ["demo"]])
+def test_lab_commands_without_the_lab_say_how_to_install_it(argv, monkeypatch, capsys):
+    """A clone with the library alone: ``bench`` and ``demo`` end in one line naming the package to install,
+    and their help says the same."""
+    import pyro_dlf.cli.plugins as plugins
+
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install ./benchmarks" in err and err.startswith(f"pyro-dlf {argv[0]}: error:")
+    with pytest.raises(SystemExit) as stop:
+        main([argv[0], "--help"])
+    assert stop.value.code == 0 and "pip install ./benchmarks" in " ".join(capsys.readouterr().out.split())

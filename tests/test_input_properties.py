@@ -86,8 +86,18 @@ VALID = {
 }
 
 
+#: Ablation switches: not arguments of distill, checked by the same options (pyro_dlf.fitting.check_options).
+ABLATION = ("estep", "init", "mmd_penalty")
+
+
 def _call(name, value):
     arguments = {"x_design": X, "teacher_outputs": F, **BASE, name: value}
+    if name in ABLATION:
+        from pyro_dlf.api import distill_with
+        from pyro_dlf.fitting import TeacherInputs
+
+        noise = arguments.pop("teacher_noise_variances")
+        return distill_with(arguments.pop("x_design"), arguments.pop("teacher_outputs"), arguments, TeacherInputs(noise))
     return pyro_dlf.distill(arguments.pop("x_design"), arguments.pop("teacher_outputs"), **arguments)
 
 

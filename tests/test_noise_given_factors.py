@@ -7,7 +7,8 @@ import pyro
 import pytest
 import torch
 
-from pyro_dlf import distill, metrics
+from pyro_dlf import distill
+from pyro_dlf_bench import metrics
 from pyro_dlf.noise import fit_factor_inverse_gamma
 from pyro_dlf.student import Student
 from pyro_dlf.student_file import checksum

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_dlf import Student
-from pyro_dlf.metrics import entropy_decomposition
+from pyro_dlf_bench.metrics import entropy_decomposition
 from pyro_dlf.quadrature import gauss_hermite_rule, gaussian_rule, softmax_summary, sobol_rule
 from synthetic import random_dlf
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pyro_dlf.bench import scale
+from pyro_dlf_bench.harness import scale
 from pyro_dlf.distributed import close_distributed
 
 

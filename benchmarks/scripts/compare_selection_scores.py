@@ -15,10 +15,10 @@ import warnings
 import torch
 warnings.filterwarnings("ignore")
 from pyro_dlf import distill
-from pyro_dlf.data import load_uci
-from pyro_dlf.baselines import DeepEnsembleRegressor
+from pyro_dlf_bench.datasets import load_uci
+from pyro_dlf_bench.baselines import DeepEnsembleRegressor
 from pyro_dlf.selection import split_design
-from pyro_dlf import metrics
+from pyro_dlf_bench import metrics
 name, seed = sys.argv[1], int(sys.argv[2])
 data = load_uci(os.path.join(os.environ.get("PYRO_DLF_UCI_DIR", "../shared/data/uci"), name))
 split = data.split(seed)

@@ -18,7 +18,7 @@ import torch
 
 from pyro_dlf._files import atomic_write
 from pyro_dlf.api import DISTANCE_ANCHORS
-from pyro_dlf.data import load_uci
+from pyro_dlf_bench.datasets import load_uci
 from pyro_dlf.models import DeepLatentFactor
 
 

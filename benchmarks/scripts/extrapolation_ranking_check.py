@@ -32,10 +32,10 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from pyro_dlf import metrics
+from pyro_dlf_bench import metrics
 from pyro_dlf._files import atomic_write
 from pyro_dlf.api import distill
-from pyro_dlf.bench.uci import UCIBenchConfig, _augmented, _datasets, _teachers
+from pyro_dlf_bench.harness.uci import UCIBenchConfig, _augmented, _datasets, _teachers
 from pyro_dlf.design import outward_probes
 
 BODIES = ((50,), (100, 100))

@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from pyro_dlf import metrics
-from pyro_dlf.bench import images
+from pyro_dlf_bench import metrics
+from pyro_dlf_bench.harness import images
 from pyro_dlf.quadrature import GaussianRule, gauss_hermite_rule, gaussian_rule, integrate_softmax, sobol_rule
 
 

@@ -15,7 +15,7 @@ import json
 import sys
 
 from pyro_dlf._files import atomic_write
-from pyro_dlf.bench.uci import LOADING_BODY
+from pyro_dlf_bench.harness.uci import LOADING_BODY
 
 
 def _relative(value: float, reference: float) -> str:

@@ -13,7 +13,7 @@ import time
 
 
 def run(m: int) -> subprocess.Popen:
-    code = ("import json; from pyro_dlf.bench.scale import measure; "
+    code = ("import json; from pyro_dlf_bench.harness.scale import measure; "
             f"print(json.dumps(measure('stream', {m}, 50, 10, 4096, 3)['seconds']))")
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pyro_dlf import Student
-from pyro_dlf.baselines.classifiers import ConvEnsemble, prediction_from_probs
+from pyro_dlf_bench.baselines.classifiers import ConvEnsemble, prediction_from_probs
 from pyro_dlf.models import DeepLatentFactor
 from pyro_dlf.nn import ConvBody
 

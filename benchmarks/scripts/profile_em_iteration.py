@@ -14,8 +14,8 @@ import time
 import pyro.optim
 import torch
 
-from pyro_dlf.bench import scale
-from pyro_dlf.bench.known_teachers import DesignBatches, TeacherBatches, in_memory_design, teacher_functions
+from pyro_dlf_bench.harness import scale
+from pyro_dlf_bench.harness.known_teachers import DesignBatches, TeacherBatches, in_memory_design, teacher_functions
 from pyro_dlf.infer import EM
 
 torch.set_num_threads(1)

@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from pyro_dlf.bench import covariance_race as race
-from pyro_dlf.bench.known_teachers import inputs, teacher_functions, truth
+from pyro_dlf_bench.harness import covariance_race as race
+from pyro_dlf_bench.harness.known_teachers import inputs, teacher_functions, truth
 
 torch.set_num_threads(1)
 m = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000

@@ -30,10 +30,10 @@ import sys
 
 import torch
 
-from pyro_dlf import metrics
+from pyro_dlf_bench import metrics
 from pyro_dlf._files import atomic_write
-from pyro_dlf.baselines import DeepEnsembleRegressor
-from pyro_dlf.data import load_uci
+from pyro_dlf_bench.baselines import DeepEnsembleRegressor
+from pyro_dlf_bench.datasets import load_uci
 from pyro_dlf.noise import fit_inverse_gamma, inverse_gamma_quantiles
 
 SHARES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)

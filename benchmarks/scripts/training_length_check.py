@@ -16,9 +16,10 @@ import warnings
 
 import torch
 
-from pyro_dlf import distill, metrics
-from pyro_dlf.bench.uci import UCIBenchConfig, _teachers
-from pyro_dlf.data import load_uci
+from pyro_dlf import distill
+from pyro_dlf_bench import metrics
+from pyro_dlf_bench.harness.uci import UCIBenchConfig, _teachers
+from pyro_dlf_bench.datasets import load_uci
 from pyro_dlf.selection import TRAINING_FAMILY, predictive_log_score, split_design
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

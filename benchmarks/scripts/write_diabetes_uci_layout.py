@@ -14,7 +14,7 @@ import sys
 
 from sklearn.datasets import load_diabetes
 
-from pyro_dlf.data import write_uci_layout
+from pyro_dlf_bench.datasets import write_uci_layout
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ image and parameter) and :math:`d = \min(H, W)` the image's shorter side:
 Every family is the identity in the limit :math:`s \to 0` and keeps values in
 :math:`[0, 1]`. Rotation and additive Gaussian noise are deliberately *not*
 families: they are the distribution shifts the image benchmark tests
-(:mod:`pyro_dlf.bench.image_shift`), so design points made with them would
+(:mod:`pyro_dlf_bench.harness.image_shift`), so design points made with them would
 show the student the test shifts.
 """
 
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyro_dlf.nn import _positive_int
+from pyro_dlf._validation import check_positive_int
 
 __all__ = ["IMAGE_FAMILIES", "SHIFT_FAMILIES", "augment_images", "augmentation_magnitudes"]
 
@@ -188,7 +188,7 @@ def augment_images(x: Tensor, copies: int = 1, *, families: Sequence[str] = IMAG
         rotation or noise), a strength outside ``(0, 1]``, a non-positive ``alpha``, too few images to mix.
     """
     x = _check_images(x)
-    copies = _positive_int(copies, "copies")
+    copies = check_positive_int(copies, "copies")
     families = _check_families(families)
     strength = _check_strength(strength)
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < float(alpha) < math.inf:
@@ -218,7 +218,7 @@ def augment_images(x: Tensor, copies: int = 1, *, families: Sequence[str] = IMAG
 def augmentation_magnitudes(strength: float = 1.0, image_size: tuple[int, int] = (28, 28), alpha: float = 1.0) -> dict[str, str]:
     """Each family's magnitude at ``strength`` on images of ``image_size = (H, W)``, in words (for reports)."""
     s = _check_strength(strength)
-    h, w = (_positive_int(v, "image_size") for v in image_size)
+    h, w = (check_positive_int(v, "image_size") for v in image_size)
     zoom, photo = _MAX_ZOOM ** s, _PHOTOMETRIC ** s
     return {
         "translate": f"integer shifts of up to {_max_shift(s, h, w)} px per axis, zero fill",

@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyro_dlf.nn import _positive_int
+from pyro_dlf._validation import check_positive_int
 
 __all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "outward_probes", "scott_bandwidth"]
 
@@ -95,7 +95,7 @@ def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[flo
     _check_inputs(x)
     reference = x if reference is None else reference
     _check_inputs(reference)
-    copies = _positive_int(copies, "copies")
+    copies = check_positive_int(copies, "copies")
     h = scott_bandwidth(*reference.shape) if bandwidth is None else float(bandwidth)
     if not h > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
@@ -113,7 +113,7 @@ def mixup(x: Tensor, copies: int = 1, *, alpha: float = 1.0, generator: Optional
     :returns: ``(copies * n, D)``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
     _check_inputs(x)
-    copies = _positive_int(copies, "copies")
+    copies = check_positive_int(copies, "copies")
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha!r}")
     n = x.shape[0]
@@ -141,8 +141,8 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
     :raises ValueError: if ``x`` is not a finite floating ``(n, D)`` tensor with ``n >= 2``.
     """
     _check_inputs(x)
-    copies = _positive_int(copies, "copies")
-    chunk_size = _positive_int(chunk_size, "chunk_size")
+    copies = check_positive_int(copies, "copies")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
     standardizer = _Standardized(x)
     xs = standardizer.transform(x)
     distance = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
@@ -173,7 +173,7 @@ def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator:
     _check_inputs(x)
     reference = x if reference is None else reference
     _check_inputs(reference)
-    copies = _positive_int(copies, "copies")
+    copies = check_positive_int(copies, "copies")
     if not (isinstance(reach, (int, float)) and reach > 0 and reach < float("inf")):
         raise ValueError(f"reach must be a positive number (e.g. 0.5: up to half the data's reach beyond it), got {reach!r}")
     standardizer = _Standardized(reference)

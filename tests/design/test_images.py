@@ -166,9 +166,3 @@ def test_bad_inputs_raise_one_line_errors(kwargs, error, match):
     with pytest.raises(error, match=match) as info:
         augment_images(args.pop("x"), **args)
     assert "\n" not in str(info.value)
-
-
-def test_the_cli_lists_the_same_families():
-    from pyro_dlf.cli import _IMAGE_FAMILIES
-
-    assert _IMAGE_FAMILIES == IMAGE_FAMILIES

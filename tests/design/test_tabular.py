@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pyro_dlf.data import Standardizer
+from pyro_dlf_bench.datasets import Standardizer
 from pyro_dlf.design import neighbour_jitter
 
 

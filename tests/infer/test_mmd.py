@@ -46,8 +46,8 @@ def ensemble_teachers():
     """Real network teachers: a 10-MLP deep ensemble on the diabetes data, at held-out design points."""
     from sklearn.datasets import load_diabetes
 
-    from pyro_dlf.baselines import DeepEnsembleRegressor
-    from pyro_dlf.data import train_design_test_split
+    from pyro_dlf_bench.baselines import DeepEnsembleRegressor
+    from pyro_dlf_bench.datasets import train_design_test_split
 
     data = load_diabetes()
     x, y = torch.as_tensor(data.data, dtype=torch.float32), torch.as_tensor(data.target, dtype=torch.float32)
