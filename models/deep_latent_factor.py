@@ -39,8 +39,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_flag, check_int, check_widths, check_loading_hidden, check_real, check_teacher_values,
-                                  is_integer_input)
+from pyro_dlf._validation import (check_batch_size, check_design_points, check_dtype, check_factor_model, check_int,
+                                  check_loading_hidden, check_teacher_values, check_widths, is_integer_input)
 from pyro_dlf.nn import MLP
 from pyro_dlf.sufficient_statistics import (
     FactorStatistics,
@@ -137,23 +137,9 @@ class DeepLatentFactor(PyroModule):
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be None (a unique name) or a non-empty str, got {name!r}")
         super().__init__(name if name is not None else f"dlf_{uuid.uuid4().hex[:8]}")
-        num_factors = check_int(num_factors, "num_factors", 1, fix="e.g. num_factors=10")
-        num_outputs = check_int(num_outputs, "num_outputs", 1, allow_none=True, fix="None for one output, or the number of classes")
-        in_features = check_int(in_features, "in_features", 1, allow_none=True, fix="the width of the inputs (m, d): d")
-        centered_loadings = check_flag(centered_loadings, "centered_loadings")
-        if covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-        if covariance != "separable" and num_outputs is None:
-            raise ValueError(f"covariance={covariance!r} is a class-covariance structure: it needs num_outputs=c (a multivariate model)")
-        if covariance == "full" and num_outputs is not None and num_outputs < 2:
-            raise ValueError("num_outputs=1 with covariance='full' is the univariate model: use num_outputs=None")
-        if centered_loadings and (num_outputs is None or covariance != "full"):
-            raise ValueError("centered_loadings applies to the full multivariate model only (num_outputs=c, covariance='full')")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        check_real(noise_variance, "noise_variance", 0, fix="the initial nugget σ_f², e.g. noise_variance=1.0")
-        distance_anchors = check_int(distance_anchors, "distance_anchors", 1, allow_none=True,
-                                     fix="the number of data rows the distance feature measures from, e.g. 256")
+        num_factors, num_outputs, in_features, centered_loadings, distance_anchors = check_factor_model(
+            num_factors, num_outputs, in_features, centered_loadings, covariance, COVARIANCES, activation, ACTIVATIONS,
+            noise_variance, distance_anchors)
         if body is None:
             if in_features is None:
                 raise ValueError("in_features is required when no body is given (or pass body= and body_features=)")
@@ -192,6 +178,12 @@ class DeepLatentFactor(PyroModule):
         self.distance_anchors = distance_anchors
 
         self.body = body
+        self._build_heads(noise_variance)
+        self._register_buffers()
+
+    def _build_heads(self, noise_variance: float) -> None:
+        """The mean and loading heads, ``σ_f²`` and (separable) the class factor ``L`` (mathematics §1)."""
+        num_factors, num_outputs, loading_hidden = self.num_factors, self.num_outputs, self.loading_hidden
         # The mean reads every feature, [h; g] with a loading body; the loadings read g (else h).
         loading_in = loading_hidden[-1] if loading_hidden is not None else self.body_features
         mean_in = self.body_features + (loading_in if loading_hidden is not None else 0)
@@ -203,6 +195,10 @@ class DeepLatentFactor(PyroModule):
             # L: class-to-class factor of the separable covariance (Cholesky-type,
             # positive diagonal); only L L^T is identified.
             self.class_factor = PyroParam(torch.eye(num_outputs), constraints.lower_cholesky)
+
+    def _register_buffers(self) -> None:
+        """The standardization buffers, and the distance feature's anchors and nugget growth (mathematics §9.3–§9.4)."""
+        in_features, num_outputs, distance_anchors = self.in_features, self.num_outputs, self.distance_anchors
         shape_in = (in_features,) if in_features is not None else ()
         self.register_buffer("input_loc", torch.zeros(shape_in))
         self.register_buffer("input_scale", torch.ones(shape_in))

@@ -15,7 +15,7 @@ from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_dlf._files import body_record
 
@@ -26,7 +26,7 @@ __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teac
            "check_num_factors_option", "check_teacher_output", "check_magnitude_value", "check_spread", "MIN_DESIGN_POINTS",
            "DISTILL_FIX", "PREDICT_FIX", "check_noise_prior", "check_noise_law", "check_finite_outputs", "check_path",
            "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes", "check_targets",
-           "check_generator", "check_memory", "check_not_input", "MAX_SEED", "check_positive_int", "check_positive_float", "check_nonnegative_float", "check_bool", "check_training_inputs", "check_output_structure"]
+           "check_generator", "check_memory", "check_not_input", "MAX_SEED", "check_positive_int", "check_positive_float", "check_nonnegative_float", "check_bool", "check_training_inputs", "check_output_structure", "check_images", "check_image_families", "check_strength", "check_rows", "check_square_matrix", "check_observed_targets", "check_networks", "check_factor_model"]
 
 #: Design points a fit needs: the inputs are standardized by their spread, and a covariance across inputs needs two.
 MIN_DESIGN_POINTS = 2
@@ -811,6 +811,21 @@ def check_bool(value: object, name: str) -> bool:
     return value
 
 
+def check_networks(nets) -> None:
+    """A non-empty sequence of modules of one architecture with trainable parameters (:func:`pyro_dlf.training.fit_networks`)."""
+    if isinstance(nets, nn.Module) or not isinstance(nets, Sequence) or not nets:
+        raise TypeError("nets must be a non-empty sequence of torch.nn.Module (e.g. a list or nn.ModuleList)")
+    for k, net in enumerate(nets):
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"nets[{k}] must be a torch.nn.Module, got {type(net).__name__}")
+    shapes = [(name, p.shape) for name, p in nets[0].named_parameters()]
+    if not any(p.requires_grad for p in nets[0].parameters()):
+        raise ValueError("net has no trainable parameters (requires_grad=True); nothing to fit")
+    for k, net in enumerate(nets[1:], start=1):
+        if [(name, p.shape) for name, p in net.named_parameters()] != shapes:
+            raise ValueError(f"nets[{k}] has different parameters from nets[0]; all nets must share one architecture")
+
+
 def check_training_inputs(t: object, name: str, integer_ok: bool = False) -> Tensor:
     """Inputs or targets of :func:`pyro_dlf.training.fit_networks`: a finite floating tensor with rows (int64 ids or
     labels when ``integer_ok``)."""
@@ -842,3 +857,97 @@ def check_output_structure(task: str, num_outputs: Optional[int], covariance: st
     if centered and covariance != "full":
         raise ValueError("centered_loadings=True applies to covariance='full' only")
     return centered
+
+
+# ------------------------------------------------------------------ design points
+def check_images(x: object) -> Tensor:
+    """A floating tensor of images ``(N, C, H, W)``, ``N ≥ 1``, finite, in ``[0, 1]``."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4 or x.shape[0] < 1:
+        raise ValueError(f"x must be a floating tensor of images (N, C, H, W) with N >= 1, got {getattr(x, 'shape', type(x).__name__)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values; clean the images first")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"x must lie in [0, 1], got values in [{low:g}, {high:g}]; rescale the images (e.g. divide 8-bit pixels by 255)")
+    return x
+
+
+def check_image_families(families: object, known: Sequence[str], shifts: Sequence[str]) -> tuple[str, ...]:
+    """``families`` as a tuple of distinct names from ``known`` (:data:`pyro_dlf.design.images.IMAGE_FAMILIES`); the
+    benchmark's ``shifts`` (rotation and noise) are refused."""
+    if isinstance(families, str) or not isinstance(families, Sequence) or len(families) == 0:
+        raise ValueError(f"families must be a non-empty sequence of names from {known}, got {families!r}; "
+                         f"e.g. families=('translate', 'mix')")
+    for name in families:
+        if isinstance(name, str) and name.lower() in shifts:
+            raise ValueError(f"families: {name!r} is not an augmentation family: rotation and additive Gaussian noise are "
+                             f"the shifts the image benchmark tests; choose from {known}")
+        if name not in known:
+            raise ValueError(f"families: unknown family {name!r}; choose from {known}")
+    if len(set(families)) != len(families):
+        raise ValueError(f"families: {tuple(families)!r} repeats a name; list each family once")
+    return tuple(families)
+
+
+def check_strength(strength: object) -> float:
+    """``strength`` as a float in ``(0, 1]``."""
+    if isinstance(strength, bool) or not isinstance(strength, Real) or not 0 < float(strength) <= 1:
+        raise ValueError(f"strength must be a number in (0, 1] (1: the full magnitudes), got {strength!r}")
+    return float(strength)
+
+
+def check_rows(x: Tensor) -> None:
+    """Data rows a design set is built from: a finite floating ``(n, D)`` tensor with ``n ≥ 2``."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be a floating tensor of shape (n, D) with n >= 2, got {getattr(x, 'shape', x)!r}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values; clean or impute them first")
+
+
+# ------------------------------------------------------------------ covariances and diagnostics
+def check_square_matrix(K: Tensor, name: str) -> None:
+    """A finite real square matrix ``(m, m)``."""
+    if not isinstance(K, Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"{name} must be a square matrix (m, m), got {getattr(K, 'shape', type(K).__name__)}")
+    check_design_points(K, name, fix="a covariance has finite entries")  # a real floating-point matrix without NaN or Inf
+
+
+def check_observed_targets(observed: Any, task: str, function: Optional[Tensor], draws: Optional[Tensor]) -> None:
+    """One-line errors for held-out targets that do not fit the draws (``function``, else ``y``)."""
+    if function is not None:
+        expected = tuple(function.shape[1:2]) if task == "classification" else tuple(function.shape[1:])
+    else:
+        expected = tuple(draws.shape[1:]) if draws is not None else None
+    if not isinstance(observed, Tensor) or (expected is not None and tuple(observed.shape) != expected):
+        raise ValueError(f"observed must be a tensor of shape {expected or '(m,)'}, one target per input")
+    if not torch.isfinite(observed.double()).all():
+        raise ValueError("observed must be finite; drop the inputs whose targets are missing")
+    if task == "classification" and function is not None:
+        labels = observed.double()
+        if (labels != labels.round()).any() or (labels < 0).any() or (labels >= function.shape[-1]).any():
+            raise ValueError(f"observed: class labels must be integers in 0..{function.shape[-1] - 1}")
+
+
+# ------------------------------------------------------------------ the model
+def check_factor_model(num_factors, num_outputs, in_features, centered_loadings, covariance, covariances: Sequence[str],
+                       activation, activations, noise_variance, distance_anchors) -> tuple:
+    """The structure of a :class:`~pyro_dlf.models.DeepLatentFactor`: ``(num_factors, num_outputs, in_features,
+    centered_loadings, distance_anchors)``, normalized, with the covariance and activation among their choices."""
+    num_factors = check_int(num_factors, "num_factors", 1, fix="e.g. num_factors=10")
+    num_outputs = check_int(num_outputs, "num_outputs", 1, allow_none=True, fix="None for one output, or the number of classes")
+    in_features = check_int(in_features, "in_features", 1, allow_none=True, fix="the width of the inputs (m, d): d")
+    centered_loadings = check_flag(centered_loadings, "centered_loadings")
+    if covariance not in covariances:
+        raise ValueError(f"covariance must be one of {covariances}, got {covariance!r}")
+    if covariance != "separable" and num_outputs is None:
+        raise ValueError(f"covariance={covariance!r} is a class-covariance structure: it needs num_outputs=c (a multivariate model)")
+    if covariance == "full" and num_outputs is not None and num_outputs < 2:
+        raise ValueError("num_outputs=1 with covariance='full' is the univariate model: use num_outputs=None")
+    if centered_loadings and (num_outputs is None or covariance != "full"):
+        raise ValueError("centered_loadings applies to the full multivariate model only (num_outputs=c, covariance='full')")
+    if activation not in activations:
+        raise ValueError(f"activation must be one of {sorted(activations)}, got {activation!r}")
+    check_real(noise_variance, "noise_variance", 0, fix="the initial nugget σ_f², e.g. noise_variance=1.0")
+    distance_anchors = check_int(distance_anchors, "distance_anchors", 1, allow_none=True,
+                                 fix="the number of data rows the distance feature measures from, e.g. 256")
+    return num_factors, num_outputs, in_features, centered_loadings, distance_anchors

@@ -15,9 +15,10 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from pyro_dlf._warnings import say_once
 from pyro_dlf.fitting.data import TeacherInputs
 from pyro_dlf.fitting.design import DISTANCE_ANCHORS, fit_on_design
-from pyro_dlf.fitting.fit import scheduled_adam
+from pyro_dlf.fitting.schedule import scheduled_adam
 from pyro_dlf.fitting.options import DistillOptions, check_options
 from pyro_dlf.fitting.teachers import TeacherOutputs, evaluate_teachers
 from pyro_dlf.student import Student
@@ -43,39 +44,63 @@ def distill(
     r"""Distill a teacher ensemble into a deep latent factor student (Gaussian distillation).
 
     Fits a :class:`~pyro_dlf.models.DeepLatentFactor` by maximum likelihood -- the MMD-penalized start
-    (mathematics §5), then exact EM (§4) -- and returns it as a :class:`~pyro_dlf.student.Student`. Each option
-    is described on :class:`~pyro_dlf.fitting.options.DistillOptions`, grouped as here.
+    (mathematics §5), then exact EM (§4) -- and returns it as a :class:`~pyro_dlf.student.Student`. The options
+    are grouped as on :class:`~pyro_dlf.fitting.options.DistillOptions`, which describes each in full.
 
     :param x_design: design points ``(m, ...)``; with callable teachers, the data rows the design set is built from.
-    :param teacher_outputs: ``(n, m)`` values (regression), ``(n, m, c)`` logits (classification), a list of
-        ``n`` callables, or one callable returning ``(n, b[, c])`` (:func:`evaluate_teachers`; deterministic).
-    :param teacher_noise_variances: regression: each teacher's noise variance, ``(n,)`` (an inverse gamma is
-        fitted, §2.4), ``(n, d)`` per output, or ``(n, m)`` per design point (heteroscedastic, §6.4).
-    :param observed: regression: ``(n, m)`` booleans, the values that count (§4.5).
-    :param held_out: regression: ``(n, m)`` booleans, where a teacher did not train; the loadings are scaled to
-        the teachers' spread there (§6.2; ``student.spread_calibration``).
-    :param num_factors, task, covariance, centered_loadings, center_logits, include_nugget, noise_given_factors:
-        the model (§1–§2, §6.3); ``student.num_factors_choice`` and ``student.noise_fit`` record the choices.
-    :param hidden, loading_hidden, body, body_features, activation: the network; ``hidden="auto"`` or a list of
-        widths compares bodies on held-out design points (``student.body_selection``).
-    :param num_iterations, num_m_steps, batch_size, lr, lr_decay, warmup, mmd_steps, training_length, validation_fraction:
-        the schedule; ``training_length="auto"`` chooses a fraction of it the same way.
-    :param design, distance_feature: where the teachers are evaluated (§9; ``student.design_choice``).
-    :param teacher_batch_size, seed, progress, device, dtype: the run.
+    :param teacher_outputs: ``(n, m)`` values, ``(n, m, c)`` logits, or teacher callables (:func:`evaluate_teachers`).
+    :param teacher_noise_variances: regression: ``(n,)``, ``(n, d)`` per output, or ``(n, m)`` per point (§2.4, §6.4).
+    :param observed: regression: ``(n, m)`` booleans, the teacher values that count (§4.5).
+    :param held_out: regression: ``(n, m)`` booleans, where a teacher did not train: calibrates the spread (§6.2).
+    :param num_factors: ``q``, or ``"auto"`` from the teachers' spread (§2.3).
+    :param task: ``"regression"`` or ``"classification"`` (default: from the shape).
+    :param covariance: several outputs: ``"full"`` or ``"separable"`` (§1.2).
+    :param centered_loadings: full covariance: loadings on the classes' zero-sum subspace.
+    :param center_logits: centre each teacher's logits per input (§2.2).
+    :param include_nugget: the predictive keeps the nugget ``σ_f²`` (§1.3).
+    :param noise_given_factors: ``True``, ``False`` or ``"auto"``: noise that follows the factors (§6.3).
+    :param hidden: body widths, a list of candidates, or ``"auto"`` (chosen on held-out design points).
+    :param loading_hidden: widths of a separate loading body.
+    :param body: a custom body module ``(m, ...) → (m, body_features)``.
+    :param body_features: the custom body's output width.
+    :param activation: the default body's activation.
+    :param num_iterations: EM iterations.
+    :param num_m_steps: gradient steps per iteration (default: one pass over the design points).
+    :param batch_size: design points per minibatch.
+    :param lr: Adam's step size.
+    :param lr_decay: the step size's geometric decay over the EM run.
+    :param warmup: the fraction of the EM run over which the step size ramps up.
+    :param mmd_steps: steps of the MMD-penalized start (§5).
+    :param training_length: a fraction of the schedule, or ``"auto"`` (chosen on held-out design points).
+    :param validation_fraction: the share of design points held out by the choices.
+    :param design: where the teachers are evaluated: ``"auto"``, a named design set, or a callable (§9).
+    :param distance_feature: feed the loadings the distance from the data rows (§9.3).
+    :param teacher_batch_size: design points per call of a teacher callable.
+    :param seed: seeds the initialization, the minibatches and the held-out splits.
+    :param progress: show progress bars (``TQDM_DISABLE`` hides them too).
+    :param device: where to fit (default: where ``x_design`` is).
+    :param dtype: ``torch.float32`` or ``torch.float64``.
     :returns: the fitted student; ``student.history`` holds the negative log marginal likelihood per observed
-        value at each EM iteration.
+        value at each EM iteration; ``design_choice``, ``body_selection``, ``num_factors_choice``, ``noise_fit``
+        and ``spread_calibration`` record the choices.
     """
     inputs = TeacherInputs(teacher_noise_variances, observed, held_out)
     options = {k: v for k, v in locals().items() if k not in ("x_design", "teacher_outputs", "teacher_noise_variances",
                                                               "observed", "held_out", "inputs")}
-    return distill_with(x_design, teacher_outputs, options, inputs)
+    return _distill(x_design, teacher_outputs, options, inputs, stacklevel=3)
 
 
-def distill_with(x_design, teacher_outputs: TeacherOutputs, options: Union[dict, DistillOptions],
+def distill_with(x_design: Tensor, teacher_outputs: TeacherOutputs, options: Union[dict, DistillOptions],
                  inputs: TeacherInputs = TeacherInputs()) -> Student:
-    """:func:`distill` with its options as one :class:`~pyro_dlf.fitting.options.DistillOptions` (or the
-    keyword arguments of :func:`~pyro_dlf.fitting.options.check_options`, ablation switches included)."""
-    # Every warning of one call is said once: the candidate fits of a choice would repeat them.
+    """:func:`distill` with its options as one :class:`~pyro_dlf.fitting.options.DistillOptions` made by
+    :func:`~pyro_dlf.fitting.options.check_options` (trusted as checked), or as the keyword arguments of
+    ``check_options`` (checked here; ablation switches included)."""
+    return _distill(x_design, teacher_outputs, options, inputs, stacklevel=3)
+
+
+def _distill(x_design: Tensor, teacher_outputs: TeacherOutputs, options: Union[dict, DistillOptions], inputs: TeacherInputs,
+             stacklevel: int) -> Student:
+    # Every warning of one call is said once, at the user's line: the candidate fits of a choice would repeat them.
     caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -90,13 +115,7 @@ def distill_with(x_design, teacher_outputs: TeacherOutputs, options: Union[dict,
                                  "dtype=torch.float64") from err
     except Exception:
         with contextlib.suppress(Warning):  # under -W error a warning must not replace the error itself
-            say_once(caught)
+            say_once(caught, stacklevel)
         raise
-    say_once(caught)
+    say_once(caught, stacklevel)
     return student
-
-
-def say_once(caught: list) -> None:
-    """Re-emit the recorded warnings of one call, each distinct one once, at the caller of :func:`distill`."""
-    for category, message in dict.fromkeys((record.category, str(record.message)) for record in caught):
-        warnings.warn(message, category, stacklevel=4)

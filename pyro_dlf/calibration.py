@@ -1,9 +1,7 @@
 r"""Calibrating the student's epistemic variance to the teachers' *out-of-sample* spread.
 
 Teachers trained on the same labels agree at their training inputs far more
-than at new inputs (on the five small UCI sets their spread at the training
-inputs is 0.38–0.63 of their spread at test inputs, averaged over splits):
-every member has fitted the same labels there. A DLF fitted to the teachers'
+than at new inputs: every member has fitted the same labels there. A DLF fitted to the teachers'
 values at their training inputs learns that in-sample spread, and its
 loadings ``Φ`` report a fraction of the disagreement a new input meets
 (mathematics §7's variance ratio, ideal 1).

@@ -33,7 +33,7 @@ import torch
 from scipy.stats import chi2, kstest
 from torch import Tensor
 
-from pyro_dlf._validation import check_design_points, check_int, check_real
+from pyro_dlf._validation import check_int, check_real, check_square_matrix
 
 __all__ = [
     "sample_covariance_rate",
@@ -46,15 +46,9 @@ __all__ = [
 ]
 
 
-def _check_square(K: Tensor, name: str) -> None:
-    if not isinstance(K, Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"{name} must be a square matrix (m, m), got {getattr(K, 'shape', type(K).__name__)}")
-    check_design_points(K, name, fix="a covariance has finite entries")  # a real floating-point matrix without NaN or Inf
-
-
 def sample_covariance_rate(K: Tensor, num_draws: int) -> float:
     r"""RMS relative Frobenius error :math:`\rho(n)` of the sample covariance of ``num_draws`` Gaussian draws with covariance ``K``."""
-    _check_square(K, "K")
+    check_square_matrix(K, "K")
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive int, got {num_draws!r}")
     return math.sqrt((1 + float(K.trace()) ** 2 / float(K.norm()) ** 2) / num_draws)
@@ -74,7 +68,7 @@ def separable_approximation_error(K: Tensor, num_outputs: int) -> float:
     the squared singular values after the first. Every separable covariance
     :math:`K_x \otimes L L^\top` is such a product, so no separable fit can do better.
     """
-    _check_square(K, "K")
+    check_square_matrix(K, "K")
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1 or K.shape[0] % num_outputs:
         raise ValueError(f"num_outputs must be a positive int dividing K's size {K.shape[0]}, got {num_outputs!r}")
     c = num_outputs
@@ -86,8 +80,8 @@ def separable_approximation_error(K: Tensor, num_outputs: int) -> float:
 
 def relative_frobenius_error(K_hat: Tensor, K: Tensor) -> float:
     r""":math:`\lVert\hat K - K\rVert_F / \lVert K\rVert_F`."""
-    _check_square(K, "K")
-    _check_square(K_hat, "K_hat")
+    check_square_matrix(K, "K")
+    check_square_matrix(K_hat, "K_hat")
     if not float(K.norm()) > 0:
         raise ValueError("K is the zero matrix: the error relative to it is undefined; compare against a nonzero covariance")
     if K_hat.shape != K.shape:
@@ -97,7 +91,7 @@ def relative_frobenius_error(K_hat: Tensor, K: Tensor) -> float:
 
 def principal_angle_sine(K: Tensor, loading: Tensor) -> float:
     r""":math:`\sin\theta_{\max}` between ``col(loading)`` (``(m, q)``) and the top-``q`` eigenvectors of ``K``."""
-    _check_square(K, "K")
+    check_square_matrix(K, "K")
     if loading.dim() != 2 or loading.shape[0] != K.shape[0]:
         raise ValueError(f"loading must have shape ({K.shape[0]}, q), got {tuple(loading.shape)}")
     q = loading.shape[1]
@@ -109,8 +103,8 @@ def principal_angle_sine(K: Tensor, loading: Tensor) -> float:
 
 def davis_kahan_bound(K_hat: Tensor, K: Tensor, q: int) -> float:
     r""":math:`\min(1, 2\lVert\hat K - K\rVert_{op}/\lambda_q(K))`, the Davis–Kahan bound on :math:`\sin\theta_{\max}`."""
-    _check_square(K, "K")
-    _check_square(K_hat, "K_hat")
+    check_square_matrix(K, "K")
+    check_square_matrix(K_hat, "K_hat")
     if K_hat.shape != K.shape:
         raise ValueError(f"K_hat must have the shape of K {tuple(K.shape)}, got {tuple(K_hat.shape)}")
     q = check_int(q, "q", 1, fix=f"the number of leading eigenvectors, at most {K.shape[0]}")

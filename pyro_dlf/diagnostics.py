@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_generator
+from pyro_dlf._validation import check_generator, check_observed_targets
 from pyro_dlf.student import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["to_inference_data", "summary", "plot_ppc"]
@@ -189,22 +189,6 @@ def _flatten_unresolved_columns(log_likelihood: Tensor) -> Tensor:
     return torch.where(unresolved, common, log_likelihood)
 
 
-def _check_observed(observed: Any, task: str, function: Optional[Tensor], draws: Optional[Tensor]) -> None:
-    """One-line errors for held-out targets that do not fit the draws (``function``, else ``y``)."""
-    if function is not None:
-        expected = tuple(function.shape[1:2]) if task == "classification" else tuple(function.shape[1:])
-    else:
-        expected = tuple(draws.shape[1:]) if draws is not None else None
-    if not isinstance(observed, Tensor) or (expected is not None and tuple(observed.shape) != expected):
-        raise ValueError(f"observed must be a tensor of shape {expected or '(m,)'}, one target per input")
-    if not torch.isfinite(observed.double()).all():
-        raise ValueError("observed must be finite; drop the inputs whose targets are missing")
-    if task == "classification" and function is not None:
-        labels = observed.double()
-        if (labels != labels.round()).any() or (labels < 0).any() or (labels >= function.shape[-1]).any():
-            raise ValueError(f"observed: class labels must be integers in 0..{function.shape[-1] - 1}")
-
-
 def to_inference_data(
     source: Union[RegressionPrediction, ClassificationPrediction, Mapping[str, Tensor]],
     *,
@@ -250,6 +234,29 @@ def to_inference_data(
     if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
         raise ValueError(f"num_chains must be a positive int, got {num_chains!r}")
     check_generator(generator)
+    task, posterior, predictive, noise = _groups(source, generator)
+    point_sites = {site: value for site, value in {**posterior, **predictive}.items() if site in _POINT_SITES}
+    if any(value.dim() < 2 for value in point_sites.values()) or len({tuple(v.shape[:2]) for v in point_sites.values()}) > 1:
+        shapes = sorted({tuple(value.shape) for value in point_sites.values()})
+        raise ValueError(f"source: function, y and nugget must share (draws, points) leading dims, got shapes {shapes}")
+    num_points = next(iter(point_sites.values())).shape[1] if point_sites else None
+    if point_coords is None and num_points is not None:
+        point_coords = list(range(num_points))
+    if point_coords is not None and num_points is not None and len(point_coords) != num_points:
+        raise ValueError(f"point_coords has {len(point_coords)} labels for {num_points} inputs")
+    observed_data, log_likelihood = _observed_groups(observed, task, posterior.get("function"), predictive, noise)
+    # Latent draws lose Pyro's singleton plate dims; per-input sites keep their point dim.
+    posterior = {site: value if site in _POINT_SITES else _drop_singletons(value) for site, value in posterior.items()}
+    dims = _dims(task, posterior, predictive, observed if observed_data is not None else None)
+    draws = lambda group: {k: _as_draws(v, num_chains, k) for k, v in group.items()} or None  # noqa: E731
+    return _arviz().from_dict(posterior=draws(posterior), posterior_predictive=draws(predictive),
+                              log_likelihood=None if log_likelihood is None else draws(log_likelihood),
+                              observed_data=observed_data, coords={"point": point_coords} if point_coords is not None else {},
+                              dims=dims)
+
+
+def _groups(source, generator: Optional[torch.Generator]) -> tuple[str, dict, dict, Optional[Tensor]]:
+    """``(task, posterior, posterior_predictive, noise variance draws)`` of a prediction or a Predictive output."""
     posterior: dict[str, Tensor] = {}
     predictive: dict[str, Tensor] = {}
     noise: Optional[Tensor] = None
@@ -284,32 +291,28 @@ def to_inference_data(
             "source must be a RegressionPrediction, a ClassificationPrediction or the dict returned by "
             f"pyro.infer.Predictive, got {type(source).__name__}"
         )
+    return task, posterior, predictive, noise
 
-    point_sites = {site: value for site, value in {**posterior, **predictive}.items() if site in _POINT_SITES}
-    if any(value.dim() < 2 for value in point_sites.values()) or len({tuple(v.shape[:2]) for v in point_sites.values()}) > 1:
-        shapes = sorted({tuple(value.shape) for value in point_sites.values()})
-        raise ValueError(f"source: function, y and nugget must share (draws, points) leading dims, got shapes {shapes}")
-    num_points = next(iter(point_sites.values())).shape[1] if point_sites else None
-    function = posterior.get("function")
-    if point_coords is None and num_points is not None:
-        point_coords = list(range(num_points))
-    if point_coords is not None and num_points is not None and len(point_coords) != num_points:
-        raise ValueError(f"point_coords has {len(point_coords)} labels for {num_points} inputs")
 
-    observed_data = None
-    log_likelihood = None
-    if observed is not None:
-        _check_observed(observed, task, function, predictive.get("y"))
-        observed_data = {"y": observed.detach().cpu().numpy()}
-        if function is not None and (task == "classification" or noise is not None):
-            if function.shape[0] < 2:
-                raise ValueError("observed: the held-out log density needs at least 2 draws; predict with num_samples >= 2")
-            log_density = _pointwise_log_density(task, function, noise, observed)
-            log_likelihood = {"y": _flatten_unresolved_columns(_leave_one_out_log_mean(log_density))}
+def _observed_groups(observed: Optional[Tensor], task: str, function: Optional[Tensor], predictive: dict,
+                     noise: Optional[Tensor]) -> tuple[Optional[dict], Optional[dict]]:
+    """``observed_data`` and the held-out ``log_likelihood`` (leave-one-draw-out, see the module docstring)."""
+    if observed is None:
+        return None, None
+    check_observed_targets(observed, task, function, predictive.get("y"))
+    observed_data, log_likelihood = {"y": observed.detach().cpu().numpy()}, None
+    if function is not None and (task == "classification" or noise is not None):
+        if function.shape[0] < 2:
+            raise ValueError("observed: the held-out log density needs at least 2 draws; predict with num_samples >= 2")
+        log_density = _pointwise_log_density(task, function, noise, observed)
+        log_likelihood = {"y": _flatten_unresolved_columns(_leave_one_out_log_mean(log_density))}
+    return observed_data, log_likelihood
 
-    # Latent draws lose Pyro's singleton plate dims; per-input sites keep their point dim.
-    posterior = {site: value if site in _POINT_SITES else _drop_singletons(value) for site, value in posterior.items()}
+
+def _dims(task: str, posterior: dict, predictive: dict, observed: Optional[Tensor]) -> dict[str, list[str]]:
+    """arviz dimension names: ``point`` for per-input sites, then ``class`` or ``output``."""
     last = "class" if task == "classification" else "output"
+    function = posterior.get("function")
     dims: dict[str, list[str]] = {}
     for site, value in {**posterior, **predictive}.items():
         if site in _POINT_SITES:
@@ -320,19 +323,9 @@ def to_inference_data(
             dims["noise_variance"] = ["point"] + (["output"] if len(shape) == 2 else [])
         elif function.dim() == 3 and shape == tuple(function.shape[2:]):  # one variance per output
             dims["noise_variance"] = ["output"]
-    if observed_data is not None:
+    if observed is not None:
         dims["y"] = ["point"] + ([last] if observed.dim() == 2 else [])
-    coords = {"point": point_coords} if point_coords is not None else {}
-
-    az = _arviz()
-    return az.from_dict(
-        posterior={k: _as_draws(v, num_chains, k) for k, v in posterior.items()} or None,
-        posterior_predictive={k: _as_draws(v, num_chains, k) for k, v in predictive.items()} or None,
-        log_likelihood=None if log_likelihood is None else {k: _as_draws(v, num_chains, k) for k, v in log_likelihood.items()},
-        observed_data=observed_data,
-        coords=coords,
-        dims=dims,
-    )
+    return dims
 
 
 def summary(idata: Any, **kwargs: Any) -> Any:

@@ -39,15 +39,19 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pyro_dlf._progress import progress_bar
+from pyro_dlf._warnings import say_once
 from pyro_dlf._validation import (check_choice, check_design_points, check_int, check_magnitude_value, check_noise_variances,
                                   check_num_points, check_spread)
 from pyro_dlf.fitting.data import resolve_num_factors
-from pyro_dlf.fitting.fit import new_network, scheduled_adam, warn_if_diverged
+from pyro_dlf.fitting.divergence import warn_if_diverged
+from pyro_dlf.fitting.network import new_network
+from pyro_dlf.fitting.schedule import scheduled_adam
 from pyro_dlf.fitting.options import DistillOptions, check_options
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.streaming import StreamingEM
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
-from pyro_dlf.noise import HeavyTailWarning, fit_inverse_gamma
+from pyro_dlf.likelihoods import InverseGammaNoise
+from pyro_dlf.noise import HeavyTailWarning
 from pyro_dlf.selection import deviation_gram
 from pyro_dlf.student import Student
 
@@ -253,8 +257,6 @@ def distill_stream(
     :returns: the fitted :class:`~pyro_dlf.student.Student`; ``student.history`` holds the
         negative log marginal likelihood per observed scalar before each iteration.
     """
-    from pyro_dlf.api import say_once
-
     caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -262,7 +264,7 @@ def distill_stream(
             student = _distill_stream(stream, num_factors, teacher_noise_variances, task, covariance, hidden, loading_hidden,
                                       num_iterations, num_m_steps, lr, lr_decay, warmup, seed, progress, device, dtype)
     finally:
-        say_once(caught)
+        say_once(caught, 2)
     return student
 
 
@@ -287,7 +289,7 @@ def _stream_options(stream, num_factors, task, covariance, hidden, loading_hidde
     return replace(o, task=task, num_iterations=num_iterations, num_m_steps=num_m_steps, device=o.device or torch.device("cpu"))
 
 
-def _survey(stream, o: DistillOptions, teacher_noise_variances) -> tuple["_Survey", tuple]:
+def _survey(stream, o: DistillOptions, teacher_noise_variances) -> tuple["_Survey", Optional[InverseGammaNoise]]:
     """One checking pass over the stream (layout, magnitudes, spread) and the regression noise law (mathematics §2.4)."""
     if o.task == "classification" and teacher_noise_variances is not None:
         raise ValueError("teacher_noise_variances is for regression teachers; drop it for logits")
@@ -304,12 +306,12 @@ def _survey(stream, o: DistillOptions, teacher_noise_variances) -> tuple["_Surve
     check_magnitude_value(survey.f_max, survey.values * (survey.num_outputs or 1), o.dtype, "stream f_batch (the teacher values)")
     check_spread(survey.spread, o.dtype, "stream f_batch (the teacher values)")
     if o.task != "regression":
-        return survey, (None, None)
+        return survey, None
     v = check_noise_variances(teacher_noise_variances, survey.num_teachers)
     if v.dim() != 1:
         raise ValueError(f"teacher_noise_variances: a streamed fit takes one variance per teacher ({survey.num_teachers},), "
                          f"got {tuple(v.shape)}")
-    return survey, fit_inverse_gamma(v)
+    return survey, InverseGammaNoise.fit(v)
 
 
 def _run_stream_em(model: DeepLatentFactor, moved: Iterable, o: DistillOptions) -> list[float]:
@@ -337,7 +339,7 @@ def _distill_stream(stream, num_factors, teacher_noise_variances, task, covarian
                     num_m_steps, lr, lr_decay, warmup, seed, progress, device, dtype) -> Student:
     o = _stream_options(stream, num_factors, task, covariance, hidden, loading_hidden, num_iterations, num_m_steps, lr,
                         lr_decay, warmup, seed, progress, device, dtype)
-    survey, noise_prior = _survey(stream, o, teacher_noise_variances)
+    survey, noise_law = _survey(stream, o, teacher_noise_variances)
     num_outputs, multivariate = survey.num_outputs, survey.num_outputs is not None
     covariance = o.covariance or ("full" if o.task == "classification" else "separable")
     # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.
@@ -357,11 +359,11 @@ def _distill_stream(stream, num_factors, teacher_noise_variances, task, covarian
         model.output_scale.copy_(survey.f_sd)
     model.set_noise_variance(0.1 * float(survey.f_sd) ** 2)
     history = _run_stream_em(model, moved, o)
-    # The design points' epistemic variance would need another pass: the likelihood's signs are checked.
-    warn_if_diverged(history, o.lr, 0.0, survey.spread, num_outputs, caller="distill_stream")
+    # The design points' epistemic variance would need another pass over the stream: the likelihood's signs are checked.
+    warn_if_diverged(history, o.lr, None, survey.spread, num_outputs, caller="distill_stream")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HeavyTailWarning)  # fit_inverse_gamma said it, naming teacher_noise_variances
-        student = Student(model, o.task, *noise_prior, centered_logits=o.task == "classification")
+        student = Student(model, o.task, centered_logits=o.task == "classification", noise_law=noise_law)
     student.history = history
     student.num_factors_choice = factor_choice
     return student

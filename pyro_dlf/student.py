@@ -22,12 +22,12 @@ from pyro_dlf._version import __version__
 from pyro_dlf._validation import (PREDICT_FIX, cast_inputs, check_batch_size, check_design_points, check_finite_outputs, check_flag,
                                   check_int, check_map_location, check_memory, check_noise_law, check_noise_prior, check_path,
                                   check_targets)
-from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+from pyro_dlf.likelihoods import FactorInverseGammaNoise, HeteroscedasticNoise, InverseGammaNoise, MixtureParts, NoiseLaw
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
-from pyro_dlf.noise import HeavyTailWarning, inverse_gamma_quantiles
-from pyro_dlf.quadrature import GaussianRule, gaussian_rule, integrate_softmax, scrambled_sobol, softmax_summary
-from pyro_dlf.student_file import (FORMAT_NAME, FORMAT_VERSION, NOISE_PREFIX, body_record, build_model, build_noise_model,
-                                   read_payload, write_payload)
+from pyro_dlf.noise import HeavyTailWarning
+from pyro_dlf.quadrature import GaussianRule, gaussian_rule, integrate_softmax, softmax_summary
+from pyro_dlf.student_file import (FORMAT_NAME, FORMAT_VERSION, body_record, build_model, build_noise_model, read_payload,
+                                   write_payload)
 from pyro_dlf.sufficient_statistics import combine
 
 if TYPE_CHECKING:  # the records of a fit; those modules do not import the student
@@ -37,14 +37,6 @@ if TYPE_CHECKING:  # the records of a fit; those modules do not import the stude
     from pyro_dlf.selection import BodySelection, FactorChoice
 
 __all__ = ["Student", "RegressionPrediction", "ClassificationPrediction", "FORMAT_VERSION"]
-
-#: Quasi-random draws of z that average a factor-dependent noise law (aleatoric_variance).
-_FACTOR_NODES = 4096
-
-
-def _listed(value):
-    return list(value) if isinstance(value, tuple) else value
-
 
 
 @dataclass
@@ -104,6 +96,17 @@ class ClassificationPrediction:
     logit_samples: Optional[Tensor]
 
 
+def _law_arguments(law: NoiseLaw) -> tuple:
+    """``(a, b, heteroscedastic model, β, Ĝ)`` of a noise law, for the student's checks."""
+    if isinstance(law, HeteroscedasticNoise):
+        return None, None, law, 0.0, None
+    if isinstance(law, FactorInverseGammaNoise):
+        return law.concentration, law.rate, None, law.exponent, law.gram
+    if isinstance(law, InverseGammaNoise):
+        return law.concentration, law.rate, None, 0.0, None
+    raise TypeError(f"noise_law must be one of the laws of pyro_dlf.likelihoods, got {type(law).__name__}")
+
+
 class Student(PyroModule):
     r"""A distilled student: the posterior predictive of a fitted DLF.
 
@@ -120,7 +123,7 @@ class Student(PyroModule):
       ``b · u(z)^β``, ``u(z) = z^T \hat G z``: a draw whose function strays
       further from the mean draws a larger (``β > 0``) noise variance, as the
       teachers that stray further are noisier (:func:`pyro_dlf.noise.fit_factor_inverse_gamma`); heteroscedastic
-      teachers (``noise_model``, :mod:`pyro_dlf.heteroscedastic`):
+      teachers (``noise_model``, :mod:`pyro_dlf.likelihoods.heteroscedastic`):
       ``noise_level ~ N(0, 1)`` and ``noise_variance(x) = exp(g(x) + τ · noise_level)``;
       classification: ``y ~ Categorical(logits=function)``; both in the plate
       ``data`` (dim -1).
@@ -165,7 +168,9 @@ class Student(PyroModule):
         i.i.d. inverse gamma of mathematics §2.4); needs ``noise_factor_gram``.
     :param noise_factor_gram: ``\hat G`` (``q×q``, trace 1) of that law.
     :param noise_model: regression with heteroscedastic teachers: the fitted
-        :class:`~pyro_dlf.heteroscedastic.HeteroscedasticNoise` (replaces ``a, b``).
+        :class:`~pyro_dlf.likelihoods.heteroscedastic.HeteroscedasticNoise` (replaces ``a, b``).
+    :param noise_law: the fitted noise law as one object (:mod:`pyro_dlf.likelihoods`), in place of the
+        arguments above; :attr:`noise_law` holds it either way.
     :param include_nugget: add the nugget ``σ_f²`` to the predictive draws
         (``function = μ + Φ^T z + v``, ``v ~ N(0, σ_f² I)``), i.e. predict a new
         *teacher* rather than the smooth process. The default follows mathematics §6
@@ -207,9 +212,18 @@ class Student(PyroModule):
     def __init__(self, dlf: DeepLatentFactor, task: str, noise_concentration: Optional[float] = None, noise_rate: Optional[float] = None,
                  centered_logits: bool = False, include_nugget: bool = False, *, trainable: bool = False, prefix: str = "",
                  noise_model: Optional[HeteroscedasticNoise] = None, noise_factor_exponent: float = 0.0,
-                 noise_factor_gram: Optional[Tensor] = None) -> None:
+                 noise_factor_gram: Optional[Tensor] = None, noise_law: Optional[NoiseLaw] = None) -> None:
         # Unique Pyro name: see DeepLatentFactor (param-store names never collide).
         super().__init__(f"student_{uuid.uuid4().hex[:8]}")
+        if noise_law is not None:
+            # A fitted law stands for the arguments it replaces, and is checked as they are.
+            if task != "regression":
+                raise ValueError("noise_law is for regression students; drop it for classification")
+            if noise_concentration is not None or noise_rate is not None or noise_model is not None \
+                    or noise_factor_exponent != 0 or noise_factor_gram is not None:
+                raise ValueError("noise_law replaces noise_concentration, noise_rate, noise_model, noise_factor_exponent and "
+                                 "noise_factor_gram; pass the law or those arguments")
+            noise_concentration, noise_rate, noise_model, noise_factor_exponent, noise_factor_gram = _law_arguments(noise_law)
         if not isinstance(dlf, DeepLatentFactor):
             raise TypeError(f"dlf must be a fitted pyro_dlf.models.DeepLatentFactor (e.g. pyro_dlf.distill(...).dlf), "
                             f"got {type(dlf).__name__}")
@@ -219,7 +233,7 @@ class Student(PyroModule):
         if task == "regression":
             if noise_model is not None:
                 if not isinstance(noise_model, HeteroscedasticNoise):
-                    raise TypeError(f"noise_model must be a pyro_dlf.heteroscedastic.HeteroscedasticNoise, got {type(noise_model).__name__}")
+                    raise TypeError(f"noise_model must be a pyro_dlf.likelihoods.heteroscedastic.HeteroscedasticNoise, got {type(noise_model).__name__}")
                 if dlf.multivariate:
                     raise ValueError("noise_model: heteroscedastic noise is for one regression output")
                 if given:
@@ -241,11 +255,9 @@ class Student(PyroModule):
             raise ValueError("task='classification' needs a multivariate DeepLatentFactor (num_outputs=c)")
         self.dlf = dlf
         self.task = task
-        self.noise_concentration = noise_concentration
-        self.noise_rate = noise_rate
-        self.noise_model = noise_model
-        self.noise_factor_exponent = 0.0
-        self.register_buffer("noise_factor_gram", None, persistent=False)
+        # The noise law (pyro_dlf.likelihoods): every use of the noise goes through it; None for classification.
+        self.noise_law: Optional[NoiseLaw] = (noise_model if noise_model is not None else None if task != "regression"
+                                              else InverseGammaNoise(noise_concentration, noise_rate))
         if isinstance(noise_factor_exponent, Real) and not isinstance(noise_factor_exponent, bool) \
                 and noise_factor_exponent == 0 and noise_factor_gram is None:
             pass  # the i.i.d. inverse gamma
@@ -269,6 +281,36 @@ class Student(PyroModule):
             self.unfreeze()
         else:
             self.freeze()
+
+    # ------------------------------------------------------------ the noise law's parameters
+    @property
+    def noise_model(self) -> Optional[HeteroscedasticNoise]:
+        """The heteroscedastic noise law (:class:`~pyro_dlf.likelihoods.HeteroscedasticNoise`), or ``None``."""
+        return self.noise_law if isinstance(self.noise_law, HeteroscedasticNoise) else None
+
+    @property
+    def noise_concentration(self):
+        """``a`` of an inverse-gamma noise law (a tuple with one law per output), else ``None``."""
+        return getattr(self.noise_law, "concentration", None)
+
+    @property
+    def noise_rate(self):
+        """``b`` of an inverse-gamma noise law (a tuple with one law per output), else ``None``."""
+        return getattr(self.noise_law, "rate", None)
+
+    @property
+    def noise_factor_exponent(self) -> float:
+        """``β`` of noise that follows the factors (0: the i.i.d. law)."""
+        return getattr(self.noise_law, "exponent", 0.0)
+
+    @property
+    def noise_factor_gram(self) -> Optional[Tensor]:
+        r"""``\hat G`` of noise that follows the factors, else ``None``."""
+        return getattr(self.noise_law, "gram", None)
+
+    def _hidden_params(self):
+        """A context that hides a frozen student's weights from Pyro's param sites."""
+        return poutine.block(hide_types=["param"]) if not self._trainable else contextlib.nullcontext()
 
     # ------------------------------------------------------------ training
     @property
@@ -350,17 +392,10 @@ class Student(PyroModule):
             y = check_targets(y, shape, dlf.num_outputs if self.task == "classification" else None)
         mean, loading, L, _ = self._network(x)
         z = pyro.sample(name + "z", dist.Normal(loading.new_zeros(()), 1.0).expand(dlf.factor_shape).to_event(len(dlf.factor_shape)))
-        if self.task == "regression" and self.noise_model is None:
-            prior = dist.InverseGamma(*self._noise_prior(loading, z))
-            noise_variance = pyro.sample(name + "noise_variance", prior.to_event(1) if dlf.multivariate else prior)
-        elif self.task == "regression":
-            level = pyro.sample(name + "noise_level", dist.Normal(loading.new_zeros(()), 1.0))
-            with poutine.block(hide_types=["param"]) if not self._trainable else contextlib.nullcontext():
-                log_location, spread = self.noise_model.log_location(x), self.noise_model.spread
+        law = self.noise_law
+        state = None if law is None else law.sample_sites(name, x, z, loading, dlf.multivariate, self._hidden_params)
         with pyro.plate(name + "data", x.shape[0], dim=-1):
-            if self.task == "regression" and self.noise_model is not None:
-                # One level per draw, shared by every input: a noisier or quieter teacher everywhere.
-                noise_variance = pyro.deterministic(name + "noise_variance", (log_location + spread * level).exp())
+            noise_variance = None if law is None else law.plate_variance(name, state)
             function = combine(mean, loading, z, L)
             if self.include_nugget or dlf.distance_anchors is not None:
                 # The nugget, or its growth beyond the data (zero where d(x) ≤ d_ref: a tiny floor keeps the scale valid).
@@ -404,63 +439,30 @@ class Student(PyroModule):
                        names: tuple[str, str, str, str] = ("concentration", "rate", "exponent", "gram")) -> "Student":
         """:meth:`set_noise_law` after its task check; errors name the caller's arguments (``prefix``, ``names``)."""
         a, b, exponent, g = check_noise_law(concentration, rate, exponent, gram, self.dlf.num_factors, prefix=prefix, names=names)
-        if g is not None:
-            # The rate's average b E_z[u(z)^β] must be a positive number: an extreme β overflows it.
-            nodes = self._factor_nodes(_FACTOR_NODES).double().cpu()
-            average = float(((nodes @ g) * nodes).sum(-1).clamp_min(torch.finfo(torch.float64).tiny).pow(exponent).mean())
-            if not (0 < b * average < math.inf):
-                raise ValueError(f"{prefix}{names[2]} {exponent:g} makes the noise law's average rate b E_z[u(z)^β] "
-                                 f"{'infinite' if b * average >= math.inf or math.isnan(average) else 'zero'}; fit the law with "
-                                 "pyro_dlf.noise.fit_factor_inverse_gamma")
-            weight = self.dlf.loading_head.weight
-            self.noise_factor_gram = g.to(dtype=weight.dtype, device=weight.device)
-        else:
-            self.noise_factor_gram = None
-        self.noise_concentration, self.noise_rate, self.noise_factor_exponent = a, b, exponent
-        return self
-
-    def _deviation_size(self, z: Tensor) -> Tensor:
-        r"""``u(z) = z^T \hat G z`` over the last dimension of ``z``."""
-        gram = self.noise_factor_gram.to(z)
-        return ((z @ gram) * z).sum(-1).clamp_min(torch.finfo(z.dtype).tiny)
-
-    def _noise_prior(self, like: Tensor, z: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """``(a, b)`` of the inverse gamma(s) as tensors like ``like``: ``()`` or ``(d,)`` per output;
-        with a factor-dependent law the rate ``b u(z)^β`` has ``z``'s batch shape."""
-        a, b = like.new_tensor(self.noise_concentration), like.new_tensor(self.noise_rate)
-        if self.noise_factor_exponent and z is not None:
-            b = b * self._deviation_size(z.to(like)).pow(self.noise_factor_exponent)
-        return a, b
-
-    def _factor_nodes(self, num: int, with_levels: bool = False):
-        """``num`` (even) fixed quasi-random draws of ``z ~ N(0, I)``: ``num / 2`` scrambled Sobol
-        points (seed 0) and their mirror images ``−z``, so the nodes average to exactly zero and
-        a mixture over them has mean ``μ(x)`` (``u(−z) = u(z)``). With ``with_levels`` the Sobol
-        points have one more coordinate, a probability level per node (shared by ``z`` and
-        ``−z``) at which to read the noise law's quantile: one low-discrepancy set over
-        ``(z, σ²)`` jointly, so the noise law's tail is sampled as finely as ``z``."""
+        if g is None:
+            self.noise_law = InverseGammaNoise(a, b)
+            return self
         weight = self.dlf.loading_head.weight
-        q = self.dlf.num_factors
-        uniform = scrambled_sobol(q + int(with_levels), num // 2)
-        half = torch.special.ndtri(uniform[:, :q])
-        z = torch.cat([half, -half]).to(dtype=weight.dtype, device=weight.device)
-        return (z, uniform[:, q].repeat(2)) if with_levels else z
+        law = FactorInverseGammaNoise(a, b, exponent, g.to(dtype=weight.dtype, device=weight.device))
+        # The rate's average b E_z[u(z)^β] must be a positive number: an extreme β overflows it.
+        average = FactorInverseGammaNoise(a, b, exponent, g).average_rate(weight.detach().cpu())
+        if not (0 < b * average < math.inf):
+            raise ValueError(f"{prefix}{names[2]} {exponent:g} makes the noise law's average rate b E_z[u(z)^β] "
+                             f"{'infinite' if b * average >= math.inf or math.isnan(average) else 'zero'}; fit the law with "
+                             "pyro_dlf.noise.fit_factor_inverse_gamma")
+        self.noise_law = law
+        return self
 
     # ------------------------------------------------------------ summaries
     @property
     def aleatoric_variance(self):
         """``E[σ²] = b/(a − 1)`` (infinite when ``a ≤ 1``); a tuple, one per output, for a
         multi-output regression; heteroscedastic students vary with x (see :meth:`predict`)."""
-        if self.noise_model is not None:
+        if self.noise_law is None:
+            raise ValueError("aleatoric_variance is for regression students")
+        if self.noise_law.per_input:
             raise ValueError("aleatoric_variance: this student's noise depends on x; read predict(x).aleatoric_variance")
-        mean = lambda a, b: b / (a - 1) if a > 1 else float("inf")  # noqa: E731
-        if self.noise_factor_exponent:
-            # E[σ²] = E_z[b u(z)^β] / (a − 1), the z-average by the fixed quadrature nodes.
-            average = float(self._deviation_size(self._factor_nodes(_FACTOR_NODES).double()).pow(self.noise_factor_exponent).mean())
-            return mean(self.noise_concentration, self.noise_rate * average)
-        if isinstance(self.noise_concentration, tuple):
-            return tuple(mean(a, b) for a, b in zip(self.noise_concentration, self.noise_rate))
-        return mean(self.noise_concentration, self.noise_rate)
+        return self.noise_law.constant_mean(self.dlf.loading_head.weight)
 
     def predict(self, x: Tensor, num_samples: Optional[int] = None, *, batch_size: int = 4096,
                 return_samples: bool = False, max_nodes: int = 512) -> Union[RegressionPrediction, ClassificationPrediction]:
@@ -509,7 +511,7 @@ class Student(PyroModule):
                                ("max_nodes", max_nodes, "use fewer nodes (the default is 512) or a smaller batch_size")))
         rule = self._rule(max_nodes).to(dlf.loading_head.weight) if use_rule else None
         z = torch.randn((num_draws, 1) + tuple(dlf.factor_shape), dtype=dtype, device=device)
-        levels = torch.randn(num_draws, dtype=dtype, device=device) if self.noise_model is not None else None
+        levels = torch.randn(num_draws, dtype=dtype, device=device) if self.task == "regression" and self.noise_law.per_input else None
         parts = []
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
@@ -527,7 +529,7 @@ class Student(PyroModule):
             cat = lambda i, dim=0: None if parts[0][i] is None else torch.cat([p[i] for p in parts], dim)  # noqa: E731
             if self.task == "classification":
                 return ClassificationPrediction(cat(0), cat(1), cat(2), cat(3), cat(4, 1))
-            noise_samples = cat(4, 1) if self.noise_model is not None else self._noise_samples(z) if return_samples else None
+            noise_samples = cat(4, 1) if self.noise_law.per_input else self.noise_law.draws(None, z, None) if return_samples else None
             return RegressionPrediction(mean=cat(0), epistemic_variance=cat(1), aleatoric_variance=cat(3),
                                         function_samples=cat(2, 1), noise_variance_samples=noise_samples)
 
@@ -535,23 +537,14 @@ class Student(PyroModule):
                           levels: Optional[Tensor]) -> tuple:
         """One batch's regression summaries (mathematics §6.1): ``(mean, epistemic, draws, aleatoric, noise draws)``;
         heteroscedastic noise is drawn at ``levels`` when given."""
-        dlf = self.dlf
-        if self.noise_model is None:
-            aleatoric, noise_draws = torch.zeros_like(mean) + mean.new_tensor(self.aleatoric_variance), None
-        else:
-            aleatoric = self.noise_model.mean(xb)
-            noise_draws = self.noise_model.sample(xb, levels) if levels is not None else None
+        dlf, law = self.dlf, self.noise_law
+        aleatoric = law.mean(xb, mean)
+        noise_draws = law.draws(xb, None, levels) if law.per_input and levels is not None else None
         epistemic = (dlf.function_variance(xb) if dlf.multivariate else loading.pow(2).sum(-1)) + self._nugget(xb).to(mean)
         # An inverse gamma with a <= 1 has an infinite mean by law, not by overflow.
-        heteroscedastic = aleatoric if self.noise_model is not None else None
+        heteroscedastic = aleatoric if law.per_input else None
         check_finite_outputs((epistemic, heteroscedastic, draws, noise_draws), xb, mean.dtype, "x")
         return mean, epistemic, draws, aleatoric, noise_draws
-
-    def _noise_samples(self, z: Tensor) -> Tensor:
-        """The inverse-gamma noise variance paired with each draw of ``z`` ``(S, 1, ...)`` (mathematics §2.4, §6.3)."""
-        if self.noise_factor_exponent:
-            return dist.InverseGamma(*self._noise_prior(z, z.squeeze(-2))).sample()  # one per draw of z
-        return dist.InverseGamma(*self._noise_prior(z)).sample((z.shape[0],))
 
     def integration_rule(self, max_nodes: int = 512) -> GaussianRule:
         """The fixed rule of the classification predictive: :func:`~pyro_dlf.quadrature.gaussian_rule` in the
@@ -597,11 +590,11 @@ class Student(PyroModule):
         components ``N(μ(x) + Φ(x)^T z_k, σ²_k)``, where ``(z_k, σ²_k)`` run over one
         low-discrepancy set: scrambled Sobol points (seed 0) in ``q + 1`` dimensions
         give ``z_k`` (mirrored, ``±z``) and a probability level at which ``σ²_k`` is the
-        quantile of ``IG(a, b u(z_k)^β)``. Against a brute-force average over 10⁵ draws
-        of ``z`` (``σ²`` integrated exactly) this quadrature is within 0.03 nats per point
-        on the synthetic teachers of ``tests/test_noise_given_factors.py``.
+        quantile of ``IG(a, b u(z_k)^β)`` (:meth:`~pyro_dlf.likelihoods.FactorInverseGammaNoise.mixture`;
+        its accuracy against a brute-force average over draws of ``z`` is tested).
 
-        :returns: ``(means, variances)`` of shape ``(K, m)``, for :mod:`pyro_dlf_bench.metrics`.
+        :returns: ``(means, variances)`` of shape ``(K, m)`` (``(K, m, d)`` for several outputs), equal-weight
+            components to score a mixture density with (its NLL or CRPS).
         """
         if self.task != "regression":
             raise ValueError("predictive_mixture is for regression students; use predict(x).probs for classification")
@@ -612,32 +605,15 @@ class Student(PyroModule):
         self.dlf.check_inputs(x, "x")
         # The (K, m) means and variances; a factor-dependent noise law integrates z too (16 K components).
         check_memory(2 * weight.dtype.itemsize * num_components * x.shape[0] * (self.dlf.num_outputs or 1)
-                     * (16 if self.noise_factor_exponent else 1), weight.device, "num_components", num_components,
+                     * self.noise_law.mixture_factor, weight.device, "num_components", num_components,
                      "use fewer components (e.g. num_components=64) or fewer inputs per call")
         with torch.no_grad():
             mean, loading = self.dlf.mean_and_loading(x)
-            if self.noise_model is not None:
-                nodes = self.noise_model.quantiles(x, num_components)
-            elif isinstance(self.noise_concentration, tuple):  # one inverse gamma per output: (K, 1, d)
-                nodes = torch.stack([inverse_gamma_quantiles(a, b, num_components) for a, b in
-                                     zip(self.noise_concentration, self.noise_rate)], -1).to(mean).unsqueeze(1)
-            else:
-                nodes = inverse_gamma_quantiles(self.noise_concentration, self.noise_rate, num_components).to(mean).unsqueeze(-1)
-            if self.noise_factor_exponent:
-                from scipy.stats import invgamma
-
-                z, levels = self._factor_nodes(16 * num_components, with_levels=True)
-                z = z.to(mean)
-                # IG(a, s b) quantiles are s × IG(a, b) quantiles.
-                unit = torch.as_tensor(invgamma.ppf(levels.numpy(), self.noise_concentration, scale=self.noise_rate)).to(mean)
-                noise = (unit * self._deviation_size(z).pow(self.noise_factor_exponent)).unsqueeze(-1)  # (K, 1)
-                means = combine(mean, loading, z.unsqueeze(-2))  # (K, m)
-                check_finite_outputs((means,), x, mean.dtype, "x")
-                return means, (noise + self._nugget(x).to(mean)).expand_as(means).clone()
             epistemic = self.dlf.function_variance(x) if self.dlf.multivariate else loading.pow(2).sum(-1)
-            variances = epistemic + self._nugget(x).to(mean) + nodes
-            check_finite_outputs((mean, variances), x, mean.dtype, "x")
-        return mean.expand_as(variances), variances
+            parts = MixtureParts(x, mean, loading, epistemic, self._nugget(x).to(mean), self.dlf.num_factors)
+            means, variances = self.noise_law.mixture(parts, num_components)
+            check_finite_outputs((means, variances), x, mean.dtype, "x")
+        return means, variances
 
     # -------------------------------------------------------------- saving
     def save(self, path: Union[str, os.PathLike, IO[bytes]]) -> None:
@@ -654,6 +630,7 @@ class Student(PyroModule):
         """
         path = check_path(path, "path", write=True)
         record = body_record(self.dlf.body) if self.dlf.custom_body else None
+        noise, noise_factors, noise_state = (None, None, {}) if self.noise_law is None else self.noise_law.record()
         payload = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -662,17 +639,12 @@ class Student(PyroModule):
             "centered_logits": self.centered_logits,
             "include_nugget": self.include_nugget,
             "prefix": self.prefix,
-            "noise_factors": (None if not self.noise_factor_exponent else
-                              {"exponent": self.noise_factor_exponent, "gram": self.noise_factor_gram.double().cpu().tolist()}),
-            "noise": ({"heteroscedastic": self.noise_model.config()} if self.noise_model is not None
-                      else None if self.noise_concentration is None
-                      else [_listed(self.noise_concentration), _listed(self.noise_rate)]),
+            "noise_factors": noise_factors,
+            "noise": noise,
             "model": self.dlf.config(),
             **({} if record is None else {"body_class": record[0], "body_modules": record[1]}),
             "dtype": str(self.dlf.loading_head.weight.dtype).replace("torch.", ""),
-            "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()}
-            | ({} if self.noise_model is None else
-               {f"{NOISE_PREFIX}{k}": v.detach().cpu() for k, v in self.noise_model.state_dict().items()}),
+            "state_dict": {k: v.detach().cpu() for k, v in self.dlf.state_dict().items()} | noise_state,
         }
         write_payload(payload, path)
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from pyro_dlf._files import atomic_write, body_record
 from pyro_dlf._validation import check_body_record, check_network_fields, check_state_shapes
+from pyro_dlf.likelihoods.heteroscedastic import NOISE_PREFIX, HeteroscedasticNoise
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "checksum", "write_payload", "read_payload", "build_model", "body_record",
            "build_noise_model", "NOISE_PREFIX"]
@@ -46,8 +47,6 @@ _READABLE_VERSIONS = (1, 2)
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
 
-#: State-dict prefix of a heteroscedastic noise model's weights in a student file.
-NOISE_PREFIX = "noise_model."
 
 
 def _describe(source: PathOrFile) -> str:
@@ -67,7 +66,12 @@ def checksum(payload: dict) -> str:
 
 
 def write_payload(payload: dict, destination: PathOrFile) -> None:
-    """``torch.save`` with a checksum, atomically when ``destination`` is a path."""
+    """``torch.save`` with a checksum, atomically when ``destination`` is a path; a student with non-finite weights
+    (a diverged fit, which :func:`read_payload` would refuse) is not written."""
+    bad = [k for k, v in payload["state_dict"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"path: the student holds non-finite weights in {bad[0]!r} (the fit diverged) and is not saved; "
+                         "refit with a lower lr")
     payload = dict(payload, checksum=checksum(payload))
     if not isinstance(destination, (str, bytes, os.PathLike)):
         torch.save(payload, destination)
@@ -266,8 +270,6 @@ def build_noise_model(payload: dict, where: str):
     As for the model, its widths are bounded by its saved tensors and its
     shapes compared on the ``meta`` device before it is built.
     """
-    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
-
     if not isinstance(payload["noise"], dict):
         return None
     cfg = payload["noise"]["heteroscedastic"]

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dlf._progress import progress_bar
-from pyro_dlf._validation import (check_bool, check_nonnegative_float, check_positive_float, check_positive_int,
-                                  check_training_inputs)
+from pyro_dlf._validation import (check_bool, check_networks, check_nonnegative_float, check_positive_float,
+                                  check_positive_int, check_training_inputs)
 
 __all__ = ["fit_networks", "LOSSES", "squared_error", "label_cross_entropy"]
 
@@ -145,20 +145,6 @@ class _Arguments:
     vectorize: bool
 
 
-def _check_nets(nets) -> None:
-    if isinstance(nets, nn.Module) or not isinstance(nets, Sequence) or not nets:
-        raise TypeError("nets must be a non-empty sequence of torch.nn.Module (e.g. a list or nn.ModuleList)")
-    for k, net in enumerate(nets):
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"nets[{k}] must be a torch.nn.Module, got {type(net).__name__}")
-    shapes = [(name, p.shape) for name, p in nets[0].named_parameters()]
-    if not any(p.requires_grad for p in nets[0].parameters()):
-        raise ValueError("net has no trainable parameters (requires_grad=True); nothing to fit")
-    for k, net in enumerate(nets[1:], start=1):
-        if [(name, p.shape) for name, p in net.named_parameters()] != shapes:
-            raise ValueError(f"nets[{k}] has different parameters from nets[0]; all nets must share one architecture")
-
-
 def _loss_function(loss) -> LossFn:
     if isinstance(loss, str):
         if loss not in LOSSES:
@@ -171,7 +157,7 @@ def _loss_function(loss) -> LossFn:
 
 def _arguments(nets, x, y, loss, rows, epochs, batch_size, lr, weight_decay, generators, progress, eval_batch_size,
                vectorize) -> _Arguments:
-    _check_nets(nets)
+    check_networks(nets)
     loss_fn = _loss_function(loss)
     num = len(nets)
     vectorize = check_bool(vectorize, "vectorize")

@@ -62,7 +62,7 @@ def data_folder(sub: str) -> Optional[Path]:
 
 
 def uci_set(name: str) -> Optional[Path]:
-    """The folder of UCI set ``name`` under the data root, in either layout :func:`~pyro_dlf.data.load_uci` reads."""
+    """The folder of UCI set ``name`` under the data root, in either layout :func:`~pyro_dlf_bench.datasets.load_uci` reads."""
     uci = data_folder("uci")
     if uci is None:
         return None

@@ -156,9 +156,15 @@ def test_ablation_switches_are_checked_by_the_options_not_offered_by_distill(kwa
 
     from pyro_dlf.fitting import check_options
 
+    from pyro_dlf.fitting.options import ARGUMENTS
+
     with pytest.raises(error, match=match):
         check_options(**kwargs)
     assert not {"estep", "init", "mmd_penalty"} & set(inspect.signature(pyro_dlf.distill).parameters)
+    data = {"x_design", "teacher_outputs", "teacher_noise_variances", "observed", "held_out"}
+    assert set(ARGUMENTS) == set(inspect.signature(pyro_dlf.distill).parameters) - data
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hidden_candidates'"):
+        check_options(hidden_candidates=((4,),))  # a derived field, not an option
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(dtype=torch.float16), "dtype"), (dict(num_iterations=-1), "num_iterations"), (dict(lr_decay=0.0), "lr_decay"), (dict(warmup=2.0), "warmup"), (dict(task="survival"), "task")])

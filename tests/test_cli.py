@@ -656,3 +656,24 @@ def test_lab_commands_without_the_lab_say_how_to_install_it(argv, monkeypatch, c
     with pytest.raises(SystemExit) as stop:
         main([argv[0], "--help"])
     assert stop.value.code == 0 and "pip install ./benchmarks" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_broken_lab_install_is_named_with_its_import_error(monkeypatch, capsys):
+    import pyro_dlf.cli.plugins as plugins
+
+    class Broken:
+        name = "bench"
+
+        def load(self):
+            raise ImportError("No module named 'transformers'")
+
+    class Replacing:
+        name = "distill"  # a package may not replace the library's own commands
+
+        def load(self):
+            raise AssertionError("a reserved name is never loaded")
+
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [Broken(), Replacing()])
+    assert main(["bench", "uci"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "installed but does not import (No module named 'transformers')" in err

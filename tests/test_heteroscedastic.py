@@ -124,7 +124,7 @@ def test_body_selection_slices_per_point_noise_variances():
 
 
 def _small_heteroscedastic_student():
-    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+    from pyro_dlf.likelihoods.heteroscedastic import HeteroscedasticNoise
 
     from synthetic import random_dlf
 
@@ -141,7 +141,7 @@ def _small_heteroscedastic_student():
 def test_the_noise_models_widths_are_checked_before_it_is_built(tmp_path, monkeypatch, field, value, match):
     """A file whose noise model claims a 10⁹-unit layer (checksum recomputed) is named before any module is
     built from it -- not even on the meta device."""
-    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+    from pyro_dlf.likelihoods.heteroscedastic import HeteroscedasticNoise
     from pyro_dlf.student_file import checksum
 
     _small_heteroscedastic_student().save(tmp_path / "s.pt")
@@ -158,7 +158,7 @@ def test_the_noise_models_widths_are_checked_before_it_is_built(tmp_path, monkey
 
 
 def test_a_noise_width_that_disagrees_with_the_weights_is_decided_on_the_meta_device(tmp_path, monkeypatch):
-    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+    from pyro_dlf.likelihoods.heteroscedastic import HeteroscedasticNoise
     from pyro_dlf.student_file import checksum
 
     student = _small_heteroscedastic_student()
@@ -187,7 +187,7 @@ def test_a_noise_width_that_disagrees_with_the_weights_is_decided_on_the_meta_de
 
 
 def test_noise_model_arguments_are_named():
-    from pyro_dlf.heteroscedastic import HeteroscedasticNoise
+    from pyro_dlf.likelihoods.heteroscedastic import HeteroscedasticNoise
 
     with pytest.raises(ValueError, match=r"hidden\[1\] must be a positive int"):
         HeteroscedasticNoise(2, (4, 0))

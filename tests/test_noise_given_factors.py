@@ -98,7 +98,7 @@ def test_the_predictive_mixture_matches_a_brute_force_average_over_the_factors(d
         # The nodes are mirrored: the mixture's mean is μ(x) exactly.
         assert torch.allclose(means.mean(0), mean, atol=1e-10)
         z = torch.randn(100_000, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-        a, b = student._noise_prior(mean, z)  # σ² integrated analytically: Student-t with 2a dof, scale² b/a
+        a, b = student.noise_law.prior(mean, z)  # σ² integrated analytically: Student-t with 2a dof, scale² b/a
         log_p = torch.distributions.StudentT(2 * a, mean + z @ loading.T, (b / a).sqrt().unsqueeze(1)).log_prob(y)
         brute = float(-(torch.logsumexp(log_p, 0) - math.log(len(z))).mean())
     # The brute force's own Monte Carlo error is ~10⁻³ here; the quadrature's, from a heavy-tailed
@@ -111,7 +111,7 @@ def test_pyro_draws_pair_larger_deviations_with_larger_noise(dependent):
     x, _, _, student = dependent
     pyro.set_rng_seed(0)
     draws = pyro.infer.Predictive(student, num_samples=4000, return_sites=["z", "noise_variance"])(x[:5])
-    size = student._deviation_size(draws["z"].squeeze(-2))
+    size = student.noise_law.deviation_size(draws["z"].squeeze(-2))
     noise = draws["noise_variance"].reshape(-1)
     ranks = torch.stack([size.argsort().argsort(), noise.argsort().argsort()]).double()
     # Under the fitted law the log-variance's regression on log u has slope β; with 4,000 draws

@@ -700,3 +700,15 @@ def test_the_predictive_keeps_the_nugget_growth_beyond_the_data():
     assert torch.all((draws.var(0) / (smooth + growth) - 1).abs() < 5 * (2 / S) ** 0.5)
     student.include_nugget = True
     torch.testing.assert_close(student.predict(x, 10).epistemic_variance, smooth + nugget)
+
+
+def test_a_student_with_non_finite_weights_is_not_saved(tmp_path):
+    """A diverged fit is refused at saving, as loading would refuse it; nothing is written."""
+    from pyro_dlf.models import DeepLatentFactor
+
+    student = Student(DeepLatentFactor(1, 2, (4,)), "regression", 2.0, 1.0)
+    with torch.no_grad():
+        student.dlf.mean_head.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"non-finite weights in 'mean_head.bias' \(the fit diverged\) and is not saved"):
+        student.save(tmp_path / "student.pt")
+    assert not (tmp_path / "student.pt").exists()

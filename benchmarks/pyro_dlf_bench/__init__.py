@@ -7,3 +7,5 @@ benchmarks. The library never imports it.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__"]

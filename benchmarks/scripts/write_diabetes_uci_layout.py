@@ -8,7 +8,7 @@ A regression set outside the seven shipped UCI folders, for checking that
 
 The folder gets ``data.txt`` (features then target, whitespace-separated),
 ``index_features.txt`` (0-based feature columns) and ``index_target.txt``,
-written by :func:`pyro_dlf.data.write_uci_layout`.
+written by :func:`pyro_dlf_bench.datasets.write_uci_layout`.
 """
 import sys
 

@@ -89,8 +89,8 @@ def _distill_parser(sub) -> None:
     distill.add_argument("--hidden", nargs="+", default=["auto"],
                          help="body widths such as 50 50, or auto (chosen from 1-2 layers of 50/100 by held-out scores of the teachers' values)")
     distill.add_argument("--loading-hidden", type=POSITIVE, nargs="+", default=None,
-                         help="widths of a separate body for the factor loadings, such as 50 (the UCI benchmark's DLF row uses 50; "
-                              "without it one body gives mean and loadings)")
+                         help="widths of a separate body for the factor loadings, such as 50 (without it one body gives mean and "
+                              "loadings)")
     distill.add_argument("--covariance", default=None, choices=("separable", "full"),
                          help="several outputs: one per input (full, the default for classification) or one shape for "
                               "every input (separable, the paper's)")

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyro_dlf._validation import check_positive_int
+from pyro_dlf._validation import check_image_families, check_images, check_positive_int, check_strength
 
 __all__ = ["IMAGE_FAMILIES", "SHIFT_FAMILIES", "augment_images", "augmentation_magnitudes"]
 
@@ -58,40 +58,6 @@ SHIFT_FAMILIES = ("rotate", "rotation", "noise", "gaussian", "gaussian_noise")
 _MAX_ZOOM = 1.25  # largest zoom in (and 1/1.25 out) at strength 1
 _PHOTOMETRIC = 1.5  # largest gamma and contrast factor (and their inverses) at strength 1
 _BRIGHTNESS = 0.2  # largest brightness shift at strength 1
-
-
-def _check_images(x: object) -> Tensor:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4 or x.shape[0] < 1:
-        raise ValueError(f"x must be a floating tensor of images (N, C, H, W) with N >= 1, got {getattr(x, 'shape', type(x).__name__)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values; clean the images first")
-    low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 1:
-        raise ValueError(f"x must lie in [0, 1], got values in [{low:g}, {high:g}]; rescale the images (e.g. divide 8-bit pixels by 255)")
-    return x
-
-
-def _check_families(families: object) -> tuple[str, ...]:
-    """``families`` as a tuple of distinct names from :data:`IMAGE_FAMILIES` (rotation and noise refused)."""
-    if isinstance(families, str) or not isinstance(families, Sequence) or len(families) == 0:
-        raise ValueError(f"families must be a non-empty sequence of names from {IMAGE_FAMILIES}, got {families!r}; "
-                         f"e.g. families=('translate', 'mix')")
-    for name in families:
-        if isinstance(name, str) and name.lower() in SHIFT_FAMILIES:
-            raise ValueError(f"families: {name!r} is not an augmentation family: rotation and additive Gaussian noise are "
-                             f"the shifts the image benchmark tests; choose from {IMAGE_FAMILIES}")
-        if name not in IMAGE_FAMILIES:
-            raise ValueError(f"families: unknown family {name!r}; choose from {IMAGE_FAMILIES}")
-    if len(set(families)) != len(families):
-        raise ValueError(f"families: {tuple(families)!r} repeats a name; list each family once")
-    return tuple(families)
-
-
-def _check_strength(strength: object) -> float:
-    """``strength`` as a float in ``(0, 1]``."""
-    if isinstance(strength, bool) or not isinstance(strength, Real) or not 0 < float(strength) <= 1:
-        raise ValueError(f"strength must be a number in (0, 1] (1: the full magnitudes), got {strength!r}")
-    return float(strength)
 
 
 def _max_shift(strength: float, height: int, width: int) -> int:
@@ -187,10 +153,10 @@ def augment_images(x: Tensor, copies: int = 1, *, families: Sequence[str] = IMAG
     :raises ValueError: for images outside ``[0, 1]`` or of the wrong shape, an unknown family (or
         rotation or noise), a strength outside ``(0, 1]``, a non-positive ``alpha``, too few images to mix.
     """
-    x = _check_images(x)
+    x = check_images(x)
     copies = check_positive_int(copies, "copies")
-    families = _check_families(families)
-    strength = _check_strength(strength)
+    families = check_image_families(families, IMAGE_FAMILIES, SHIFT_FAMILIES)
+    strength = check_strength(strength)
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < float(alpha) < math.inf:
         raise ValueError(f"alpha must be a positive number (1: λ uniform on [0, 1]), got {alpha!r}")
     if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
@@ -217,7 +183,7 @@ def augment_images(x: Tensor, copies: int = 1, *, families: Sequence[str] = IMAG
 
 def augmentation_magnitudes(strength: float = 1.0, image_size: tuple[int, int] = (28, 28), alpha: float = 1.0) -> dict[str, str]:
     """Each family's magnitude at ``strength`` on images of ``image_size = (H, W)``, in words (for reports)."""
-    s = _check_strength(strength)
+    s = check_strength(strength)
     h, w = (check_positive_int(v, "image_size") for v in image_size)
     zoom, photo = _MAX_ZOOM ** s, _PHOTOMETRIC ** s
     return {

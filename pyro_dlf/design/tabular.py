@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_positive_int
+from pyro_dlf._validation import check_positive_int, check_rows
 
 __all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "outward_probes", "scott_bandwidth"]
 
@@ -70,13 +70,6 @@ class _Standardized:
         return x * self.scale + self.loc
 
 
-def _check_inputs(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"x must be a floating tensor of shape (n, D) with n >= 2, got {getattr(x, 'shape', x)!r}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values; clean or impute them first")
-
-
 def scott_bandwidth(num_points: int, num_features: int) -> float:
     """Scott's rule :math:`n^{-1/(D+4)}`: the kernel bandwidth in units of each feature's standard deviation."""
     return float(num_points) ** (-1.0 / (num_features + 4))
@@ -92,9 +85,9 @@ def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[flo
         (default ``x``): pass the data when ``x`` are a few of its rows, so that their draws are the data's.
     :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
-    _check_inputs(x)
+    check_rows(x)
     reference = x if reference is None else reference
-    _check_inputs(reference)
+    check_rows(reference)
     copies = check_positive_int(copies, "copies")
     h = scott_bandwidth(*reference.shape) if bandwidth is None else float(bandwidth)
     if not h > 0:
@@ -112,7 +105,7 @@ def mixup(x: Tensor, copies: int = 1, *, alpha: float = 1.0, generator: Optional
     :param alpha: the Beta parameter (1: λ uniform on [0, 1]).
     :returns: ``(copies * n, D)``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
-    _check_inputs(x)
+    check_rows(x)
     copies = check_positive_int(copies, "copies")
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha!r}")
@@ -140,7 +133,7 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
         ``i`` is row ``c * n + i``.
     :raises ValueError: if ``x`` is not a finite floating ``(n, D)`` tensor with ``n >= 2``.
     """
-    _check_inputs(x)
+    check_rows(x)
     copies = check_positive_int(copies, "copies")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     standardizer = _Standardized(x)
@@ -170,9 +163,9 @@ def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator:
         pass the data when ``x`` are a few of its rows.
     :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
-    _check_inputs(x)
+    check_rows(x)
     reference = x if reference is None else reference
-    _check_inputs(reference)
+    check_rows(reference)
     copies = check_positive_int(copies, "copies")
     if not (isinstance(reach, (int, float)) and reach > 0 and reach < float("inf")):
         raise ValueError(f"reach must be a positive number (e.g. 0.5: up to half the data's reach beyond it), got {reach!r}")

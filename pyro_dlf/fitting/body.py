@@ -9,13 +9,14 @@ their values (mathematics §3).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from pyro_dlf.fitting.data import TeacherData
-from pyro_dlf.fitting.fit import FitContext, fit_student
+from pyro_dlf.fitting.context import FitContext
+from pyro_dlf.fitting.fit import fit_student
 from pyro_dlf.fitting.options import DistillOptions
 from pyro_dlf.selection import BodySelection, check_selection_size, predictive_log_score, select_hidden
 from pyro_dlf.student import Student
@@ -23,7 +24,7 @@ from pyro_dlf.student import Student
 __all__ = ["choose_body"]
 
 
-def _score(data: TeacherData):
+def _score(data: TeacherData) -> Callable[[Student, Tensor, Tensor, Optional[Tensor]], Tensor]:
     """The held-out score of a candidate: each teacher's per-value score at the validation points."""
     v = data.noise_variances
     scalar_noise = v if data.task == "regression" and data.num_outputs is None and v.dim() == 1 else None
@@ -61,8 +62,8 @@ def choose_body(data: TeacherData, o: DistillOptions,
 
     def fit(xs: Tensor, fs: Tensor, widths: tuple[int, ...], mask: Optional[Tensor], idx: Tensor, length: float) -> Student:
         # Candidates are compared as fitted; the chosen body is calibrated after its refit.
-        rows.candidate = f"body selection (hidden={widths}, training_length={length:g})"
-        return fit_student(data.subset(xs, fs, mask, idx), quiet, widths, length, rows)
+        named = replace(rows, candidate=f"body selection (hidden={widths}, training_length={length:g})")
+        return fit_student(data.subset(xs, fs, mask, idx), quiet, widths, length, named)
 
     selection = select_hidden(data.x, data.f, candidates, fit, _score(data), validation_fraction=o.validation_fraction,
                               seed=o.seed, observed=data.observed, lengths=o.training_lengths, progress=o.progress)

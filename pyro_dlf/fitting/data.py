@@ -9,7 +9,7 @@ of it, checked no more.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,9 +28,9 @@ __all__ = ["TeacherInputs", "TeacherData", "prepare_data", "resolve_num_factors"
 class TeacherInputs:
     """The per-teacher inputs of ``distill`` besides the values: noise variances and masks, as given."""
 
-    noise_variances: object = None
-    observed: object = None
-    held_out: object = None
+    noise_variances: Union[Tensor, np.ndarray, Sequence[float], None] = None
+    observed: Union[Tensor, np.ndarray, None] = None
+    held_out: Union[Tensor, np.ndarray, None] = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class TeacherData:
         return replace(self, x=x, f=f, observed=observed, held_out=None, noise_variances=v)
 
 
-def _design_points(x_design, o: DistillOptions) -> Tensor:
+def _design_points(x_design: Union[Tensor, np.ndarray], o: DistillOptions) -> Tensor:
     x = check_design_points(x_design, "x_design", integer_ok=o.body is not None)
     check_num_points(x.shape[0], "x_design")
     if o.body is None and x.dim() != 2:
@@ -171,7 +171,7 @@ def resolve_num_factors(requested, gram: Callable[[], Tensor], num_teachers: int
     return q, choice
 
 
-def prepare_data(x_design, teacher_outputs: TeacherOutputs, inputs: TeacherInputs, o: DistillOptions) -> TeacherData:
+def prepare_data(x_design: Union[Tensor, np.ndarray], teacher_outputs: TeacherOutputs, inputs: TeacherInputs, o: DistillOptions) -> TeacherData:
     """Check the design points, the teachers' values, noise variances and masks once, and resolve the task, the
     output structure and ``q``. Logits are centred per input when ``o.center_logits`` (mathematics §2.2)."""
     x = _design_points(x_design, o)
@@ -188,8 +188,9 @@ def prepare_data(x_design, teacher_outputs: TeacherOutputs, inputs: TeacherInput
     if centred:
         f = f - f.mean(-1, keepdim=True)
     check_value_scale(f, o.dtype, "teacher_outputs", observed)
-    data = TeacherData(x, f, task, num_outputs, covariance, centered, centred,
-                       None if num_outputs is None else num_outputs - (1 if centred else 0), observed, held_out, v)
+    data = TeacherData(x=x, f=f, task=task, num_outputs=num_outputs, covariance=covariance, centered_loadings=centered,
+                       centred=centred, free_outputs=None if num_outputs is None else num_outputs - (1 if centred else 0),
+                       observed=observed, held_out=held_out, noise_variances=v)
     separable = num_outputs is not None and covariance == "separable"
     q, choice = resolve_num_factors(o.num_factors, lambda: deviation_gram(f, observed, separable), f.shape[0],
                                     data.free_outputs, covariance, num_outputs is not None)

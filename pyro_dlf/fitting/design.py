@@ -19,7 +19,7 @@ from torch import Tensor
 from pyro_dlf._validation import check_design_points, check_num_points
 from pyro_dlf.design.choice import DESIGN_CANDIDATES, DesignChoice, choose_design
 from pyro_dlf.fitting.data import TeacherInputs
-from pyro_dlf.fitting.fit import FitContext
+from pyro_dlf.fitting.context import FitContext
 from pyro_dlf.fitting.options import DistillOptions
 from pyro_dlf.fitting.pipeline import fit_teachers
 from pyro_dlf.fitting.teachers import TeacherOutputs, evaluate_teachers, is_teacher_list
@@ -32,7 +32,7 @@ __all__ = ["DISTANCE_ANCHORS", "fit_on_design"]
 DISTANCE_ANCHORS = 256
 
 
-def _no_design_reason(x, teacher_outputs, inputs: TeacherInputs, o: DistillOptions) -> Optional[str]:
+def _no_design_reason(x: Tensor, teacher_outputs: TeacherOutputs, inputs: TeacherInputs, o: DistillOptions) -> Optional[str]:
     """Why no design can be built from ``x`` (``None`` when one can): the teachers must be callables, and
     per-point inputs exist only at the given points."""
     if not (is_teacher_list(teacher_outputs) or callable(teacher_outputs)):
@@ -87,7 +87,7 @@ def _design_points(x: Tensor, choice: DesignChoice, o: DistillOptions) -> Tensor
     return torch.cat([x, added.to(x)])
 
 
-def fit_on_design(x_design, teacher_outputs: TeacherOutputs, inputs: TeacherInputs, o: DistillOptions) -> Student:
+def fit_on_design(x_design: Tensor, teacher_outputs: TeacherOutputs, inputs: TeacherInputs, o: DistillOptions) -> Student:
     """Build the design set from the rows ``x_design``, evaluate the teachers there, and distill
     (:func:`~pyro_dlf.fitting.pipeline.fit_teachers`); ``student.design_choice`` records the design."""
     reason = _no_design_reason(x_design, teacher_outputs, inputs, o)

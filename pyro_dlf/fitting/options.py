@@ -22,7 +22,7 @@ from pyro_dlf.design.sets import DESIGNS
 from pyro_dlf.models.deep_latent_factor import ACTIVATIONS
 from pyro_dlf.selection import BODY_FAMILY, TRAINING_FAMILY
 
-__all__ = ["DistillOptions", "check_options"]
+__all__ = ["DistillOptions", "check_options", "ARGUMENTS", "ABLATION_SWITCHES"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,12 @@ class DistillOptions:
 
     :ivar hidden: the default MLP body's widths, or ``None`` when bodies are compared.
     :ivar hidden_candidates: the bodies compared on held-out design points (``"auto"``:
-        :data:`pyro_dlf.selection.BODY_FAMILY`), or ``None`` for one body.
+        :data:`pyro_dlf.selection.BODY_FAMILY`), or ``None`` for one body. Each is fitted on
+        ``1 − validation_fraction`` of the design points and scored at the rest (regression teachers with one
+        noise variance each by the ensemble-predictive log score, others by the exact marginal likelihood); the
+        smallest within one standard error of the best is refitted on all points. A comparison needs 5 held-out
+        and 5 fitting points at least (:func:`pyro_dlf.selection.minimum_design_points`: 23 at the default
+        ``validation_fraction``).
     :ivar hidden_given: ``hidden`` as passed (named in messages).
     :ivar loading_hidden: widths of a separate loading body, or ``None`` for one body shared by both heads.
     :ivar body: a custom body module ``(m, ...) → (m, body_features)``, or ``None``.
@@ -80,8 +85,13 @@ class DistillOptions:
 
     **The design** (mathematics §9).
 
-    :ivar design: ``"auto"``, a named design set (:data:`pyro_dlf.design.sets.DESIGNS`) or a callable
-        ``design(x, *, generator)`` returning the points to add.
+    :ivar design: with callable teachers, the design set built from the rows ``x_design``: ``"given"`` (the rows),
+        ``"between"`` (plus a mixup point per row), ``"around"`` (plus a Gaussian perturbation per row), ``"beyond"``
+        (plus a perturbation and an outward probe with reach 0.5 per row), a callable ``design(x, *, generator)``
+        returning the points to add (e.g. :func:`pyro_dlf.design.images.augment_images`), or ``"auto"``: ``given``,
+        ``around`` and ``beyond`` (with and without the distance feature) compared by the teachers' held-out values
+        in range, around and beyond the rows (:func:`pyro_dlf.design.choice.choose_design`). With teacher values,
+        per-point inputs or a custom body, ``"auto"`` means ``"given"``.
     :ivar distance_feature: feed the loadings the distance from the data rows (§9.3): ``True``, ``False`` or
         ``"auto"``.
 
@@ -89,8 +99,8 @@ class DistillOptions:
 
     :ivar teacher_batch_size: design points per call of a teacher callable.
     :ivar seed: seeds the initialization, the minibatch order and the held-out splits.
-    :ivar progress: show progress bars.
-    :ivar device: where to fit (``None``: where ``x_design`` is).
+    :ivar progress: show progress bars (body selection, MMD start, EM); ``TQDM_DISABLE`` hides them too.
+    :ivar device: where to fit (``None``: where ``x_design`` is); ``"cuda"`` needs ``torch.cuda.is_available()``.
     :ivar dtype: the model's dtype, ``torch.float32`` or ``torch.float64``.
     """
 
@@ -182,16 +192,23 @@ def _choices(o: dict) -> None:
         raise ValueError("hidden: choosing among bodies works for the default MLP body; pass one hidden= with body=, or drop body=")
 
 
+#: The options :func:`check_options` takes: ``distill``'s own (but the data), then the ablation switches.
+ARGUMENTS = ("num_factors", "task", "covariance", "centered_loadings", "center_logits", "include_nugget",
+             "noise_given_factors", "hidden", "loading_hidden", "body", "body_features", "activation", "num_iterations",
+             "num_m_steps", "batch_size", "lr", "lr_decay", "warmup", "mmd_steps", "training_length",
+             "validation_fraction", "design", "distance_feature", "teacher_batch_size", "seed", "progress", "device",
+             "dtype")
+ABLATION_SWITCHES = ("mmd_penalty", "init", "estep")
+
+
 def check_options(**kwargs: Any) -> DistillOptions:
-    """Every option of :func:`~pyro_dlf.distill` that needs no data, each checked once with its name (the
-    argument names of ``distill``: ``hidden``, ``training_length``); ablation switches (``estep``, ``init``,
-    ``mmd_penalty``) may be given too. Unknown names raise :class:`TypeError`."""
-    o = {"hidden_given": kwargs.pop("hidden", (50,)), "training_length_given": kwargs.pop("training_length", 1.0), **kwargs}
-    known = DistillOptions.__dataclass_fields__
-    unknown = sorted(set(o) - set(known))
+    """Every option of :func:`~pyro_dlf.distill` that needs no data (:data:`ARGUMENTS`), each checked once with its
+    name; the ablation switches (:data:`ABLATION_SWITCHES`) may be given too. Other names raise :class:`TypeError`."""
+    unknown = sorted(set(kwargs) - set(ARGUMENTS) - set(ABLATION_SWITCHES))
     if unknown:
         raise TypeError(f"distill() got an unexpected keyword argument {unknown[0]!r}")
-    o = {name: o.get(name, field.default) for name, field in known.items()}
+    o = {"hidden_given": kwargs.pop("hidden", (50,)), "training_length_given": kwargs.pop("training_length", 1.0), **kwargs}
+    o = {name: o.get(name, field.default) for name, field in DistillOptions.__dataclass_fields__.items()}
     o["design"] = check_design_option(o["design"], DESIGNS)
     o["distance_feature"] = check_flag_or_auto(o["distance_feature"], "distance_feature")
     if o["distance_feature"] is True and o["body"] is not None:

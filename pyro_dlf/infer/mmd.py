@@ -94,21 +94,7 @@ def mmd_initialize(
         runs over each teacher's observed entries only.
     :returns: the fitted codes, ``(n, q)`` or ``(n, c, q)``.
     """
-    if not isinstance(model, DeepLatentFactor):
-        raise TypeError(f"model must be a pyro_dlf.models.DeepLatentFactor, got {type(model).__name__}")
-    x = check_design_points(x, "x", integer_ok=model.custom_body)
-    model.check_inputs(x, "x")
-    f = check_teacher_values(f, x, model.num_outputs, "f", observed=observed)
-    check_dtype(f, model, "f")
-    check_num_factors(model.num_factors, f.shape[0], model.num_outputs, model.covariance_type)
-    check_real(penalty, "penalty", 0)
-    check_real(lr, "lr", 0)
-    check_int(num_steps, "num_steps", 0)
-    check_int(num_reference, "num_reference", 2)
-    check_batch_size(batch_size)
-    check_real(noise_floor, "noise_floor", 0, fix="a small fraction of the teachers' variance, e.g. noise_floor=1e-6")
-    check_flag(progress, "progress")
-    check_generator(generator)
+    x, f = _checked(model, x, f, observed, num_steps, penalty, lr, batch_size, num_reference, noise_floor, generator, progress)
     n, m = f.shape[0], x.shape[0]
     dtype, device = model.loading_head.weight.dtype, model.loading_head.weight.device
     shape = (n,) + tuple(model.factor_shape)
@@ -137,20 +123,45 @@ def mmd_initialize(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    _set_profiled_noise(model, x, f, codes.unsqueeze(align), observed, size, noise_floor)
+    return codes.detach()
+
+
+def _checked(model, x, f, observed, num_steps, penalty, lr, batch_size, num_reference, noise_floor, generator,
+             progress) -> tuple[Tensor, Tensor]:
+    """:func:`mmd_initialize`'s arguments, checked; the design points and teacher values as tensors."""
+    if not isinstance(model, DeepLatentFactor):
+        raise TypeError(f"model must be a pyro_dlf.models.DeepLatentFactor, got {type(model).__name__}")
+    x = check_design_points(x, "x", integer_ok=model.custom_body)
+    model.check_inputs(x, "x")
+    f = check_teacher_values(f, x, model.num_outputs, "f", observed=observed)
+    check_dtype(f, model, "f")
+    check_num_factors(model.num_factors, f.shape[0], model.num_outputs, model.covariance_type)
+    check_real(penalty, "penalty", 0)
+    check_real(lr, "lr", 0)
+    check_int(num_steps, "num_steps", 0)
+    check_int(num_reference, "num_reference", 2)
+    check_batch_size(batch_size)
+    check_real(noise_floor, "noise_floor", 0, fix="a small fraction of the teachers' variance, e.g. noise_floor=1e-6")
+    check_flag(progress, "progress")
+    check_generator(generator)
+    return x, f
+
+
+def _set_profiled_noise(model: DeepLatentFactor, x: Tensor, f: Tensor, codes: Tensor, observed: Optional[Tensor],
+                        size: int, noise_floor: float) -> None:
+    """``σ_f²`` at its profiled maximizer: the mean squared residual over all design points (weighted by the
+    nugget's growth ``w(x)`` where it grows, mathematics §9.4)."""
     with torch.no_grad():
-        total = 0.0
-        L = model.separable_class_factor
-        count = 0
-        for start in range(0, m, size):
+        total, count, L = 0.0, 0, model.separable_class_factor
+        for start in range(0, x.shape[0], size):
             mean, loading, weight = model.mean_loading_and_weight(x[start:start + size])
             ob = None if observed is None else observed[:, start:start + size]
-            # A nugget σ_f² w(x) (mathematics §9.4): σ_f² from residuals² / w.
             mean, loading, fb = whiten(mean, loading, f[:, start:start + size], weight)
-            sq = _squared_residuals(fb, combine(mean, loading, codes.unsqueeze(align), L), ob)
+            sq = _squared_residuals(fb, combine(mean, loading, codes, L), ob)
             total += float(sq.sum())
             count += sq.numel()  # every entry, or the observed ones (flattened) under a mask
         model.set_noise_variance(total / count, noise_floor)
-    return codes.detach()
 
 
 def _squared_residuals(f: Tensor, fitted: Tensor, observed: Optional[Tensor]) -> Tensor:

@@ -202,7 +202,7 @@ class UCIData:
     def split(self, seed: int, test_fraction: float = 0.1) -> UCISplit:
         """Random train/test split, standardised with the training statistics.
 
-        The rows are split by :func:`~pyro_dlf.data.train_test_split`
+        The rows are split by :func:`~pyro_dlf_bench.datasets.train_test_split`
         (``round(test_fraction * n)`` test rows, deterministic per ``seed``);
         :class:`~pyro_dlf.data.Standardizer`\\ s are fitted on the training
         inputs (per column) and training targets, and applied to both parts, so

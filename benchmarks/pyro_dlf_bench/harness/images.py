@@ -2,7 +2,7 @@ r"""The image classification benchmark, run by ``pyro-dlf bench images``.
 
 Protocol (one run = one data seed):
 
-* **Data**: MNIST (:func:`pyro_dlf.data.load_mnist`); the 60,000 training
+* **Data**: MNIST (:func:`pyro_dlf_bench.datasets.load_mnist`); the 60,000 training
   images are split once (seeded) into a *teacher* part and a *design* part of
   ``design_size`` images the teachers never see: the design points of every
   student (mathematics §2: held-out data from the training distribution work best).
@@ -112,7 +112,8 @@ from pyro_dlf_bench.baselines.divergences import DIVERGENCES
 from pyro_dlf_bench.harness.image_shift import (NOISE_STDS, ROTATION_DEGREES, ShiftLadder, check_ladder_levels, ladder_tables,
                                         ladder_targets, merge_ladder, plot_ladder)
 from pyro_dlf_bench.datasets import ImageData, flip_labels, load_digits_images, load_fashion_mnist, load_mnist
-from pyro_dlf.design.images import IMAGE_FAMILIES, _check_families, _check_strength, augment_images, augmentation_magnitudes
+from pyro_dlf._validation import check_image_families, check_strength
+from pyro_dlf.design.images import IMAGE_FAMILIES, SHIFT_FAMILIES, augment_images, augmentation_magnitudes
 from pyro_dlf.nn import ConvBody
 from pyro_dlf.student import ClassificationPrediction
 
@@ -523,8 +524,8 @@ def _check_config(config: ImagesBenchConfig) -> None:
     if isinstance(config.ablations, str) or unknown:
         raise ValueError(f"ablations must be a list of names from {IMAGE_ABLATIONS}, got {config.ablations!r}")
     try:
-        _check_families(config.augment_families)
-        _check_strength(config.augment_strength)
+        check_image_families(config.augment_families, IMAGE_FAMILIES, SHIFT_FAMILIES)
+        check_strength(config.augment_strength)
     except ValueError as error:  # the augmentation's messages open with its argument's name: name the config field
         raise ValueError(f"augment_{error}") from None
     check_ladder_levels(config.rotation_degrees, config.noise_stds, _shift_test_size(config))

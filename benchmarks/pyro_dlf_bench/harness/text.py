@@ -2,7 +2,7 @@ r"""The language-model benchmark (the paper's third experiment), run by ``pyro-d
 
 Protocol (one run = one seed):
 
-* **Data** (:func:`pyro_dlf.data.load_rotten_tomatoes`): distinct Rotten
+* **Data** (:func:`pyro_dlf_bench.datasets.load_rotten_tomatoes`): distinct Rotten
   Tomatoes reviews, fresh vs rotten, split once (stratified, seeded) into
   teacher-training reviews, the students' design set (reviews the teachers
   never see) and test reviews; out-of-distribution (OOD) inputs are the plot

@@ -31,22 +31,31 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import pyro
+import pyro.distributions as dist
 import torch
 from scipy.stats import norm
 from torch import Tensor, nn
 
 from pyro_dlf._validation import check_int
+from pyro_dlf.likelihoods.base import MixtureParts, NoiseLaw
 from pyro_dlf.nn import MLP
 
-__all__ = ["HeteroscedasticNoise", "fit_heteroscedastic_noise"]
+__all__ = ["HeteroscedasticNoise", "fit_heteroscedastic_noise", "NOISE_PREFIX"]
+
+#: State-dict prefix of a heteroscedastic noise model's weights in a student file.
+NOISE_PREFIX = "noise_model."
 
 
-class HeteroscedasticNoise(nn.Module):
-    """``σ²(x) = exp(g(x) + τ ε)``: ``g`` an MLP on standardized inputs, ``τ`` a fitted constant.
+class HeteroscedasticNoise(nn.Module, NoiseLaw):
+    """``σ²(x) = exp(g(x) + τ ε)``: ``g`` an MLP on standardized inputs, ``τ`` a fitted constant; one level ``ε``
+    per draw, shared by every input (a noisier or quieter teacher everywhere).
 
     :param in_features: input dimension ``d``.
     :param hidden: hidden widths of ``g``.
     """
+
+    per_input = True
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (50,)) -> None:
         super().__init__()
@@ -74,7 +83,7 @@ class HeteroscedasticNoise(nn.Module):
         z = (x - self.input_loc) / self.input_scale
         return self.output_loc + self.output_scale * self.location(z).squeeze(-1)
 
-    def mean(self, x: Tensor) -> Tensor:
+    def mean(self, x: Tensor, like: Optional[Tensor] = None) -> Tensor:
         """``E[σ²(x)] = exp(g(x) + τ²/2)``, ``(m,)``."""
         return (self.log_location(x) + 0.5 * self.spread ** 2).exp()
 
@@ -87,6 +96,27 @@ class HeteroscedasticNoise(nn.Module):
         probs = (torch.arange(num, dtype=torch.float64) + 0.5) / num
         levels = torch.as_tensor(norm.ppf(probs.numpy()), dtype=x.dtype, device=x.device)
         return self.sample(x, levels)
+
+    def draws(self, x: Tensor, z: Tensor, levels: Optional[Tensor]) -> Tensor:
+        return self.sample(x, levels)
+
+    def sample_sites(self, prefix: str, x: Tensor, z: Tensor, like: Tensor, multivariate: bool, hide_params):
+        level = pyro.sample(prefix + "noise_level", dist.Normal(like.new_zeros(()), 1.0))
+        with hide_params():
+            return self.log_location(x), self.spread, level
+
+    def plate_variance(self, prefix: str, state) -> Tensor:
+        log_location, spread, level = state
+        return pyro.deterministic(prefix + "noise_variance", (log_location + spread * level).exp())
+
+    def mixture(self, parts: MixtureParts, num_components: int) -> tuple[Tensor, Tensor]:
+        """``σ²(x)`` integrated over ``num_components`` equal-probability nodes of its log-normal law at each input."""
+        variances = parts.epistemic + parts.nugget + self.quantiles(parts.x, num_components)
+        return parts.mean.expand_as(variances), variances
+
+    def record(self) -> tuple[dict, None, dict]:
+        return ({"heteroscedastic": self.config()}, None,
+                {f"{NOISE_PREFIX}{k}": v.detach().cpu() for k, v in self.state_dict().items()})
 
 
 def fit_heteroscedastic_noise(x: Tensor, variances: Tensor, *, observed: Optional[Tensor] = None, hidden: Sequence[int] = (50,),
