@@ -46,3 +46,14 @@ def test_the_library_wheel_holds_every_library_module_and_no_lab_code(tmp_path):
         expected |= {f"pyro_dlf/{folder}/{p.relative_to(ROOT / folder).as_posix()}" for p in (ROOT / folder).rglob("*.py")}
     assert expected - names == set(), "modules missing from the wheel (add their package to pyproject.toml)"
     assert names - expected == set(), "files in the wheel that are not library modules"
+
+
+def test_the_lab_lists_every_one_of_its_packages():
+    """The lab's explicit package list (benchmarks/pyproject.toml) names every folder of pyro_dlf_bench."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "benchmarks" / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    folder = ROOT / "benchmarks" / "pyro_dlf_bench"
+    found = {".".join(("pyro_dlf_bench", *p.parent.relative_to(folder).parts)) for p in folder.rglob("__init__.py")}
+    assert listed == found
