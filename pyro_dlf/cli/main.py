@@ -37,15 +37,16 @@ from pyro_dlf.cli.plugins import installed_commands
 __all__ = ["main", "build_parser", "flag_names", "translate"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: ``distill``, ``predict`` and every registered command."""
+def build_parser(commands: Optional[list] = None) -> argparse.ArgumentParser:
+    """The whole command line: ``distill``, ``predict`` and every registered command (``commands``, default
+    :func:`~pyro_dlf.cli.plugins.installed_commands`)."""
     parser = Parser(prog="pyro-dlf", description="Gaussian distillation of deep ensembles with deep latent factor models.",
                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"pyro-dlf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _distill_parser(sub)
     _predict_parser(sub)
-    for command in installed_commands():
+    for command in installed_commands() if commands is None else commands:
         command.add_arguments(add_command(sub, command.name, command.help))
     return parser
 
@@ -149,8 +150,8 @@ _LIBRARY_NAMES: dict[str, dict[str, str]] = {
 }
 
 
-def _plugin_names(command: str) -> dict[str, str]:
-    for plugin in installed_commands():
+def _plugin_names(command: str, commands: list) -> dict[str, str]:
+    for plugin in commands:
         if command in plugin.flag_names:
             return plugin.flag_names[command]
     return {}
@@ -166,13 +167,16 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> Optional[argpar
     return parser
 
 
-def flag_names(command: str, parser: Optional[argparse.ArgumentParser] = None) -> dict[str, str]:
+def flag_names(command: str, parser: Optional[argparse.ArgumentParser] = None,
+               commands: Optional[list] = None) -> dict[str, str]:
     """The translation table of ``command``: library argument name -> the flag that sets it.
 
     :param command: ``"distill"``, ``"predict"``, or a registered command such as ``"bench uci"``.
     :param parser: the parser to read (default :func:`build_parser`).
+    :param commands: the registered commands (default :func:`~pyro_dlf.cli.plugins.installed_commands`).
     """
-    sub = _subparser(parser or build_parser(), command)
+    commands = installed_commands() if commands is None else commands
+    sub = _subparser(parser or build_parser(commands), command)
     table = {}
     if sub is not None:
         for action in sub._actions:
@@ -180,21 +184,22 @@ def flag_names(command: str, parser: Optional[argparse.ArgumentParser] = None) -
             # Only snake_case names are taken from the parser: a plain word (teachers, name) is English too.
             if flags and "_" in action.dest:
                 table[action.dest] = flags[0]
-    table.update(_LIBRARY_NAMES.get(command) or _plugin_names(command))
+    table.update(_LIBRARY_NAMES.get(command) or _plugin_names(command, commands))
     return table
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    commands = installed_commands()  # the entry points are read once per run
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
-    names = flag_names(command, parser)
+    names = flag_names(command, parser, commands)
     if getattr(args, "teacher_module", None) is not None:
         names["teacher_outputs"] = "--teacher-module"  # the library's teachers are the module's
     with warnings.catch_warnings():
         warnings.showwarning = Warnings(f"pyro-dlf {command}", names)
         try:
-            _run(args, argv, names)
+            _run(args, argv, names, commands)
         except (ValueError, TypeError, OSError, NotImplementedError, ImportError) as error:
             if os.environ.get("PYRO_DLF_DEBUG"):
                 raise
@@ -204,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], names: dict[str, str]) -> None:
+def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], names: dict[str, str], commands: list) -> None:
     if args.command == "distill":
         from pyro_dlf.cli.files import run_distill
 
@@ -215,7 +220,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], names: dict[st
         run_predict(args)
     else:
         line = " ".join(["pyro-dlf", *(sys.argv[1:] if argv is None else argv)])
-        next(c for c in installed_commands() if c.name == args.command).run(args, line)
+        next(c for c in commands if c.name == args.command).run(args, line)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def choose_noise_law(data: TeacherData, hidden: tuple[int, ...], o: DistillOptio
     return law, said
 
 
-def _student(model: DeepLatentFactor, data: TeacherData, x: Tensor, f: Tensor, noise, o: DistillOptions) -> Student:
+def _student(model: DeepLatentFactor, data: TeacherData, x: Tensor, f: Tensor, noise: tuple[Optional[NoiseLaw], list],
+             o: DistillOptions) -> Student:
     """The student around the fitted network, with the noise law decided (mathematics §2.4, §6.3)."""
     law, said = noise
     with warnings.catch_warnings():
