@@ -46,8 +46,8 @@ batches = list(stream)
 checks = 2 * median(lambda: [check_teacher_values(fb, xb, None, "f_batch") for xb, fb in batches])
 rest = streamed - in_memory - teachers - checks
 print(f"m = {m:,} points, batches of {batch:,}, one thread")
-print(f"| part | seconds per iteration | share of the gap |")
-print(f"|---|---|---|")
+print("| part | seconds per iteration | share of the gap |")
+print("|---|---|---|")
 print(f"| streamed iteration | {streamed:.3f} | |")
 print(f"| in-memory iteration | {in_memory:.3f} | |")
 gap = streamed - in_memory
