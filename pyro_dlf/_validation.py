@@ -10,7 +10,7 @@ import math
 import numbers
 import os
 import warnings
-from numbers import Integral, Real
+from numbers import Real
 from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -26,7 +26,7 @@ __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teac
            "check_num_factors_option", "check_teacher_output", "check_magnitude_value", "check_spread", "MIN_DESIGN_POINTS",
            "DISTILL_FIX", "PREDICT_FIX", "check_noise_prior", "check_noise_law", "check_finite_outputs", "check_path",
            "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes", "check_targets",
-           "check_generator", "check_memory", "check_not_input", "MAX_SEED", "check_positive_int", "check_positive_float", "check_nonnegative_float", "check_bool", "check_training_inputs", "check_output_structure", "check_images", "check_image_families", "check_strength", "check_rows", "check_square_matrix", "check_observed_targets", "check_networks", "check_factor_model"]
+           "check_generator", "check_memory", "check_not_input", "MAX_SEED", "check_training_inputs", "check_output_structure", "check_images", "check_image_families", "check_strength", "check_rows", "check_square_matrix", "check_observed_targets", "check_networks", "check_factor_model"]
 
 #: Design points a fit needs: the inputs are standardized by their spread, and a covariance across inputs needs two.
 MIN_DESIGN_POINTS = 2
@@ -773,44 +773,6 @@ def check_not_input(path: str, name: str, inputs: dict[str, Optional[str]]) -> N
 
 
 # ------------------------------------------------------------------ networks and their training
-def check_positive_int(value: object, name: str) -> int:
-    """Return ``value`` as an ``int``, raising if it is not a positive integer."""
-    # bool is an Integral subclass; ``True`` as a width is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(
-            f"{name} must be a positive int, got {type(value).__name__} {value!r}; "
-            f"pass e.g. {name}=1"
-        )
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}; pass a value >= 1")
-    return int(value)
-
-
-def check_positive_float(value: object, name: str) -> float:
-    """A finite positive real number (not a bool), as a float."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a positive number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-    return float(value)
-
-
-def check_nonnegative_float(value: object, name: str) -> float:
-    """A finite non-negative real number (not a bool), as a float."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a non-negative number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    return float(value)
-
-
-def check_bool(value: object, name: str) -> bool:
-    """Exactly ``True`` or ``False`` (a Python bool)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return value
-
-
 def check_networks(nets) -> None:
     """A non-empty sequence of modules of one architecture with trainable parameters (:func:`pyro_dlf.training.fit_networks`)."""
     if isinstance(nets, nn.Module) or not isinstance(nets, Sequence) or not nets:

@@ -22,7 +22,7 @@ from numbers import Integral
 
 from torch import nn
 
-from pyro_dlf._validation import check_positive_int
+from pyro_dlf._validation import check_int
 
 __all__ = ["MLP", "ConvBody"]
 
@@ -61,15 +61,15 @@ class MLP(nn.Sequential):
         out_features: int,
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
-        in_features = check_positive_int(in_features, "in_features")
-        out_features = check_positive_int(out_features, "out_features")
+        in_features = check_int(in_features, "in_features")
+        out_features = check_int(out_features, "out_features")
         # A str is a Sequence too, but never a list of widths.
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise TypeError(
                 f"hidden must be a sequence of positive ints (e.g. (50, 50), or () for a "
                 f"linear model), got {type(hidden).__name__} {hidden!r}"
             )
-        widths = tuple(check_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+        widths = tuple(check_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
         if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
             raise TypeError(
                 "activation must be an nn.Module subclass such as nn.ReLU (the class, not "
@@ -116,16 +116,16 @@ class ConvBody(nn.Sequential):
 
     def __init__(self, in_channels: int, image_size, channels: Sequence[int] = (16, 32), width: int = 64,
                  activation: type[nn.Module] = nn.ReLU) -> None:
-        in_channels = check_positive_int(in_channels, "in_channels")
-        width = check_positive_int(width, "width")
+        in_channels = check_int(in_channels, "in_channels")
+        width = check_int(width, "width")
         if isinstance(image_size, Integral) and not isinstance(image_size, bool):
             image_size = (int(image_size), int(image_size))
         if not (isinstance(image_size, Sequence) and len(image_size) == 2):
             raise TypeError(f"image_size must be an int or (height, width), got {image_size!r}")
-        height, wide = (check_positive_int(v, "image_size") for v in image_size)
+        height, wide = (check_int(v, "image_size") for v in image_size)
         if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not channels:
             raise TypeError(f"channels must be a non-empty sequence of positive ints such as (16, 32), got {channels!r}")
-        channels = tuple(check_positive_int(c, f"channels[{i}]") for i, c in enumerate(channels))
+        channels = tuple(check_int(c, f"channels[{i}]") for i, c in enumerate(channels))
         layers: list[nn.Module] = []
         c_in = in_channels
         for c in channels:

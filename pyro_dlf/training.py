@@ -20,8 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dlf._progress import progress_bar
-from pyro_dlf._validation import (check_bool, check_networks, check_nonnegative_float, check_positive_float,
-                                  check_positive_int, check_training_inputs)
+from pyro_dlf._validation import check_flag, check_int, check_networks, check_real, check_training_inputs
 
 __all__ = ["fit_networks", "LOSSES", "squared_error", "label_cross_entropy"]
 
@@ -160,7 +159,7 @@ def _arguments(nets, x, y, loss, rows, epochs, batch_size, lr, weight_decay, gen
     check_networks(nets)
     loss_fn = _loss_function(loss)
     num = len(nets)
-    vectorize = check_bool(vectorize, "vectorize")
+    vectorize = check_flag(vectorize, "vectorize")
     x = check_training_inputs(x, "x", integer_ok=not vectorize)
     y = check_training_inputs(y, "y", integer_ok=loss_fn is label_cross_entropy)
     n = x.shape[0]
@@ -183,16 +182,16 @@ def _arguments(nets, x, y, loss, rows, epochs, batch_size, lr, weight_decay, gen
             raise ValueError(f"rows must hold at least one index per net, each in [0, {n})")
         rows = rows.to(x.device)
     r = n if rows is None else rows.shape[1]
-    epochs = check_positive_int(epochs, "epochs")
-    bs = r if batch_size is None else min(check_positive_int(batch_size, "batch_size"), r)
-    eval_bs = check_positive_int(eval_batch_size, "eval_batch_size")
-    lr = check_positive_float(lr, "lr")
-    weight_decay = check_nonnegative_float(weight_decay, "weight_decay")
+    epochs = check_int(epochs, "epochs")
+    bs = r if batch_size is None else min(check_int(batch_size, "batch_size"), r)
+    eval_bs = check_int(eval_batch_size, "eval_batch_size")
+    lr = check_real(lr, "lr", 0)
+    weight_decay = check_real(weight_decay, "weight_decay", 0, low_open=False)
     if generators is None:
         generators = [None] * num
     if len(generators) != num or any(g is not None and not isinstance(g, torch.Generator) for g in generators):
         raise TypeError(f"generators must be None or a sequence of {num} torch.Generator (or None entries)")
-    progress = check_bool(progress, "progress")
+    progress = check_flag(progress, "progress")
     return _Arguments(x, y, loss_fn, rows, epochs, bs, r, eval_bs, lr, weight_decay, list(generators), progress, vectorize)
 
 

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyro_dlf._validation import check_image_families, check_images, check_positive_int, check_strength
+from pyro_dlf._validation import check_image_families, check_images, check_int, check_strength
 
 __all__ = ["IMAGE_FAMILIES", "SHIFT_FAMILIES", "augment_images", "augmentation_magnitudes"]
 
@@ -154,7 +154,7 @@ def augment_images(x: Tensor, copies: int = 1, *, families: Sequence[str] = IMAG
         rotation or noise), a strength outside ``(0, 1]``, a non-positive ``alpha``, too few images to mix.
     """
     x = check_images(x)
-    copies = check_positive_int(copies, "copies")
+    copies = check_int(copies, "copies")
     families = check_image_families(families, IMAGE_FAMILIES, SHIFT_FAMILIES)
     strength = check_strength(strength)
     if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < float(alpha) < math.inf:
@@ -184,7 +184,7 @@ def augment_images(x: Tensor, copies: int = 1, *, families: Sequence[str] = IMAG
 def augmentation_magnitudes(strength: float = 1.0, image_size: tuple[int, int] = (28, 28), alpha: float = 1.0) -> dict[str, str]:
     """Each family's magnitude at ``strength`` on images of ``image_size = (H, W)``, in words (for reports)."""
     s = check_strength(strength)
-    h, w = (check_positive_int(v, "image_size") for v in image_size)
+    h, w = (check_int(v, "image_size") for v in image_size)
     zoom, photo = _MAX_ZOOM ** s, _PHOTOMETRIC ** s
     return {
         "translate": f"integer shifts of up to {_max_shift(s, h, w)} px per axis, zero fill",

@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_positive_int, check_rows
+from pyro_dlf._validation import check_int, check_rows
 
 __all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "outward_probes", "scott_bandwidth"]
 
@@ -88,7 +88,7 @@ def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[flo
     check_rows(x)
     reference = x if reference is None else reference
     check_rows(reference)
-    copies = check_positive_int(copies, "copies")
+    copies = check_int(copies, "copies")
     h = scott_bandwidth(*reference.shape) if bandwidth is None else float(bandwidth)
     if not h > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
@@ -106,7 +106,7 @@ def mixup(x: Tensor, copies: int = 1, *, alpha: float = 1.0, generator: Optional
     :returns: ``(copies * n, D)``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
     check_rows(x)
-    copies = check_positive_int(copies, "copies")
+    copies = check_int(copies, "copies")
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha!r}")
     n = x.shape[0]
@@ -134,8 +134,8 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
     :raises ValueError: if ``x`` is not a finite floating ``(n, D)`` tensor with ``n >= 2``.
     """
     check_rows(x)
-    copies = check_positive_int(copies, "copies")
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    copies = check_int(copies, "copies")
+    chunk_size = check_int(chunk_size, "chunk_size")
     standardizer = _Standardized(x)
     xs = standardizer.transform(x)
     distance = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
@@ -166,7 +166,7 @@ def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator:
     check_rows(x)
     reference = x if reference is None else reference
     check_rows(reference)
-    copies = check_positive_int(copies, "copies")
+    copies = check_int(copies, "copies")
     if not (isinstance(reach, (int, float)) and reach > 0 and reach < float("inf")):
         raise ValueError(f"reach must be a positive number (e.g. 0.5: up to half the data's reach beyond it), got {reach!r}")
     standardizer = _Standardized(reference)

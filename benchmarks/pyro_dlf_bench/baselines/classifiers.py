@@ -41,7 +41,7 @@ from pyro_dlf_bench.baselines.divergences import DIVERGENCES, f_divergence
 from pyro_dlf_bench.baselines.students import BatchEnsembleLinear
 from pyro_dlf.training import fit_networks
 from pyro_dlf_bench.metrics import entropy_decomposition
-from pyro_dlf._validation import check_positive_int
+from pyro_dlf._validation import check_int
 from pyro_dlf.nn import ConvBody
 from pyro_dlf.student import ClassificationPrediction
 
@@ -61,7 +61,7 @@ def conv_classifier(image_shape: Sequence[int], num_outputs: int, channels: Sequ
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (channels, height, width), got {tuple(image_shape)}")
     body = ConvBody(image_shape[0], tuple(image_shape[1:]), channels, width)
-    return nn.Sequential(body, nn.Linear(width, check_positive_int(num_outputs, "num_outputs")))
+    return nn.Sequential(body, nn.Linear(width, check_int(num_outputs, "num_outputs")))
 
 
 def prediction_from_probs(sample_probs: Tensor) -> ClassificationPrediction:
@@ -110,10 +110,10 @@ class _ImageClassifier(nn.Module):
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be (channels, height, width), got {tuple(image_shape)}")
         self.image_shape = tuple(int(v) for v in image_shape)
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_classes = check_int(num_classes, "num_classes")
         if self.num_classes < 2:
             raise ValueError("num_classes must be at least 2")
-        self.num_members = check_positive_int(num_members, "num_members")
+        self.num_members = check_int(num_members, "num_members")
 
     def _outputs(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -121,7 +121,7 @@ class _ImageClassifier(nn.Module):
     def evaluate(self, x: Tensor, batch_size: int = 1024) -> Tensor:
         """Raw outputs on ``x`` in batches, without gradients (eval mode)."""
         x = _check_images(x, "x", self.image_shape)
-        batch_size = check_positive_int(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size")
         was = self.training
         self.eval()
         with torch.no_grad():

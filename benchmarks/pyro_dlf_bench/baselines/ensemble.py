@@ -26,10 +26,9 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor, nn
 
-from pyro_dlf._validation import check_bool
+from pyro_dlf._validation import check_flag, check_int
 from pyro_dlf.training import fit_networks
 from pyro_dlf_bench.datasets.splits import Standardizer
-from pyro_dlf._validation import check_positive_int
 from pyro_dlf.nn import MLP
 
 __all__ = ["MixtureRegressor", "DeepEnsembleRegressor", "fit_regressor", "fit_regressors"]
@@ -150,7 +149,7 @@ def fit_regressors(
     """
     y = _check_data_tensor(y, "y")
     return fit_networks(nets, x, y, loss="mse", rows=rows, epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, generators=generators, progress=check_bool(progress, "progress"),
+                        weight_decay=weight_decay, generators=generators, progress=check_flag(progress, "progress"),
                         desc="fit_regressors")
 
 
@@ -274,8 +273,8 @@ class DeepEnsembleRegressor(MixtureRegressor):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        in_features = check_positive_int(in_features, "in_features")
-        num_members = check_positive_int(num_members, "num_members")
+        in_features = check_int(in_features, "in_features")
+        num_members = check_int(num_members, "num_members")
         # MLP validates hidden and activation. fit() re-initialises every member
         # from its own seed, so build these under a forked, fixed-seed CPU RNG
         # rather than consuming draws from the caller's global stream.
@@ -377,7 +376,7 @@ class DeepEnsembleRegressor(MixtureRegressor):
             raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__} {seed!r}")
         if seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed}")
-        progress = check_bool(progress, "progress")
+        progress = check_flag(progress, "progress")
         if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, Real):
             raise TypeError(
                 f"validation_fraction must be a number in [0, 1), got {type(validation_fraction).__name__}"

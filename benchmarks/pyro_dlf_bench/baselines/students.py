@@ -68,8 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dlf_bench.baselines.ensemble import MixtureRegressor, _check_data_tensor, fit_regressor, fit_regressors
-from pyro_dlf._validation import check_bool, check_nonnegative_float, check_positive_float
-from pyro_dlf._validation import check_positive_int
+from pyro_dlf._validation import check_flag, check_int, check_real
 from pyro_dlf_bench.datasets.splits import Standardizer
 from pyro_dlf.nn import MLP
 
@@ -87,7 +86,7 @@ def _check_hidden(hidden: object, *, allow_empty: bool = True) -> tuple[int, ...
         raise TypeError(
             f"hidden must be a sequence of positive ints such as (50,), got {type(hidden).__name__} {hidden!r}"
         )
-    widths = tuple(check_positive_int(h, f"hidden[{k}]") for k, h in enumerate(hidden))
+    widths = tuple(check_int(h, f"hidden[{k}]") for k, h in enumerate(hidden))
     if not widths and not allow_empty:
         raise ValueError("hidden must contain at least one width (the shared body's output), e.g. hidden=(50,)")
     return widths
@@ -145,8 +144,8 @@ class DistilledEnsemble(MixtureRegressor, abc.ABC):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        self.in_features = check_positive_int(in_features, "in_features")
-        self.num_members = check_positive_int(num_members, "num_members")
+        self.in_features = check_int(in_features, "in_features")
+        self.num_members = check_int(num_members, "num_members")
         self.hidden = _check_hidden(hidden, allow_empty=self._allow_empty_hidden)
         self.activation = _check_activation(activation)
         self.net = self._fresh_net(seed=0)
@@ -261,11 +260,11 @@ class DistilledEnsemble(MixtureRegressor, abc.ABC):
             )
         # Validate the training options before anything is reset.
         train_kwargs = dict(
-            epochs=check_positive_int(epochs, "epochs"),
-            batch_size=None if batch_size is None else check_positive_int(batch_size, "batch_size"),
-            lr=check_positive_float(lr, "lr"),
-            weight_decay=check_nonnegative_float(weight_decay, "weight_decay"),
-            progress=check_bool(progress, "progress"),
+            epochs=check_int(epochs, "epochs"),
+            batch_size=None if batch_size is None else check_int(batch_size, "batch_size"),
+            lr=check_real(lr, "lr", 0),
+            weight_decay=check_real(weight_decay, "weight_decay", 0, low_open=False),
+            progress=check_flag(progress, "progress"),
         )
         seed = _check_seed(seed)
         f = f.to(dtype=self.y_loc.dtype, device=self.y_loc.device)
@@ -402,9 +401,9 @@ class BatchEnsembleLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, num_members: int, fast_weight_init: str = "random_sign"):
         super().__init__()
-        self.in_features = check_positive_int(in_features, "in_features")
-        self.out_features = check_positive_int(out_features, "out_features")
-        self.num_members = check_positive_int(num_members, "num_members")
+        self.in_features = check_int(in_features, "in_features")
+        self.out_features = check_int(out_features, "out_features")
+        self.num_members = check_int(num_members, "num_members")
         if fast_weight_init not in self.FAST_WEIGHT_INITS:
             raise ValueError(f"fast_weight_init must be one of {self.FAST_WEIGHT_INITS}, got {fast_weight_init!r}")
         self.fast_weight_init = fast_weight_init

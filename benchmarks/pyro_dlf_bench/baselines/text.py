@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from pyro_dlf_bench.baselines.classifiers import _check_teacher_log_probs, _divergence_loss, prediction_from_probs
 from pyro_dlf_bench.baselines.students import BatchEnsembleLinear
 from pyro_dlf.training import fit_networks
-from pyro_dlf._validation import check_positive_int
+from pyro_dlf._validation import check_int
 from pyro_dlf.student import ClassificationPrediction
 from pyro_dlf_bench.text_encoder import TextEncoder
 
@@ -87,10 +87,10 @@ class _TextClassifier(nn.Module):
         if not callable(factory):
             raise TypeError("factory must be a callable k -> TextEncoder (a fresh encoder for member k)")
         self.factory = factory
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_classes = check_int(num_classes, "num_classes")
         if self.num_classes < 2:
             raise ValueError("num_classes must be at least 2")
-        self.num_members = check_positive_int(num_members, "num_members")
+        self.num_members = check_int(num_members, "num_members")
 
     def _outputs(self, ids: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Logits ``(K, b, c)``."""
@@ -102,7 +102,7 @@ class _TextClassifier(nn.Module):
     def evaluate(self, ids: Tensor, batch_size: int = 256) -> Tensor:
         """Logits ``(K, N, c)`` in batches, without gradients (eval mode)."""
         ids = check_token_ids(ids)
-        batch_size = check_positive_int(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size")
         was = self.training
         self.eval()
         with torch.no_grad():
