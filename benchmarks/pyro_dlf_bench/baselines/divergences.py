@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["DIVERGENCES", "REDUCTIONS", "distillation_loss", "f_divergence", "sequence_f_divergence"]
+__all__ = ["DIVERGENCES", "REDUCTIONS", "distillation_loss", "f_divergence", "sequence_f_divergence", "skew_js_terms"]
 
 DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "js", "tv")
 """The divergence names accepted by :func:`f_divergence` and friends."""
@@ -264,6 +264,39 @@ def distillation_loss(
         if bool((student_logits == -math.inf).all(-1).any()):
             raise ValueError("a row of student_logits is entirely -inf; at least one class needs a finite logit")
     return f_divergence(teacher_log_probs, torch.log_softmax(student_logits, dim=-1), divergence, reduction)
+
+
+def skew_js_terms(teacher_log_probs: Tensor, student_log_probs: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """The two halves of the skewed Jensen--Shannon divergence f-DISTILL trains with.
+
+    With the mixture :math:`m = \\beta q + (1 - \\beta) p`,
+
+    .. math::
+
+        \\mathrm{JS}_\\beta(p, q) = \\beta\\, \\mathrm{KL}(q \\,\\|\\, m) + (1 - \\beta)\\, \\mathrm{KL}(p \\,\\|\\, m),
+
+    which is :func:`f_divergence`'s ``"js"`` at :math:`\\beta = \\tfrac12`. The two terms are returned
+    apart, unweighted, because f-DISTILL evaluates them along different prefixes: :math:`\\mathrm{KL}(q \\| m)`
+    along the student's own samples and :math:`\\mathrm{KL}(p \\| m)` along the teacher's.
+    Gradients flow through :math:`q` in both terms (the mixture depends on the student).
+
+    :param teacher_log_probs: teacher log-probabilities ``(*batch, c)``, normalised.
+    :param student_log_probs: student log-probabilities, same shape and device.
+    :param beta: the student's weight in the mixture, in ``(0, 1)``.
+    :returns: ``(KL(p ‖ m), KL(q ‖ m))``, each ``(*batch,)``.
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must be a number in (0, 1), got {beta!r}")
+    teacher_log_probs = _check_float_tensor(teacher_log_probs, "teacher_log_probs")
+    student_log_probs = _check_float_tensor(student_log_probs, "student_log_probs")
+    _check_same_layout(teacher_log_probs, "teacher_log_probs", student_log_probs, "student_log_probs")
+    _check_log_probs(teacher_log_probs, "teacher_log_probs")
+    _check_log_probs(student_log_probs, "student_log_probs")
+    both_zero = (teacher_log_probs == -math.inf) & (student_log_probs == -math.inf)
+    safe_p = torch.where(both_zero, torch.zeros_like(teacher_log_probs), teacher_log_probs)
+    safe_q = torch.where(both_zero, torch.zeros_like(student_log_probs), student_log_probs)
+    log_m = torch.logaddexp(safe_q + math.log(beta), safe_p + math.log1p(-beta))
+    return (_kl_terms(teacher_log_probs, log_m).sum(-1), _kl_terms(student_log_probs, log_m).sum(-1))
 
 
 def sequence_f_divergence(
