@@ -224,9 +224,9 @@ def _scale_parser(sub) -> None:
 
 def _report_parser(sub) -> None:
     report = add_command(sub, "report", "merge result files: UCI runs (e.g. one per set and an ablation run), image "
-                     "runs of different data seeds, or seqkd runs of different student seeds (means ± standard errors)")
+                     "runs of different data seeds, or text or seqkd runs of different student seeds (means ± standard errors)")
     report.add_argument("inputs", nargs="+",
-                        help="JSON files written by 'pyro-dlf bench uci', 'bench images' or 'bench seqkd' (one kind)")
+                        help="JSON files written by 'pyro-dlf bench uci', 'bench images', 'bench text' or 'bench seqkd' (one kind)")
     report.add_argument("--output-dir", default="benchmarks/results", help="where the merged results go")
     report.add_argument("--name", default=None, help="file stem of the merged JSON/Markdown (default: the benchmark's name)")
     report.add_argument("--methods", nargs="+", default=None,
@@ -386,8 +386,14 @@ def _merge_uci(results: list, args: argparse.Namespace) -> tuple[str, str]:
     return write_report(merge_results(results, args.methods, args.recomputed), args.output_dir, args.name or "uci")
 
 
+def _merge_text(results: list, args: argparse.Namespace) -> tuple[str, str]:
+    from pyro_dlf_bench.harness.text_seeds import merge_text_results, write_text_seeds_report
+
+    return write_text_seeds_report(merge_text_results(results), args.output_dir, args.name or "text")
+
+
 #: Benchmark kind → how its runs merge; only UCI runs take --methods and --recomputed.
-_MERGES = {"images": _merge_images, "seqkd": _merge_seqkd, "uci": _merge_uci}
+_MERGES = {"images": _merge_images, "seqkd": _merge_seqkd, "text": _merge_text, "uci": _merge_uci}
 
 
 def _run_report(args: argparse.Namespace, command: str) -> None:
@@ -402,13 +408,13 @@ def _run_report(args: argparse.Namespace, command: str) -> None:
             raise ValueError(f"inputs: cannot read {path} as a benchmark result ({error})") from None
         if not isinstance(results[-1], dict):
             raise ValueError(f"inputs: {path} holds a JSON {type(results[-1]).__name__}, not a benchmark result; give the "
-                             "JSON files written by 'pyro-dlf bench uci', 'bench images' or 'bench seqkd'")
+                             "JSON files written by 'pyro-dlf bench uci', 'bench images', 'bench text' or 'bench seqkd'")
     kinds = {r.get("benchmark", "uci") for r in results}
     if len(kinds) > 1:
         raise ValueError(f"inputs: a mix of {' and '.join(sorted(kinds))} results; merge one kind at a time")
     kind = kinds.pop()
     if kind not in _MERGES:
-        raise ValueError(f"inputs: {kind} results do not merge; give uci, images or seqkd results")
+        raise ValueError(f"inputs: {kind} results do not merge; give uci, images, text or seqkd results")
     for flag, value in (("--methods", args.methods), ("--recomputed", args.recomputed)):
         if value and kind != "uci":
             raise ValueError(f"{flag}: only UCI results take it; leave it out for {kind} runs")

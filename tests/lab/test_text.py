@@ -4,6 +4,7 @@ import bz2
 import csv
 import dataclasses
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -232,6 +233,27 @@ def test_student_seed_and_methods_refit_only_the_students(tmp_path):
     assert first["rows"][1]["nll"] != second["rows"][1]["nll"]  # new student draws
     with pytest.raises(ValueError, match="methods: expected"):
         run_text_benchmark(dataclasses.replace(config, methods=("dlf", "gp")))
+
+    # Seeds merged: means over seeds, and the gaps to the DLF paired review by review.
+    from pyro_dlf_bench.harness.text_seeds import merge_text_results, summarise_text_seeds, write_text_seeds_report
+
+    first, second = (json.loads(json.dumps(r)) for r in (first, second))  # as read back from their files
+    merged = merge_text_results([second, first])
+    assert merged["seeds"] == [0, 1]
+    summary = summarise_text_seeds(merged)
+    nll = [r["rows"][1]["nll"] for r in (first, second)]
+    mean, se = summary["methods"]["KD (forward KL)"]["nll"]
+    assert mean == pytest.approx(sum(nll) / 2) and se == pytest.approx(abs(nll[0] - nll[1]) / 2)
+    gap, gap_se = summary["against_dlf"]["KD (forward KL)"]["nll"]
+    dlf = [r["rows"][2]["nll"] for r in (first, second)]
+    assert gap == pytest.approx(sum(nll) / 2 - sum(dlf) / 2, abs=1e-5) and gap_se > 0
+    write_text_seeds_report(merged, str(tmp_path), "seeds")
+    report = (tmp_path / "seeds.md").read_text()
+    assert "Student seeds 0, 1" in report and "| KD (forward KL) |" in report and "## Against the DLF" in report
+    with pytest.raises(ValueError, match="seed 0 appears twice"):
+        merge_text_results([first, first])
+    with pytest.raises(ValueError, match="differ in student_epochs"):
+        merge_text_results([first, {**second, "config": {**second["config"], "student_epochs": 5}}])
 
 
 def test_bench_text_user_mistakes_end_in_one_line(tmp_path):

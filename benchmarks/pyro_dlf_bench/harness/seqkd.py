@@ -292,8 +292,8 @@ def _student_layers(config: SeqKDConfig, teacher: nn.Module) -> list[int]:
 
 
 def _row(method: str, start: Optional[str], model: nn.Module, seconds: float, evaluation: dict) -> dict:
-    trainable = sum(p.numel() for p in model.parameters())
-    return {"method": method, "start": start, "parameters": trainable, "fit_seconds": seconds, **evaluation}
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"method": method, "start": start, "parameters": parameters, "fit_seconds": seconds, **evaluation}
 
 
 def run_seqkd_benchmark(config: SeqKDConfig, teacher: Optional[nn.Module] = None,

@@ -36,13 +36,14 @@ def merge_seqkd_results(results: list[dict]) -> dict:
         raise ValueError("inputs: give at least one seqkd result")
     first = results[0]
     protocol = {k: v for k, v in first["config"].items() if k not in _IGNORED_CONFIG}
+    data = _same_data(first["data"])
     seeds: set[int] = set()
     runs = []
     for result in results:
         if result.get("benchmark") != "seqkd" or "runs" not in result:
             raise ValueError("inputs: every file must be a result of this version of 'pyro-dlf bench seqkd'")
         other = {k: v for k, v in result["config"].items() if k not in _IGNORED_CONFIG}
-        if other != protocol or result["data"] != first["data"]:
+        if other != protocol or _same_data(result["data"]) != data:
             changed = sorted(k for k in protocol if protocol[k] != other.get(k)) or ["data"]
             raise ValueError(f"inputs: the runs differ in {', '.join(changed)}; merge runs of one protocol")
         for run in result["runs"]:
@@ -53,6 +54,11 @@ def merge_seqkd_results(results: list[dict]) -> dict:
     runs.sort(key=lambda run: run["student_seed"])
     return {**first, "runs": runs, "command": "; ".join(run["command"] for run in runs),
             "wall_seconds": sum(run["wall_seconds"] for run in runs)}
+
+
+def _same_data(data: dict) -> dict:
+    """What must agree between runs: everything but the teacher file's folder (where it is installed)."""
+    return {**data, "teacher": os.path.basename(data["teacher"])}
 
 
 def _pooled(row: dict, data: dict) -> dict:

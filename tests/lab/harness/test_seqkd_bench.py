@@ -185,6 +185,18 @@ def test_tiny_decoder_runs_the_published_protocol_and_the_report_merges_seeds(tm
     assert "without pre-distillation" in (tmp_path / "cold.md").read_text()
     with pytest.raises(ValueError, match="differ in start"):
         merge_seqkd_results([first, cold])
+
+    # The command line merges the files the runs wrote; a mistake is one line naming the inputs.
+    from pyro_dlf.cli import main
+
+    write_seqkd_report(second, str(tmp_path), "two")
+    assert main(["bench", "report", str(tmp_path / "one.json"), str(tmp_path / "two.json"), "--output-dir",
+                 str(tmp_path), "--name", "cli"]) == 0
+    assert "Student seeds: 0, 1" in (tmp_path / "cli.md").read_text()
+    assert main(["bench", "report", str(tmp_path / "one.json"), str(tmp_path / "cold.json"), "--output-dir",
+                 str(tmp_path)]) == 2
+    assert main(["bench", "report", str(tmp_path / "one.json"), str(tmp_path / "two.json"), "--methods", "DLF",
+                 "--output-dir", str(tmp_path)]) == 2
     with pytest.raises(ValueError, match="seed 0 appears twice"):
         merge_seqkd_results([first, first])
     with pytest.raises(ValueError, match="differ in epochs"):

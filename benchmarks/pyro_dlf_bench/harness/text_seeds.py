@@ -1,0 +1,155 @@
+r"""Runs of the text benchmark with different student seeds, merged by ``pyro-dlf bench report``.
+
+The runs share the split and the teachers (``seed``) and differ in ``student_seed`` (every student's
+adapters, heads and minibatch order). Every metric is reported as the mean over the seeds ± its
+standard error (between-seed standard deviation / √S).
+
+A method is compared with the DLF on the same test reviews. For the NLL, with per-review differences
+averaged over the seeds, the paired standard error over reviews
+(:func:`pyro_dlf_bench.metrics.paired_difference`, the test set's sampling error) is combined with the
+between-seed variance of the per-seed mean differences over S (training randomness; the reviews are the
+same for every seed, so the two are independent). For the ECE, a statistic of the whole test set, the
+per-seed differences give the mean and its standard error over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+from pyro_dlf._files import atomic_write
+from pyro_dlf_bench import metrics
+
+__all__ = ["merge_text_results", "summarise_text_seeds", "write_text_seeds_report"]
+
+_IGNORED_CONFIG = ("student_seed", "command", "progress", "cache_dir", "jobs")
+_COLUMNS = (("accuracy", "acc", 4), ("nll", "NLL", 4), ("ece", "ECE", 4), ("brier", "Brier", 4),
+            ("auroc_entropy", "AUROC H", 4), ("auroc_mi", "AUROC MI", 4), ("logit_variance_ratio", "var. ratio", 2))
+
+
+def merge_text_results(results: list[dict]) -> dict:
+    """One result holding the runs of every input (one per student seed, same split, teachers and protocol)."""
+    if not results:
+        raise ValueError("inputs: give at least one text result")
+    first = results[0]
+    protocol = {k: v for k, v in first["config"].items() if k not in _IGNORED_CONFIG}
+    methods = [row["method"] for row in first["rows"]]
+    seeds: set[int] = set()
+    for result in results:
+        if "per_review_nll" not in result:
+            raise ValueError("inputs: a text result without per-review NLLs (written by an older version); rerun it")
+        other = {k: v for k, v in result["config"].items() if k not in _IGNORED_CONFIG}
+        if other != protocol:
+            changed = sorted(k for k in protocol if protocol[k] != other.get(k))
+            raise ValueError(f"inputs: the runs differ in {', '.join(changed)}; merge runs of one protocol and seed")
+        if [row["method"] for row in result["rows"]] != methods:
+            raise ValueError("inputs: the runs fitted different methods; give runs with the same --methods")
+        seed = result["config"]["seed"] if result["config"].get("student_seed") is None else result["config"]["student_seed"]
+        if seed in seeds:
+            raise ValueError(f"inputs: student seed {seed} appears twice; give each run once")
+        seeds.add(seed)
+    runs = sorted(results, key=lambda r: r["config"]["seed"] if r["config"].get("student_seed") is None
+                  else r["config"]["student_seed"])
+    return {"benchmark": "text_seeds", "runs": runs, "seeds": sorted(seeds),
+            "wall_seconds": sum(r["wall_seconds"] for r in runs)}
+
+
+def _mean_se(values: list) -> tuple:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def _against_dlf(runs: list[dict], method: str) -> dict:
+    """``method`` minus the DLF: NLL (paired over reviews, seeds averaged) and ECE (paired over seeds)."""
+    a = torch.tensor([run["per_review_nll"][method] for run in runs], dtype=torch.float64)
+    b = torch.tensor([run["per_review_nll"]["DLF"] for run in runs], dtype=torch.float64)
+    delta, se = metrics.paired_difference(a.mean(0), b.mean(0))
+    if len(runs) > 1:
+        se = math.sqrt(se ** 2 + float((a - b).mean(1).var()) / len(runs))
+    ece = [next(r["ece"] for r in run["rows"] if r["method"] == method)
+           - next(r["ece"] for r in run["rows"] if r["method"] == "DLF") for run in runs]
+    ece_mean, ece_se = _mean_se(ece)
+    return {"nll": (delta, se), "ece": (ece_mean, ece_se)}
+
+
+def summarise_text_seeds(merged: dict) -> dict:
+    """Per method: every column as mean ± SE over seeds; per student other than the DLF: its gaps to the DLF."""
+    runs = merged["runs"]
+    methods = [row["method"] for row in runs[0]["rows"]]
+    table = {m: {key: _mean_se([next(r for r in run["rows"] if r["method"] == m).get(key) for run in runs])
+                 for key, _, _ in _COLUMNS} for m in methods}
+    paired = {m: _against_dlf(runs, m) for m in methods if m not in ("DLF", "teacher ensemble")}
+    return {"methods": table, "against_dlf": paired}
+
+
+def _targets(summary: dict, seeds: int) -> list[str]:
+    paired = {m: p for m, p in summary["against_dlf"].items() if not m.startswith("DLF")}
+    if not paired:
+        return ["(no student besides the DLF)"]
+    lines = []
+    for key, label in (("nll", "NLL"), ("ece", "ECE")):
+        best = min(paired, key=lambda m: summary["methods"][m][key][0])
+        gap, se = paired[best][key]  # best other minus the DLF
+        ok = se is not None and -gap <= se
+        lines.append(f"- DLF {label} ≤ the best other student's + one paired SE ({seeds} seeds): "
+                     f"{'met' if ok else '**not met**'} (DLF {summary['methods']['DLF'][key][0]:.4f}, best other {best} "
+                     f"{summary['methods'][best][key][0]:.4f}; DLF − {best} {-gap:+.4f}, SE "
+                     f"{'–' if se is None else f'{se:.4f}'})")
+    return lines
+
+
+def _cell(value: tuple, digits: int) -> str:
+    mean, se = value
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" if se is None else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def write_text_seeds_report(merged: dict, output_dir: str, name: str = "text") -> tuple[str, str]:
+    """Write ``{name}.json`` (the runs and the summary) and ``{name}.md``."""
+    os.makedirs(output_dir, exist_ok=True)
+    summary = summarise_text_seeds(merged)
+    runs, first = merged["runs"], merged["runs"][0]
+    config, data, machine = first["config"], first["data"], first["machine"]
+    json_path, md_path = os.path.join(output_dir, f"{name}.json"), os.path.join(output_dir, f"{name}.md")
+    atomic_write(json_path, lambda fh: json.dump({**merged, "summary": summary}, fh, indent=1))
+    sizes = data["sizes"]
+    lines = [
+        f"# Language-model benchmark over student seeds ({name})", "",
+        "Commands: " + "; ".join(f"`{run['command']}`" for run in runs) + "  ",
+        f"Machine: {machine['platform']}, {machine['cpus']} CPUs, device {machine['device']}, torch "
+        f"{first['versions']['torch']} ({machine['torch_threads']} threads), pyro_dlf {first['versions']['pyro_dlf']}; "
+        f"wall time {merged['wall_seconds'] / 60:.1f} min (all runs; the teachers' logits cached).  ",
+        f"Data: Rotten Tomatoes reviews: {sizes['train']} to train the teachers, {sizes['design']} design texts, "
+        f"{sizes['test']} test reviews; OOD: {sizes['ood']} plot synopses. Teachers: {config['teachers']} × all-MiniLM-L6-v2 "
+        f"(seed {config['seed']}, the same for every run). Students: the first {config['student_layers']} layers, "
+        f"{config['student_epochs']} passes over the design texts.", "",
+        f"Student seeds {', '.join(str(s) for s in merged['seeds'])}: mean ± standard error over the seeds; each run's own "
+        "report has its per-seed figures.", "",
+        "## Targets", "", *_targets(summary, len(runs)), "",
+        "## Results", "",
+        "| method | " + " | ".join(label for _, label, _ in _COLUMNS) + " |", "|---" * (len(_COLUMNS) + 1) + "|",
+    ]
+    for method, values in summary["methods"].items():
+        lines.append(f"| {method} | " + " | ".join(_cell(values[key], digits) for key, _, digits in _COLUMNS) + " |")
+    lines += ["", "## Against the DLF", "",
+              f"Method minus the DLF on the same {sizes['test']:,} test reviews. NLL: per-review differences averaged over "
+              "the seeds, SE combining the reviews' sampling error and the between-seed variance; ECE: per-seed "
+              "differences, SE over seeds. |z| < 2 is not resolved.", "",
+              "| method | NLL − DLF's | SE | z | ECE − DLF's | SE |", "|---|---|---|---|---|---|"]
+    for method, p in summary["against_dlf"].items():
+        (nll, nll_se), (ece, ece_se) = p["nll"], p["ece"]
+        z = nll / nll_se if nll_se else float("nan")
+        lines.append(f"| {method} | {nll:+.4f} | {nll_se:.4f} | {z:+.1f} | {ece:+.4f} | "
+                     f"{'–' if ece_se is None else f'{ece_se:.4f}'} |")
+    lines.append("")
+    atomic_write(md_path, lambda fh: fh.write("\n".join(lines)))
+    return json_path, md_path
