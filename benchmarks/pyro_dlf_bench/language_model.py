@@ -9,8 +9,7 @@ r"""Causal language models for sequence-level distillation: the SmolLM2 teacher,
   final norm, weights copied: the same vocabulary, so token-level divergences
   are defined, and the teacher's lexical knowledge from the start.
   :func:`spread_layers` picks evenly spaced layers keeping the first and the
-  last (f-DISTILL's "alternating layers" student);
-  :func:`truncated_decoder` keeps the first ones.
+  last (f-DISTILL's "alternating layers" student).
 * :func:`sample_continuations` -- ancestral sampling at temperature 1 (the
   model's own distribution) or nucleus (top-p) sampling, with a key/value
   cache.
@@ -38,9 +37,8 @@ from torch import Tensor, nn
 
 from pyro_dlf_bench.text_encoder import require_text_extra
 
-__all__ = ["smollm2_file", "load_smollm2", "spread_layers", "layer_copied_decoder", "truncated_decoder",
-           "sample_continuations", "next_token_log_probs",
-           "coarse_grain", "continuation_mask", "distinct_n", "sequence_nll", "SMOLLM2_ENV"]
+__all__ = ["smollm2_file", "load_smollm2", "spread_layers", "layer_copied_decoder", "sample_continuations",
+           "next_token_log_probs", "coarse_grain", "continuation_mask", "distinct_n", "sequence_nll", "SMOLLM2_ENV"]
 
 SMOLLM2_ENV = "PYRO_DLF_SMOLLM2"
 _GGUF_SUFFIX = ".gguf"
@@ -89,7 +87,7 @@ def spread_layers(num_layers: int, keep: int) -> list[int]:
     layer tables f-DISTILL's students are built from (``spread_layers(24, 4) == [0, 8, 16, 23]``,
     ``spread_layers(12, 6) == [0, 2, 4, 7, 9, 11]``, ``spread_layers(30, 6) == [0, 6, 12, 18, 24, 29]``)."""
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= num_layers:
-        raise ValueError(f"student_layers must be an int in [1, {num_layers}], got {keep!r}")
+        raise ValueError(f"keep (the student's layers) must be an int in [1, {num_layers}], got {keep!r}")
     if keep == 1:
         return [0]
     return [i * num_layers // (keep - 1) for i in range(keep - 1)] + [num_layers - 1]
@@ -116,14 +114,6 @@ def layer_copied_decoder(teacher: nn.Module, layers: Sequence[int]) -> nn.Module
     student.model.embed_tokens.weight.requires_grad_(False)
     student.lm_head.weight.requires_grad_(False)
     return student.train()
-
-
-def truncated_decoder(teacher: nn.Module, num_layers: int) -> nn.Module:
-    """:func:`layer_copied_decoder` with the teacher's first ``num_layers`` layers."""
-    available = len(teacher.model.layers)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= available:
-        raise ValueError(f"num_layers must be an int in [1, {available}], got {num_layers!r}")
-    return layer_copied_decoder(teacher, list(range(num_layers)))
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ def test_spread_layers_follow_the_published_layer_tables():
         for k in range(1, n + 1):
             layers = spread_layers(n, k)
             assert len(layers) == k and layers == sorted(set(layers)) and layers[0] == 0 and (k == 1 or layers[-1] == n - 1)
-    with pytest.raises(ValueError, match="student_layers"):
+    with pytest.raises(ValueError, match="keep"):
         spread_layers(4, 5)
 
 
