@@ -14,6 +14,7 @@ from pyro_dlf_bench.datasets.text import ROTTEN_TOMATOES_FILE
 _TEXT = shared_data.data_folder("text")
 SHARED_TEXT = _TEXT if _TEXT is not None and (_TEXT / ROTTEN_TOMATOES_FILE).is_file() else None
 HAS_TEXT_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("transformers", "peft", "rouge_score"))
+# CI installs the lab's text extra (.ci/run), so these run there; a core-only install skips them with the reason.
 needs_extra = pytest.mark.skipif(not HAS_TEXT_EXTRA, reason="the lab's text extra (transformers, peft, rouge-score) is not installed")
 
 
@@ -109,6 +110,7 @@ def test_paired_ratio_difference_is_the_delta_method_for_pooled_averages():
         paired_ratio_difference(a, b, torch.tensor([1.0, 0.0, 1.0, 1.0]))
 
 
+# rouge-score comes with the lab's text extra, which CI installs.
 @pytest.mark.skipif(importlib.util.find_spec("rouge_score") is None, reason="rouge-score is not installed")
 def test_rouge_l_is_the_lcs_f_measure_with_stemming():
     from pyro_dlf_bench.metrics import rouge_l
@@ -142,7 +144,7 @@ def test_tiny_decoder_runs_the_published_protocol_and_the_report_merges_seeds(tm
     from pyro_dlf_bench.harness.seqkd_report import merge_seqkd_results, summarise_seqkd, write_seqkd_report
     from pyro_dlf_bench.harness.seqkd_training import OBJECTIVES
 
-    if SHARED_TEXT is None:  # say why nothing ran
+    if SHARED_TEXT is None:  # a clean clone has no corpus: say why nothing ran
         pytest.skip(shared_data.missing_reason("text"))
     result = _tiny_run(tmp_path, 0)
     run = result["runs"][0]
