@@ -46,6 +46,7 @@ __all__ = [
     "expected_calibration_error",
     "reliability_bins",
     "calibrated_ece_floor",
+    "mean_and_standard_error",
     "paired_difference",
     "paired_ratio_difference",
     "rouge_l",
@@ -765,6 +766,18 @@ def calibrated_ece_floor(bins: dict) -> float:
                    + k * math.log(c) + (n - k) * math.log1p(-c))
         expected += n / total * float((log_pmf.exp() * (k / n - c).abs()).sum())
     return expected
+
+
+def mean_and_standard_error(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    r"""The mean of ``values`` (e.g. one figure per seed) and its standard error :math:`s / \sqrt n`
+    (``n - 1`` in the variance), ``None`` for a single value.
+
+    :param values: at least one number.
+    """
+    if len(values) == 0:
+        raise ValueError("values: give at least one number")
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return float(t.mean()), (float(t.std() / math.sqrt(len(values))) if len(values) > 1 else None)
 
 
 def paired_difference(a: Tensor, b: Tensor) -> Tuple[float, float]:

@@ -506,3 +506,13 @@ def test_paired_difference_standard_error_is_the_spread_of_the_mean_difference_o
         M.paired_difference(torch.zeros(3), torch.zeros(4))
     with pytest.raises(ValueError, match="at least 2 inputs"):
         M.paired_difference(torch.zeros(1), torch.zeros(1))
+
+
+def test_mean_and_standard_error_over_runs():
+    from pyro_dlf_bench.metrics import mean_and_standard_error
+
+    mean, se = mean_and_standard_error([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3) and se == pytest.approx(math.sqrt((16 / 9 + 1 / 9 + 25 / 9) / 2 / 3))
+    assert mean_and_standard_error([0.5]) == (0.5, None)
+    with pytest.raises(ValueError, match="values"):
+        mean_and_standard_error([])

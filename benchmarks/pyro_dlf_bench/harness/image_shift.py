@@ -28,7 +28,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,11 +156,6 @@ class ShiftLadder:
         return rows
 
 
-def _mean_and_se(values: list[float]) -> tuple[float, Optional[float]]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), (float(t.std() / math.sqrt(len(values))) if len(values) > 1 else None)
-
-
 def merge_ladder(runs: list[list[dict]]) -> list[dict]:
     """Ladder rows of several runs (data seeds) as means over the runs with standard errors under ``"se"``.
 
@@ -175,7 +170,7 @@ def merge_ladder(runs: list[list[dict]]) -> list[dict]:
         per_run = [index[key] for index in indexed]
         row = {"method": key[0], "family": key[1], "level": key[2], "auroc_score": per_run[0]["auroc_score"], "se": {}}
         for metric in ("accuracy", "nll", "ece", "auroc", "mi", "entropy"):
-            row[metric], error = _mean_and_se([r[metric] for r in per_run])
+            row[metric], error = metrics.mean_and_standard_error([r[metric] for r in per_run])
             if error is not None:
                 row["se"][metric] = error
         merged.append(row)

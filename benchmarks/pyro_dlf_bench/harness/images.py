@@ -740,11 +740,6 @@ def _shift_summary(shift_rows: list[dict]) -> dict:
     return summary
 
 
-def _mean_and_se(values: list[float]) -> tuple[float, Optional[float]]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), (float(t.std() / math.sqrt(len(values))) if len(values) > 1 else None)
-
-
 def merge_images_results(results: list[dict]) -> dict:
     """One result from runs of the image benchmark on different data seeds.
 
@@ -786,7 +781,7 @@ def merge_images_results(results: list[dict]) -> dict:
                 if key in se_keys and isinstance(value, (int, float)) and len(values) > 1:
                     se[key] = 0.0
             elif isinstance(value, (int, float)) and not isinstance(value, bool) and all(isinstance(v, (int, float)) for v in values):
-                merged[key], error = _mean_and_se([float(v) for v in values])
+                merged[key], error = metrics.mean_and_standard_error([float(v) for v in values])
                 if key in se_keys and error is not None:
                     se[key] = error
             else:
@@ -803,7 +798,7 @@ def merge_images_results(results: list[dict]) -> dict:
                   for key in ("confidence", "accuracy")}
         reliability[method] = {**pooled, "count": total.tolist()}
     shift = [{**row, "data_seed": row.get("data_seed", run["config"]["seed"])} for run in runs for row in run["shift"]]
-    disagreement = {key: _mean_and_se([run["teacher_disagreement"][key] for run in runs])[0] for key in first["teacher_disagreement"]}
+    disagreement = {key: metrics.mean_and_standard_error([run["teacher_disagreement"][key] for run in runs])[0] for key in first["teacher_disagreement"]}
     merged_result = {
         "benchmark": "images", "command": [run["command"] for run in runs], "seeds": seeds, "config": first["config"],
         "data": first["data"], "rows": rows, "teacher_disagreement": disagreement, "reliability": reliability, "shift": shift,

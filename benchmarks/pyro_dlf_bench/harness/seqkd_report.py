@@ -69,14 +69,6 @@ def _pooled(row: dict, data: dict) -> dict:
     return values
 
 
-def _mean_se(values: list[float]) -> tuple[float, Optional[float]]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
-
-
 def _rows(runs: list[dict], *methods: str) -> list[dict]:
     """Per run that has every one of ``methods`` (the ablation's may be in some runs only): method → row."""
     by_run = [{r["method"]: r for r in run["rows"]} for run in runs]
@@ -106,8 +98,8 @@ def summarise_seqkd(result: dict) -> dict:
     for method in rows:
         present = [r[method] for r in _rows(runs, method)]
         pooled = [_pooled(row, data) for row in present]
-        summary["methods"][method] = {k: _mean_se([p[k] for p in pooled]) for k in pooled[0]}
-        summary["methods"][method]["fit_minutes"] = _mean_se([row["fit_seconds"] / 60 for row in present])
+        summary["methods"][method] = {k: metrics.mean_and_standard_error([p[k] for p in pooled]) for k in pooled[0]}
+        summary["methods"][method]["fit_minutes"] = metrics.mean_and_standard_error([row["fit_seconds"] / 60 for row in present])
         summary["methods"][method]["seeds"] = len(present)
     for row in rows.values():
         if row.get("start"):

@@ -58,13 +58,9 @@ def merge_text_results(results: list[dict]) -> dict:
 
 
 def _mean_se(values: list) -> tuple:
+    """Mean ± SE over the seeds of a column some methods leave empty (``None``: e.g. no mutual information)."""
     values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+    return metrics.mean_and_standard_error(values) if values else (None, None)
 
 
 def _against_dlf(runs: list[dict], method: str) -> dict:
