@@ -49,6 +49,7 @@ __all__ = [
     "mean_and_standard_error",
     "paired_difference",
     "paired_ratio_difference",
+    "seed_averaged_paired_difference",
     "rouge_l",
     "entropy_decomposition",
     "auroc",
@@ -831,6 +832,28 @@ def paired_ratio_difference(a: Tensor, b: Tensor, counts: Tensor) -> Tuple[float
     delta = d.sum() / n.sum()
     residual = d - delta * n
     return float(delta), float(residual.std() / (n.mean() * math.sqrt(d.shape[0])))
+
+
+def seed_averaged_paired_difference(a: Tensor, b: Tensor, counts: Optional[Tensor] = None) -> Tuple[float, float]:
+    r"""Two methods compared on the same inputs over ``S`` training seeds, and the difference's standard error.
+
+    ``a`` and ``b`` are ``(S, m)`` per-input totals (rows: seeds; ``counts`` ``(m,)`` units per input, default
+    one). The per-input totals are averaged over the seeds and compared by :func:`paired_ratio_difference`
+    (the inputs' sampling error); with ``S ≥ 2`` the between-seed variance of the per-seed differences, over
+    ``S``, is added (training randomness: the inputs are the same for every seed, so the two are independent).
+
+    :return: ``(difference of the pooled per-unit averages, standard error)``.
+    """
+    a, b = _to_float([("a", a), ("b", b)])
+    _check_same_shape("a", a, "b", b)
+    if a.dim() != 2:
+        raise ValueError(f"a, b: expected (seeds, inputs) totals, got shape {tuple(a.shape)}")
+    counts = torch.ones(a.shape[1], dtype=torch.float64) if counts is None else counts.double()
+    delta, se = paired_ratio_difference(a.double().mean(0), b.double().mean(0), counts)
+    if a.shape[0] > 1:
+        per_seed = (a - b).double().sum(1) / counts.sum()
+        se = math.sqrt(se ** 2 + float(per_seed.var()) / a.shape[0])
+    return delta, se
 
 
 def rouge_l(candidates: Sequence[str], references: Sequence[str]) -> Tensor:

@@ -516,3 +516,17 @@ def test_mean_and_standard_error_over_runs():
     assert mean_and_standard_error([0.5]) == (0.5, None)
     with pytest.raises(ValueError, match="values"):
         mean_and_standard_error([])
+
+
+def test_seed_averaged_paired_difference_adds_the_between_seed_variance():
+    from pyro_dlf_bench.metrics import paired_difference, seed_averaged_paired_difference
+
+    a = torch.tensor([[3.0, 4.0, 5.0, 6.0], [2.0, 5.0, 5.0, 7.0]])
+    b = torch.tensor([[2.0, 4.0, 4.0, 5.0], [2.0, 4.0, 4.0, 5.0]])
+    # One seed: the plain paired difference.
+    assert seed_averaged_paired_difference(a[:1], b[:1]) == pytest.approx(paired_difference(a[0], b[0]))
+    delta, se = seed_averaged_paired_difference(a, b)
+    mean_delta, reviews_se = paired_difference(a.mean(0), b.mean(0))
+    per_seed = (a - b).mean(1)  # 0.75 and 1.0
+    assert delta == pytest.approx(mean_delta)
+    assert se == pytest.approx(math.sqrt(reviews_se ** 2 + float(per_seed.var()) / 2))

@@ -237,8 +237,8 @@ def _continuations(model: nn.Module, prefixes: Tensor, config: SeqKDConfig, eos:
     return rows
 
 
-def _evaluate(model: nn.Module, teacher: nn.Module, held_out: dict, config: SeqKDConfig, eos: Optional[int],
-              decode: Callable[[list], str], sample_seed: int, is_teacher: bool = False) -> dict:
+def _evaluate(model: nn.Module, held_out: dict, config: SeqKDConfig, eos: Optional[int], decode: Callable[[list], str],
+              sample_seed: int, is_teacher: bool = False) -> dict:
     """Per-example metrics: each held-out review's NLL, the teacher–student KL both ways along each held-out
     teacher sample (full vocabulary), ROUGE-L of a nucleus-sampled continuation of each held-out prefix
     against the true one; and distinct-n of those continuations."""
@@ -274,7 +274,7 @@ def _cached(path: Optional[str], compute: Callable[[], dict]) -> dict:
     if path and os.path.exists(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     t0 = time.time()
-    record = {**compute(), "seconds": torch.tensor(0.0)}
+    record = compute()
     record["seconds"] = torch.tensor(time.time() - t0)
     if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -351,7 +351,7 @@ def run_seqkd_benchmark(config: SeqKDConfig, teacher: Optional[nn.Module] = None
                 "references": [decode(r) for r in references], "teacher_log_probs": teacher_log_probs}
 
     def evaluate(model: nn.Module, is_teacher: bool = False) -> dict:
-        return _evaluate(model, teacher, held_out, config, eos_token_id, decode, student_seed + 2, is_teacher)
+        return _evaluate(model, held_out, config, eos_token_id, decode, student_seed + 2, is_teacher)
 
     def stage(epochs: int, lr: float) -> StageSettings:
         return StageSettings(epochs=epochs, lr=lr, warmup_steps=config.warmup_steps, batch_size=config.batch_size,

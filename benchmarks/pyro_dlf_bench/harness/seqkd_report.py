@@ -6,9 +6,8 @@ the runs' student seeds ± its standard error (between-seed standard deviation /
 
 A student is compared with another (its start) on the same held-out examples: with per-example totals
 averaged over the seeds, the difference of the pooled per-token averages and its standard error come from
-:func:`pyro_dlf_bench.metrics.paired_ratio_difference` (the test set's sampling error); with S ≥ 2 seeds the
-between-seed variance of the per-seed differences over S is added (training randomness; the test set is
-the same for every seed, so the two sources are independent). A difference is *resolved* when it exceeds
+:func:`pyro_dlf_bench.metrics.seed_averaged_paired_difference`: the test set's sampling error by the delta
+method, plus with S ≥ 2 seeds the between-seed variance of the per-seed differences over S. A difference is *resolved* when it exceeds
 twice that standard error.
 """
 
@@ -81,13 +80,7 @@ def _paired(runs: list[dict], data: dict, method: str, reference: str, metric: s
     counts = torch.tensor(data[_PER_TOKEN[metric]], dtype=torch.float64) if metric in _PER_TOKEN else None
     a = torch.tensor([rs[method][metric] for rs in rows], dtype=torch.float64)
     b = torch.tensor([rs[reference][metric] for rs in rows], dtype=torch.float64)
-    if counts is None:
-        counts = torch.ones(a.shape[1], dtype=torch.float64)
-    delta, se = metrics.paired_ratio_difference(a.mean(0), b.mean(0), counts)
-    if len(rows) > 1:
-        per_seed = (a - b).sum(1) / counts.sum()
-        se = math.sqrt(se ** 2 + float(per_seed.var()) / len(rows))
-    return delta, se
+    return metrics.seed_averaged_paired_difference(a, b, counts)
 
 
 def summarise_seqkd(result: dict) -> dict:

@@ -15,7 +15,6 @@ per-seed differences give the mean and its standard error over seeds.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import torch
@@ -67,9 +66,7 @@ def _against_dlf(runs: list[dict], method: str) -> dict:
     """``method`` minus the DLF: NLL (paired over reviews, seeds averaged) and ECE (paired over seeds)."""
     a = torch.tensor([run["per_review_nll"][method] for run in runs], dtype=torch.float64)
     b = torch.tensor([run["per_review_nll"]["DLF"] for run in runs], dtype=torch.float64)
-    delta, se = metrics.paired_difference(a.mean(0), b.mean(0))
-    if len(runs) > 1:
-        se = math.sqrt(se ** 2 + float((a - b).mean(1).var()) / len(runs))
+    delta, se = metrics.seed_averaged_paired_difference(a, b)
     ece = [next(r["ece"] for r in run["rows"] if r["method"] == method)
            - next(r["ece"] for r in run["rows"] if r["method"] == "DLF") for run in runs]
     ece_mean, ece_se = _mean_se(ece)
