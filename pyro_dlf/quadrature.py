@@ -31,8 +31,8 @@ __all__ = ["GaussianRule", "gauss_hermite_rule", "sobol_rule", "scrambled_sobol"
 #: Points per axis beyond which a one-dimensional Gauss–Hermite rule gains nothing here.
 _MAX_POINTS_PER_AXIS = 32
 
-#: Logits evaluated at once by :func:`integrate_softmax` (about 512 KB in float32): temporaries that
-#: stay in the cache and are reused by the allocator cost a fraction of fresh multi-megabyte ones.
+#: Logits evaluated at once by :func:`integrate_softmax` (about 512 KB in float32 per buffer): small
+#: enough that the three reused buffers stay in the cache, large enough that the per-chunk calls are few.
 _CHUNK_ELEMENTS = 1 << 17
 
 
@@ -101,20 +101,32 @@ def softmax_summary(logits: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Te
 
     With ``p_k = softmax(f_k)`` and ``\bar p = Σ_k w_k p_k``: the expected entropy
     ``Σ_k w_k H[p_k]`` and the mutual information as ``Σ_k w_k KL(p_k ‖ \bar p)``, a sum
-    of non-negative terms, so it needs no difference of two nearly equal entropies;
+    whose terms ``p_k (\log p_k − \log \bar p)`` are formed elementwise, so a small
+    mutual information is not the difference of two nearly equal entropies;
     the total entropy ``H[\bar p]`` is their sum (exact for weights summing to one).
 
     :param logits: ``(m, c, K)``: classes on dimension 1, so every reduction over the
-        classes runs over contiguous node vectors.
+        classes runs over contiguous node vectors. Left unchanged.
     :param weights: ``(K,)``, positive, summing to one.
     :return: ``(probs (m, c), total_entropy, expected_entropy, mutual_information)``, entropies ``(m,)`` in nats.
     """
-    log_p = logits.log_softmax(1)
-    p = log_p.exp()
+    work = logits.clone(memory_format=torch.contiguous_format)
+    return _summarise_(work, torch.empty_like(work), torch.empty_like(work), weights)
+
+
+def _summarise_(logits: Tensor, p: Tensor, scratch: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`softmax_summary` in three ``(m, c, K)`` buffers: ``logits`` (overwritten), ``p`` and ``scratch``
+    (any contents). One exponential per logit, every elementwise step in place: on the CPU the fresh
+    temporaries and the second exponential of ``log_softmax(...).exp()`` cost more than the arithmetic."""
+    logits.sub_(logits.amax(1, keepdim=True))
+    torch.exp(logits, out=p)
+    total = p.sum(1, keepdim=True)
+    p.div_(total)
+    log_p = logits.sub_(total.log_())
     probs = p @ weights
-    expected = -(p * log_p).sum(1) @ weights
+    expected = -(torch.mul(p, log_p, out=scratch).sum(1) @ weights)
     log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-    mutual_information = ((p * (log_p - log_probs.unsqueeze(-1))).sum(1) @ weights).clamp_min(0.0)
+    mutual_information = (log_p.sub_(log_probs.unsqueeze(-1)).mul_(p).sum(1) @ weights).clamp_min(0.0)
     return probs, expected + mutual_information, expected, mutual_information
 
 
@@ -125,13 +137,19 @@ def integrate_softmax(mean: Tensor, factor: Tensor, rule: GaussianRule) -> tuple
     :param factor: ``B``, ``(m, c, d)``.
     :param rule: nodes and weights in ``mean``'s dtype and device.
     :return: as :func:`softmax_summary`. The inputs go in chunks of about 2^17 logits (all nodes
-        of a few dozen inputs), one matrix product each for ``μ + B u_k`` at every node.
+        of a few dozen inputs), one matrix product each for ``μ + B u_k`` at every node, written
+        into buffers that every chunk reuses.
     """
     m, c, d = factor.shape
-    rows = max(1, _CHUNK_ELEMENTS // (c * rule.num_nodes))
+    k = rule.num_nodes
+    rows = max(1, min(m, _CHUNK_ELEMENTS // (c * k)))
+    logits, p, scratch = (mean.new_empty(rows * c, k) for _ in range(3))
+    nodes = rule.nodes.T.contiguous()
     parts = []
     for start in range(0, m, rows):
         mu, loading = mean[start:start + rows], factor[start:start + rows]
-        logits = torch.addmm(mu.reshape(-1, 1), loading.reshape(-1, d), rule.nodes.T).view(mu.shape[0], c, -1)
-        parts.append(softmax_summary(logits, rule.weights))
-    return tuple(torch.cat([part[k] for part in parts]) for k in range(4))
+        n = mu.shape[0] * c
+        torch.addmm(mu.reshape(-1, 1), loading.reshape(-1, d), nodes, out=logits[:n])
+        shape = (mu.shape[0], c, k)
+        parts.append(_summarise_(logits[:n].view(shape), p[:n].view(shape), scratch[:n].view(shape), rule.weights))
+    return tuple(torch.cat([part[i] for part in parts]) for i in range(4))

@@ -6,7 +6,8 @@ import torch
 
 from pyro_dlf import Student
 from pyro_dlf_bench.metrics import entropy_decomposition
-from pyro_dlf.quadrature import gauss_hermite_rule, gaussian_rule, softmax_summary, sobol_rule
+from pyro_dlf import quadrature
+from pyro_dlf.quadrature import gauss_hermite_rule, gaussian_rule, integrate_softmax, softmax_summary, sobol_rule
 from synthetic import random_dlf
 
 
@@ -51,6 +52,27 @@ def test_softmax_summary_is_the_entropy_decomposition():
     torch.testing.assert_close(probs, draws.mean(0), atol=1e-14, rtol=0)
     for ours, theirs in zip((total, expected, mi), entropy_decomposition(draws)):
         torch.testing.assert_close(ours, theirs, atol=1e-13, rtol=0)
+
+
+
+def test_softmax_summary_leaves_its_logits_alone():
+    logits = torch.randn(3, 7, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    kept = logits.clone()
+    softmax_summary(logits.permute(0, 2, 1), torch.full((7,), 1 / 7, dtype=torch.float64))  # a view, as predict passes
+    assert torch.equal(logits, kept)
+
+
+def test_integrate_softmax_is_the_summary_of_the_logits_at_the_nodes(monkeypatch):
+    """Chunks that do not divide the inputs and buffers reused across them: the same numbers as the
+    summary of every node's logits at once (float64; only the order of the sums differs)."""
+    monkeypatch.setattr(quadrature, "_CHUNK_ELEMENTS", 3 * 4 * 9)  # three inputs per chunk, 7 inputs
+    generator = torch.Generator().manual_seed(3)
+    mean = 4 * torch.randn(7, 4, generator=generator, dtype=torch.float64)
+    factor = 2 * torch.randn(7, 4, 2, generator=generator, dtype=torch.float64)
+    rule = gauss_hermite_rule(2, 3)
+    logits = mean.unsqueeze(-1) + factor @ rule.nodes.T  # (m, c, K)
+    for ours, theirs in zip(integrate_softmax(mean, factor, rule), softmax_summary(logits, rule.weights)):
+        torch.testing.assert_close(ours, theirs, atol=1e-14, rtol=0)
 
 
 def _students():
