@@ -17,8 +17,14 @@ is that configuration's alone), on synthetic teachers with a known truth:
   on teachers evaluated batch by batch, ``batch_size`` points at a time, and
   never stored): the same mathematics as the in-memory iteration -- one step
   on the whole stream's accumulated gradient, one statistics pass -- so the
-  ratio of the two at equal ``m`` is the cost of streaming; peak memory and
-  time per iteration at ``stream_sizes``. The in-memory rows are built from
+  ratio of the two at equal ``m`` is the cost of streaming, the teachers'
+  evaluation on both passes included; peak memory and time per iteration at
+  ``stream_sizes``.
+* **Streamed from stored values** (the same ``StreamingEM`` on a
+  :class:`~pyro_dlf.data.TensorStream` over the in-memory rows' tensors, at
+  the streamed sizes up to the largest in-memory one): the streaming
+  algorithm's own cost -- per-batch checks and kernels -- without the
+  teachers' evaluation, as when the values are read from a file. The in-memory rows are built from
   the same batches, so both see the same design points and teacher values
   (each batch's observation noise is fixed by its position, so every pass
   sees the same values).
@@ -114,11 +120,13 @@ def _time(fn, repeats: int, device) -> float:
 
 def measure(kind: str, m: int, n: int, q: int, batch_size: int, repeats: int, device: str = "cpu",
             rank: int = 0, world_size: int = 1) -> dict:
-    """One configuration in this process: ``kind`` is ``"memory"`` (EM on in-memory tensors) or
-    ``"stream"`` (StreamingEM on teachers evaluated per batch); returns seconds per iteration and
-    the peak resident memory (CPU) or peak allocated memory (GPU) in MiB."""
+    """One configuration in this process: ``kind`` is ``"memory"`` (EM on in-memory tensors), ``"stream"``
+    (StreamingEM on teachers evaluated per batch) or ``"stored"`` (StreamingEM on batches of the in-memory
+    tensors); returns seconds per iteration and the peak resident memory (CPU) or peak allocated memory
+    (GPU) in MiB."""
     import pyro.optim
 
+    from pyro_dlf.data import TensorStream
     from pyro_dlf.infer import EM, StreamingEM
 
     torch.set_num_threads(1)
@@ -137,8 +145,13 @@ def measure(kind: str, m: int, n: int, q: int, batch_size: int, repeats: int, de
         stream = TeacherBatches(DesignBatches(starts, batch_size, m, dev), teacher_functions(n))
         em = StreamingEM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1)
         seconds = _time(lambda: losses.append(em.step(stream)), repeats, dev)
+    elif kind == "stored":
+        x, f = (t.to(dev) for t in in_memory_design(m, n, batch_size))
+        em = StreamingEM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1)
+        stream = TensorStream(x, f, batch_size)
+        seconds = _time(lambda: losses.append(em.step(stream)), repeats, dev)
     else:
-        raise ValueError(f"kind must be 'memory' or 'stream', got {kind!r}")
+        raise ValueError(f"kind must be 'memory', 'stream' or 'stored', got {kind!r}")
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _peak_rss_mib()
     return {"kind": kind, "m": m, "n": n, "q": q, "seconds": seconds, "peak_mib": peak, "baseline_mib": before,
             "device": device, "processes": world_size, "losses": losses}
@@ -247,6 +260,7 @@ def run_scale_benchmark(config: ScaleBenchConfig) -> dict:
     jobs += [("memory", mid, n, 10) for n in config.teachers if n != 50]
     jobs += [("memory", mid, 50, q) for q in config.factors if q != 10]
     jobs += [("stream", m, 50, 10) for m in config.stream_sizes]
+    jobs += [("stored", m, 50, 10) for m in config.stream_sizes if m <= max(config.sizes)]
     rows = []
     for kind, m, n, q in progress_bar(jobs, desc="scale", enabled=config.progress, leave=True):
         args = dict(kind=kind, m=m, n=n, q=q, batch_size=config.batch_size, repeats=config.repeats, device=config.device)
@@ -270,6 +284,27 @@ def run_scale_benchmark(config: ScaleBenchConfig) -> dict:
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": config.device,
                         "gpu": torch.cuda.get_device_name(0) if config.device.startswith("cuda") else None},
             "wall_seconds": time.time() - started}
+
+
+def _streamed_lines(rows: list[dict], memory: dict) -> list[str]:
+    """The streamed rows against the in-memory ones at equal m: time ratios and the agreement of the fits."""
+    lines = []
+    losses = {(r["kind"], r["m"]): r.get("losses") for r in rows if r["n"] == 50 and r["q"] == 10 and r.get("losses")}
+    for kind, what in (("stream", "streamed (the teachers evaluated per batch, on both passes)"),
+                       ("stored", "streamed from stored values (the streaming algorithm alone)")):
+        streamed = {r["m"]: r["seconds"] for r in rows if r["kind"] == kind and r["n"] == 50 and r["q"] == 10 and "seconds" in r}
+        both = sorted(set(memory) & set(streamed))
+        if not both:
+            continue
+        lines.append(f"- {what} against the in-memory iteration (the same mathematics, the same data; target ≤ 1.5× at 10⁶): "
+                     + ", ".join(f"{streamed[m] / memory[m]:.2f}× at m = {m:,}" for m in both))
+        agree = [(m, max(abs(a - b) / abs(b) for a, b in zip(losses[(kind, m)], losses[("memory", m)])))
+                 for m in both if (kind, m) in losses and ("memory", m) in losses]
+        if agree:
+            lines.append(f"- {what} and in-memory fits from the same start, largest relative difference of the "
+                         "negative log marginal likelihood over their iterations (target ≤ 1e-5): "
+                         + ", ".join(f"{d:.1e} at m = {m:,}" for m, d in agree))
+    return lines
 
 
 def _slope(rows: list[dict], low: int, high: int) -> Optional[float]:
@@ -317,17 +352,7 @@ def write_scale_report(result: dict, output_dir: str, name: str = "scale") -> tu
                      f"({big['seconds']:.3g} s against {limits['bound_seconds']:.3g} s: {ratio:.1f}×; bandwidth "
                      f"{limits['bandwidth_gb_s']:.1f} GB/s, matmul {limits['matmul_gflop_s']:.1f} GFLOP/s)")
     memory = {r["m"]: r["seconds"] for r in rows if r["kind"] == "memory" and r["n"] == 50 and r["q"] == 10 and "seconds" in r}
-    both = sorted(set(memory) & {m for m, r in stream.items() if "seconds" in r})
-    if both:
-        lines.append("- streamed against in-memory iteration (the same mathematics, the same data; target ≤ 1.5× at 10⁶): "
-                     + ", ".join(f"{stream[m]['seconds'] / memory[m]:.2f}× at m = {m:,}" for m in both))
-        losses = {(r["kind"], r["m"]): r.get("losses") for r in rows if r["n"] == 50 and r["q"] == 10 and r.get("losses")}
-        agree = [(m, max(abs(a - b) / abs(b) for a, b in zip(losses[("stream", m)], losses[("memory", m)])))
-                 for m in both if ("stream", m) in losses and ("memory", m) in losses]
-        if agree:
-            lines.append("- streamed and in-memory fits from the same start, largest relative difference of the negative log "
-                         "marginal likelihood over their iterations (target ≤ 1e-5): "
-                         + ", ".join(f"{d:.1e} at m = {m:,}" for m, d in agree))
+    lines += _streamed_lines(rows, memory)
     lines += _race_lines(result.get("race", []), name)
     lines += ["", "## Prediction at 1,000 inputs", "", "| teachers n | student predict, closed form (s) | teacher ensemble (s) |",
               "|---|---|---|"]
@@ -341,7 +366,7 @@ def write_scale_report(result: dict, output_dir: str, name: str = "scale") -> tu
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, marker in (("memory", "o"), ("stream", "s")):
+    for kind, marker in (("memory", "o"), ("stream", "s"), ("stored", "^")):
         pts = sorted((r["m"], r["seconds"], r["peak_mib"]) for r in rows if r["kind"] == kind and r["n"] == 50 and r["q"] == 10
                      and "seconds" in r)
         if pts:
