@@ -105,9 +105,10 @@ def cast_inputs(x: Tensor, dtype: torch.dtype, device=None) -> Tensor:
 
 
 def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name: str = "f", min_members: int = 2,
-                         observed: Optional[Tensor] = None, x_name: str = "x") -> Tensor:
+                         observed: Optional[Tensor] = None, x_name: str = "x", finite: bool = True) -> Tensor:
     """Teacher values ``(n, m)`` (univariate) or ``(n, m, c)`` (multivariate), matching ``x`` (called ``x_name``
-    in messages); finite wherever ``observed`` (a checked mask, see :func:`check_observed`) is true."""
+    in messages); finite wherever ``observed`` (a checked mask, see :func:`check_observed`) is true. With
+    ``finite=False`` the values are not scanned (the caller checks what it computes from them instead)."""
     f = _as_float_tensor(f, name)
     expected = 2 if num_outputs is None else 3
     layout = "(num_teachers, num_points)" if num_outputs is None else f"(num_teachers, num_points, {num_outputs})"
@@ -120,6 +121,8 @@ def check_teacher_values(f: Tensor, x: Tensor, num_outputs: Optional[int], name:
         raise ValueError(f"{name} has {f.shape[2]} outputs per point but the model has num_outputs={num_outputs}")
     if f.shape[0] < min_members:
         raise ValueError(f"{name} holds {f.shape[0]} teacher(s); at least {min_members} are needed to estimate a covariance")
+    if not finite:
+        return f
     if observed is None:
         _check_finite(f, name)
     else:

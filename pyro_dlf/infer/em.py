@@ -430,12 +430,17 @@ class EM:
         """The optimizer step on the gradients in ``.grad`` (reduced over processes first: averaged, or summed
         when each process has already weighted its share); clears them."""
         self._reduce_gradients(params, average)
+        self._check_gradients(params)
         self.optim(params)
         for p in params:
             p.grad = None
 
     def _reduce_gradients(self, params: list[Tensor], average: bool = True) -> None:
         """Hook between the backward pass and the optimizer step (data-parallel subclasses average here)."""
+
+    def _check_gradients(self, params: list[Tensor]) -> None:
+        """Hook before the optimizer step, after the reduction (a stream whose values are not scanned
+        batch by batch checks the gradient here)."""
 
     def _linear_heads(self, x: Tensor, f: Tensor) -> None:
         r"""Exact M-step over the linear heads with the body frozen.

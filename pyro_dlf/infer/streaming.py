@@ -21,6 +21,10 @@ batches), so the teacher values never need to exist as one ``(n, m)`` tensor:
 
 So an iteration is ``num_m_steps + 1`` passes over the stream (two with
 ``per_batch_steps=True``), and memory is that of one batch plus ``O(n q²)``.
+Each batch's layout and dtype are checked on every pass; its values are not
+scanned again: every value reaches the pass's sums and the step's gradient,
+which are checked instead, and only when one of them is not finite is the
+stream searched for the batch at fault, which the error names.
 
 **Several processes** (``torch.distributed`` initialized, e.g. by ``torchrun``;
 gloo on CPU, NCCL on GPU): each process streams its own shard of the design
@@ -51,7 +55,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pyro_dlf._validation import check_dtype, check_flag, check_num_factors, check_teacher_values
+from pyro_dlf._validation import (check_design_points, check_dtype, check_finite_outputs, check_flag, check_num_factors,
+                                  check_teacher_values)
 from pyro_dlf.guides.exact_factor_posterior import ExactFactorPosterior
 from pyro_dlf.infer.em import EM
 from pyro_dlf.models.deep_latent_factor import DeepLatentFactor
@@ -88,6 +93,7 @@ class StreamingEM(EM):
         self._stream_count: Optional[int] = None
         self._num_batches: Optional[int] = None
         self._synced = False
+        self._stream: Optional[Iterable] = None
 
     # ---------------------------------------------------------- collectives
     @property
@@ -140,10 +146,35 @@ class StreamingEM(EM):
                              f"must yield the same batches on every pass")
 
     # --------------------------------------------------------------- passes
-    def _check_batch(self, xb: Tensor, fb: Tensor) -> Tensor:
-        fb = check_teacher_values(fb, xb, self.model.num_outputs, "f_batch")
-        check_dtype(fb, self.model, "f_batch")
+    def _check_batch(self, xb: Tensor, fb: Tensor, values: bool = False, name: str = "f_batch") -> Tensor:
+        """A batch's layout and dtype, on every pass. Its values are scanned only with ``values``: a pass's sums
+        and each step's gradient are checked instead (every value reaches them, so a NaN or Inf anywhere makes
+        them non-finite), and only then is the stream searched for the batch at fault
+        (:meth:`_raise_non_finite`) -- one scan of the data fewer per pass."""
+        fb = check_teacher_values(fb, xb, self.model.num_outputs, name, finite=values)
+        check_dtype(fb, self.model, name)
         return fb
+
+    def _raise_non_finite(self, stream: Iterable) -> None:
+        """Called when a pass's sums or the whole stream's gradient are not finite: find the batch at fault --
+        non-finite inputs or values, or network outputs that overflow at its inputs -- and raise naming it."""
+        model = self.model
+        with torch.no_grad():
+            for k, (xb, fb) in enumerate(stream):
+                check_design_points(xb, f"stream batch {k}: x_batch", integer_ok=model.custom_body)
+                self._check_batch(xb, fb, values=True, name=f"stream batch {k}: f_batch")
+                check_finite_outputs(model.mean_loading_and_weight(xb), xb, model.loading_head.weight.dtype,
+                                     f"stream batch {k}: x_batch")
+        raise ValueError("stream: the sums over its batches are not finite, yet every batch this process streams is finite "
+                         "and gives finite outputs: a batch of another process is at fault (see its error), the stream "
+                         "yields different values on different passes (a design stream must not), or the values are too "
+                         "large for the model's dtype (standardize them)")
+
+    def _check_gradients(self, params: list[Tensor]) -> None:
+        if self._stream is not None and not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+            for p in params:
+                p.grad = None
+            self._raise_non_finite(self._stream)
 
     def _pass(self, stream: Iterable) -> tuple[FactorStatistics, int]:
         """Statistics (summed over processes) and the observed scalars (for ``σ_f²``)."""
@@ -163,6 +194,9 @@ class StreamingEM(EM):
         stats.gram, stats.cross, stats.residual_sq = (self._sum(t.clone()) for t in (stats.gram, stats.cross, stats.residual_sq))
         if isinstance(stats.log_weight, torch.Tensor):  # a nugget that grows with the distance (mathematics §9.4)
             stats.log_weight = self._sum(stats.log_weight.clone())
+        sums = (stats.gram, stats.cross, stats.residual_sq) + ((stats.log_weight,) if isinstance(stats.log_weight, Tensor) else ())
+        if not all(bool(torch.isfinite(t).all()) for t in sums):
+            self._raise_non_finite(stream)
         sums = self._sum(torch.tensor([float(count), float(stats.num_points)], dtype=torch.float64))
         stats.num_points = int(sums[1])
         check_num_factors(model.num_factors, stats.num_members, model.num_outputs, model.covariance_type)
@@ -182,6 +216,14 @@ class StreamingEM(EM):
         if observed is not None:
             raise NotImplementedError("observed: masked teachers are not streamed yet; use EM with observed=")
         self._broadcast_parameters()
+        self._stream = stream
+        try:
+            return self._step(stream)
+        finally:
+            self._stream = None
+
+    def _step(self, stream: Iterable) -> float:
+        """:meth:`step` on a stream whose gradients :meth:`_check_gradients` can search."""
         if self._stream_stats is None:
             self._stream_stats, self._stream_count = self._pass(stream)
         stats = self._stream_stats

@@ -88,6 +88,52 @@ def test_a_stream_that_changes_between_passes_is_refused():
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_a_non_finite_batch_is_named_though_batches_are_not_scanned_every_pass(schedule):
+    """The passes check their sums and each step its gradient instead of scanning every batch; when one is
+    not finite the stream is searched, and the batch at fault is named with the same message as a scan's."""
+    _, x, f = synthetic_teachers(6, 40, seed=2)
+    x, f = x.double(), f.double()
+    bad_f = f.clone()
+    bad_f[3, 25] = float("nan")  # batch 2 of 10 points, its column 5
+    with pytest.raises(ValueError, match=r"stream batch 2: f_batch contains 1 non-finite value\(s\) \(NaN or Inf\), the first at index \(3, 5\)"):
+        _fit(StreamingEM, TensorStream(x, bad_f, 10), 1, **SCHEDULES[schedule])
+    bad_x = x.clone()
+    bad_x[12, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"stream batch 1: x_batch contains 1 non-finite value"):
+        _fit(StreamingEM, TensorStream(bad_x, f, 10), 1, **SCHEDULES[schedule])
+
+    class TurnsBad:
+        """Finite on the first pass (the statistics), NaN on the next (the gradient): a broken stream."""
+        passes = 0
+
+        def __iter__(self):
+            TurnsBad.passes += 1
+            yield from TensorStream(x, f if TurnsBad.passes == 1 else bad_f, 10)
+
+    pyro.clear_param_store()
+    model = small_model(0)
+    em = StreamingEM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), **SCHEDULES[schedule])
+    with pytest.raises(ValueError, match=r"stream batch 2: f_batch contains 1 non-finite value"):
+        em.step(TurnsBad())
+    assert all(bool(torch.isfinite(p).all()) and p.grad is None for p in model.parameters())  # no NaN step was taken
+
+    class Flickers:
+        """NaN on the gradient pass only: the search finds every batch finite and says what is left."""
+        passes = 0
+
+        def __iter__(self):
+            Flickers.passes += 1
+            yield from TensorStream(x, bad_f if Flickers.passes == 2 else f, 10)
+
+    pyro.clear_param_store()
+    model = small_model(0)
+    em = StreamingEM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), **SCHEDULES[schedule])
+    with pytest.raises(ValueError, match=r"stream: the sums over its batches are not finite, yet every batch this process "
+                                         r"streams is finite .* yields different values on different passes"):
+        em.step(Flickers())
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 def test_two_gloo_processes_fit_what_one_process_fits_on_the_union_of_their_batches(tmp_path, schedule):
     out = str(tmp_path / "rank0.pt")
     mp.spawn(streaming_worker, args=(2, free_port(), out, False, schedule), nprocs=2, join=True)
