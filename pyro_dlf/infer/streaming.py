@@ -194,8 +194,8 @@ class StreamingEM(EM):
         stats.gram, stats.cross, stats.residual_sq = (self._sum(t.clone()) for t in (stats.gram, stats.cross, stats.residual_sq))
         if isinstance(stats.log_weight, torch.Tensor):  # a nugget that grows with the distance (mathematics §9.4)
             stats.log_weight = self._sum(stats.log_weight.clone())
-        sums = (stats.gram, stats.cross, stats.residual_sq) + ((stats.log_weight,) if isinstance(stats.log_weight, Tensor) else ())
-        if not all(bool(torch.isfinite(t).all()) for t in sums):
+        totals = (stats.gram, stats.cross, stats.residual_sq) + ((stats.log_weight,) if isinstance(stats.log_weight, Tensor) else ())
+        if not all(bool(torch.isfinite(t).all()) for t in totals):
             self._raise_non_finite(stream)
         sums = self._sum(torch.tensor([float(count), float(stats.num_points)], dtype=torch.float64))
         stats.num_points = int(sums[1])
