@@ -200,6 +200,7 @@ def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
     json_path, md_path = write_text_report(result, str(tmp_path), "text")
     report = Path(md_path).read_text()
     assert "## Targets" in report and "## NLL against the DLF, review by review" in report and "## Where the DLF's NLL goes" in report
+    assert "predictive by 50 factor draws" in report  # num_samples asks for draws; None takes the library's rule
     assert (tmp_path / "text_reliability.png").stat().st_size > 0 and (tmp_path / "text_ood.png").stat().st_size > 0
     # The teachers' logits were cached, one file per teacher. A second run with two worker processes
     # reuses two of them and fine-tunes the third in a worker: the same logits as in-process.
@@ -224,7 +225,7 @@ def test_student_seed_and_methods_refit_only_the_students(tmp_path):
         pytest.skip(TEXT_MISSING)
     config = TextBenchConfig(data_dir=str(SHARED_TEXT.parent), encoder_config=TINY_BERT, teachers=2, teacher_epochs=1,
                              student_layers=1, student_epochs=2, batch_size=16, max_length=16, design_size=32, test_size=24,
-                             train_limit=32, ood_limit=16, num_samples=20, timing_texts=8, cache_dir=str(tmp_path),
+                             train_limit=32, ood_limit=16, timing_texts=8, cache_dir=str(tmp_path),
                              methods=("kd-forward-kl", "dlf"), progress=False, command="test")
     first = run_text_benchmark(config)
     second = run_text_benchmark(dataclasses.replace(config, student_seed=1))
@@ -233,6 +234,8 @@ def test_student_seed_and_methods_refit_only_the_students(tmp_path):
     assert first["rows"][1]["nll"] != second["rows"][1]["nll"]  # new student draws
     with pytest.raises(ValueError, match="methods: expected"):
         run_text_benchmark(dataclasses.replace(config, methods=("dlf", "gp")))
+    with pytest.raises(ValueError, match="num_samples must be a positive int or None, got 0"):
+        run_text_benchmark(dataclasses.replace(config, num_samples=0))
 
     # Seeds merged: means over seeds, and the gaps to the DLF paired review by review.
     from pyro_dlf_bench.harness.text_seeds import merge_text_results, summarise_text_seeds, write_text_seeds_report
