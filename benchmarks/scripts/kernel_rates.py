@@ -5,7 +5,8 @@ and its bytes by the rate of one large ``sum``. The iteration works in chunks of
 values (5,242 points of the scale benchmark's n = 50 teachers) through a 1 x 50 body with q = 10: thin
 products and element-wise maps on fresh tensors of about 1 MB. This script times, in one process and one
 thread, each product at the chunk's shapes against the square one, and one element-wise map (ReLU, ``clamp_min(h, 0)``) into a
-fresh tensor against the same map into a reused buffer; then the whole in-memory iteration at ``m`` points
+fresh tensor against the same map into a reused buffer (each product also in the other orientation, the
+transposed product transposed back: the same numbers, another BLAS path); then the whole in-memory iteration at ``m`` points
 in two child processes, one with glibc's default allocator settings and one with its mmap and trim
 thresholds raised (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so that freed tensors are
 reused instead of being returned to the system and faulted in again. Each child runs 5 iterations after
@@ -51,7 +52,9 @@ def kernels() -> list[str]:
         "the bound's product 2048 x 512 by 512 x 512": (lambda: a @ square, 2 * 2048 * 512 * 512),
         f"body {b} x {INPUT} by {INPUT} x {HIDDEN}": (lambda: x @ body.T, 2 * b * INPUT * HIDDEN),
         f"heads {b} x {HIDDEN} by {HIDDEN} x {1 + Q}": (lambda: h @ heads.T, 2 * b * HIDDEN * (1 + Q)),
+        "  the same, computed as (heads h^T)^T": (lambda: (heads @ h.T).T, 2 * b * HIDDEN * (1 + Q)),
         f"statistics (float64) {N} x {b} by {b} x {Q}": (lambda: f64 @ rows, 2 * N * b * Q),
+        "  the same, computed as (rows^T f^T)^T": (lambda: (rows.T @ f64.T).T, 2 * N * b * Q),
     }
     lines = [f"chunk of {b:,} points ({CHUNK_VALUES:,} teacher values), one thread:"]
     for name, (fn, flops) in products.items():
