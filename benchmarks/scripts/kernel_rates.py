@@ -17,7 +17,6 @@ pair is kept.
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -71,23 +70,9 @@ def kernels() -> list[str]:
 
 def iteration(m: int) -> float:
     """Median seconds of 5 in-memory iterations of the scale benchmark's configuration at ``m`` points."""
-    import pyro.optim
+    from pyro_dlf_bench.harness.scale import measure
 
-    from pyro_dlf.infer import EM
-    from pyro_dlf_bench.harness import scale
-    from pyro_dlf_bench.harness.known_teachers import in_memory_design
-
-    torch.set_num_threads(1)
-    model, guide = scale._model(Q, torch.device("cpu"))
-    x, f = in_memory_design(m, N, 4096)
-    em = EM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1, batch_size=None)
-    em.step(x, f)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        em.step(x, f)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return measure("memory", m, N, Q, 4096, 5)["seconds"]
 
 
 def child(m: int, allocator: bool) -> float:

@@ -102,35 +102,31 @@ def test_a_non_finite_batch_is_named_though_batches_are_not_scanned_every_pass(s
     with pytest.raises(ValueError, match=r"stream batch 1: x_batch contains 1 non-finite value"):
         _fit(StreamingEM, TensorStream(bad_x, f, 10), 1, **SCHEDULES[schedule])
 
-    class TurnsBad:
-        """Finite on the first pass (the statistics), NaN on the next (the gradient): a broken stream."""
-        passes = 0
+    class Changing:
+        """A broken stream: the values of ``bad_f`` on the passes in ``bad``, finite on the others."""
+
+        def __init__(self, bad):
+            self.bad, self.passes = bad, 0
 
         def __iter__(self):
-            TurnsBad.passes += 1
-            yield from TensorStream(x, f if TurnsBad.passes == 1 else bad_f, 10)
+            self.passes += 1
+            yield from TensorStream(x, bad_f if self.passes in self.bad else f, 10)
 
-    pyro.clear_param_store()
-    model = small_model(0)
-    em = StreamingEM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), **SCHEDULES[schedule])
+    def fresh():
+        pyro.clear_param_store()
+        model = small_model(0)
+        return model, StreamingEM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), **SCHEDULES[schedule])
+
+    # Finite on the first pass (the statistics), NaN from the next (the gradient) on: the search names the batch.
+    model, em = fresh()
     with pytest.raises(ValueError, match=r"stream batch 2: f_batch contains 1 non-finite value"):
-        em.step(TurnsBad())
+        em.step(Changing(bad=range(2, 10)))
     assert all(bool(torch.isfinite(p).all()) and p.grad is None for p in model.parameters())  # no NaN step was taken
-
-    class Flickers:
-        """NaN on the gradient pass only: the search finds every batch finite and says what is left."""
-        passes = 0
-
-        def __iter__(self):
-            Flickers.passes += 1
-            yield from TensorStream(x, bad_f if Flickers.passes == 2 else f, 10)
-
-    pyro.clear_param_store()
-    model = small_model(0)
-    em = StreamingEM(model, ExactFactorPosterior(model), pyro.optim.Adam({"lr": 1e-2}), **SCHEDULES[schedule])
+    # NaN on the gradient pass only: the search finds every batch finite and says what is left.
+    _, em = fresh()
     with pytest.raises(ValueError, match=r"stream: the sums over its batches are not finite, yet every batch this process "
                                          r"streams is finite .* yields different values on different passes"):
-        em.step(Flickers())
+        em.step(Changing(bad={2}))
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
