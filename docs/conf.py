@@ -30,6 +30,8 @@ BENCHMARK_REPORTS = [
     "scale_diagnostics",
     "em_vs_svi",
     "predictive_cost",
+    "integration_rules",
+    "integration_nodes",
 ]
 
 
