@@ -47,7 +47,7 @@ def _table(q: int, name: str, scale: float) -> list[str]:
     reference = integrate_softmax(*law, sobol_rule(q, 1 << 16))
     y = torch.multinomial(reference[0], 1, generator=generator).squeeze(1)
     variance = float((law[1] ** 2).sum(-1).mean())
-    lines = [f"### q = {q}, {name} law (logit variance {variance:.2f}, reference NLL {_nll(reference[0], y):.4f}, "
+    lines = [f"## q = {q}, {name} law (logit variance {variance:.2f}, reference NLL {_nll(reference[0], y):.4f}, "
              f"mean mutual information {float(reference[3].mean()):.4f} nats)", "",
              "| rule | nodes | NLL − ref | mean abs MI error | max abs prob error |", "|---|---|---|---|---|"]
     default = gaussian_rule(q).name
