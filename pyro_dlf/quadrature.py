@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GaussianRule", "gauss_hermite_rule", "sobol_rule", "scrambled_sobol", "gaussian_rule", "softmax_summary",
-           "integrate_softmax"]
+__all__ = ["GaussianRule", "gauss_hermite_rule", "sobol_rule", "monte_carlo_rule", "scrambled_sobol", "gaussian_rule",
+           "softmax_summary", "integrate_softmax"]
 
 #: Points per axis beyond which a one-dimensional Gauss–Hermite rule gains nothing here.
 _MAX_POINTS_PER_AXIS = 32
@@ -79,6 +79,13 @@ def sobol_rule(dim: int, num: int) -> GaussianRule:
     nodes = torch.cat([half, -half])
     return GaussianRule(nodes, torch.full((nodes.shape[0],), 1.0 / nodes.shape[0], dtype=torch.float64),
                         f"mirrored Sobol {nodes.shape[0]}")
+
+
+def monte_carlo_rule(dim: int, num: int, seed: int = 0) -> GaussianRule:
+    """``num`` standard normal draws (float64, from a generator seeded ``seed``) with equal weights: ``S`` draws
+    written as a rule, to measure a fixed rule against the Monte Carlo predictive it replaces."""
+    nodes = torch.randn(num, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return GaussianRule(nodes, torch.full((num,), 1.0 / num, dtype=torch.float64), f"{num:,} draws (seed {seed})")
 
 
 def gaussian_rule(dim: int, max_nodes: int = 512) -> GaussianRule:

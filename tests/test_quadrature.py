@@ -7,7 +7,7 @@ import torch
 from pyro_dlf import Student
 from pyro_dlf_bench.metrics import entropy_decomposition
 from pyro_dlf import quadrature
-from pyro_dlf.quadrature import gauss_hermite_rule, gaussian_rule, integrate_softmax, softmax_summary, sobol_rule
+from pyro_dlf.quadrature import gauss_hermite_rule, gaussian_rule, integrate_softmax, monte_carlo_rule, softmax_summary, sobol_rule
 from synthetic import random_dlf
 
 
@@ -33,6 +33,14 @@ def test_sobol_rule_has_mean_zero_and_equal_positive_weights():
     assert rule.num_nodes == 256
     torch.testing.assert_close(rule.nodes.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-15, rtol=0)
     assert torch.equal(rule.weights, torch.full((256,), 1 / 256, dtype=torch.float64))
+
+
+def test_monte_carlo_rule_is_its_seeds_draws_with_equal_weights():
+    rule = monte_carlo_rule(3, 100, seed=7)
+    expected = torch.randn(100, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(rule.nodes, expected)
+    assert torch.equal(rule.weights, torch.full((100,), 1 / 100, dtype=torch.float64))
+    assert rule.name == "100 draws (seed 7)"
 
 
 def test_the_budget_picks_the_richest_product_rule():

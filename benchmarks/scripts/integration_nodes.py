@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pyro_dlf.quadrature import GaussianRule, gaussian_rule, integrate_softmax, sobol_rule
+from pyro_dlf.quadrature import gaussian_rule, integrate_softmax, monte_carlo_rule, sobol_rule
 
 INPUTS, CLASSES = 2000, 10
 LAWS = {"narrow": 0.3, "wide": 1.0}
@@ -30,11 +30,6 @@ def _law(q: int, scale: float, generator: torch.Generator) -> tuple[torch.Tensor
     spread = torch.exp(-0.3 * torch.arange(q, dtype=torch.float64))
     factor = torch.randn(INPUTS, CLASSES, q, generator=generator, dtype=torch.float64) * spread * scale
     return mean, factor
-
-
-def _draws(num: int, dim: int, seed: int) -> GaussianRule:
-    nodes = torch.randn(num, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return GaussianRule(nodes, torch.full((num,), 1.0 / num, dtype=torch.float64), f"{num:,} draws (seed {seed})")
 
 
 def _nll(probs: torch.Tensor, y: torch.Tensor) -> float:
@@ -52,7 +47,7 @@ def _table(q: int, name: str, scale: float) -> list[str]:
              "| rule | nodes | NLL − ref | mean abs MI error | max abs prob error |", "|---|---|---|---|---|"]
     default = gaussian_rule(q).name
     rules = [gaussian_rule(q)] + [sobol_rule(q, k) for k in (512, 256, 128, 64) if sobol_rule(q, k).name != default]
-    rules += [_draws(1000, q, 0), _draws(10_000, q, 0), _draws(10_000, q, 1)]
+    rules += [monte_carlo_rule(q, 1000, 0), monte_carlo_rule(q, 10_000, 0), monte_carlo_rule(q, 10_000, 1)]
     for rule in rules:
         s = integrate_softmax(*law, rule)
         mark = " (default)" if rule.name == default else ""

@@ -22,7 +22,7 @@ import torch
 
 from pyro_dlf_bench import metrics
 from pyro_dlf_bench.harness import images
-from pyro_dlf.quadrature import GaussianRule, gauss_hermite_rule, gaussian_rule, integrate_softmax, sobol_rule
+from pyro_dlf.quadrature import GaussianRule, gauss_hermite_rule, gaussian_rule, integrate_softmax, monte_carlo_rule, sobol_rule
 
 
 def _laws(logits: torch.Tensor, rank: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,11 +31,6 @@ def _laws(logits: torch.Tensor, rank: int = 4) -> tuple[torch.Tensor, torch.Tens
     mean = values.mean(-1)
     U, S, _ = torch.linalg.svd((values - mean.unsqueeze(-1)) / math.sqrt(values.shape[-1]), full_matrices=False)
     return mean, U[..., :rank] * S[..., None, :rank]
-
-
-def _draws(num: int, dim: int, seed: int) -> GaussianRule:
-    nodes = torch.randn(num, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return GaussianRule(nodes, torch.full((num,), 1.0 / num, dtype=torch.float64), f"{num:,} draws (seed {seed})")
 
 
 def main() -> None:
@@ -64,7 +59,8 @@ def main() -> None:
                 "auroc_h": metrics.auroc(test[1], ood[1]), "auroc_mi": metrics.auroc(test[3], ood[3])}
 
     reference = score(gauss_hermite_rule(4, 6))
-    rules = [gaussian_rule(4), gauss_hermite_rule(4, 3), sobol_rule(4, 512), _draws(1000, 4, 0), _draws(1000, 4, 1), _draws(10_000, 4, 0)]
+    rules = [gaussian_rule(4), gauss_hermite_rule(4, 3), sobol_rule(4, 512),
+             monte_carlo_rule(4, 1000, 0), monte_carlo_rule(4, 1000, 1), monte_carlo_rule(4, 10_000, 0)]
     lines = [f"# Integration rules on the teachers' logit laws ({args.dataset})", "",
              f"Command: `python benchmarks/scripts/integration_rules.py --data-dir ../shared/data --dataset {args.dataset} --out {args.out}`  ",
              f"Machine: {platform.platform()}, 1 thread, torch {torch.__version__}; wall time {{wall:.1f}} min.", "",
