@@ -17,6 +17,7 @@ import time
 import torch
 
 from pyro_dlf.quadrature import gaussian_rule, integrate_softmax, monte_carlo_rule, sobol_rule
+from pyro_dlf_bench.metrics import categorical_nll
 
 INPUTS, CLASSES = 2000, 10
 LAWS = {"narrow": 0.3, "wide": 1.0}
@@ -32,17 +33,14 @@ def _law(q: int, scale: float, generator: torch.Generator) -> tuple[torch.Tensor
     return mean, factor
 
 
-def _nll(probs: torch.Tensor, y: torch.Tensor) -> float:
-    return float(-probs[torch.arange(len(y)), y].clamp_min(1e-300).log().mean())
-
-
 def _table(q: int, name: str, scale: float) -> list[str]:
     generator = torch.Generator().manual_seed(1000 * q + int(100 * scale))
     law = _law(q, scale, generator)
     reference = integrate_softmax(*law, sobol_rule(q, 1 << 16))
     y = torch.multinomial(reference[0], 1, generator=generator).squeeze(1)
     variance = float((law[1] ** 2).sum(-1).mean())
-    lines = [f"## q = {q}, {name} law (logit variance {variance:.2f}, reference NLL {_nll(reference[0], y):.4f}, "
+    reference_nll = float(categorical_nll(reference[0], y))
+    lines = [f"## q = {q}, {name} law (logit variance {variance:.2f}, reference NLL {reference_nll:.4f}, "
              f"mean mutual information {float(reference[3].mean()):.4f} nats)", "",
              "| rule | nodes | NLL − ref | mean abs MI error | max abs prob error |", "|---|---|---|---|---|"]
     default = gaussian_rule(q).name
@@ -51,7 +49,7 @@ def _table(q: int, name: str, scale: float) -> list[str]:
     for rule in rules:
         s = integrate_softmax(*law, rule)
         mark = " (default)" if rule.name == default else ""
-        lines.append(f"| {rule.name}{mark} | {rule.num_nodes:,} | {_nll(s[0], y) - _nll(reference[0], y):+.1e} | "
+        lines.append(f"| {rule.name}{mark} | {rule.num_nodes:,} | {float(categorical_nll(s[0], y)) - reference_nll:+.1e} | "
                      f"{float((s[3] - reference[3]).abs().mean()):.1e} | {float((s[0] - reference[0]).abs().max()):.1e} |")
     return lines + [""]
 
