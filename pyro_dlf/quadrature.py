@@ -77,15 +77,19 @@ def sobol_rule(dim: int, num: int) -> GaussianRule:
     """``num`` (even) equal-weight nodes: ``num / 2`` normal-quantile Sobol points and their mirror images."""
     half = torch.special.ndtri(scrambled_sobol(dim, num // 2))
     nodes = torch.cat([half, -half])
-    return GaussianRule(nodes, torch.full((nodes.shape[0],), 1.0 / nodes.shape[0], dtype=torch.float64),
-                        f"mirrored Sobol {nodes.shape[0]}")
+    return _equal_weights(nodes, f"mirrored Sobol {nodes.shape[0]}")
 
 
 def monte_carlo_rule(dim: int, num: int, seed: int = 0) -> GaussianRule:
     """``num`` standard normal draws (float64, from a generator seeded ``seed``) with equal weights: ``S`` draws
     written as a rule, to measure a fixed rule against the Monte Carlo predictive it replaces."""
     nodes = torch.randn(num, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return GaussianRule(nodes, torch.full((num,), 1.0 / num, dtype=torch.float64), f"{num:,} draws (seed {seed})")
+    return _equal_weights(nodes, f"{num:,} draws (seed {seed})")
+
+
+def _equal_weights(nodes: Tensor, name: str) -> GaussianRule:
+    """The rule of ``nodes`` (K, d) with weight 1 / K each."""
+    return GaussianRule(nodes, torch.full((nodes.shape[0],), 1.0 / nodes.shape[0], dtype=torch.float64), name)
 
 
 def gaussian_rule(dim: int, max_nodes: int = 512) -> GaussianRule:

@@ -1,10 +1,10 @@
 """Is the streamed-from-stored-values iteration slower than the in-memory one, or only in a fresh process?
 
 ``pyro-dlf bench scale`` times each configuration in a fresh process. This script times the in-memory EM
-iteration and the StreamingEM iteration on the same tensors (``TensorStream``, batches of 4,096), the scale
+iteration and the StreamingEM iteration on the same points and values (``TensorStream``, batches of 4,096), the scale
 benchmark's configuration at ``m`` points (1 x 50 body, n = 50, q = 10, one whole-stream M-step, one
 thread): first each in a fresh process, as the benchmark does, then both in one process in both orders
-(median of 3 iterations after a warm-up, a fresh model for each). If the ratio is large only across
+(``scale.measure``: median of 3 iterations after a warm-up, a fresh model for each). If the ratio is large only across
 processes, the gap is the process's state (where its memory comes from), not the streaming algorithm.
 
     python benchmarks/scripts/stored_vs_memory.py 1000000
@@ -17,32 +17,11 @@ import sys
 KINDS = ("memory", "stored")
 
 
-def _timed(kind: str, x, f, batch: int) -> float:
-    import pyro.optim
-    import torch
-
-    from pyro_dlf.data import TensorStream
-    from pyro_dlf.infer import EM, StreamingEM
-    from pyro_dlf_bench.harness import scale
-
-    model, guide = scale._model(10, torch.device("cpu"))
-    if kind == "memory":
-        em = EM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1, batch_size=None)
-        step = lambda: em.step(x, f)  # noqa: E731
-    else:
-        streaming, stream = StreamingEM(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_m_steps=1), TensorStream(x, f, batch)
-        step = lambda: streaming.step(stream)  # noqa: E731
-    return scale._time(step, 3, torch.device("cpu"))  # the benchmark's own clock: a warm-up, then the median of 3
-
-
 def _in_process(m: int, kinds: list[str]) -> dict:
-    import torch
+    """The scale benchmark's own measurement of each kind in turn, in this process."""
+    from pyro_dlf_bench.harness.scale import measure
 
-    from pyro_dlf_bench.harness.known_teachers import in_memory_design
-
-    torch.set_num_threads(1)
-    x, f = in_memory_design(m, 50, 4096)
-    return {kind: _timed(kind, x, f, 4096) for kind in kinds}
+    return {kind: measure(kind, m, 50, 10, 4096, 3)["seconds"] for kind in kinds}
 
 
 def main() -> None:
