@@ -1,6 +1,7 @@
 """The language-model pieces: the Rotten Tomatoes loader, the text encoder, the text zoo and the bench pipeline."""
 
 import bz2
+import copy
 import csv
 import dataclasses
 import importlib.util
@@ -158,6 +159,36 @@ def test_batch_ensemble_trains_only_its_fast_weights_and_head():
     assert net(torch.randint(1, 100, (4, 5))).shape == (4, 3, 2)
 
 
+@needs_extra
+def test_text_students_never_run_more_than_one_chunk_without_gradients(monkeypatch):
+    """A fit's final loss and the predictions go through the encoder EVAL_BATCH texts at a time: a whole
+    design set in one pass (BatchEnsemble: times its members) is what ran the benchmark out of memory."""
+    from transformers import BertConfig
+
+    import pyro_dlf_bench.baselines.text as text_zoo
+    from pyro_dlf_bench.text_encoder import TextEncoder
+
+    monkeypatch.setattr(text_zoo, "EVAL_BATCH", 4)
+    seen = []
+    original = TextEncoder.forward
+
+    def forward(self, ids, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            seen.append(ids.shape[0])
+        return original(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(TextEncoder, "forward", forward)
+    base = TextEncoder.from_config(BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"}), seed=0).truncated(1)
+    torch.manual_seed(0)
+    ids, teacher_log_probs = torch.randint(1, 500, (12, 6)), torch.randn(2, 12, 2).log_softmax(-1)
+    for zoo in (text_zoo.TextEnsemble(lambda k: copy.deepcopy(base).add_lora(rank=2, seed=k), 2, 2), text_zoo.TextHydra(lambda k: base, 2, 2),
+                text_zoo.TextBatchEnsemble(lambda k: base, 2, 2)):
+        seen.clear()
+        zoo.distill(ids, teacher_log_probs, epochs=1, batch_size=6).predict(ids)
+        members = 2 if isinstance(zoo, text_zoo.TextBatchEnsemble) else 1  # BatchEnsemble repeats each chunk per member
+        assert seen and max(seen) == 4 * members
+
+
 @pytest.mark.data
 @needs_extra
 def test_tiny_bert_runs_the_whole_text_pipeline(tmp_path):
@@ -253,6 +284,7 @@ def test_student_seed_and_methods_refit_only_the_students(tmp_path):
     write_text_seeds_report(merged, str(tmp_path), "seeds")
     report = (tmp_path / "seeds.md").read_text()
     assert "Student seeds 0, 1" in report and "| KD (forward KL) |" in report and "## Against the DLF" in report
+    assert all((tmp_path / f"seeds_{plot}.png").stat().st_size > 0 for plot in ("against_dlf", "ood"))
     with pytest.raises(ValueError, match="seed 0 appears twice"):
         merge_text_results([first, first])
     with pytest.raises(ValueError, match="differ in student_epochs"):

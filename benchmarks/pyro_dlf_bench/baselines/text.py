@@ -47,7 +47,13 @@ from pyro_dlf._validation import check_int
 from pyro_dlf.student import ClassificationPrediction
 from pyro_dlf_bench.text_encoder import TextEncoder
 
-__all__ = ["EncoderClassifier", "TextEnsemble", "TextHydra", "TextBatchEnsemble", "BatchEnsembleDense", "check_token_ids"]
+__all__ = ["EncoderClassifier", "TextEnsemble", "TextHydra", "TextBatchEnsemble", "BatchEnsembleDense", "check_token_ids",
+           "EVAL_BATCH"]
+
+#: Texts per chunk whenever a model is evaluated without gradients (predictions and each fit's final loss).
+#: BatchEnsemble runs its K members on K copies of a chunk, so a whole design set in one chunk would hold
+#: K × texts × tokens × the encoder's widest layer in memory at once.
+EVAL_BATCH = 256
 
 EncoderFactory = Callable[[int], TextEncoder]
 
@@ -99,10 +105,11 @@ class _TextClassifier(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def evaluate(self, ids: Tensor, batch_size: int = 256) -> Tensor:
-        """Logits ``(K, N, c)`` in batches, without gradients (eval mode)."""
+    def evaluate(self, ids: Tensor, batch_size: Optional[int] = None) -> Tensor:
+        """Logits ``(K, N, c)`` in chunks of ``batch_size`` texts (default :data:`EVAL_BATCH`), without
+        gradients (eval mode)."""
         ids = check_token_ids(ids)
-        batch_size = check_int(batch_size, "batch_size")
+        batch_size = EVAL_BATCH if batch_size is None else check_int(batch_size, "batch_size")
         was = self.training
         self.eval()
         with torch.no_grad():
@@ -111,11 +118,11 @@ class _TextClassifier(nn.Module):
         self.train(was)
         return out
 
-    def member_logits(self, ids: Tensor, batch_size: int = 256) -> Tensor:
+    def member_logits(self, ids: Tensor, batch_size: Optional[int] = None) -> Tensor:
         """Each member's logits, ``(K, N, c)``."""
         return self.evaluate(ids, batch_size)
 
-    def predict(self, ids: Tensor, batch_size: int = 256) -> ClassificationPrediction:
+    def predict(self, ids: Tensor, batch_size: Optional[int] = None) -> ClassificationPrediction:
         """The equal mixture of the members' softmaxes (float64 entropies)."""
         return prediction_from_probs(self.evaluate(ids, batch_size).double().softmax(-1))
 
@@ -170,7 +177,8 @@ class TextEnsemble(_TextClassifier):
                 torch.manual_seed(seed * 1000 + self.first_member + j + 500_000)
                 fit_networks([member], ids, targets[j:j + 1], loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, generators=[generator], progress=progress,
-                             desc=desc if self.num_members == 1 else f"{desc} {j + 1}/{self.num_members}", vectorize=False)
+                             desc=desc if self.num_members == 1 else f"{desc} {j + 1}/{self.num_members}", vectorize=False,
+                             eval_batch_size=EVAL_BATCH)
 
     def distill(self, ids: Tensor, teacher_log_probs: Tensor, *, divergence: str = "forward_kl", epochs: int = 2,
                 batch_size: int = 32, lr: float = 1e-3, seed: int = 0, progress: bool = False) -> "TextEnsemble":
@@ -202,7 +210,7 @@ class TextHydra(_TextClassifier):
             self.net = EncoderClassifier(self.factory(0), self.num_classes, self.num_members).to(ids.device)
         fit_networks([self.net], ids, t.transpose(0, 1).unsqueeze(0).to(ids.device), loss=_divergence_loss(divergence),
                      epochs=epochs, batch_size=batch_size, lr=lr, generators=[torch.Generator().manual_seed(seed)],
-                     progress=progress, desc="Hydra", vectorize=False)
+                     progress=progress, desc="Hydra", vectorize=False, eval_batch_size=EVAL_BATCH)
         return self
 
     def _outputs(self, ids: Tensor) -> Tensor:
@@ -281,7 +289,7 @@ class TextBatchEnsemble(_TextClassifier):
                                                        self.fast_weight_std).to(ids.device)
         fit_networks([self.net], ids, t.transpose(0, 1).unsqueeze(0).to(ids.device), loss=_divergence_loss(divergence),
                      epochs=epochs, batch_size=batch_size, lr=lr, generators=[torch.Generator().manual_seed(seed)],
-                     progress=progress, desc="BatchEnsemble", vectorize=False)
+                     progress=progress, desc="BatchEnsemble", vectorize=False, eval_batch_size=EVAL_BATCH)
         return self
 
     def _outputs(self, ids: Tensor) -> Tensor:

@@ -107,7 +107,9 @@ def _cell(value: tuple, digits: int) -> str:
 
 
 def write_text_seeds_report(merged: dict, output_dir: str, name: str = "text") -> tuple[str, str]:
-    """Write ``{name}.json`` (the runs and the summary) and ``{name}.md``."""
+    """Write ``{name}.json`` (the runs and the summary), ``{name}.md`` and two plots (PNG): every student's
+    NLL and ECE minus the DLF's with one SE (``{name}_against_dlf.png``) and the OOD AUROCs over the seeds
+    (``{name}_ood.png``)."""
     os.makedirs(output_dir, exist_ok=True)
     summary = summarise_text_seeds(merged)
     runs, first = merged["runs"], merged["runs"][0]
@@ -143,6 +145,49 @@ def write_text_seeds_report(merged: dict, output_dir: str, name: str = "text") -
         z = nll / nll_se if nll_se else float("nan")
         lines.append(f"| {method} | {nll:+.4f} | {nll_se:.4f} | {z:+.1f} | {ece:+.4f} | "
                      f"{'–' if ece_se is None else f'{ece_se:.4f}'} |")
-    lines.append("")
+    lines += ["", f"![against the DLF]({name}_against_dlf.png)", "", f"![OOD]({name}_ood.png)", ""]
     atomic_write(md_path, lambda fh: fh.write("\n".join(lines)))
+    _plots(output_dir, name, summary, len(runs))
     return json_path, md_path
+
+
+def _plots(output_dir: str, name: str, summary: dict, seeds: int) -> None:
+    """The gaps to the DLF (one SE as error bars; left of zero: better than the DLF) and the OOD AUROC bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paired = summary["against_dlf"]
+    methods = list(paired)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.45 * len(methods) + 1.5), sharey=True)
+    for ax, (key, label) in zip(axes, (("nll", "NLL"), ("ece", "ECE"))):
+        means = [paired[m][key][0] for m in methods]
+        errors = [paired[m][key][1] or 0.0 for m in methods]
+        ax.errorbar(means, range(len(methods)), xerr=errors, fmt="o", capsize=3)
+        ax.axvline(0.0, color="grey", lw=1, ls="--")
+        ax.locator_params(axis="x", nbins=5)
+        ax.set(xlabel=f"{label} − DLF's (± 1 SE, {seeds} seeds)")
+    axes[0].set_yticks(list(range(len(methods))), methods, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("Every student against the DLF on the same test reviews (> 0: worse than the DLF)", fontsize=9)
+    fig.tight_layout()
+    atomic_write(os.path.join(output_dir, f"{name}_against_dlf.png"),
+                 lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    plt.close(fig)
+
+    table = summary["methods"]
+    methods = list(table)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.4
+    for offset, (key, label) in zip((-width / 2, width / 2), (("auroc_entropy", "total entropy"),
+                                                             ("auroc_mi", "mutual information"))):
+        means = [table[m][key][0] or 0.0 for m in methods]
+        errors = [table[m][key][1] or 0.0 for m in methods]
+        ax.bar([p + offset for p in range(len(methods))], means, width, yerr=errors, capsize=2, label=label)
+    ax.set_xticks(list(range(len(methods))), methods, rotation=35, ha="right", fontsize=8)
+    ax.set(ylabel=f"AUROC (mean ± SE, {seeds} seeds)", ylim=(0.4, 1.0), title="Reviews vs plot synopses (OOD)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(os.path.join(output_dir, f"{name}_ood.png"), lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    plt.close(fig)
