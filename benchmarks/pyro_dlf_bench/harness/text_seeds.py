@@ -119,9 +119,10 @@ def write_text_seeds_report(merged: dict, output_dir: str, name: str = "text") -
     sizes = data["sizes"]
     lines = [
         f"# Language-model benchmark over student seeds ({name})", "",
-        "Commands: " + "; ".join(f"`{run['command']}`" for run in runs) + "  ",
+        "Commands: " + "; ".join(f"`{run['command']}` ({run['wall_seconds'] / 60:.1f} min, "
+                                 f"torch threads: {run['machine']['torch_threads']})" for run in runs) + "  ",
         f"Machine: {machine['platform']}, {machine['cpus']} CPUs, device {machine['device']}, torch "
-        f"{first['versions']['torch']} ({machine['torch_threads']} threads), pyro_dlf {first['versions']['pyro_dlf']}; "
+        f"{first['versions']['torch']}, pyro_dlf {first['versions']['pyro_dlf']}; "
         f"wall time {merged['wall_seconds'] / 60:.1f} min (all runs; the teachers' logits cached).  ",
         f"Data: Rotten Tomatoes reviews: {sizes['train']} to train the teachers, {sizes['design']} design texts, "
         f"{sizes['test']} test reviews; OOD: {sizes['ood']} plot synopses. Teachers: {config['teachers']} × all-MiniLM-L6-v2 "
