@@ -181,8 +181,9 @@ def test_text_students_never_run_more_than_one_chunk_without_gradients(monkeypat
     base = TextEncoder.from_config(BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"}), seed=0).truncated(1)
     torch.manual_seed(0)
     ids, teacher_log_probs = torch.randint(1, 500, (12, 6)), torch.randn(2, 12, 2).log_softmax(-1)
-    for zoo in (text_zoo.TextEnsemble(lambda k: copy.deepcopy(base).add_lora(rank=2, seed=k), 2, 2), text_zoo.TextHydra(lambda k: base, 2, 2),
-                text_zoo.TextBatchEnsemble(lambda k: base, 2, 2)):
+    zoos = (text_zoo.TextEnsemble(lambda k: copy.deepcopy(base).add_lora(rank=2, seed=k), 2, 2),
+            text_zoo.TextHydra(lambda k: base, 2, 2), text_zoo.TextBatchEnsemble(lambda k: base, 2, 2))
+    for zoo in zoos:
         seen.clear()
         zoo.distill(ids, teacher_log_probs, epochs=1, batch_size=6).predict(ids)
         members = 2 if isinstance(zoo, text_zoo.TextBatchEnsemble) else 1  # BatchEnsemble repeats each chunk per member

@@ -73,7 +73,7 @@ from pyro_dlf_bench.datasets.text import TextData, load_rotten_tomatoes
 from pyro_dlf.student import ClassificationPrediction
 from pyro_dlf_bench.text_encoder import TextEncoder, load_tokenizer, minilm_path, require_text_extra, tokenize
 
-__all__ = ["TextBenchConfig", "STUDENT_METHODS", "run_text_benchmark", "write_text_report", "text_targets"]
+__all__ = ["TextBenchConfig", "STUDENT_METHODS", "run_text_benchmark", "write_text_report", "text_targets", "ood_auroc_plot"]
 
 _DIVERGENCE_LABELS = {"forward_kl": "forward KL", "reverse_kl": "reverse KL", "js": "JS", "tv": "TV"}
 _COLUMNS = (("accuracy", "acc", "{:.4f}"), ("nll", "NLL", "{:.4f}"), ("ece", "ECE", "{:.4f}"), ("brier", "Brier", "{:.4f}"),
@@ -574,15 +574,29 @@ def _plots(output_dir: str, name: str, result: dict) -> None:
     atomic_write(os.path.join(output_dir, f"{name}_reliability.png"), lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
     plt.close(fig)
 
+    aurocs = {key: [(row.get(key), None) for row in result["rows"]] for key in ("auroc_entropy", "auroc_mi")}
+    ood_auroc_plot(os.path.join(output_dir, f"{name}_ood.png"), methods, aurocs, "AUROC")
+
+
+def ood_auroc_plot(path: str, methods: list, aurocs: dict, ylabel: str) -> None:
+    """Bars of each method's AUROC by total entropy and by mutual information (reviews against plot synopses).
+
+    ``aurocs`` maps ``"auroc_entropy"`` / ``"auroc_mi"`` to one ``(value, standard error)`` per method; ``None``
+    draws no bar (no mutual information) or no error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.4
-    positions = range(len(methods))
     for offset, (key, label) in zip((-width / 2, width / 2), (("auroc_entropy", "total entropy"), ("auroc_mi", "mutual information"))):
-        values = [row.get(key) or 0.0 for row in result["rows"]]
-        ax.bar([p + offset for p in positions], values, width, label=label)
-    ax.set_xticks(list(positions), methods, rotation=35, ha="right", fontsize=8)
-    ax.set(ylabel="AUROC", ylim=(0.4, 1.0), title="Reviews vs plot synopses (OOD)")
+        values = [value or 0.0 for value, _ in aurocs[key]]
+        errors = [se or 0.0 for _, se in aurocs[key]]
+        ax.bar([p + offset for p in range(len(methods))], values, width, yerr=errors, capsize=2, label=label)
+    ax.set_xticks(list(range(len(methods))), methods, rotation=35, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, ylim=(0.4, 1.0), title="Reviews vs plot synopses (OOD)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(os.path.join(output_dir, f"{name}_ood.png"), lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
     plt.close(fig)

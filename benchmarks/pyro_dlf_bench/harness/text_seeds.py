@@ -21,6 +21,7 @@ import torch
 
 from pyro_dlf._files import atomic_write
 from pyro_dlf_bench import metrics
+from pyro_dlf_bench.harness.text import ood_auroc_plot
 
 __all__ = ["merge_text_results", "summarise_text_seeds", "write_text_seeds_report"]
 
@@ -178,17 +179,6 @@ def _plots(output_dir: str, name: str, summary: dict, seeds: int) -> None:
     plt.close(fig)
 
     table = summary["methods"]
-    methods = list(table)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.4
-    for offset, (key, label) in zip((-width / 2, width / 2), (("auroc_entropy", "total entropy"),
-                                                             ("auroc_mi", "mutual information"))):
-        means = [table[m][key][0] or 0.0 for m in methods]
-        errors = [table[m][key][1] or 0.0 for m in methods]
-        ax.bar([p + offset for p in range(len(methods))], means, width, yerr=errors, capsize=2, label=label)
-    ax.set_xticks(list(range(len(methods))), methods, rotation=35, ha="right", fontsize=8)
-    ax.set(ylabel=f"AUROC (mean ± SE, {seeds} seeds)", ylim=(0.4, 1.0), title="Reviews vs plot synopses (OOD)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(os.path.join(output_dir, f"{name}_ood.png"), lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
-    plt.close(fig)
+    ood_auroc_plot(os.path.join(output_dir, f"{name}_ood.png"), list(table),
+                   {key: [table[m][key] for m in table] for key in ("auroc_entropy", "auroc_mi")},
+                   f"AUROC (mean ± SE, {seeds} seeds)")
