@@ -46,6 +46,7 @@ __all__ = [
     "expected_calibration_error",
     "reliability_bins",
     "calibrated_ece_floor",
+    "overconfidence",
     "mean_and_standard_error",
     "paired_difference",
     "paired_ratio_difference",
@@ -767,6 +768,31 @@ def calibrated_ece_floor(bins: dict) -> float:
                    + k * math.log(c) + (n - k) * math.log1p(-c))
         expected += n / total * float((log_pmf.exp() * (k / n - c).abs()).sum())
     return expected
+
+
+def overconfidence(bins: dict) -> float:
+    r"""Mean top-label confidence minus accuracy: the signed part of the miscalibration.
+
+    .. math::
+        \frac{1}{m} \sum_{i=1}^{m} \big(\max_c p_{ic} - [\hat y_i = y_i]\big)
+        = \sum_b \frac{n_b}{m} \big(\operatorname{conf}(b) - \operatorname{acc}(b)\big),
+
+    exact from the bins of :func:`reliability_bins` (they partition the inputs). It is bounded by
+    the ECE in absolute value; positive means over-confident on average, and when it is close to
+    the ECE the miscalibration is one-signed (a predictive too sharp everywhere) rather than noise.
+
+    :param bins: :func:`reliability_bins` output (``confidence``, ``accuracy`` and ``count`` per bin).
+    :return: a float in [-1, 1].
+    """
+    if not isinstance(bins, dict) or not {"confidence", "accuracy", "count"} <= set(bins):
+        raise ValueError("bins: expected the dictionary of reliability_bins (with 'confidence', 'accuracy' and 'count')")
+    confidence, accuracy, count = (torch.as_tensor(bins[k], dtype=torch.float64) for k in ("confidence", "accuracy", "count"))
+    if not (confidence.shape == accuracy.shape == count.shape) or bool((count < 0).any()):
+        raise ValueError("bins: 'confidence', 'accuracy' and 'count' need one value per bin, counts non-negative")
+    total = float(count.sum())
+    if total <= 0:
+        raise ValueError("bins: every bin is empty; pass the bins of at least one input")
+    return float((count * (confidence - accuracy)).sum()) / total
 
 
 def mean_and_standard_error(values: Sequence[float]) -> Tuple[float, Optional[float]]:

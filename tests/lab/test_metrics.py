@@ -484,6 +484,27 @@ def test_calibrated_ece_floor_is_the_expected_ece_of_a_calibrated_classifier():
         M.calibrated_ece_floor([0.5])
 
 
+def test_overconfidence_is_mean_confidence_minus_accuracy_and_bounded_by_the_ece():
+    """From the bins, exactly the per-input mean of confidence − correctness; |it| ≤ ECE, with equality when
+    every bin errs the same way (a predictive sharpened by a temperature below one)."""
+    g = torch.Generator().manual_seed(3)
+    logits = 2.0 * torch.randn(400, 3, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(-1)
+    for temperature in (0.5, 1.0, 2.0):
+        probs = torch.softmax(logits / temperature, -1)
+        bins = M.reliability_bins(probs, labels)
+        conf, pred = probs.max(-1)
+        direct = float((conf - (pred == labels).double()).mean())
+        assert M.overconfidence(bins) == pytest.approx(direct, abs=1e-12)
+        assert abs(M.overconfidence(bins)) <= float(M.expected_calibration_error(probs, labels)) + 1e-12
+    sharp = M.reliability_bins(torch.softmax(logits / 0.3, -1), labels)
+    assert M.overconfidence(sharp) > 0.1
+    with pytest.raises(ValueError, match="bins:"):
+        M.overconfidence({"confidence": [0.5], "count": [1.0]})
+    with pytest.raises(ValueError, match="bins:"):
+        M.overconfidence({"confidence": [0.5], "accuracy": [0.5], "count": [0.0]})
+
+
 def test_paired_difference_standard_error_is_the_spread_of_the_mean_difference_over_test_sets():
     """2,000 simulated test sets of 200 inputs whose scores share a large per-input term: the returned SE matches
     the spread of the mean difference across test sets (to 5 × the ~1.6 % sampling error of a standard deviation

@@ -282,9 +282,15 @@ def test_student_seed_and_methods_refit_only_the_students(tmp_path):
     gap, gap_se = summary["against_dlf"]["KD (forward KL)"]["nll"]
     dlf = [r["rows"][2]["nll"] for r in (first, second)]
     assert gap == pytest.approx(sum(nll) / 2 - sum(dlf) / 2, abs=1e-5) and gap_se > 0
+    from pyro_dlf_bench.metrics import overconfidence
+
+    signed = [overconfidence(r["reliability"]["DLF"]) for r in (first, second)]
+    assert summary["per_seed"]["DLF"]["overconfidence"] == pytest.approx(signed)
+    assert summary["methods"]["DLF"]["overconfidence"][0] == pytest.approx(sum(signed) / 2)
     write_text_seeds_report(merged, str(tmp_path), "seeds")
     report = (tmp_path / "seeds.md").read_text()
     assert "Student seeds 0, 1" in report and "| KD (forward KL) |" in report and "## Against the DLF" in report
+    assert "| conf − acc |" in report and "the DLF's mean confidence − accuracy per seed" in report
     assert all((tmp_path / f"seeds_{plot}.png").stat().st_size > 0 for plot in ("against_dlf", "ood"))
     with pytest.raises(ValueError, match="seed 0 appears twice"):
         merge_text_results([first, first])

@@ -471,6 +471,8 @@ def text_targets(result: dict) -> list[str]:
             # The sampling scale of ECE on this test set: differences below it are not resolved.
             lines.append(f"  - a perfectly calibrated classifier with the DLF's bin confidences and counts would show ECE "
                          f"{metrics.calibrated_ece_floor(bins):.4f} on average from sampling alone")
+            lines.append(f"  - the DLF's mean confidence − accuracy: {metrics.overconfidence(bins):+.4f} (its signed part; "
+                         "equal to the ECE when every confidence bin errs the same way)")
     if dlf.get("auroc_mi") is not None and teach.get("auroc_mi") is not None:
         lines.append(f"- OOD AUROC (mutual information) ≥ 0.95 × teachers': {verdict(dlf['auroc_mi'] >= 0.95 * teach['auroc_mi'])} "
                      f"(DLF {dlf['auroc_mi']:.4f}, teachers {teach['auroc_mi']:.4f}, ratio {dlf['auroc_mi'] / teach['auroc_mi']:.3f})")

@@ -9,7 +9,9 @@ averaged over the seeds, the paired standard error over reviews
 (:func:`pyro_dlf_bench.metrics.paired_difference`, the test set's sampling error) is combined with the
 between-seed variance of the per-seed mean differences over S (training randomness; the reviews are the
 same for every seed, so the two are independent). For the ECE, a statistic of the whole test set, the
-per-seed differences give the mean and its standard error over seeds.
+per-seed differences give the mean and its standard error over seeds. The column "conf − acc" is the mean
+top-label confidence minus the accuracy (:func:`pyro_dlf_bench.metrics.overconfidence`, from each run's
+reliability bins): the signed part of the ECE.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from pyro_dlf_bench.harness.text import ood_auroc_plot
 __all__ = ["merge_text_results", "summarise_text_seeds", "write_text_seeds_report"]
 
 _IGNORED_CONFIG = ("student_seed", "command", "progress", "cache_dir", "jobs")
-_COLUMNS = (("accuracy", "acc", 4), ("nll", "NLL", 4), ("ece", "ECE", 4), ("brier", "Brier", 4),
-            ("auroc_entropy", "AUROC H", 4), ("auroc_mi", "AUROC MI", 4), ("logit_variance_ratio", "var. ratio", 2))
+_COLUMNS = (("accuracy", "acc", 4), ("nll", "NLL", 4), ("ece", "ECE", 4), ("overconfidence", "conf − acc", 4),
+            ("brier", "Brier", 4), ("auroc_entropy", "AUROC H", 4), ("auroc_mi", "AUROC MI", 4),
+            ("logit_variance_ratio", "var. ratio", 2))
 
 
 def merge_text_results(results: list[dict]) -> dict:
@@ -74,14 +77,23 @@ def _against_dlf(runs: list[dict], method: str) -> dict:
     return {"nll": (delta, se), "ece": (ece_mean, ece_se)}
 
 
+def _value(run: dict, method: str, key: str):
+    """One run's figure: a column of its rows, or the over-confidence from its reliability bins."""
+    if key == "overconfidence":
+        bins = run.get("reliability", {}).get(method)
+        return None if bins is None else metrics.overconfidence(bins)
+    return next(r for r in run["rows"] if r["method"] == method).get(key)
+
+
 def summarise_text_seeds(merged: dict) -> dict:
-    """Per method: every column as mean ± SE over seeds; per student other than the DLF: its gaps to the DLF."""
+    """Per method: every column per seed and as mean ± SE over seeds; per student other than the DLF: its gaps
+    to the DLF."""
     runs = merged["runs"]
     methods = [row["method"] for row in runs[0]["rows"]]
-    table = {m: {key: _mean_se([next(r for r in run["rows"] if r["method"] == m).get(key) for run in runs])
-                 for key, _, _ in _COLUMNS} for m in methods}
+    per_seed = {m: {key: [_value(run, m, key) for run in runs] for key, _, _ in _COLUMNS} for m in methods}
+    table = {m: {key: _mean_se(values) for key, values in columns.items()} for m, columns in per_seed.items()}
     paired = {m: _against_dlf(runs, m) for m in methods if m not in ("DLF", "teacher ensemble")}
-    return {"methods": table, "against_dlf": paired}
+    return {"methods": table, "per_seed": per_seed, "against_dlf": paired}
 
 
 def _targets(summary: dict, seeds: int) -> list[str]:
@@ -97,6 +109,11 @@ def _targets(summary: dict, seeds: int) -> list[str]:
                      f"{'met' if ok else '**not met**'} (DLF {summary['methods']['DLF'][key][0]:.4f}, best other {best} "
                      f"{summary['methods'][best][key][0]:.4f}; DLF − {best} {-gap:+.4f}, SE "
                      f"{'–' if se is None else f'{se:.4f}'})")
+    signed = summary["per_seed"]["DLF"]["overconfidence"]
+    if None not in signed:
+        lines.append(f"  - the DLF's mean confidence − accuracy per seed: {', '.join(f'{v:+.4f}' for v in signed)} against "
+                     f"its ECE {', '.join(f'{v:.4f}' for v in summary['per_seed']['DLF']['ece'])} (equal when every "
+                     "confidence bin errs the same way)")
     return lines
 
 
