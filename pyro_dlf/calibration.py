@@ -50,7 +50,12 @@ from torch import Tensor
 
 from pyro_dlf._validation import cast_inputs, check_held_out
 
-__all__ = ["SpreadCalibration", "out_of_sample_spread", "calibrate_spread"]
+__all__ = ["SpreadCalibration", "InfeasibleCalibration", "out_of_sample_spread", "calibrate_spread"]
+
+
+class InfeasibleCalibration(ValueError):
+    """No loading scale can match the teachers' out-of-sample spread: the nugget the predictive keeps
+    already reports more variance at the held-out points (:func:`calibrate_spread`)."""
 
 
 @dataclass(frozen=True)
@@ -119,8 +124,11 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
         w = weight[points].to(variance.device)
         target = spread - float((w * kept.to(w.device)).sum() / w.sum())
         if target <= 0:
-            raise ValueError("held_out: the nugget the predictive keeps alone exceeds the teachers' out-of-sample spread, so no "
-                             "loading scale matches it; distill with include_nugget=False")
+            kept_part, fix = (("the nugget the predictive keeps", "distill with include_nugget=False") if student.include_nugget
+                              else ("the nugget's growth beyond the data, which the predictive keeps,",
+                                    "distill with distance_feature=False for a constant nugget"))
+            raise InfeasibleCalibration(f"held_out: {kept_part} alone exceeds the teachers' out-of-sample spread, so no "
+                                        f"loading scale matches it; {fix}")
         before = float((w * variance).sum() / w.sum())
         if not before > 0:
             raise ValueError("held_out: the student's loadings are zero at the held-out points, so no scale can match the "

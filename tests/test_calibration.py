@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_dlf import Student, distill
-from pyro_dlf.calibration import calibrate_spread, out_of_sample_spread
+from pyro_dlf.calibration import InfeasibleCalibration, calibrate_spread, out_of_sample_spread
 from tests.synthetic import synthetic_teachers
 
 
@@ -129,5 +129,20 @@ def test_calibrate_spread_refuses_a_nugget_larger_than_the_spread():
     held = _held_out(20, 30, 0.5, 3)
     student = _fit(f, x, num_iterations=2, mmd_steps=0, include_nugget=True)
     student.dlf.set_noise_variance(10 * float(f.var()))
-    with pytest.raises(ValueError, match="nugget .* exceeds the teachers' out-of-sample spread"):
+    with pytest.raises(InfeasibleCalibration, match="nugget the predictive keeps alone exceeds the teachers' out-of-sample "
+                       "spread, so no loading scale matches it; distill with include_nugget=False"):
+        calibrate_spread(student, x, f, held)
+
+
+def test_calibrate_spread_names_the_growth_when_it_alone_exceeds_the_spread():
+    """Without the nugget in the predictive, a steep growth beyond the data can be what exceeds the spread at
+    held-out points away from the design (here half the points, off the anchors): the error names that fix."""
+    truth, x, f = synthetic_teachers(20, num_points=30, seed=2)
+    held = _held_out(20, 30, 0.5, 3)
+    student = _fit(f[:, :15], x[:15], num_iterations=2, mmd_steps=0, distance_feature=True, design="given")
+    with torch.no_grad():
+        student.dlf.nugget_growth = torch.tensor(6.0)
+    assert not student.include_nugget and float(student._nugget(x[15:]).max()) > 100 * float(f.var())
+    with pytest.raises(InfeasibleCalibration, match="the nugget's growth beyond the data, which the predictive keeps, alone "
+                       "exceeds .*; distill with distance_feature=False for a constant nugget"):
         calibrate_spread(student, x, f, held)

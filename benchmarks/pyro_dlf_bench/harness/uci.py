@@ -53,7 +53,9 @@ statistics, metrics reported in the target's original units.
   the 10 % of rows it held out from its own fit
   (:func:`pyro_dlf.calibration.calibrate_spread`): the teachers agree at the
   inputs they all trained on far more than at new inputs, and the held-out
-  values show by how much. No refit, no labels, no test data.
+  values show by how much. No refit, no labels, no test data. Where the nugget's
+  growth that the predictive keeps already exceeds that spread no scale matches it:
+  the split then has no such row, its ``DLF`` row says why and the report names it.
   The rows ``DLF, noise given factors`` and ``DLF, noise law by held-out check``
   are the same fit as ``DLF`` with the noise law that follows the factors,
   ``σ² | z ~ IG(a, b u(z)^β)`` (:func:`pyro_dlf.noise.fit_noise_given_factors`),
@@ -115,7 +117,7 @@ from pyro_dlf._files import atomic_write
 from pyro_dlf._progress import progress_bar
 from pyro_dlf.api import distill_with
 from pyro_dlf.fitting import TeacherInputs
-from pyro_dlf.calibration import calibrate_spread
+from pyro_dlf.calibration import InfeasibleCalibration, calibrate_spread
 from pyro_dlf_bench.baselines import BatchEnsembleStudent, DeepEnsembleRegressor, HydraStudent, SmallEnsembleStudent
 from pyro_dlf_bench.datasets import UCIData, load_uci
 from pyro_dlf.design import gaussian_perturbation, mixup, neighbour_jitter, outward_probes
@@ -474,7 +476,12 @@ def _run_split(config: UCIBenchConfig, data: UCIData, seed: int) -> list[dict]:
                 # values (pyro_dlf.calibration): no refit, no labels.
                 student.include_nugget = False
                 start = time.perf_counter()
-                calibration = calibrate_spread(student, x_oof, f_oof, oof_mask)
+                try:
+                    calibration = calibrate_spread(student, x_oof, f_oof, oof_mask)
+                except InfeasibleCalibration as error:
+                    # No scale matches (the kept nugget alone reports more): the row is undefined on this split.
+                    next(r for r in reversed(rows) if r["method"] == "DLF")["calibration_infeasible"] = str(error)
+                    continue
                 seconds += time.perf_counter() - start
                 means, variances = student.predictive_mixture(x_test)
                 epistemic = student.predict(x_test, 1, return_samples=False).epistemic_variance
@@ -984,6 +991,22 @@ def design_check(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def infeasible_calibrations(rows: list[dict]) -> list[str]:
+    """Markdown lines naming the splits without a ``DLF, out-of-sample spread`` row: there the nugget the
+    predictive keeps alone exceeds the teachers' out-of-sample spread, so no loading scale matches it."""
+    splits: dict = {}
+    for row in rows:
+        if row["method"] == "DLF" and "calibration_infeasible" in row:
+            splits.setdefault(row["dataset"], []).append(row["split"])
+    if not splits:
+        return []
+    return [f"`{CALIBRATED}` is undefined on " + "; ".join(f"{dataset} split{'s' if len(s) > 1 else ''} "
+                                                           f"{', '.join(str(k) for k in sorted(s))}"
+                                                           for dataset, s in splits.items())
+            + ": there the nugget's growth beyond the data, which the predictive keeps, alone exceeds the teachers' "
+            "spread among their held-out values, so no scale of the loadings matches it; its rows average the other splits.", ""]
+
+
 def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str, str]:
     """Write ``{name}.json`` (every row) and ``{name}.md`` (mean ± SE tables) plus one PNG per set.
 
@@ -1051,6 +1074,7 @@ def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str,
         lines += [f"![AUROC of the epistemic variance, out of range against in range]({name}_auroc.png)", ""]
     lines += noise_law_summary(result["rows"])
     lines += variance_decomposition(result["rows"])
+    lines += infeasible_calibrations(result["rows"])
     lines += design_check(result["rows"])
     lines += chosen_designs(result["rows"])
     for dataset, methods in summary.items():

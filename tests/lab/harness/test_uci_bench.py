@@ -349,3 +349,28 @@ def test_a_variant_on_fewer_splits_is_compared_on_its_own_splits():
     assert "| toy | +0.1 | +10.0 % |" in text  # 1.1 against 1.0 on split 0, not against the mean 2.33 over three
     assert targets_on_own_splits(rows, "absent") == []
 
+
+
+@pytest.mark.data
+def test_an_infeasible_spread_calibration_leaves_its_row_out_and_says_so(tmp_path, monkeypatch, uci_set_or_diabetes):
+    """When the nugget the predictive keeps alone exceeds the teachers' out-of-sample spread, the calibrated row is
+    undefined: the split keeps every other row, the DLF row records why, and the report names the split."""
+    import pyro_dlf_bench.harness.uci as uci
+    from pyro_dlf.calibration import InfeasibleCalibration
+
+    def infeasible(*args, **kwargs):
+        raise InfeasibleCalibration("held_out: the nugget's growth beyond the data, which the predictive keeps, alone exceeds it")
+
+    monkeypatch.setattr(uci, "calibrate_spread", infeasible)
+    folder = uci_set_or_diabetes("yacht")
+    out = tmp_path / "results"
+    argv = ["bench", "uci", "--data-path", str(folder), "--splits", "1", "--teachers", "3", "--teacher-epochs", "30",
+            "--dlf-hidden", "8", "--dlf-iterations", "3", "--mmd-steps", "5", "--num-factors", "2", "--dlf-design", "given",
+            "--no-baselines", "--output-dir", str(out), "--name", "infeasible", "--cache-dir", "", "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads((out / "infeasible.json").read_text())
+    assert uci.CALIBRATED not in {r["method"] for r in result["rows"]}
+    dlf = next(r for r in result["rows"] if r["method"] == "DLF")
+    assert dlf["calibration_infeasible"].startswith("held_out: the nugget's growth")
+    report = (out / "infeasible.md").read_text()
+    assert f"`{uci.CALIBRATED}` is undefined on {dlf['dataset']} split 0: there the nugget's growth" in report
