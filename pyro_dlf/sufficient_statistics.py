@@ -359,16 +359,7 @@ def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: 
       teacher's observed entries only, ``Σ_i Σ_{j∈O_i} [(r_ij − Φ_j E z_i)² + Φ_j S_i Φ_j^T]``.
 
     With ``weight`` (``(b,)``, a nugget ``σ_f^2 w_j``) every term is divided by ``w_j`` (:func:`whiten`).
-
-    Univariate and full without a mask, the sum is taken per point from the teachers' centred values
-    ``\tilde f_{ij} = f_{ij} − \bar f_j`` and the posterior means ``m_i`` (mathematics §4.2):
-    ``Σ_j [Σ_i \tilde f_{ij}^2 + n δ_j^2 − 2 Φ_j^T P_j + 2 δ_j Φ_j^T \bar m + Φ_j^T (M^T M + n S) Φ_j] / w_j``
-    with ``δ_j = μ_j − \bar f_j``, ``P_j = Σ_i \tilde f_{ij} m_i`` and ``\bar m = Σ_i m_i``. The parts
-    that depend on θ are per point, so the gradient costs ``O(b q^2)`` instead of a pass over the
-    ``n × b`` residuals; the centring keeps the large common level of the values out of the sums.
     """
-    if observed is None and class_factor is None:
-        return _per_point_squared_error(mean, loading, f, posterior, weight)
     mean, loading, f = whiten(mean, loading, f, weight)
     post = posterior.to(loading.dtype)
     n = f.shape[0]
@@ -391,30 +382,6 @@ def expected_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: 
         rotated = loading @ post.factor_basis  # (b, q): U^T Φ_j
         trace = (lv.pow(2).sum(0) @ post.variances @ rotated.pow(2).sum(0))
     return (f - fitted).pow(2).sum() + n * trace
-
-
-def _per_point_squared_error(mean: Tensor, loading: Tensor, f: Tensor, posterior: FactorPosterior,
-                             weight: Optional[Tensor]) -> Tensor:
-    """:func:`expected_squared_error` of the univariate and full models without a mask, per point
-    (its docstring): the teachers' values and the posterior enter only through θ-free sums."""
-    rows = loading.reshape(-1, loading.shape[-1])  # (b·c, q): full model's (point, class) rows
-    post = posterior.to(rows.dtype)
-    n = f.shape[0]
-    with torch.no_grad():
-        values = f.reshape(n, -1).to(rows.dtype)
-        centre = values.mean(0)
-        centred = values - centre
-        spread = centred.pow(2).sum(0)
-        cross = centred.mT @ post.mean  # (b·c, q): P_j
-        total = post.mean.sum(0)
-        second = post.mean.mT @ post.mean + n * post.covariance
-    delta = mean.reshape(-1) - centre
-    per_row = (spread + n * delta.pow(2) - 2 * (rows * cross).sum(-1) + 2 * delta * (rows @ total)
-               + (rows @ second * rows).sum(-1))
-    if weight is None:
-        return per_row.sum()
-    per_point = per_row.reshape(weight.shape[0], -1).sum(-1)
-    return (per_point / weight).sum()
 
 
 def expected_squared_error_from_statistics(stats: FactorStatistics, posterior: FactorPosterior,
