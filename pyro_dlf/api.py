@@ -51,7 +51,8 @@ def distill(
     :param teacher_outputs: ``(n, m)`` values, ``(n, m, c)`` logits, or teacher callables (:func:`evaluate_teachers`).
     :param teacher_noise_variances: regression: ``(n,)``, ``(n, d)`` per output, or ``(n, m)`` per point (§2.4, §6.4).
     :param observed: regression: ``(n, m)`` booleans, the teacher values that count (§4.5).
-    :param held_out: regression: ``(n, m)`` booleans, where a teacher did not train: calibrates the spread (§6.2).
+    :param held_out: regression: ``(n, m)`` booleans, where a teacher did not train: calibrates the spread (§6.2);
+        :class:`~pyro_dlf.calibration.InfeasibleCalibration` when the kept nugget alone exceeds that spread.
     :param num_factors: ``q``, or ``"auto"`` from the teachers' spread (§2.3).
     :param task: ``"regression"`` or ``"classification"`` (default: from the shape).
     :param covariance: several outputs: ``"full"`` or ``"separable"`` (§1.2).

@@ -123,6 +123,9 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
         kept = torch.cat([student._nugget(xs[s:s + batch_size]).double() for s in range(0, xs.shape[0], batch_size)])
         w = weight[points].to(variance.device)
         target = spread - float((w * kept.to(w.device)).sum() / w.sum())
+        if spread <= 0:
+            raise InfeasibleCalibration("held_out: the teachers agree exactly at every held-out point (out-of-sample "
+                                        "spread 0), so no loading scale matches it; pass values of teachers that differ there")
         if target <= 0:
             kept_part, fix = (("the nugget the predictive keeps", "distill with include_nugget=False") if student.include_nugget
                               else ("the nugget's growth beyond the data, which the predictive keeps,",

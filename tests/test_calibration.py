@@ -134,6 +134,14 @@ def test_calibrate_spread_refuses_a_nugget_larger_than_the_spread():
         calibrate_spread(student, x, f, held)
 
 
+def test_calibrate_spread_refuses_teachers_that_agree_exactly_at_the_held_out_points():
+    truth, x, f = synthetic_teachers(20, num_points=30, seed=2)
+    held = _held_out(20, 30, 0.5, 3)
+    student = _fit(f, x, num_iterations=2, mmd_steps=0)
+    with pytest.raises(InfeasibleCalibration, match="teachers agree exactly at every held-out point"):
+        calibrate_spread(student, x, f.mean(0).expand_as(f).clone(), held)
+
+
 def test_calibrate_spread_names_the_growth_when_it_alone_exceeds_the_spread():
     """Without the nugget in the predictive, a steep growth beyond the data can be what exceeds the spread at
     held-out points away from the design (here half the points, off the anchors): the error names that fix."""

@@ -899,7 +899,13 @@ def extrapolation_summary(rows: list[dict], targets: Sequence[str] = ("DLF",)) -
         lines.append("")
         for method in targets:
             if method in methods and "teacher ensemble" in methods:
-                target_lines.setdefault(method, []).append(_extrapolation_targets(dataset, method, methods, stat, tally))
+                # On the splits the method has (a calibrated row may be undefined on some): no split mixes in.
+                own = {r["split"] for r in methods[method]}
+                same = {m: [r for r in items if r["split"] in own] for m, items in methods.items()}
+                line = _extrapolation_targets(dataset, method, {m: items for m, items in same.items() if items}, stat, tally)
+                fewer = len(own) < max(len(items) for items in methods.values())
+                target_lines.setdefault(method, []).append(
+                    line + (f" (on its {len(own)} split{'s' if len(own) > 1 else ''})" if fewer else ""))
     for method, counts in tally.items():
         rivals = (f"on {counts['rivals']} of {counts['with_rivals']}" if counts["with_rivals"]
                   else "not decided (no other student in these rows)")
@@ -994,9 +1000,11 @@ def design_check(rows: list[dict]) -> list[str]:
 def infeasible_calibrations(rows: list[dict]) -> list[str]:
     """Markdown lines naming the splits without a ``DLF, out-of-sample spread`` row: there the nugget the
     predictive keeps alone exceeds the teachers' out-of-sample spread, so no loading scale matches it."""
+    calibrated = {(r["dataset"], r["split"]) for r in rows if r["method"] == CALIBRATED}
     splits: dict = {}
     for row in rows:
-        if row["method"] == "DLF" and "calibration_infeasible" in row:
+        # A merge may keep a DLF row of one run and a calibrated row of another: name only splits without the row.
+        if row["method"] == "DLF" and "calibration_infeasible" in row and (row["dataset"], row["split"]) not in calibrated:
             splits.setdefault(row["dataset"], []).append(row["split"])
     if not splits:
         return []

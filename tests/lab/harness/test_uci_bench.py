@@ -350,6 +350,30 @@ def test_a_variant_on_fewer_splits_is_compared_on_its_own_splits():
     assert targets_on_own_splits(rows, "absent") == []
 
 
+def test_extrapolation_targets_of_a_row_on_fewer_splits_use_its_own_splits():
+    """The teachers' out-of-range NLL is 1.0 on split 0 and 9.0 on split 1; a row on split 0 alone is held to 1.0."""
+    from pyro_dlf_bench.harness.uci import extrapolation_summary
+
+    def row(method, split, nll_out):
+        return {"dataset": "toy", "split": split, "method": method, "auroc_epistemic": 0.9, "nll_out": nll_out,
+                **{key: 0.0 for key in ("nll_in", "crps_in", "crps_out")}}
+
+    rows = [row("teacher ensemble", 0, 1.0), row("teacher ensemble", 1, 9.0), row("DLF", 0, 1.5), row("DLF", 1, 9.0)]
+    rows.append(row("calibrated", 0, 1.5))
+    text = "\n".join(extrapolation_summary(rows, ("DLF", "calibrated")))
+    assert "- toy: NLL out 1.500 vs teachers 1.000 (**not met**)" in text and "(on its 1 split)" in text
+    assert "- toy: NLL out 5.250 vs teachers 5.000 (**not met**)" in text  # the DLF on both splits
+
+
+def test_infeasible_calibrations_name_only_splits_without_the_row():
+    from pyro_dlf_bench.harness.uci import CALIBRATED, infeasible_calibrations
+
+    flagged = [{"dataset": "toy", "split": s, "method": "DLF", "calibration_infeasible": "held_out: ..."} for s in (0, 1, 2)]
+    kept = [{"dataset": "toy", "split": 1, "method": CALIBRATED}]  # e.g. from another run of a merge
+    assert f"`{CALIBRATED}` is undefined on toy splits 0, 2:" in "\n".join(infeasible_calibrations(flagged + kept))
+    assert infeasible_calibrations(kept) == []
+
+
 
 @pytest.mark.data
 def test_an_infeasible_spread_calibration_leaves_its_row_out_and_says_so(tmp_path, monkeypatch, uci_set_or_diabetes):
