@@ -1002,17 +1002,20 @@ def infeasible_calibrations(rows: list[dict]) -> list[str]:
     predictive keeps alone exceeds the teachers' out-of-sample spread, so no loading scale matches it."""
     calibrated = {(r["dataset"], r["split"]) for r in rows if r["method"] == CALIBRATED}
     splits: dict = {}
+    reasons: list[str] = []
     for row in rows:
         # A merge may keep a DLF row of one run and a calibrated row of another: name only splits without the row.
         if row["method"] == "DLF" and "calibration_infeasible" in row and (row["dataset"], row["split"]) not in calibrated:
             splits.setdefault(row["dataset"], []).append(row["split"])
+            if row["calibration_infeasible"] not in reasons:
+                reasons.append(row["calibration_infeasible"])
     if not splits:
         return []
     return [f"`{CALIBRATED}` is undefined on " + "; ".join(f"{dataset} split{'s' if len(s) > 1 else ''} "
                                                            f"{', '.join(str(k) for k in sorted(s))}"
                                                            for dataset, s in splits.items())
-            + ": there the nugget's growth beyond the data, which the predictive keeps, alone exceeds the teachers' "
-            "spread among their held-out values, so no scale of the loadings matches it; its rows average the other splits.", ""]
+            + " (its rows average the other splits); the reason the `DLF` rows there record: "
+            + "; ".join(f"\"{reason}\"" for reason in reasons) + ".", ""]
 
 
 def write_report(result: dict, output_dir: str, name: str = "uci") -> tuple[str, str]:
