@@ -112,6 +112,9 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
     if f.dim() != 2 or f.shape[1] != x.shape[0]:
         raise ValueError(f"f must hold teacher values (n, m) at the {x.shape[0]} design points, got shape {tuple(f.shape)}")
     spread, weight = out_of_sample_spread(f, held_out)
+    if spread <= 0:
+        raise InfeasibleCalibration("held_out: the teachers agree exactly at every held-out point (out-of-sample "
+                                    "spread 0), so no loading scale matches it; pass values of teachers that differ there")
     weights = dlf.loading_head.weight
     points = weight > 0
     # Token ids or category codes reach a custom body unchanged; float inputs take the model's dtype.
@@ -123,9 +126,6 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
         kept = torch.cat([student._nugget(xs[s:s + batch_size]).double() for s in range(0, xs.shape[0], batch_size)])
         w = weight[points].to(variance.device)
         target = spread - float((w * kept.to(w.device)).sum() / w.sum())
-        if spread <= 0:
-            raise InfeasibleCalibration("held_out: the teachers agree exactly at every held-out point (out-of-sample "
-                                        "spread 0), so no loading scale matches it; pass values of teachers that differ there")
         if target <= 0:
             kept_part, fix = (("the nugget the predictive keeps", "distill with include_nugget=False") if student.include_nugget
                               else ("the nugget's growth beyond the data, which the predictive keeps,",
