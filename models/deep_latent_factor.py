@@ -89,8 +89,8 @@ class DeepLatentFactor(PyroModule):
         body's only. With one shared body the features are shaped mostly by
         the mean, which carries most of the likelihood; a small body of its
         own lets the loadings vary off the data as a small network's do while
-        the mean keeps the capacity it needs (measured in
-        :func:`pyro_dlf.distill`'s ``loading_hidden``). Default MLP body only.
+        the mean keeps the capacity it needs (measured in the documentation's UCI
+        results, "A separate loading body against the shared body"). Default MLP body only.
     :param body: a user-supplied ``nn.Module`` mapping ``(m, *input)`` to
         ``(m, body_features)``; replaces the default MLP.
     :param body_features: output width of ``body`` (required with ``body``).

@@ -26,7 +26,7 @@ __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teac
            "check_num_factors_option", "check_teacher_output", "check_magnitude_value", "check_spread", "MIN_DESIGN_POINTS",
            "DISTILL_FIX", "PREDICT_FIX", "check_noise_prior", "check_noise_law", "check_finite_outputs", "check_path",
            "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes", "check_targets",
-           "check_generator", "check_memory", "check_not_input", "MAX_SEED", "check_training_inputs", "check_output_structure", "check_images", "check_image_families", "check_strength", "check_rows", "check_square_matrix", "check_observed_targets", "check_networks", "check_factor_model"]
+           "check_generator", "check_memory", "check_network_size", "check_noise_given_factors", "check_not_input", "MAX_SEED", "check_training_inputs", "check_output_structure", "check_images", "check_image_families", "check_strength", "check_rows", "check_square_matrix", "check_array", "check_observed_targets", "check_networks", "check_factor_model"]
 
 #: Design points a fit needs: the inputs are standardized by their spread, and a covariance across inputs needs two.
 MIN_DESIGN_POINTS = 2
@@ -88,6 +88,8 @@ def check_design_points(x: Tensor, name: str = "x", integer_ok: bool = False, fi
         raise ValueError(f"{name} must have a leading dimension of design points, got a scalar")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty: give at least one design point")
+    if x.dim() >= 2 and 0 in x.shape[1:]:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: each design point has no values; give at least one input column")
     _check_finite(x, name, fix)
     return x
 
@@ -238,7 +240,7 @@ def check_training_length(value, family: Sequence[float]) -> list[float]:
         if value != "auto":
             raise ValueError(f"training_length must be a fraction in (0, 1] of the schedule or 'auto', got {value!r}")
         return [float(v) for v in family]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not (0 < value <= 1):
         raise ValueError(f"training_length must be a fraction in (0, 1] of the schedule or 'auto', got {value!r}")
     return [float(value)]
 
@@ -250,7 +252,7 @@ def check_loading_hidden(value, custom_body: bool) -> Optional[tuple[int, ...]]:
     if custom_body:
         raise ValueError("loading_hidden: a separate loading body works with the default MLP body; drop loading_hidden= or body=")
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not len(value) \
-            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
+            or any(not _is_int(h) or h < 1 for h in value):
         raise ValueError(f"loading_hidden must be None or positive widths such as (50,), got {value!r}")
     return tuple(int(h) for h in value)
 
@@ -627,6 +629,10 @@ def check_path(path, name: str = "path", *, write: bool) -> Union[str, IO[bytes]
     mode = getattr(path, "mode", None)
     if isinstance(path, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
         raise TypeError(f"{name} is a text-mode file; open it in binary mode ({'wb' if write else 'rb'}) or pass its name")
+    able = getattr(path, "writable" if write else "readable", None)
+    if callable(able) and not able():
+        raise ValueError(f"{name} is a file object open only for {'reading' if write else 'writing'}; open it with "
+                         f"{'wb' if write else 'rb'} or pass its name")
     return path
 
 
@@ -766,6 +772,39 @@ def check_memory(num_bytes: float, device: torch.device, name: str, value: Any, 
                          f"of {torch.device(device).type} memory here; {fix}")
 
 
+def _dense_layers(sizes: Sequence[int]) -> int:
+    """Weights and biases of a chain of dense layers of the given widths."""
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def check_network_size(in_features: Optional[int], hidden: Sequence[int], loading_hidden: Optional[Sequence[int]],
+                       num_factors: int, head_outputs: tuple[int, int], batch_size: int, dtype: torch.dtype,
+                       device: torch.device) -> None:
+    """Refuse a network whose weights with their gradients and Adam's two moments, plus one minibatch's
+    activations forward and backward, would exceed the memory of ``device``; the error names the largest part
+    (``hidden``, ``loading_hidden`` or ``num_factors``). ``in_features`` is ``None`` for a custom body (its
+    own size is the caller's); ``head_outputs`` are the mean head's and the loading head's output counts."""
+    itemsize = torch.finfo(dtype).bits // 8
+    parts: dict[str, tuple[float, Any]] = {}
+    features = 0
+    if in_features is not None:
+        hidden = tuple(hidden)
+        parts["hidden"] = (4 * _dense_layers((in_features, *hidden)) + 2 * batch_size * sum(hidden), hidden)
+        features = hidden[-1] if hidden else in_features
+        if loading_hidden is not None:
+            loading = tuple(loading_hidden)
+            parts["loading_hidden"] = (4 * _dense_layers((in_features + 1, *loading)) + 2 * batch_size * sum(loading), loading)
+            features += loading[-1]
+    mean_outputs, loading_outputs = head_outputs
+    # The E-step's float64 statistics and posterior hold a few q × q matrices.
+    factor_words = 4 * (features + 1) * (mean_outputs + loading_outputs) + 2 * batch_size * loading_outputs
+    parts["num_factors"] = (factor_words + 4 * num_factors ** 2 * 8 / itemsize, num_factors)
+    name = max(parts, key=lambda k: parts[k][0])
+    fixes = {"hidden": "use narrower or fewer layers, e.g. one layer of 50", "loading_hidden": "use a narrower loading body, e.g. one layer of 50",
+             "num_factors": "use fewer factors, e.g. 5"}
+    check_memory(itemsize * sum(v for v, _ in parts.values()), device, name, parts[name][1], fixes[name])
+
+
 def check_not_input(path: str, name: str, inputs: dict[str, Optional[str]]) -> None:
     """``path`` (an output, named ``name``) is none of the ``inputs`` (name -> path): writing it would destroy an input."""
     for other, source in inputs.items():
@@ -824,6 +863,21 @@ def check_output_structure(task: str, num_outputs: Optional[int], covariance: st
     return centered
 
 
+def check_noise_given_factors(value: Any, task: str, num_outputs: Optional[int], noise_variances: Optional[Tensor]) -> None:
+    """``noise_given_factors=True`` asks for the noise law that follows the factors (mathematics §6.3), which exists for
+    regression teachers with one output and one noise variance each; refused elsewhere rather than ignored."""
+    if value is not True:
+        return
+    if task != "regression" or num_outputs is not None:
+        raise ValueError("noise_given_factors: the noise law that follows the factors is for regression teachers with one "
+                         "output and one noise variance each; "
+                         f"these are {'classification logits' if task != 'regression' else f'regression teachers with {num_outputs} outputs'}: "
+                         "drop it (or pass noise_given_factors='auto', which applies it only where it exists)")
+    if noise_variances is not None and noise_variances.dim() == 2:
+        raise ValueError("noise_given_factors: the noise law that follows the factors needs one noise variance per teacher, "
+                         "not per point: with (n, m) teacher_noise_variances the noise follows the inputs instead; drop it")
+
+
 # ------------------------------------------------------------------ design points
 def check_images(x: object) -> Tensor:
     """A floating tensor of images ``(N, C, H, W)``, ``N ≥ 1``, finite, in ``[0, 1]``."""
@@ -861,12 +915,12 @@ def check_strength(strength: object) -> float:
     return float(strength)
 
 
-def check_rows(x: Tensor) -> None:
+def check_rows(x: Tensor, name: str = "x") -> None:
     """Data rows a design set is built from: a finite floating ``(n, D)`` tensor with ``n ≥ 2``."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"x must be a floating tensor of shape (n, D) with n >= 2, got {getattr(x, 'shape', x)!r}")
+        raise ValueError(f"{name} must be a floating tensor of shape (n, D) with n >= 2, got {getattr(x, 'shape', x)!r}")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values; clean or impute them first")
+        raise ValueError(f"{name} contains NaN or infinite values; clean or impute them first")
 
 
 # ------------------------------------------------------------------ covariances and diagnostics
@@ -875,6 +929,16 @@ def check_square_matrix(K: Tensor, name: str) -> None:
     if not isinstance(K, Tensor) or K.dim() != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"{name} must be a square matrix (m, m), got {getattr(K, 'shape', type(K).__name__)}")
     check_design_points(K, name, fix="a covariance has finite entries")  # a real floating-point matrix without NaN or Inf
+
+
+def check_array(value: Any, name: str, dim: int, shape: str) -> Tensor:
+    """A finite real floating tensor with ``dim`` dimensions (``shape`` says which, e.g. ``"(m, q)"``)."""
+    if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() != dim:
+        got = f"shape {tuple(value.shape)}, dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a floating tensor {shape}, got {got}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; pass finite values")
+    return value
 
 
 def check_observed_targets(observed: Any, task: str, function: Optional[Tensor], draws: Optional[Tensor]) -> None:

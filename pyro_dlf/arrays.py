@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Mapping
 
 import numpy as np
 
-__all__ = ["load_array", "save_arrays", "check_writable"]
+__all__ = ["load_array", "save_arrays", "check_writable", "make_folder"]
 
 _TEXT = (".csv", ".txt")
 
@@ -30,12 +31,17 @@ def load_array(path: str, name: str) -> np.ndarray:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
         elif suffix in _TEXT:
-            array = np.loadtxt(path, delimiter=",", ndmin=2, comments="#")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # an empty file is said below, in the flag's words
+                array = np.loadtxt(path, delimiter=",", ndmin=2, comments="#")
         else:
             raise ValueError(f"{name}: {path!r} must be a .npy, .csv or .txt file")
     except ValueError as err:
         if str(err).startswith(name):
             raise
+        if "could not convert string" in str(err):
+            raise ValueError(f"{name}: {path!r} holds text that is not a number ({err}); remove a header line or "
+                             "start it with #, and give comma-separated numbers only") from None
         raise ValueError(f"{name}: cannot read {path!r} as numbers ({err})") from None
     except OSError as err:
         raise ValueError(f"{name}: cannot read {path!r} ({err})") from None
@@ -47,23 +53,40 @@ def load_array(path: str, name: str) -> np.ndarray:
         raise ValueError(f"{name}: {path!r} holds complex values ({array.dtype}); give real numbers (e.g. the real part)")
     if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
         raise ValueError(f"{name}: {path!r} holds {array.dtype} values; give numbers")
+    if array.ndim == 0:
+        raise ValueError(f"{name}: {path!r} holds a single number (a 0-d array); give an array with one row per point")
+    if array.size == 0:
+        raise ValueError(f"{name}: {path!r} holds no values (shape {array.shape}); give a non-empty array, one row per point")
     return array
 
 
 def check_writable(path: str, name: str) -> None:
-    """Fail now, not after a long run, when ``path`` cannot be written (its folder is created)."""
+    """Fail now, not after a long run, when ``path`` cannot be written. Nothing is created: a missing folder is
+    made when the file is written (:func:`make_folder`), so a run that fails first leaves no folder behind."""
     if not path:
         raise ValueError(f"{name} is empty; give a file name")
     folder = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as err:
-        raise ValueError(f"{name}: cannot write to {folder!r} ({err.strerror or err})") from None
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{name}: {existing!r} is a file, not a folder, so {path!r} cannot be written; give a path in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: cannot write to {existing!r} (permission denied); give a path in a folder you can write to")
+    if existing == folder:
+        try:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as err:
+            raise ValueError(f"{name}: cannot write to {folder!r} ({err.strerror or err})") from None
     if os.path.isdir(path):
         raise ValueError(f"{name}: {path!r} is a folder; give a file name")
+
+
+def make_folder(path: str) -> None:
+    """Create the folder that ``path`` goes in (after :func:`check_writable`, just before writing it)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
 
 
 def save_arrays(path: str, arrays: Mapping[str, np.ndarray], name: str = "--out") -> None:
@@ -72,8 +95,8 @@ def save_arrays(path: str, arrays: Mapping[str, np.ndarray], name: str = "--out"
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in (".npz", ".csv"):
         raise ValueError(f"{name}: {path!r} must end in .npz or .csv")
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".pyro-dlf-", suffix=suffix)
+    make_folder(path)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".pyro-dlf-", suffix=suffix)
     try:
         with os.fdopen(handle, "wb") as fh:
             if suffix == ".npz":

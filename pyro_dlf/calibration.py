@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import cast_inputs, check_held_out
+from pyro_dlf._validation import cast_inputs, check_design_points, check_held_out, check_int, check_teacher_values
 
 __all__ = ["SpreadCalibration", "InfeasibleCalibration", "out_of_sample_spread", "calibrate_spread"]
 
@@ -106,7 +106,12 @@ def calibrate_spread(student, x: Tensor, f: Tensor, held_out: Tensor, batch_size
     :param held_out: ``(n, m)`` booleans, true where teacher ``i`` did not train on point ``j``.
     :returns: the :class:`SpreadCalibration`, also stored as ``student.spread_calibration``.
     """
+    if not (hasattr(student, "dlf") and hasattr(student, "task")):
+        raise TypeError(f"student must be a fitted pyro_dlf.Student (what distill returns), got {type(student).__name__}")
     dlf = student.dlf
+    x = check_design_points(x, "x", integer_ok=dlf.custom_body)
+    f = check_teacher_values(f, x, None, "f", finite=False)  # entries a teacher did not hold out may be placeholders
+    batch_size = check_int(batch_size, "batch_size")
     if student.task != "regression" or dlf.multivariate:
         raise ValueError("held_out: spread calibration is for students of one regression output; drop held_out=")
     if f.dim() != 2 or f.shape[1] != x.shape[0]:

@@ -33,7 +33,7 @@ import torch
 from scipy.stats import chi2, kstest
 from torch import Tensor
 
-from pyro_dlf._validation import check_int, check_real, check_square_matrix
+from pyro_dlf._validation import check_array, check_int, check_real, check_square_matrix
 
 __all__ = [
     "sample_covariance_rate",
@@ -49,8 +49,9 @@ __all__ = [
 def sample_covariance_rate(K: Tensor, num_draws: int) -> float:
     r"""RMS relative Frobenius error :math:`\rho(n)` of the sample covariance of ``num_draws`` Gaussian draws with covariance ``K``."""
     check_square_matrix(K, "K")
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
-        raise ValueError(f"num_draws must be a positive int, got {num_draws!r}")
+    num_draws = check_int(num_draws, "num_draws")
+    if not float(K.norm()) > 0:
+        raise ValueError("K is the zero matrix: the relative error of its sample covariance is undefined; pass a nonzero covariance")
     return math.sqrt((1 + float(K.trace()) ** 2 / float(K.norm()) ** 2) / num_draws)
 
 
@@ -92,7 +93,8 @@ def relative_frobenius_error(K_hat: Tensor, K: Tensor) -> float:
 def principal_angle_sine(K: Tensor, loading: Tensor) -> float:
     r""":math:`\sin\theta_{\max}` between ``col(loading)`` (``(m, q)``) and the top-``q`` eigenvectors of ``K``."""
     check_square_matrix(K, "K")
-    if loading.dim() != 2 or loading.shape[0] != K.shape[0]:
+    check_array(loading, "loading", 2, f"({K.shape[0]}, q)")
+    if loading.shape[0] != K.shape[0]:
         raise ValueError(f"loading must have shape ({K.shape[0]}, q), got {tuple(loading.shape)}")
     q = loading.shape[1]
     true_basis = torch.linalg.eigh(K.double()).eigenvectors[:, -q:]
@@ -111,6 +113,9 @@ def davis_kahan_bound(K_hat: Tensor, K: Tensor, q: int) -> float:
     if q > K.shape[0]:
         raise ValueError(f"q={q} exceeds K's size {K.shape[0]}; pass q <= {K.shape[0]}")
     lam_q = float(torch.linalg.eigvalsh(K.double())[-q])
+    if not lam_q > 0:
+        raise ValueError(f"K's eigenvalue number {q} from the largest is {lam_q:.3g}, not positive, so the bound is undefined; "
+                         "pass q no larger than K's rank")
     return min(1.0, 2 * float(torch.linalg.matrix_norm((K_hat - K).double(), ord=2)) / lam_q)
 
 
@@ -120,10 +125,14 @@ def mahalanobis_distances(mean: Tensor, loading: Tensor, noise_variance: Union[f
     ``noise_variance`` is the nugget: one number, or one per point ``(m,)`` (a nugget that
     grows with the distance from the data, mathematics §9.4).
     """
-    m = mean.shape[0]
+    m = check_array(mean, "mean", 1, "(m,)").shape[0]
+    check_array(loading, "loading", 2, f"({m}, q)")
+    check_array(draws, "draws", 2, f"(S, {m})")
     if isinstance(noise_variance, Tensor) and noise_variance.dim() == 1:
-        if noise_variance.shape[0] != m or not bool(torch.all(noise_variance > 0)):
-            raise ValueError(f"noise_variance: give one positive nugget per point ({m},), got shape {tuple(noise_variance.shape)}")
+        if noise_variance.shape[0] != m:
+            raise ValueError(f"noise_variance: give one nugget per point, shape ({m},), got shape {tuple(noise_variance.shape)}")
+        if not bool(torch.all(noise_variance > 0)) or not bool(torch.isfinite(noise_variance).all()):
+            raise ValueError("noise_variance: every per-point nugget must be positive and finite")
         nugget = torch.diag(noise_variance.double())
     else:
         noise_variance = check_real(noise_variance, "noise_variance", 0, fix="the nugget σ², e.g. float(model.noise_variance)")

@@ -278,12 +278,30 @@ def _callables(f, transform=lambda out: out):
         (dict(teacher_noise_variances=torch.tensor([0.01, 0.0, 0.02, 0.01, 0.01, 0.01])), ValueError,
          r"teacher_noise_variances must be positive and finite.*index 1, is 0"),
         (dict(teacher_noise_variances="0.01"), TypeError, r"teacher_noise_variances must be 6 positive numbers"),
+        # Sizes the memory here cannot hold are refused before the network is built (not an allocator's error).
+        (dict(hidden=(10 ** 12,)), ValueError, r"hidden=\(1000000000000,\) needs about .* GiB, more than .*; use narrower"),
+        (dict(loading_hidden=(10 ** 12,)), ValueError, r"loading_hidden=\(1000000000000,\) needs about .*; use a narrower"),
+        (dict(num_factors=10 ** 7), ValueError, r"num_factors=10000000 needs about .*; use fewer factors"),
+        # Asked for where it does not exist, the noise law that follows the factors is refused, not ignored.
+        (dict(teacher_noise_variances=torch.full((6, 20), 0.01), noise_given_factors=True), ValueError,
+         r"noise_given_factors: .* needs one noise variance per teacher, not per point"),
     ],
 )
 def test_bad_options_are_refused_before_any_work_with_their_name_and_fix(kwargs, error, match):
     x, f, v = _regression_data()
     with pytest.raises(error, match=match):
         pyro_dlf.distill(x, f, **{"num_factors": 2, "teacher_noise_variances": v, **FAST, **kwargs})
+
+
+def test_noise_given_factors_true_is_refused_for_logits_and_numpy_scalars_are_options():
+    _, x, logits = synthetic_teachers(6, num_points=20, num_outputs=3)
+    with pytest.raises(ValueError, match=r"noise_given_factors: .* these are classification logits: drop it"):
+        pyro_dlf.distill(x, logits, num_factors=2, noise_given_factors=True, **FAST)
+    x, f, v = _regression_data()
+    # NumPy scalars are numbers like any other (the options' checks take numbers.Real / numbers.Integral).
+    student = pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, training_length=np.float32(0.5),
+                               loading_hidden=(np.int64(4),), **FAST)
+    assert student.dlf.loading_hidden == (4,)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

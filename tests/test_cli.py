@@ -81,6 +81,15 @@ class _OneTeacher(torch.nn.Module):
         return x[:, :1].T
 
 
+class _SmallBatches(torch.nn.Module):
+    """Four teachers that fail on batches of more than 8 rows (passes the 8-row probe, fails in the fit)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 8:
+            raise RuntimeError("at most 8 rows per batch")
+        return x.sum(1).expand(4, x.shape[0])
+
+
 class _NotANumber(torch.nn.Module):
     """Four teachers whose values are all NaN."""
 
@@ -98,7 +107,8 @@ def _module_files(tmp_path):
         ensemble = torch.jit.script(_Ensemble())
         torch.jit.save(ensemble, str(tmp_path / "ensemble.pt"))
         torch.jit.save(torch.jit.script(_Ensemble(num_classes=3)), str(tmp_path / "logits.pt"))
-        for name, module in (("transposed", _Transposed()), ("pair", _Pair()), ("one", _OneTeacher()), ("nan", _NotANumber())):
+        for name, module in (("transposed", _Transposed()), ("pair", _Pair()), ("one", _OneTeacher()), ("nan", _NotANumber()),
+                             ("small_batches", _SmallBatches())):
             torch.jit.save(torch.jit.script(module), str(tmp_path / f"{name}.pt"))
     torch.save(_Ensemble(), tmp_path / "pickled.pt")  # a module, but not TorchScript
     return x, ensemble
@@ -188,8 +198,8 @@ def _bad_cases(tmp_path):
     return [
         (distill + ["--out", str(tmp_path / "s.pt"), "--x", str(tmp_path / "missing.npy")], "--x: no file at"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--x", str(tmp_path / "data.json")], "--x: '" ),
-        (distill + ["--out", str(tmp_path / "s.pt"), "--x", str(tmp_path / "words.csv")], "--x: cannot read"),
-        (distill + ["--out", str(blocked / "s.pt")], "--out: cannot write"),
+        (distill + ["--out", str(tmp_path / "s.pt"), "--x", str(tmp_path / "words.csv")], "holds text that is not a number"),
+        (distill + ["--out", str(blocked / "s.pt")], "is a file, not a folder"),
         (distill + ["--out", str(tmp_path)], "is a folder"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--hidden", "0"], "--hidden: widths must be positive"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--loading-hidden", "0"], "argument --loading-hidden: must be at least 1"),
@@ -207,7 +217,7 @@ def _bad_cases(tmp_path):
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.csv"), "--samples"], "--samples: draws need an .npz"),
         (["predict", "--student", s2, "--x", x, "--out", str(tmp_path / "p.txt")], "must end in .npz or .csv"),
         (["bench", "uci", "--data-path", str(tmp_path), "--teacher-epochs", "0"], "argument --teacher-epochs: must be at least 1"),
-        (["bench", "uci", "--data-path", str(tmp_path), "--output-dir", str(blocked / "out")], "--output-dir: cannot write"),
+        (["bench", "uci", "--data-path", str(tmp_path), "--output-dir", str(blocked / "out")], "--output-dir: " + repr(str(blocked)) + " is a file, not a folder"),
         (["bench", "images", "--dataset", "mnist", "--output-dir", str(tmp_path / "o")], "--data-dir: give --data-dir"),
         (["bench", "report", str(tmp_path / "missing.json"), "--output-dir", str(tmp_path / "o")], "inputs: cannot read"),
         (["demo", "--seed", "-1"], "argument --seed: must be at least 0"),
@@ -405,6 +415,9 @@ def _error_cases(tmp_path):
     bad_x = np.load(x)
     bad_x[3, 0] = np.nan
     np.save(tmp_path / "x_nan.npy", bad_x)
+    np.save(tmp_path / "x_scalar.npy", np.float32(1.0))
+    np.save(tmp_path / "x_3d.npy", np.ones((40, 2, 2), dtype=np.float32))
+    (tmp_path / "x_header.csv").write_text("a,b\n1,2\n")
     student = tmp_path / "student.pt"
     from pyro_dlf import distill
 
@@ -438,6 +451,8 @@ def _error_cases(tmp_path):
         (module("one.pt"), "--teacher-module: the module returns the values of 1 teacher(s)"),
         (module("nan.pt", "--design", "given"), "--teacher-module contains 160 non-finite value(s)"),  # the library's, translated
         (module("ensemble.pt", "--out", str(tmp_path / "ensemble.pt")), "is the --teacher-module file"),
+        (module("small_batches.pt", "--design", "given", "--hidden", "4"), "--teacher-module: the module fails on --x rows 0..39 "
+         "(builtins.RuntimeError: at most 8 rows per batch)"),
         # A design off the rows needs the ensemble itself, and rows without per-value masks.
         (bad("--design", "beyond"), "--design beyond: --teachers gives the teachers' values at the --x rows only"),
         (bad("--stream", "--design", "around", "--hidden", "8"), "--design around: a streamed fit reads"),
@@ -459,6 +474,13 @@ def _error_cases(tmp_path):
         (_distill(tmp_path, "--stream", "--hidden", "8"), "--num-factors: --stream needs a number"),
         (bad("--x", str(tmp_path / "x_nan.npy")), "the first at row 3, column 0; the design points need finite inputs"),
         (bad("--hidden", "0"), "--hidden: widths must be positive"),
+        (bad("--hidden", str(10 ** 12)), "--hidden (1000000000000,) needs about"),
+        (bad("--x", str(tmp_path / "x_scalar.npy")), "holds a single number (a 0-d array); give an array with one row per point"),
+        (bad("--x", str(tmp_path / "x_header.csv")), "remove a header line or start it with #"),
+        (bad("--x", str(tmp_path / "x_3d.npy")), "the command line reads rows (m, d)"),
+        (bad("--stream", "--hidden", "8", "--teachers", s2), "--teachers holds shape (6,): it must be"),
+        (bad("--out", str(x) + "/s.pt"), "is a file, not a folder"),
+        (classify + ["--noise-given-factors", "yes"], "--noise-given-factors: the noise law that follows the factors is for"),
         (bad("--x", str(tmp_path / "missing.npy")), "--x: no file at"),
         (predict + ["--x", str(tmp_path / "x_nan.npy")], "--x: " + str(tmp_path / "x_nan.npy") + " holds 1 non-finite value(s)"),
         (["predict", "--student", str(tmp_path / "none.pt"), "--x", x, "--out", str(tmp_path / "p.npz")], "--student: no file at"),
@@ -641,6 +663,33 @@ def test_mistakes_with_files_name_the_flag_and_destroy_no_input(tmp_path, capsys
         assert code == 2, (argv, err)
         assert "\n" not in err and "Traceback" not in err and expected in err, (argv, err)
     assert (tmp_path / "x.npy").read_bytes() == before
+
+
+def test_a_failed_distill_writes_nothing_and_a_diverged_fit_names_lr(tmp_path, capsys):
+    """No folder of --out is made before the fit succeeds; a fit whose weights are not finite is not written."""
+    _files(tmp_path)
+    code = _status(_distill(tmp_path, "--no-progress", "--x", str(tmp_path / "missing.npy"), out="new/deeper/s.pt"))
+    assert code == 2 and not (tmp_path / "new").exists(), capsys.readouterr().err
+    capsys.readouterr()
+    code = _status(_distill(tmp_path, "--no-progress", "--num-factors", "2", "--hidden", "4", "--iterations", "2", "--mmd-steps",
+                            "0", "--lr", "1e12", out="new/s.pt"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err), err
+    assert err[-1].startswith("pyro-dlf distill: error: ") and "diverged" in err[-1] and "--lr" in err[-1], err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "busy_fit.png").mkdir()  # the fit report's path, taken by a folder: said before the fit
+    code = _status(_distill(tmp_path, "--no-progress", out="busy.pt"))
+    assert code == 2 and "the fit report goes beside the student" in capsys.readouterr().err
+
+
+def test_per_point_noise_variances_from_a_file(tmp_path, capsys):
+    """(n, m) noise variances reach the library as a table (its per-input noise law), not flattened."""
+    _files(tmp_path)
+    np.save(tmp_path / "s2_points.npy", np.full((6, 40), 0.015))
+    argv = _distill(tmp_path, "--no-progress", "--num-factors", "2", "--hidden", "4", "--iterations", "2", "--mmd-steps", "0",
+                    "--noise-variances", str(tmp_path / "s2_points.npy"))
+    assert _status(argv) == 0, capsys.readouterr().err
+    assert "noise law per input" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [["bench", "uci", "--data-dir", "x"], ["demo"]])

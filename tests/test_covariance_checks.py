@@ -81,3 +81,26 @@ def test_bad_arguments_are_named():
     for call, error, text in cases:
         with pytest.raises(error, match=text):
             call()
+
+
+def test_checks_name_each_bad_argument():
+    """The covariance checks refuse bad arguments by name instead of dividing by zero or failing inside torch."""
+    import numpy as np
+
+    from pyro_dlf.covariance_checks import davis_kahan_bound, mahalanobis_distances, principal_angle_sine, sample_covariance_rate
+
+    K = torch.eye(4)
+    cases = [
+        (lambda: sample_covariance_rate(torch.zeros(3, 3), 10), "K is the zero matrix"),
+        (lambda: davis_kahan_bound(K, torch.zeros(4, 4), 1), "eigenvalue number 1 from the largest is 0, not positive"),
+        (lambda: principal_angle_sine(K, [1.0]), r"loading must be a floating tensor \(4, q\), got list"),
+        (lambda: principal_angle_sine(K, torch.full((4, 1), float("nan"))), "loading contains NaN"),
+        (lambda: mahalanobis_distances(torch.zeros(4, 1), torch.ones(4, 1), 1.0, torch.zeros(2, 4)), r"mean must be a floating tensor \(m,\)"),
+        (lambda: mahalanobis_distances(torch.zeros(4), torch.ones(4, 1), torch.full((4,), float("nan")), torch.zeros(2, 4)),
+         "every per-point nugget must be positive and finite"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert sample_covariance_rate(K, np.int64(10)) == sample_covariance_rate(K, 10)  # a NumPy integer is a count
+

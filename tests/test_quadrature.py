@@ -1,4 +1,4 @@
-"""The fixed rules of the classification predictive (mathematics §6.2)."""
+"""The fixed rules of the classification predictive (mathematics §6.1)."""
 import math
 
 import pytest

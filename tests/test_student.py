@@ -585,6 +585,9 @@ def test_save_checks_its_path(tmp_path):
         student.save(io.StringIO())
     with pytest.raises(ValueError, match="path is empty"):
         student.save("")
+    (tmp_path / "ro.pt").write_bytes(b"")
+    with open(tmp_path / "ro.pt", "rb") as handle, pytest.raises(ValueError, match=r"path is a file object open only for reading; open it with wb"):
+        student.save(handle)
     with pytest.raises(ValueError, match="is a folder; give a file name inside it"):
         student.save(tmp_path)
     for bad in (None, 3, object()):

@@ -29,7 +29,7 @@ def _uci_parser(sub) -> None:
     source.add_argument("--data-dir", help="a folder of UCI sets in the standard layout (e.g. ../shared/data/uci)")
     source.add_argument("--data-path", help="one set's folder: data.txt and its index files directly in it, or in a data/ "
                                             "subfolder as in the public UCI collection")
-    uci.add_argument("--datasets", nargs="+", default=(), help="set names under --data-dir (default: all)")
+    uci.add_argument("--datasets", nargs="+", default=None, help="set names under --data-dir (default: every set there)")
     uci.add_argument("--splits", type=POSITIVE, default=10, help="number of random 90/10 splits")
     uci.add_argument("--first-split", type=NONNEGATIVE, default=0,
                      help="seed of the first split (runs seeds first..first+splits-1; merge runs with `bench report`)")
@@ -276,7 +276,7 @@ def _run_uci(args: argparse.Namespace, command: str) -> None:
     from pyro_dlf.cli.files import parse_loading_widths, parse_widths
 
     config = UCIBenchConfig(
-        data_dir=args.data_dir, data_path=args.data_path, datasets=tuple(args.datasets), splits=args.splits, first_split=args.first_split,
+        data_dir=args.data_dir, data_path=args.data_path, datasets=tuple(args.datasets or ()), splits=args.splits, first_split=args.first_split,
         teachers=args.teachers, teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
         student_hidden=tuple(args.student_hidden),
         dlf_iterations=args.dlf_iterations, mmd_steps=args.mmd_steps, num_factors=args.num_factors,

@@ -103,7 +103,7 @@ def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def check_output_dir(path: str, name: str = "--output-dir") -> str:
-    """Create and probe an output folder before the work starts."""
+    """Probe an output folder before the work starts (it is created when the first result is written)."""
     from pyro_dlf.arrays import check_writable
 
     check_writable(os.path.join(path, "results.json"), name)

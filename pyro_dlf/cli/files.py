@@ -28,7 +28,7 @@ import torch
 
 from pyro_dlf._progress import progress_disabled
 from pyro_dlf._validation import MAX_SEED, check_device, check_int, check_not_input
-from pyro_dlf.arrays import check_writable, load_array, save_arrays
+from pyro_dlf.arrays import check_writable, load_array, make_folder, save_arrays
 from pyro_dlf.cli.messages import translate
 
 __all__ = ["run_distill", "run_predict", "parse_widths", "parse_loading_widths", "check_finite", "load_teacher_module",
@@ -63,7 +63,9 @@ def _task_and_noise(args: argparse.Namespace, f) -> tuple[str, Optional[np.ndarr
         raise ValueError(f"--noise-variances: regression teachers need each teacher's noise variance, a file of n = {f.shape[0]} "
                          "values (e.g. each teacher's held-out mean squared error); add --noise-variances FILE, or give "
                          "(n, m, c) logits for classification")
-    noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances").reshape(-1)
+    noise = None if args.noise_variances is None else load_array(args.noise_variances, "--noise-variances")
+    if noise is not None and noise.ndim == 2 and 1 in noise.shape:
+        noise = noise.reshape(-1)  # one row or one column of a text file: one value per teacher
     return task, noise
 
 
@@ -184,14 +186,15 @@ def run_distill(args: argparse.Namespace, names: dict[str, str]) -> None:
     _check_design(args)
     check_writable(args.out, "--out")
     check_not_input(args.out, "--out", _inputs(args))
+    report = os.path.splitext(args.out)[0] + "_fit.png"
+    if os.path.isdir(report):
+        raise ValueError(f"--out: the fit report goes beside the student, at {report!r}, which is a folder; choose another --out")
     device = check_device(args.device)
     hidden = parse_widths(args.hidden, "--hidden")
     module = args.teacher_module is not None
     source = f"--teacher-module {args.teacher_module}" if module else f"--teachers {args.teachers}"
     _say(args, f"Reading --x {args.x} and {source} ...")
-    x = load_array(args.x, "--x")
-    if x.ndim == 1:
-        x = x[:, None]
+    x = _rows(args.x)
     check_finite(x, "--x", args.x, "the design points")
     x = torch.as_tensor(x, dtype=torch.float32)
     if module:
@@ -219,16 +222,14 @@ def run_distill(args: argparse.Namespace, names: dict[str, str]) -> None:
     else:
         _say(args, f"Distilling {n} teachers {where} ({q}; {schedule}) ...")
     started = time.perf_counter()
-    student = distill(x, teachers,
-                      num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, held_out=held_out,
-                      task=args.task, noise_given_factors={"auto": "auto", "yes": True, "no": False}[args.noise_given_factors],
-                      covariance=args.covariance,
-                      hidden=hidden, loading_hidden=_loading_hidden(args), num_iterations=args.iterations, mmd_steps=args.mmd_steps,
-                      lr=args.lr, seed=args.seed, training_length=args.training_length, progress=_bars(args), device=device,
-                      design=args.design, distance_feature={"auto": "auto", "yes": True, "no": False}[args.distance_feature])
+    try:
+        student = _distill_files(distill, x, teachers, noise, observed, held_out, hidden, device, args)
+    except Exception as err:
+        raise _module_error(err, names) if module else err
     seconds = time.perf_counter() - started
-    report = os.path.splitext(args.out)[0] + "_fit.png"
+    _check_fitted(student, args)
     _say(args, f"Writing {args.out} and {report} ...")
+    make_folder(args.out)
     student.save(args.out)
     _fit_plot(report, student.history)
     dlf = student.dlf
@@ -245,13 +246,45 @@ def run_distill(args: argparse.Namespace, names: dict[str, str]) -> None:
           + f", final negative log-likelihood per value {student.history[-1]:.4f}, nugget σ_f² = {float(dlf.noise_variance.detach()):.3g}"
           + (f" × (1 + d(x))^{float(dlf.nugget_growth.detach()):.3g} (the predictive keeps the growth past d = "
              f"{float(dlf.distance_reference):.3g})" if dlf.distance_anchors is not None else "")
-          + (f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})" if student.task == "regression" else "")
+          + (_noise_words(student) if student.task == "regression" else "")
           + (f" × u(z)^{student.noise_factor_exponent:.3g} (the teachers' noise follows their factors: likelihood-ratio "
              f"p = {student.noise_fit.p_value:.2g})" if getattr(student, "noise_factor_exponent", 0.0) else "")
           + (f", loadings scaled to the teachers' held-out spread (‖Φ‖² × {student.spread_calibration.scale:.3g})"
              if student.spread_calibration is not None else "")
           + ".")
     print(f"Wrote {args.out} and {report}")
+
+
+def _distill_files(distill, x: torch.Tensor, teachers, noise, observed, held_out, hidden, device: torch.device,
+                   args: argparse.Namespace):
+    """:func:`pyro_dlf.distill` with the options of ``pyro-dlf distill``."""
+    return distill(x, teachers,
+                   num_factors=args.num_factors, teacher_noise_variances=noise, observed=observed, held_out=held_out,
+                   task=args.task, noise_given_factors={"auto": "auto", "yes": True, "no": False}[args.noise_given_factors],
+                   covariance=args.covariance,
+                   hidden=hidden, loading_hidden=_loading_hidden(args), num_iterations=args.iterations, mmd_steps=args.mmd_steps,
+                   lr=args.lr, seed=args.seed, training_length=args.training_length, progress=_bars(args), device=device,
+                   design=args.design, distance_feature={"auto": "auto", "yes": True, "no": False}[args.distance_feature])
+
+
+def _module_error(err: Exception, names: dict[str, str]) -> Exception:
+    """A failure of the user's ``--teacher-module`` during the fit (the library notes where the teachers raised) as a
+    one-line error naming the flag; any other error unchanged."""
+    note = next((n for n in getattr(err, "__notes__", ()) if n.startswith("raised by teacher_outputs on ")), None)
+    if note is None:
+        return err
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    where = translate(note[len("raised by teacher_outputs on "):], names)
+    return ValueError(f"--teacher-module: the module fails on {where} ({lines[-1] if lines else type(err).__name__}); it "
+                      "must map any batch of float32 rows (b, d) to the teachers' values (n, b) or logits (n, b, c)")
+
+
+def _check_fitted(student, args: argparse.Namespace) -> None:
+    """Refuse to write a student whose fit diverged to non-finite weights, naming the step size that did it."""
+    if all(bool(torch.isfinite(t).all()) for t in student.dlf.state_dict().values() if t.is_floating_point()):
+        return
+    raise ValueError(f"--lr: the fit diverged (the student's weights are not finite) with --lr {args.lr:g}; lower it, e.g. "
+                     f"--lr {args.lr / 10:g}, or check --x and the teachers' values for extreme numbers")
 
 
 def _design_words(args: argparse.Namespace, choice, names: dict[str, str]) -> str:
@@ -274,6 +307,13 @@ def _design_words(args: argparse.Namespace, choice, names: dict[str, str]) -> st
     return f", design {choice.design}{reach} ({why}{points}; distance feature {'on' if choice.distance_feature else 'off'})"
 
 
+def _noise_words(student) -> str:
+    """The fit report's words on the regression noise law: one inverse gamma, or a law per input (per-point variances)."""
+    if student.noise_concentration is None:
+        return ", noise law per input (from the teachers' per-point noise variances)"
+    return f", noise prior IG({student.noise_concentration:.3g}, {student.noise_rate:.3g})"
+
+
 def _factor_choice(student) -> str:
     """The fit report's words on ``--num-factors auto``: what the chosen q explains of the teachers' spread."""
     choice = student.num_factors_choice  # declared on every student; None when q was given
@@ -282,6 +322,17 @@ def _factor_choice(student) -> str:
         words += (f", {100 * choice.explained[choice.num_factors - 1]:.0f} % of their spread in {choice.num_factors} "
                   f"direction(s), {100 * choice.share:.0f} % asked")
     return words + ")"
+
+
+def _rows(path: str) -> np.ndarray:
+    """The ``--x`` file as rows ``(m, d)``: a vector is one column; the command line's default body reads rows only."""
+    x = load_array(path, "--x")
+    if x.ndim == 1:
+        return x[:, None]
+    if x.ndim > 2:
+        raise ValueError(f"--x: {path!r} holds an array of shape {x.shape}; the command line reads rows (m, d): flatten "
+                         "each point's values into one row (a custom body for other shapes needs the Python API)")
+    return x
 
 
 def _load_mask(path: str, flag: str) -> torch.Tensor:
@@ -344,6 +395,7 @@ def run_distill_stream(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - started
         if is_main_process():
             student.dlf.cpu()
+            make_folder(args.out)
             student.save(args.out)
             report = os.path.splitext(args.out)[0] + "_fit.png"
             _fit_plot(report, student.history)
@@ -372,9 +424,7 @@ def run_predict(args: argparse.Namespace) -> None:
         if str(err).startswith("path"):
             raise  # the table translates it to --student
         raise type(err)(f"--student: {err}") from None
-    x = load_array(args.x, "--x")
-    if x.ndim == 1:
-        x = x[:, None]
+    x = _rows(args.x)
     check_finite(x, "--x", args.x, "predictions")
     how = (f"{args.num_samples or 1000} draws" if args.num_samples or args.samples else
            "closed-form summaries" if student.task == "regression" else "the fixed integration rule")

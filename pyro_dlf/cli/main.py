@@ -144,7 +144,9 @@ _LIBRARY_NAMES: dict[str, dict[str, str]] = {
     # pyro_dlf.distill and pyro_dlf.distributed.distill_stream
     "distill": {"x_design": "--x", "teacher_outputs": "--teachers", "teacher_noise_variances": "--noise-variances",
                 "num_iterations": "--iterations", "observed": "--observed", "task": "--task", "covariance": "--covariance",
-                "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device", "path": "--out", "design": "--design"},
+                "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device", "path": "--out", "design": "--design",
+                # pyro_dlf.data.NpyStream (distill --stream)
+                "x_path": "--x", "f_path": "--teachers", "x_batch": "--x", "f_batch": "--teachers"},
     # pyro_dlf.Student.load and Student.predict
     "predict": {"path": "--student", "x": "--x", "return_samples": "--samples", "seed": "--seed"},
 }

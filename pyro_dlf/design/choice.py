@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from pyro_dlf._progress import progress_bar
+from pyro_dlf._validation import MAX_SEED, check_int
 from pyro_dlf.design.sets import build_design
 from pyro_dlf.design.tabular import gaussian_perturbation, outward_probes
 
@@ -84,6 +85,7 @@ class DesignChoice:
 
 def design_points(x: Tensor, name: str, reach: Optional[float], seed: int) -> Tensor:
     """The named design built from ``x`` with the draws of ``seed`` (what :func:`pyro_dlf.distill` fits)."""
+    seed = check_int(seed, "seed", 0, maximum=MAX_SEED - 1)
     return build_design(x, name, reach=0.5 if reach is None else reach, generator=torch.Generator().manual_seed(seed + 1))
 
 

@@ -184,6 +184,8 @@ def augment_images(x: Tensor, copies: int = 1, *, families: Sequence[str] = IMAG
 def augmentation_magnitudes(strength: float = 1.0, image_size: tuple[int, int] = (28, 28), alpha: float = 1.0) -> dict[str, str]:
     """Each family's magnitude at ``strength`` on images of ``image_size = (H, W)``, in words (for reports)."""
     s = check_strength(strength)
+    if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__") or len(image_size) != 2:
+        raise ValueError(f"image_size must be (H, W), two positive ints such as (28, 28), got {image_size!r}")
     h, w = (check_int(v, "image_size") for v in image_size)
     zoom, photo = _MAX_ZOOM ** s, _PHOTOMETRIC ** s
     return {

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from pyro_dlf._validation import check_generator, check_rows
 from pyro_dlf.design.tabular import gaussian_perturbation, mixup, outward_probes
 
 __all__ = ["DESIGNS", "build_design"]
@@ -40,6 +41,8 @@ def build_design(x: Tensor, name: str, *, reach: float = 0.5, generator: Optiona
     """
     if name not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS} (or 'auto' in distill), got {name!r}")
+    check_rows(x)  # every name, "given" too: the rows are the design
+    check_generator(generator)
     parts = [x]
     if name == "between":
         parts.append(mixup(x, generator=generator))

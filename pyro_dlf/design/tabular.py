@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_int, check_rows
+from pyro_dlf._validation import check_generator, check_int, check_real, check_rows
 
 __all__ = ["neighbour_jitter", "gaussian_perturbation", "mixup", "outward_probes", "scott_bandwidth"]
 
@@ -72,7 +72,18 @@ class _Standardized:
 
 def scott_bandwidth(num_points: int, num_features: int) -> float:
     """Scott's rule :math:`n^{-1/(D+4)}`: the kernel bandwidth in units of each feature's standard deviation."""
+    num_points, num_features = check_int(num_points, "num_points"), check_int(num_features, "num_features")
     return float(num_points) ** (-1.0 / (num_features + 4))
+
+
+def _reference(x: Tensor, reference: Optional[Tensor]) -> Tensor:
+    """The rows that set the standardization: ``x`` itself, or checked ``reference`` rows with ``x``'s columns."""
+    if reference is None:
+        return x
+    check_rows(reference, "reference")
+    if reference.shape[1] != x.shape[1]:
+        raise ValueError(f"reference has {reference.shape[1]} columns but x has {x.shape[1]}; pass the data rows x was taken from")
+    return reference
 
 
 def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[float] = None,
@@ -86,12 +97,11 @@ def gaussian_perturbation(x: Tensor, copies: int = 1, *, bandwidth: Optional[flo
     :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
     check_rows(x)
-    reference = x if reference is None else reference
-    check_rows(reference)
+    reference = _reference(x, reference)
     copies = check_int(copies, "copies")
-    h = scott_bandwidth(*reference.shape) if bandwidth is None else float(bandwidth)
-    if not h > 0:
-        raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
+    check_generator(generator)
+    h = scott_bandwidth(*reference.shape) if bandwidth is None else check_real(
+        bandwidth, "bandwidth", 0, fix="in standard deviations of each feature, e.g. bandwidth=0.5 (None: Scott's rule)")
     standardizer = _Standardized(reference)
     xs = standardizer.transform(x)
     noise = torch.randn(copies, *x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -107,8 +117,8 @@ def mixup(x: Tensor, copies: int = 1, *, alpha: float = 1.0, generator: Optional
     """
     check_rows(x)
     copies = check_int(copies, "copies")
-    if not alpha > 0:
-        raise ValueError(f"alpha must be positive, got {alpha!r}")
+    check_generator(generator)
+    alpha = check_real(alpha, "alpha", 0, fix="the Beta(α, α) parameter, e.g. alpha=1.0")
     n = x.shape[0]
     partner = torch.randint(0, n, (copies, n), generator=generator).to(x.device)
     from scipy.special import gammaincinv
@@ -117,7 +127,10 @@ def mixup(x: Tensor, copies: int = 1, *, alpha: float = 1.0, generator: Optional
     # through their inverse CDF because torch's Gamma sampler takes no generator.
     u = torch.rand(copies, n, 2, generator=generator, dtype=torch.float64)
     g = torch.as_tensor(gammaincinv(alpha, u.numpy()), dtype=torch.float64)
-    lam = (g[..., 0] / g.sum(-1)).to(dtype=x.dtype, device=x.device).unsqueeze(-1)
+    # For small α both quantiles can underflow to 0; there G ≈ (u Γ(α + 1))^{1/α}, so λ → 1 when u₁ > u₂, else 0.
+    total = g.sum(-1)
+    lam = torch.where(total > 0, g[..., 0] / total.clamp_min(torch.finfo(torch.float64).tiny), (u[..., 0] > u[..., 1]).double())
+    lam = lam.to(dtype=x.dtype, device=x.device).unsqueeze(-1)
     return (lam * x.unsqueeze(0) + (1 - lam) * x[partner]).reshape(-1, x.shape[1])
 
 
@@ -136,6 +149,7 @@ def neighbour_jitter(x: Tensor, copies: int = 1, *, generator: Optional[torch.Ge
     check_rows(x)
     copies = check_int(copies, "copies")
     chunk_size = check_int(chunk_size, "chunk_size")
+    check_generator(generator)
     standardizer = _Standardized(x)
     xs = standardizer.transform(x)
     distance = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
@@ -164,11 +178,10 @@ def outward_probes(x: Tensor, copies: int = 1, *, reach: float = 0.5, generator:
     :returns: ``(copies * n, D)`` in the units of ``x``; copy ``c`` of row ``i`` is row ``c * n + i``.
     """
     check_rows(x)
-    reference = x if reference is None else reference
-    check_rows(reference)
+    reference = _reference(x, reference)
     copies = check_int(copies, "copies")
-    if not (isinstance(reach, (int, float)) and reach > 0 and reach < float("inf")):
-        raise ValueError(f"reach must be a positive number (e.g. 0.5: up to half the data's reach beyond it), got {reach!r}")
+    check_generator(generator)
+    reach = check_real(reach, "reach", 0, fix="e.g. 0.5: up to half the data's reach beyond it")
     standardizer = _Standardized(reference)
     xs = standardizer.transform(x)
     u = torch.rand(copies, x.shape[0], 1, generator=generator, dtype=x.dtype).to(x.device)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pyro_dlf._validation import (check_design_points, check_held_out, check_magnitude, check_noise_variances, check_num_factors,
-                                  check_num_points, check_output_structure, check_teacher_values, check_value_scale)
+                                  check_noise_given_factors, check_num_points, check_output_structure, check_teacher_values, check_value_scale)
 from pyro_dlf.fitting.options import DistillOptions
 from pyro_dlf.fitting.teachers import TeacherOutputs, evaluate_teachers, is_teacher_list
 from pyro_dlf.selection import FactorChoice, choose_num_factors, deviation_gram, factor_limit
@@ -155,7 +155,8 @@ def _noise_variances(noise, f: Tensor, x: Tensor, task: str, num_outputs: Option
         return check_noise_variances(noise, f.shape[0], num_points=x.shape[0] if num_outputs is None else None,
                                      num_outputs=num_outputs, observed=observed)
     if noise is not None:
-        raise ValueError("teacher_noise_variances is for regression teachers; classification teachers give logits only (drop the argument)")
+        raise ValueError("teacher_noise_variances is for regression teachers, and (n, m, c) values are read as classification "
+                         "logits: drop the argument, or pass task='regression' if the c columns are regression outputs")
     return None
 
 
@@ -181,6 +182,7 @@ def prepare_data(x_design: Union[Tensor, np.ndarray], teacher_outputs: TeacherOu
     centered = check_output_structure(task, num_outputs, covariance, centered, o.center_logits)
     held_out = _held_out(inputs.held_out, f, observed, task, num_outputs)
     v = _noise_variances(inputs.noise_variances, f, x, task, num_outputs, observed)
+    check_noise_given_factors(o.noise_given_factors, task, num_outputs, v)
     check_magnitude(x, o.dtype, "x_design")
     check_magnitude(f if observed is None else f[observed], o.dtype, "teacher_outputs")
     # Centred logits sum to zero over classes: each teacher then gives only c − 1 free columns.

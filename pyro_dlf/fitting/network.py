@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import cast_inputs
+from pyro_dlf._validation import cast_inputs, check_network_size
 from pyro_dlf.fitting.context import FitContext
 from pyro_dlf.fitting.data import TeacherData
 from pyro_dlf.fitting.options import DistillOptions
@@ -30,7 +30,11 @@ def new_network(in_features: Optional[int], num_factors: int, hidden: tuple[int,
                 covariance: str, centered_loadings: bool, o: DistillOptions, device: torch.device,
                 distance_anchors: Optional[int] = None) -> DeepLatentFactor:
     """The student's network, freshly initialized from the current random state, in ``o.dtype`` on ``device``
-    (mathematics §1; shared by the in-memory and streamed fits)."""
+    (mathematics §1; shared by the in-memory and streamed fits). Widths or a factor count too large for the memory
+    here are refused first, naming the option."""
+    full = num_outputs is not None and covariance == "full"
+    check_network_size(in_features if o.body is None else None, hidden, o.loading_hidden, num_factors,
+                       (num_outputs or 1, num_factors * (num_outputs if full else 1)), o.batch_size, o.dtype, device)
     return DeepLatentFactor(
         in_features, num_factors, hidden, num_outputs, body=o.body, body_features=o.body_features, activation=o.activation,
         covariance=covariance if num_outputs is not None else "separable", centered_loadings=bool(centered_loadings),

@@ -99,6 +99,33 @@ def test_outward_probes_push_each_row_away_from_the_centroid_by_up_to_reach():
     assert abs(float(u.mean()) - 0.5) < 5 * (1 / 12 / N) ** 0.5
     # The probes reach beyond the data: the farthest lies beyond every training row.
     assert float(std.transform(out).norm(dim=1).max()) > float(std.transform(x).norm(dim=1).max())
-    for bad in (0.0, -1.0, float("inf"), "far"):
-        with pytest.raises(ValueError, match="reach"):
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="reach must be a finite number > 0"):
             outward_probes(x, reach=bad)
+    with pytest.raises(TypeError, match="reach must be a finite number > 0, got 'far'"):
+        outward_probes(x, reach="far")
+
+
+def test_design_helpers_name_each_bad_argument():
+    """Every public design helper refuses a bad argument by name instead of failing inside torch or SciPy."""
+    from pyro_dlf.design import build_design, design_points, gaussian_perturbation, mixup, outward_probes, scott_bandwidth
+
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    cases = [
+        (lambda: scott_bandwidth(0, 3), ValueError, "num_points must be a positive int"),
+        (lambda: mixup(x, alpha="1"), TypeError, "alpha must be a finite number > 0"),
+        (lambda: mixup(x, alpha=float("inf")), ValueError, "alpha must be a finite number > 0"),
+        (lambda: build_design(x, "around", generator=3), TypeError, "generator must be None or a torch.Generator"),
+        (lambda: mixup(x, generator="g"), TypeError, "generator must be None or a torch.Generator"),
+        (lambda: gaussian_perturbation(x, bandwidth=float("inf")), ValueError, "bandwidth must be a finite number > 0"),
+        (lambda: outward_probes(x, reference=torch.randn(10, 5)), ValueError, "reference has 5 columns but x has 3"),
+        (lambda: build_design(torch.randn(10), "given"), ValueError, r"x must be a floating tensor of shape \(n, D\)"),
+        (lambda: design_points(x, "around", None, "0"), TypeError, "seed must be a non-negative int"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+    # A tiny α puts λ at 0 or 1 (each row or its partner), where the Gamma quantiles underflow: still points.
+    tiny = mixup(x, alpha=1e-300, generator=torch.Generator().manual_seed(1))
+    assert tiny.isfinite().all() and all(any(torch.equal(row, data) for data in x) for row in tiny)
+

@@ -32,3 +32,13 @@ def test_a_bench_mistake_is_one_line(tmp_path, capsys):
     assert status == 2 and len(err.splitlines()) == 1 and err.startswith("pyro-dlf bench uci: error:")
     with pytest.raises(SystemExit):
         main(["bench", "nonsense"])
+    capsys.readouterr()
+    # A missing --data-dir, or a --datasets name not in it, is named before any folder is made.
+    (tmp_path / "sets" / "yacht").mkdir(parents=True)
+    for argv, expected in ((["--data-dir", str(tmp_path / "none")], "--data-dir: no folder at"),
+                           (["--data-dir", str(tmp_path / "sets"), "--datasets", "bogus"],
+                            "--datasets: no set 'bogus' under --data-dir " + repr(str(tmp_path / "sets")) + "; choose from yacht")):
+        status = main(["bench", "uci", *argv, "--output-dir", str(tmp_path / "out2"), "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and err.count("\n") == 0 and expected in err, err
+        assert not (tmp_path / "out2").exists()

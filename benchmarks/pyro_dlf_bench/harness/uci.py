@@ -74,9 +74,7 @@ statistics, metrics reported in the target's original units.
   loading_hidden=dlf_loading_hidden)``), and the mean head reads both bodies.
   Why by default: the validation score that chooses the body (the
   ensemble-predictive log score on held-out design points, no labels)
-  preferred a loading body on 39 of 63 standard splits of the UCI sets (35 of
-  50 on the five small sets, 2 of 3 on protein, 2 of 10 on naval) and on
-  average over splits on six of the seven sets (all but naval), and
+  preferred a loading body on most standard splits of the UCI sets, and
   separate features let ‖Φ(x)‖² grow beyond the data as the teachers' spread
   does rather than as the mean's wider body does
   (``benchmarks/results/uci_loading_body.md``). The ``loadings`` ablation adds the
@@ -584,8 +582,15 @@ def _datasets(config: UCIBenchConfig) -> list[UCIData]:
         return [load_uci(config.data_path)]
     if not config.data_dir:
         raise ValueError("data_dir: give --data-dir (a folder of UCI sets) or --data-path (one set's folder)")
-    names = list(config.datasets) or sorted(d for d in os.listdir(config.data_dir) if os.path.isdir(os.path.join(config.data_dir, d)))
-    return [load_uci(os.path.join(config.data_dir, name)) for name in names]
+    if not os.path.isdir(config.data_dir):
+        raise FileNotFoundError(f"data_dir: no folder at {config.data_dir!r}; give --data-dir a folder of UCI sets (one "
+                                "folder per set, e.g. ../shared/data/uci)")
+    available = sorted(d for d in os.listdir(config.data_dir) if os.path.isdir(os.path.join(config.data_dir, d)))
+    missing = [name for name in config.datasets if name not in available]
+    if missing:
+        raise FileNotFoundError(f"datasets: no set {missing[0]!r} under --data-dir {config.data_dir!r}; choose from "
+                                f"{', '.join(available) or 'none (the folder holds no set)'}")
+    return [load_uci(os.path.join(config.data_dir, name)) for name in list(config.datasets) or available]
 
 
 def run_uci_benchmark(config: UCIBenchConfig) -> dict:
