@@ -1,4 +1,4 @@
-"""The cost of one gradient all-reduce of the streamed data-parallel EM (evidence quoted in the README).
+"""The cost of one gradient all-reduce of the streamed data-parallel EM (a diagnostic of the data-parallel EM, docs/guide/scaling.md).
 
 Two gloo processes on this machine all-reduce a float32 buffer the size of the scaling
 benchmark's DLF gradients (1 x 50 body, q = 10) 2,000 times, one thread each: idle (nothing

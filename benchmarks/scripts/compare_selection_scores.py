@@ -1,4 +1,4 @@
-"""Compare body-selection scores on one UCI split (the evidence quoted in the README's UCI section).
+"""Compare body-selection scores on one UCI split (evidence for the UCI results page, docs/benchmarks/uci.md).
 
 For each candidate body, distil on a seeded 80 % of the training inputs and score at the other
 20 %: the joint marginal likelihood of the teacher values, the per-point marginal density, the

@@ -1,4 +1,4 @@
-"""How far are test inputs from the data, in the distance feature's units? (Evidence for the README's UCI section.)
+"""How far are test inputs from the data, in the distance feature's units? (Evidence for the UCI results page, docs/benchmarks/uci.md.)
 
 For split 0 of each set, standard and extrapolation, the distance feature is set up as ``distill`` sets it for
 the data rows (mathematics §9.3: up to 256 anchors drawn from the training rows with ``seed + 2``, the scale the

@@ -1,4 +1,4 @@
-"""Can a label-free check choose the DLF fit that ranks out-of-range inputs best? (Evidence for the README's UCI section.)
+"""Can a label-free check choose the DLF fit that ranks out-of-range inputs best? (Evidence for the UCI results page, docs/benchmarks/uci.md.)
 
 On the extrapolation split of each set (`UCIData.extrapolation_split`: the 10 % of rows furthest along
 the first principal component are the out-of-range test points), fit six DLF candidates on the

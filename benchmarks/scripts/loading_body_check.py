@@ -1,4 +1,4 @@
-"""Does a label-free score tell when the separate loading body helps? (Evidence for the README's UCI section.)
+"""Does a label-free score tell when the separate loading body helps? (Evidence for the UCI results page, docs/benchmarks/uci.md.)
 
 Reads a merged UCI result with the rows `DLF` (one body for mean and loadings) and `DLF, loading body 1×50`
 (`pyro-dlf bench uci --ablations loadings`). Both rows chose their mean body on the same held-out 20 % of

@@ -1,4 +1,4 @@
-"""How much of the teachers' spread does a calibrated predictive want? (Evidence for the README's UCI section.)
+"""How much of the teachers' spread does a calibrated predictive want? (Evidence for the UCI results page, docs/benchmarks/uci.md.)
 
 For every cached teacher ensemble of the standard UCI splits, scale each member's deviation from the
 ensemble mean at the test inputs by sqrt(r), keep each member's noise variance, and score the mixture

@@ -1,6 +1,6 @@
 """Where a long fit's mean goes: the DLF's mean against the ensemble mean at the design points and
-at the test inputs, for each training length of `pyro_dlf.selection.TRAINING_FAMILY` (the evidence
-quoted in `distill`'s `training_length` docstring and the README's UCI section).
+at the test inputs, for each training length of `pyro_dlf.selection.TRAINING_FAMILY` (evidence for
+the UCI results page, docs/benchmarks/uci.md).
 
 For each length: the held-out score that `distill(training_length="auto")` compares (fitted on 80 %
 of the training inputs, scored on the rest, as `select_hidden` does), then the fit on all training
