@@ -112,7 +112,7 @@ def _distill(x_design: Tensor, teacher_outputs: TeacherOutputs, options: Union[d
             except torch.linalg.LinAlgError as err:
                 # The data are checked before the fit, so a singular matrix during it means the weights diverged.
                 raise ValueError(f"the fit diverged (a covariance became singular: {str(err).splitlines()[0][:80]}); this "
-                                 f"happens when the step size is too large: lower lr (now {o.lr!r}, e.g. lr=1e-2), or pass "
+                                 f"happens when the step size is too large: lower lr (now {o.lr:g}, e.g. lr={o.lr / 10:g}), or pass "
                                  "dtype=torch.float64") from err
     except Exception:
         with contextlib.suppress(Warning):  # under -W error a warning must not replace the error itself

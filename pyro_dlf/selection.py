@@ -226,8 +226,9 @@ def choose_num_factors(gram: Tensor, limit: int, share: float = FACTOR_SHARE, ca
     eigenvalues = torch.linalg.eigvalsh(gram.double()).flip(0).clamp_min(0)
     total = float(eigenvalues.sum())
     if not total > 0:
-        raise ValueError("teacher_outputs: every teacher gives the same values, so there is no spread for num_factors='auto' "
-                         "to measure; check that the teachers differ, or pass an int num_factors")
+        raise ValueError("teacher_outputs: the teachers show no spread around their mean at any design point (they give the "
+                         "same values, or with observed= no point is observed by two of them), so num_factors='auto' has "
+                         "nothing to measure; check that the teachers differ and overlap, or pass an int num_factors")
     explained = (eigenvalues.cumsum(0) / total).tolist()
     # The smallest k reaching the share (a hair of tolerance for the rounding of the cumulative sum).
     q = next((k + 1 for k, e in enumerate(explained) if e >= share - 1e-12), len(explained))

@@ -342,6 +342,13 @@ def test_one_design_point_and_identical_teachers_are_refused():
         pyro_dlf.distill(x, f[:1].expand_as(f).clone(), num_factors=2, teacher_noise_variances=v, **FAST)
 
 
+def test_auto_factors_for_teachers_that_share_no_point_say_why_there_is_no_spread():
+    x, f, v = _regression_data()
+    observed = torch.arange(20).unsqueeze(0) % 6 == torch.arange(6).unsqueeze(1)  # teacher i sees points i, i + 6, ...
+    with pytest.raises(ValueError, match=r"no spread around their mean at any design point .* no point is observed by two"):
+        pyro_dlf.distill(x, f, num_factors="auto", teacher_noise_variances=v, observed=observed, **FAST)
+
+
 def test_tiny_teacher_values_fit_in_float64_and_are_refused_in_float32_with_the_fix():
     """The fit is scale-free: values 1e-30 times as large give the same student, up to the scale, in float64.
 
