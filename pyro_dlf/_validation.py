@@ -933,11 +933,10 @@ def check_square_matrix(K: Tensor, name: str) -> None:
 
 def check_array(value: Any, name: str, dim: int, shape: str) -> Tensor:
     """A finite real floating tensor with ``dim`` dimensions (``shape`` says which, e.g. ``"(m, q)"``)."""
-    if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() != dim:
-        got = f"shape {tuple(value.shape)}, dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a floating tensor {shape}, got {got}")
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; pass finite values")
+    value = _as_float_tensor(value, name)
+    if value.dim() != dim:
+        raise ValueError(f"{name} must be a floating tensor {shape}, got shape {tuple(value.shape)}")
+    _check_finite(value, name, "pass finite values")
     return value
 
 

@@ -93,8 +93,8 @@ def test_checks_name_each_bad_argument():
     cases = [
         (lambda: sample_covariance_rate(torch.zeros(3, 3), 10), "K is the zero matrix"),
         (lambda: davis_kahan_bound(K, torch.zeros(4, 4), 1), "eigenvalue number 1 from the largest is 0, not positive"),
-        (lambda: principal_angle_sine(K, [1.0]), r"loading must be a floating tensor \(4, q\), got list"),
-        (lambda: principal_angle_sine(K, torch.full((4, 1), float("nan"))), "loading contains NaN"),
+        (lambda: principal_angle_sine(K, torch.ones(4)), r"loading must be a floating tensor \(4, q\), got shape \(4,\)"),
+        (lambda: principal_angle_sine(K, torch.full((4, 1), float("nan"))), r"loading contains 4 non-finite value\(s\)"),
         (lambda: mahalanobis_distances(torch.zeros(4, 1), torch.ones(4, 1), 1.0, torch.zeros(2, 4)), r"mean must be a floating tensor \(m,\)"),
         (lambda: mahalanobis_distances(torch.zeros(4), torch.ones(4, 1), torch.full((4,), float("nan")), torch.zeros(2, 4)),
          "every per-point nugget must be positive and finite"),
@@ -102,5 +102,7 @@ def test_checks_name_each_bad_argument():
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             call()
+    with pytest.raises(TypeError, match="loading must be a torch.Tensor, got list"):
+        principal_angle_sine(K, [1.0])
     assert sample_covariance_rate(K, np.int64(10)) == sample_covariance_rate(K, 10)  # a NumPy integer is a count
 
