@@ -418,6 +418,7 @@ def _error_cases(tmp_path):
     np.save(tmp_path / "x_scalar.npy", np.float32(1.0))
     np.save(tmp_path / "x_3d.npy", np.ones((40, 2, 2), dtype=np.float32))
     (tmp_path / "x_header.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "x_header.npy").write_text("a,b\n1,2\n")  # text under a .npy name
     student = tmp_path / "student.pt"
     from pyro_dlf import distill
 
@@ -479,6 +480,8 @@ def _error_cases(tmp_path):
         (bad("--x", str(tmp_path / "x_header.csv")), "remove a header line or start it with #"),
         (bad("--x", str(tmp_path / "x_3d.npy")), "the command line reads rows (m, d)"),
         (bad("--stream", "--hidden", "8", "--teachers", s2), "--teachers holds shape (6,): it must be"),
+        (bad("--stream", "--hidden", "8", "--x", str(tmp_path / "x_header.csv").replace(".csv", ".npy")),
+         "(not a .npy file, or an array of Python objects); save the array with np.save"),
         (bad("--out", str(x) + "/s.pt"), "is a file, not a folder"),
         (classify + ["--noise-given-factors", "yes"], "--noise-given-factors: the noise law that follows the factors is for"),
         (bad("--x", str(tmp_path / "missing.npy")), "--x: no file at"),

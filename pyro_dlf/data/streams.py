@@ -67,6 +67,22 @@ class TensorStream:
         return TensorStream(self.x[index], self.f[:, index], b)
 
 
+def _memory_map(path: str, name: str) -> np.ndarray:
+    """One ``.npy`` array of real numbers, memory-mapped, or a one-line error naming ``name``."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        # NumPy reads a file without the .npy header as a pickle, which allow_pickle=False refuses: say what it is.
+        why = "not a .npy file, or an array of Python objects" if "pickle" in str(err) else str(err).splitlines()[0]
+        raise ValueError(f"{name}: cannot read {path!r} as one .npy array ({why}); save the array with np.save") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive named .npy
+        array.close()
+        raise ValueError(f"{name}: {path!r} is an archive of several arrays, not one .npy array; save the array with np.save")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{name}: {path!r} holds {array.dtype} values; give real numbers")
+    return array
+
+
 class NpyStream:
     """Batches read from memory-mapped ``.npy`` files: ``x`` ``(m, ...)`` and teacher values ``(n, m[, c])``
     (the layout of :func:`pyro_dlf.distill`); only the current batch is ever in memory.
@@ -81,8 +97,9 @@ class NpyStream:
         for name, path in (("x_path", x_path), ("f_path", f_path)):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{name}: {path} does not exist")
-        self.x = np.load(x_path, mmap_mode="r")
-        self.f = np.load(f_path, mmap_mode="r")
+        self.x, self.f = _memory_map(x_path, "x_path"), _memory_map(f_path, "f_path")
+        if self.x.ndim == 0:
+            raise ValueError("x_path holds a single number; it must be design points (num_points, ...)")
         if self.f.ndim < 2 or self.f.shape[1] != self.x.shape[0]:
             raise ValueError(f"f_path holds shape {self.f.shape}: it must be (num_teachers, num_points[, c]) with "
                              f"num_points = {self.x.shape[0]} as in x_path")
