@@ -19,17 +19,20 @@ __all__ = ["load_array", "save_arrays", "check_writable", "make_folder"]
 _TEXT = (".csv", ".txt")
 
 
-def load_array(path: str, name: str) -> np.ndarray:
+def load_array(path: str, name: str, *, mmap: bool = False) -> np.ndarray:
     """A numeric array from ``path`` (``.npy``, or ``.csv``/``.txt`` with comma-separated rows).
 
     :param name: the command-line argument, for error messages (e.g. ``--x``).
+    :param mmap: memory-map a ``.npy`` file (read-only) instead of reading it (``.npy`` only).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name}: no file at {path!r}")
     suffix = os.path.splitext(path)[1].lower()
+    if mmap and suffix != ".npy":
+        raise ValueError(f"{name}: {path!r} must be a .npy file to be memory-mapped (save the array with np.save)")
     try:
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         elif suffix in _TEXT:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # an empty file is said below, in the flag's words
@@ -39,6 +42,9 @@ def load_array(path: str, name: str) -> np.ndarray:
     except ValueError as err:
         if str(err).startswith(name):
             raise
+        if "pickle" in str(err):  # NumPy reads a file without the .npy header as a pickle, which is refused
+            raise ValueError(f"{name}: cannot read {path!r} as one .npy array (not a .npy file, or an array of Python "
+                             "objects); save the array with np.save") from None
         if "could not convert string" in str(err):
             raise ValueError(f"{name}: {path!r} holds text that is not a number ({err}); remove a header line or "
                              "start it with #, and give comma-separated numbers only") from None

@@ -17,12 +17,13 @@ points in the same order (the exact E-step sums over all of them).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from pyro_dlf.arrays import load_array
 
 __all__ = ["TensorStream", "NpyStream", "TeacherStream"]
 
@@ -67,22 +68,6 @@ class TensorStream:
         return TensorStream(self.x[index], self.f[:, index], b)
 
 
-def _memory_map(path: str, name: str) -> np.ndarray:
-    """One ``.npy`` array of real numbers, memory-mapped, or a one-line error naming ``name``."""
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        # NumPy reads a file without the .npy header as a pickle, which allow_pickle=False refuses: say what it is.
-        why = "not a .npy file, or an array of Python objects" if "pickle" in str(err) else str(err).splitlines()[0]
-        raise ValueError(f"{name}: cannot read {path!r} as one .npy array ({why}); save the array with np.save") from None
-    if not isinstance(array, np.ndarray):  # an .npz archive named .npy
-        array.close()
-        raise ValueError(f"{name}: {path!r} is an archive of several arrays, not one .npy array; save the array with np.save")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"{name}: {path!r} holds {array.dtype} values; give real numbers")
-    return array
-
-
 class NpyStream:
     """Batches read from memory-mapped ``.npy`` files: ``x`` ``(m, ...)`` and teacher values ``(n, m[, c])``
     (the layout of :func:`pyro_dlf.distill`); only the current batch is ever in memory.
@@ -94,12 +79,7 @@ class NpyStream:
 
     def __init__(self, x_path: str, f_path: str, batch_size: int, dtype: torch.dtype = torch.float32,
                  rank: int = 0, world_size: int = 1) -> None:
-        for name, path in (("x_path", x_path), ("f_path", f_path)):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{name}: {path} does not exist")
-        self.x, self.f = _memory_map(x_path, "x_path"), _memory_map(f_path, "f_path")
-        if self.x.ndim == 0:
-            raise ValueError("x_path holds a single number; it must be design points (num_points, ...)")
+        self.x, self.f = load_array(x_path, "x_path", mmap=True), load_array(f_path, "f_path", mmap=True)
         if self.f.ndim < 2 or self.f.shape[1] != self.x.shape[0]:
             raise ValueError(f"f_path holds shape {self.f.shape}: it must be (num_teachers, num_points[, c]) with "
                              f"num_points = {self.x.shape[0]} as in x_path")
