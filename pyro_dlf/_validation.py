@@ -25,7 +25,7 @@ __all__ = ["check_design_points", "is_integer_input", "cast_inputs", "check_teac
            "check_float_dtype", "check_widths", "check_noise_variances", "check_num_points", "check_value_scale",
            "check_num_factors_option", "check_teacher_output", "check_magnitude_value", "check_spread", "MIN_DESIGN_POINTS",
            "DISTILL_FIX", "PREDICT_FIX", "check_noise_prior", "check_noise_law", "check_finite_outputs", "check_path",
-           "check_map_location", "check_body_record", "check_network_fields", "check_state_shapes", "check_targets",
+           "check_map_location", "check_body_record", "check_body_output", "check_inference_data", "check_network_fields", "check_state_shapes", "check_targets",
            "check_generator", "check_memory", "check_network_size", "check_noise_given_factors", "check_not_input", "MAX_SEED", "check_training_inputs", "check_output_structure", "check_images", "check_image_families", "check_strength", "check_rows", "check_square_matrix", "check_array", "check_observed_targets", "check_networks", "check_factor_model"]
 
 #: Design points a fit needs: the inputs are standardized by their spread, and a covariance across inputs needs two.
@@ -805,6 +805,28 @@ def check_network_size(in_features: Optional[int], hidden: Sequence[int], loadin
     check_memory(itemsize * sum(v for v, _ in parts.values()), device, name, parts[name][1], fixes[name])
 
 
+def check_body_output(body: nn.Module, x: Tensor, body_features: int) -> None:
+    """A custom ``body`` maps the first rows of ``x`` (two where there are two, so that a body that mixes or drops
+    rows is caught) to one ``(rows, body_features)`` tensor; otherwise one line naming ``body``/``body_features``
+    instead of a shape error deep inside the heads."""
+    rows = x[:2]
+    try:
+        with torch.no_grad():
+            out = body(rows)
+    except Exception as error:  # the user's module: any failure is its own, reported in one line
+        raise ValueError(f"body: the custom body fails on x_design[:{len(rows)}] of shape {tuple(rows.shape)} "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}); give a body that takes (m, ...) inputs") from error
+    if not isinstance(out, Tensor):
+        raise ValueError(f"body: the custom body returns a {type(out).__name__}; it must return one tensor of shape "
+                         f"(m, body_features)")
+    if out.dim() != 2 or out.shape[0] != len(rows):
+        raise ValueError(f"body: the custom body maps x_design[:{len(rows)}] to shape {tuple(out.shape)}; it must "
+                         f"return one row of features per input, shape ({len(rows)}, body_features)")
+    if out.shape[1] != body_features:
+        raise ValueError(f"body_features={body_features} but body maps x_design[:{len(rows)}] to {out.shape[1]} "
+                         f"features; pass body_features={out.shape[1]}")
+
+
 def check_not_input(path: str, name: str, inputs: dict[str, Optional[str]]) -> None:
     """``path`` (an output, named ``name``) is none of the ``inputs`` (name -> path): writing it would destroy an input."""
     for other, source in inputs.items():
@@ -938,6 +960,28 @@ def check_array(value: Any, name: str, dim: int, shape: str) -> Tensor:
         raise ValueError(f"{name} must be a floating tensor {shape}, got shape {tuple(value.shape)}")
     _check_finite(value, name, "pass finite values")
     return value
+
+
+def check_inference_data(idata: Any, groups: dict[str, str], var_names: Any = None, group: str = "posterior") -> None:
+    """``idata`` is an ``arviz.InferenceData`` holding every group in ``groups`` (name -> how to get it), and the
+    ``var_names`` asked for (a name or a list) are variables of ``group``: one line naming the argument instead of
+    arviz's error or its attempt to open a string as a file."""
+    if not callable(getattr(idata, "groups", None)):
+        raise TypeError(f"idata must be an arviz.InferenceData, e.g. from pyro_dlf.diagnostics.to_inference_data, "
+                        f"got {type(idata).__name__}")
+    present = set(idata.groups())
+    for name, fix in groups.items():
+        if name not in present:
+            raise ValueError(f"idata has no {name!r} group ({', '.join(sorted(present)) or 'none'}); {fix}")
+    if group not in present:
+        raise ValueError(f"group: idata has no {group!r} group; choose one of {', '.join(sorted(present))}")
+    if var_names is not None:
+        names = [var_names] if isinstance(var_names, str) else list(var_names)
+        known = set(getattr(idata, group).data_vars)
+        # arviz reads a leading "~" as "all but this variable".
+        missing = [n for n in names if not isinstance(n, str) or n.removeprefix("~") not in known]
+        if missing:
+            raise ValueError(f"var_names: {missing} not in idata's {group!r} group; choose from {sorted(known)}")
 
 
 def check_observed_targets(observed: Any, task: str, function: Optional[Tensor], draws: Optional[Tensor]) -> None:

@@ -88,6 +88,20 @@ def check_writable(path: str, name: str) -> None:
             raise ValueError(f"{name}: cannot write to {folder!r} ({err.strerror or err})") from None
     if os.path.isdir(path):
         raise ValueError(f"{name}: {path!r} is a folder; give a file name")
+    _check_name_lengths(os.path.abspath(path), existing, name)
+
+
+def _check_name_lengths(path: str, existing: str, name: str) -> None:
+    """Each part of ``path`` below its deepest existing folder fits the file system's name limit (else the
+    write would fail with ``File name too long`` only after the run)."""
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no such setting: nothing to check
+        return
+    for part in os.path.relpath(path, existing).split(os.sep):
+        if len(os.fsencode(part)) > limit:
+            raise ValueError(f"{name}: the name {part[:20]}... is {len(os.fsencode(part))} bytes, longer than the "
+                             f"{limit} this file system allows; give a shorter name")
 
 
 def make_folder(path: str) -> None:

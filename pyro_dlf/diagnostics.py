@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import check_generator, check_observed_targets
+from pyro_dlf._validation import check_generator, check_inference_data, check_observed_targets
 from pyro_dlf.student import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["to_inference_data", "summary", "plot_ppc"]
@@ -336,6 +336,9 @@ def summary(idata: Any, **kwargs: Any) -> Any:
     ``mcse_sd`` are 0/0: arviz reports NaN, the right answer, and numpy's
     invalid-division signal is silenced for this call only.
     """
+    # With filter_vars the names are patterns, matched by arviz.
+    names = None if kwargs.get("filter_vars") else kwargs.get("var_names")
+    check_inference_data(idata, {}, names, kwargs.get("group", "posterior"))
     with np.errstate(invalid="ignore"):
         return _arviz().summary(idata, **kwargs)
 
@@ -344,6 +347,9 @@ def plot_ppc(idata: Any, **kwargs: Any) -> Any:
     """``arviz.plot_ppc`` of ``y`` against ``observed_data`` (matplotlib axes)."""
     kwargs.setdefault("data_pairs", {"y": "y"})
     kwargs.setdefault("var_names", ["y"])
+    fix = "pass observed= (the held-out targets) to to_inference_data"
+    check_inference_data(idata, {"posterior_predictive": "build idata from draws (return_samples=True)", "observed_data": fix},
+                         kwargs["var_names"], "posterior_predictive")
     az = _arviz()
     with warnings.catch_warnings():
         # arviz 0.23's matplotlib backend uses an API matplotlib 3.11 deprecates.

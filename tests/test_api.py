@@ -137,10 +137,28 @@ def test_classification_rejects_noise_variances_and_one_class():
         pyro_dlf.distill(x, f[..., :1], num_factors=2, task="classification", **FAST)
 
 
-def test_custom_body_with_wrong_width_is_reported():
+class _Lambda(torch.nn.Module):
+    """A custom body whose output is ``fn(linear(x))``: a stand-in for a user's module gone wrong."""
+
+    def __init__(self, fn, in_features=1):
+        super().__init__()
+        self.linear, self.fn = torch.nn.Linear(in_features, 4), fn
+
+    def forward(self, x):
+        return self.fn(self.linear(x))
+
+
+@pytest.mark.parametrize("body, body_features, match", [
+    (torch.nn.Linear(1, 4), 3, r"body_features=3 but body maps x_design\[:2\] to 4 features; pass body_features=4"),
+    (_Lambda(lambda h: h.unsqueeze(1)), 4, r"body: the custom body maps x_design\[:2\] to shape \(2, 1, 4\); it must return one row"),
+    (_Lambda(lambda h: h[:1]), 4, r"body: the custom body maps x_design\[:2\] to shape \(1, 4\)"),
+    (_Lambda(lambda h: (h,)), 4, r"body: the custom body returns a tuple; it must return one tensor"),
+    (_Lambda(lambda h: h, in_features=5), 4, r"body: the custom body fails on x_design\[:2\] of shape \(2, 1\) \(RuntimeError: "),
+])
+def test_custom_body_that_does_not_fit_the_inputs_is_reported(body, body_features, match):
     x, f, v = _regression_data()
-    with pytest.raises(ValueError, match="pass body_features=4"):
-        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, body=torch.nn.Linear(1, 4), body_features=3, **FAST)
+    with pytest.raises(ValueError, match=match):
+        pyro_dlf.distill(x, f, num_factors=2, teacher_noise_variances=v, body=body, body_features=body_features, **FAST)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

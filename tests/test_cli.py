@@ -187,6 +187,13 @@ def test_classification_from_files_to_csv(tmp_path):
     assert header == ["probs_0", "probs_1", "probs_2", "total_entropy", "expected_entropy", "mutual_information"]
 
 
+def _name_max(folder) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return -1
+
+
 def _bad_cases(tmp_path):
     x, s2, f = str(tmp_path / "x.npy"), str(tmp_path / "s2.npy"), str(tmp_path / "f.npy")
     distill = ["distill", "--x", x, "--teachers", f, "--noise-variances", s2, "--num-factors", "2", "--iterations", "2",
@@ -201,6 +208,9 @@ def _bad_cases(tmp_path):
         (distill + ["--out", str(tmp_path / "s.pt"), "--x", str(tmp_path / "words.csv")], "holds text that is not a number"),
         (distill + ["--out", str(blocked / "s.pt")], "is a file, not a folder"),
         (distill + ["--out", str(tmp_path)], "is a folder"),
+        # 300 bytes: longer than any common file system's name limit (255); only refused where the system says so.
+        *([(distill + ["--out", str(tmp_path / ("a" * 300) / "s.pt")], "longer than the 255 this file system allows")]
+          if _name_max(tmp_path) == 255 else []),
         (distill + ["--out", str(tmp_path / "s.pt"), "--hidden", "0"], "--hidden: widths must be positive"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--loading-hidden", "0"], "argument --loading-hidden: must be at least 1"),
         (distill + ["--out", str(tmp_path / "s.pt"), "--num-factors", "0"], "argument --num-factors: must be at least 1"),
@@ -693,6 +703,22 @@ def test_per_point_noise_variances_from_a_file(tmp_path, capsys):
                     "--noise-variances", str(tmp_path / "s2_points.npy"))
     assert _status(argv) == 0, capsys.readouterr().err
     assert "noise law per input" in capsys.readouterr().out
+
+
+def test_values_beyond_float32_name_dtype_and_fit_in_float64(tmp_path, capsys):
+    """Values whose sums of squares overflow float32 are refused naming --dtype float64 (the library's
+    dtype=torch.float64 in the flag's words); with it the fit runs in float64 and predict reads --x in float64."""
+    _files(tmp_path)
+    np.save(tmp_path / "f.npy", 1e20 * np.load(tmp_path / "f.npy"))
+    np.save(tmp_path / "s2.npy", 1e40 * np.load(tmp_path / "s2.npy"))
+    argv = _distill(tmp_path, "--no-progress", "--num-factors", "2", "--hidden", "4", "--iterations", "2", "--mmd-steps", "0")
+    assert _status(argv) == 2
+    assert re.search(r"overflow float32 .*; rescale them \(e\.g\. to standard units\) or pass --dtype float64$",
+                     capsys.readouterr().err.strip())
+    assert _status(argv + ["--dtype", "float64"]) == 0, capsys.readouterr().err
+    assert _status(["predict", "--student", str(tmp_path / "s.pt"), "--x", str(tmp_path / "x.npy"), "--out",
+                    str(tmp_path / "p.npz")]) == 0, capsys.readouterr().err
+    assert np.load(tmp_path / "p.npz")["mean"].dtype == np.float64
 
 
 @pytest.mark.parametrize("argv", [["bench", "uci", "--data-dir", "x"], ["demo"]])

@@ -382,3 +382,19 @@ def test_a_generator_that_is_not_one_is_named(student):
     prediction = fitted.predict(x, num_samples=4, return_samples=True)
     with pytest.raises(TypeError, match="generator must be None or a torch.Generator"):
         to_inference_data(prediction, generator="seed")
+
+
+def test_summary_and_plot_ppc_name_what_idata_lacks(student):
+    x, _, fitted = student
+    idata = to_inference_data(fitted.predict(x, num_samples=4, return_samples=True))
+    with pytest.raises(TypeError, match="idata must be an arviz.InferenceData.*got str"):
+        summary("posterior.nc")
+    with pytest.raises(ValueError, match=r"var_names: \['nope'\] not in idata's 'posterior' group; choose from \['function', 'noise_variance'\]"):
+        summary(idata, var_names=["nope"])
+    with pytest.raises(ValueError, match="group: idata has no 'prior' group"):
+        summary(idata, group="prior")
+    with pytest.raises(ValueError, match="idata has no 'observed_data' group .*; pass observed="):
+        plot_ppc(idata)
+    # arviz's own name filters still reach arviz.
+    assert list(summary(idata, var_names=["~function"]).index) == ["noise_variance"]
+    assert len(summary(idata, var_names=["noise"], filter_vars="like")) == 1

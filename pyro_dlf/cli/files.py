@@ -39,7 +39,7 @@ PROBE_ROWS = 8
 
 #: What a --teacher-module file must be, for the errors that say it.
 _MODULE_NEEDS = ("a module saved with torch.jit.save(torch.jit.script(ensemble), path) (or torch.jit.trace) that maps "
-                 "float32 inputs (b, d) to the teachers' values (n, b) or logits (n, b, c)")
+                 "inputs (b, d) of --dtype (float32 by default) to the teachers' values (n, b) or logits (n, b, c)")
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -143,7 +143,7 @@ def probe_teacher_module(module, x: torch.Tensor) -> tuple[int, ...]:
         except Exception as err:  # the module's own error (e.g. another input width): its last line says what
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             raise ValueError(f"--teacher-module: the module fails on the first {rows} rows of --x, shape "
-                             f"{tuple(x[:rows].shape)} ({lines[-1] if lines else type(err).__name__}); it must map float32 "
+                             f"{tuple(x[:rows].shape)} ({lines[-1] if lines else type(err).__name__}); it must map {str(x.dtype).removeprefix('torch.')} "
                              "inputs (b, d) to the teachers' values (n, b) or logits (n, b, c): check that --x has the "
                              "columns the module takes") from None
         if not isinstance(out, torch.Tensor):
@@ -196,12 +196,13 @@ def run_distill(args: argparse.Namespace, names: dict[str, str]) -> None:
     _say(args, f"Reading --x {args.x} and {source} ...")
     x = _rows(args.x)
     check_finite(x, "--x", args.x, "the design points")
-    x = torch.as_tensor(x, dtype=torch.float32)
+    dtype = getattr(torch, args.dtype)
+    x = torch.as_tensor(x, dtype=dtype)
     if module:
         teachers = load_teacher_module(args.teacher_module, device)
         shape = probe_teacher_module(teachers, x.to(device))
     else:
-        teachers = torch.as_tensor(load_array(args.teachers, "--teachers"), dtype=torch.float32)
+        teachers = torch.as_tensor(load_array(args.teachers, "--teachers"), dtype=dtype)
         shape = tuple(teachers.shape)
     task, noise = _task_and_noise(args, torch.empty(shape) if module else teachers)
     observed, held_out = (None if path is None else _load_mask(path, flag)
@@ -225,7 +226,7 @@ def run_distill(args: argparse.Namespace, names: dict[str, str]) -> None:
     try:
         student = _distill_files(distill, x, teachers, noise, observed, held_out, hidden, device, args)
     except Exception as err:
-        raise _module_error(err, names) if module else err
+        raise _module_error(err, names, args.dtype) if module else err
     seconds = time.perf_counter() - started
     _check_fitted(student, args)
     _say(args, f"Writing {args.out} and {report} ...")
@@ -264,10 +265,11 @@ def _distill_files(distill, x: torch.Tensor, teachers, noise, observed, held_out
                    covariance=args.covariance,
                    hidden=hidden, loading_hidden=_loading_hidden(args), num_iterations=args.iterations, mmd_steps=args.mmd_steps,
                    lr=args.lr, seed=args.seed, training_length=args.training_length, progress=_bars(args), device=device,
-                   design=args.design, distance_feature={"auto": "auto", "yes": True, "no": False}[args.distance_feature])
+                   design=args.design, distance_feature={"auto": "auto", "yes": True, "no": False}[args.distance_feature],
+                   dtype=x.dtype)
 
 
-def _module_error(err: Exception, names: dict[str, str]) -> Exception:
+def _module_error(err: Exception, names: dict[str, str], dtype: str) -> Exception:
     """A failure of the user's ``--teacher-module`` during the fit (the library notes where the teachers raised) as a
     one-line error naming the flag; any other error unchanged."""
     note = next((n for n in getattr(err, "__notes__", ()) if n.startswith("raised by teacher_outputs on ")), None)
@@ -276,7 +278,7 @@ def _module_error(err: Exception, names: dict[str, str]) -> Exception:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     where = translate(note[len("raised by teacher_outputs on "):], names)
     return ValueError(f"--teacher-module: the module fails on {where} ({lines[-1] if lines else type(err).__name__}); it "
-                      "must map any batch of float32 rows (b, d) to the teachers' values (n, b) or logits (n, b, c)")
+                      f"must map any batch of {dtype} rows (b, d) to the teachers' values (n, b) or logits (n, b, c)")
 
 
 def _check_fitted(student, args: argparse.Namespace) -> None:
@@ -391,7 +393,7 @@ def run_distill_stream(args: argparse.Namespace) -> None:
         student = distill_stream(stream, num_factors=args.num_factors, teacher_noise_variances=noise, task=task,
                                  covariance=args.covariance, hidden=hidden, loading_hidden=_loading_hidden(args),
                                  num_iterations=args.iterations, lr=args.lr,
-                                 seed=args.seed, progress=_bars(args), device=device)
+                                 seed=args.seed, progress=_bars(args), device=device, dtype=getattr(torch, args.dtype))
         seconds = time.perf_counter() - started
         if is_main_process():
             student.dlf.cpu()
@@ -432,7 +434,9 @@ def run_predict(args: argparse.Namespace) -> None:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(args.seed)
     try:
-        prediction = student.predict(torch.as_tensor(x, dtype=torch.float32), args.num_samples, batch_size=args.batch_size,
+        # The inputs in the student's own precision (pyro-dlf distill --dtype).
+        dtype = next(student.dlf.parameters()).dtype
+        prediction = student.predict(torch.as_tensor(x, dtype=dtype), args.num_samples, batch_size=args.batch_size,
                                      return_samples=args.samples)
     finally:
         torch.random.set_rng_state(generator_state)

@@ -64,7 +64,7 @@ def _distill_parser(sub) -> None:
                           help="teacher values: (n, m) regression outputs or (n, m, c) logits (.npy), or an (n, m) .csv "
                                "(or --teacher-module)")
     teachers.add_argument("--teacher-module", metavar="FILE",
-                          help="the ensemble itself: a TorchScript file (torch.jit.save) mapping float32 inputs (b, d) to the "
+                          help="the ensemble itself: a TorchScript file (torch.jit.save) mapping inputs (b, d) of --dtype to the "
                                "teachers' values (n, b) or logits (n, b, c); the --x rows are then the data and --design may "
                                "place points off them (or --teachers)")
     required.add_argument("--out", required=True, metavar="FILE",
@@ -118,6 +118,8 @@ def _distill_parser(sub) -> None:
                               "under torchrun every process takes its shard of the batches")
     distill.add_argument("--batch-size", type=POSITIVE, default=4096, help="--stream: design points per batch")
     distill.add_argument("--device", type=device_name, default="cpu", help="where the model is fitted (cpu, cuda, cuda:1, mps)")
+    distill.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                         help="the student's precision (float64 for values whose sums of squares overflow float32)")
     # The required groups first in --help, before the options.
     distill._action_groups.sort(key=lambda group: group not in (required, regression))
 
@@ -145,6 +147,7 @@ _LIBRARY_NAMES: dict[str, dict[str, str]] = {
     "distill": {"x_design": "--x", "teacher_outputs": "--teachers", "teacher_noise_variances": "--noise-variances",
                 "num_iterations": "--iterations", "observed": "--observed", "task": "--task", "covariance": "--covariance",
                 "hidden": "--hidden", "lr": "--lr", "seed": "--seed", "device": "--device", "path": "--out", "design": "--design",
+                "dtype": "--dtype",
                 # pyro_dlf.data.NpyStream (distill --stream)
                 "x_path": "--x", "f_path": "--teachers", "x_batch": "--x", "f_batch": "--teachers"},
     # pyro_dlf.Student.load and Student.predict

@@ -40,7 +40,8 @@ def translate(message: str, names: dict[str, str]) -> str:
             return match.group(0)
         flag = names[name]
         if match.group("value"):
-            return f"{flag} {match.group('value')}"
+            # A torch dtype is spelled by its short name on the command line (torch.float64 -> float64).
+            return f"{flag} {match.group('value').removeprefix('torch.')}"
         following = message[match.end():match.end() + 1]
         return flag + (" " if match.group("assign") and following and not following.isspace() and following not in ",;.)" else "")
 

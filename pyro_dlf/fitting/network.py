@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyro_dlf._validation import cast_inputs, check_network_size
+from pyro_dlf._validation import cast_inputs, check_body_output, check_network_size
 from pyro_dlf.fitting.context import FitContext
 from pyro_dlf.fitting.data import TeacherData
 from pyro_dlf.fitting.options import DistillOptions
@@ -60,10 +60,6 @@ def build_network(data: TeacherData, x: Tensor, values: Tensor, hidden: tuple[in
         model.output_scale.copy_(values.std())
     model.set_noise_variance(0.1 * float(values.var()))
     if o.body is not None:
-        # A wrong body_features would otherwise surface as a matmul shape error.
-        with torch.no_grad():
-            probe = model.body(x[:1])
-        if probe.dim() != 2 or probe.shape[1] != model.body_features:
-            raise ValueError(f"body_features={o.body_features} but body maps x_design[:1] to shape {tuple(probe.shape)}; "
-                             f"pass body_features={probe.shape[-1]}")
+        # A wrong body would otherwise surface as a shape error inside the heads.
+        check_body_output(model.body, x, model.body_features)
     return model
