@@ -357,9 +357,14 @@ class DeepLatentFactor(PyroModule):
         r"""The nugget's growth beyond the distances of new inputs among the data,
         ``σ_f^2 ((1 + d(x))^β − (1 + d_ref)^β)_+`` with ``d_ref`` = ``distance_reference``, ``(m,)``;
         zero without the distance feature (mathematics §9.4)."""
-        weight = self.nugget_weight(x)
-        if weight is None:
+        if self.distance_anchors is None:
             return self.noise_variance.new_zeros(x.shape[0])
+        return self.growth_at_distance(self.data_distance(x)[:, 0])
+
+    def growth_at_distance(self, distance: Tensor) -> Tensor:
+        r"""The nugget's growth ``σ_f^2 ((1 + d)^β − (1 + d_ref)^β)_+`` at distances ``d`` in the units of
+        :meth:`data_distance`, ``(m,)`` (mathematics §9.4)."""
+        weight = self._weight(distance.unsqueeze(-1))
         return self.noise_variance * (weight - (1 + self.distance_reference).pow(self.nugget_growth)).clamp_min(0)
 
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:

@@ -814,8 +814,9 @@ def check_body_output(body: nn.Module, x: Tensor, body_features: int) -> None:
         with torch.no_grad():
             out = body(rows)
     except Exception as error:  # the user's module: any failure is its own, reported in one line
+        first = str(error).splitlines()[0] if str(error) else "no message"
         raise ValueError(f"body: the custom body fails on x_design[:{len(rows)}] of shape {tuple(rows.shape)} "
-                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}); give a body that takes (m, ...) inputs") from error
+                         f"({type(error).__name__}: {first}); give a body that takes (m, ...) inputs") from error
     if not isinstance(out, Tensor):
         raise ValueError(f"body: the custom body returns a {type(out).__name__}; it must return one tensor of shape "
                          f"(m, body_features)")

@@ -696,6 +696,7 @@ def test_the_predictive_keeps_the_nugget_growth_beyond_the_data():
     torch.testing.assert_close(variances[0] - variances[0].min(), (smooth + growth) - (smooth + growth).min(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(student.function_dist(x, include_nugget=False).cov_diag, growth + 1e-6 * dlf.noise_variance.detach())
     torch.testing.assert_close(dlf.nugget_growth_variance(x).detach(), growth)
+    torch.testing.assert_close(dlf.growth_at_distance(distance).detach(), growth)
     torch.testing.assert_close(student.function_dist(x).cov_diag, nugget)
     S = 20_000
     torch.manual_seed(1)

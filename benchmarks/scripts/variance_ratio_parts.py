@@ -23,6 +23,7 @@ import warnings
 import torch
 
 from pyro_dlf import distill
+from pyro_dlf._files import atomic_write
 from pyro_dlf_bench import metrics
 from pyro_dlf_bench.datasets import load_uci
 from pyro_dlf_bench.harness.uci import UCIBenchConfig, _teachers
@@ -64,17 +65,15 @@ for seed in args.splits:
         teacher_test = ensemble.member_predictions(x_test)
         spread = teacher_test.var(0)
         epistemic = student.predict(x_test, 1, return_samples=False).epistemic_variance
-        growth = student._nugget(x_test).to(epistemic)
         dlf = student.dlf
+        growth = dlf.nugget_growth_variance(x_test.to(dlf.input_loc)).to(epistemic)
         distance = dlf.data_distance(x_test.to(dlf.anchors))[:, 0] if dlf.distance_anchors is not None else None
         if distance is not None:
             # The farthest distance among the design points the growth was fitted on: beyond it the power law
             # (1 + d)^β is extrapolated. What the growth part would be with d held there (a what-if, not the model).
             design_points = student.design_choice.points(split.x_train)
             reach = float(dlf.data_distance(design_points.to(dlf.anchors))[:, 0].max())
-            growth_at = lambda d: dlf.noise_variance * ((1 + d).pow(dlf.nugget_growth)  # noqa: E731
-                                                        - (1 + dlf.distance_reference).pow(dlf.nugget_growth)).clamp_min(0)
-            capped = growth_at(distance.clamp_max(reach))
+            capped = dlf.growth_at_distance(distance.clamp_max(reach))
             # The distance to the nearest of every training row, not of the anchors drawn from them, in the same units.
             rows = ((split.x_train.to(dlf.anchors) - dlf.input_loc) / dlf.input_scale)
             tests = ((x_test.to(dlf.anchors) - dlf.input_loc) / dlf.input_scale)
@@ -100,7 +99,7 @@ for seed in args.splits:
             "design's max d": f"{reach:.2f}",
             "growth part, d ≤ design's max": f"{float(capped.sum()) / total:.2f}",
             "top 1 %: d to rows / d": f"{float(to_rows[top].mean()):.2f} / {float(distance[top].mean()):.2f}",
-            "growth part, d to every row": f"{float(growth_at(to_rows).sum()) / total:.2f}",
+            "growth part, d to every row": f"{float(dlf.growth_at_distance(to_rows).sum()) / total:.2f}",
             "σ_f², β": f"{float(dlf.noise_variance):.3g}, {float(dlf.nugget_growth):.2f}",
         })
     if not lines:
@@ -124,5 +123,4 @@ header = [f"# Parts of the DLF's variance ratio: {args.dataset}", "",
 text = "\n".join(header + lines) + "\n"
 print(text)
 if args.output:
-    with open(args.output, "w") as fh:
-        fh.write(text)
+    atomic_write(args.output, lambda handle: handle.write(text))
